@@ -1,0 +1,11 @@
+"""eptk: prompt-tuning with controlled embedding priors, collapse metrics and Triton kernels."""
+__version__ = "0.1.0"
+
+
+def load_run(path, **kwargs):
+    """A tuned model from a run directory, callable like an HF causal LM (logits cover real tokens)."""
+    from .loading import load_run as _load_run
+    return _load_run(path, **kwargs)
+
+
+__all__ = ["load_run", "__version__"]

@@ -1,0 +1,68 @@
+"""`eptk` entry point: exit 0 on success, 2 on bad usage or input (one line), 1 on internal failure."""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from .app import app
+from . import tune as _tune, priors as _priors  # noqa: F401  (register commands)
+
+for _optional in ("capture", "analyze", "export", "sweep"):
+    try:
+        __import__(f"{__package__}.{_optional}")
+    except ImportError as exc:  # a command whose module is not there yet
+        if _optional not in str(exc):
+            raise
+
+
+def main(argv=None) -> int:
+    from eptk.errors import EptkUsageError
+
+    _quiet_libraries()
+    try:
+        app(args=argv, standalone_mode=False)
+    except EptkUsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return _exit(2)
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        return _exit(130)
+    except click.exceptions.UsageError as exc:
+        print(f"error: {exc.format_message().splitlines()[0]}", file=sys.stderr)
+        return _exit(2)
+    except click.exceptions.Exit as exc:
+        return _exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return _exit(130)
+    except Exception as exc:  # an internal failure: one line unless EPTK_DEBUG asks for the traceback
+        if os.environ.get("EPTK_DEBUG"):
+            raise
+        print(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              f"(set EPTK_DEBUG=1 for the traceback)", file=sys.stderr)
+        return _exit(1)
+    return _exit(0)
+
+
+def _exit(code: int) -> int:
+    return code  # console scripts and __main__ pass it to sys.exit
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+    import warnings
+    warnings.filterwarnings("ignore")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

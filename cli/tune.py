@@ -1,0 +1,144 @@
+"""`eptk tune`, `eptk eval`, `eptk generate`: thin over eptk.train, eptk.evaluate and eptk.load_run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .app import app
+
+D = __import__("eptk.train", fromlist=["TuneConfig"]).TuneConfig()  # defaults live in one place
+
+
+@app.command()
+def tune(
+    model: str = typer.Option(D.model, help="smollm2 (default), tiny, tiny:<family>, a local dir, a .gguf, a hub id"),
+    task: str = typer.Option(D.task, help="arith[:OPS[:DIGITS]], qa, fill, squad, math, c4, hf:<name>, jsonl:<path>"),
+    method: str = typer.Option(D.method, help="soft, deep or prefix"),
+    prior: str = typer.Option(D.prior, help="prior spec family[:args]; see `eptk priors`"),
+    prior_weight: float = typer.Option(D.prior_weight, help="MAP term weight: loss += -λ·log p(θ)/n"),
+    tokens: int = typer.Option(D.tokens, help="prompt length P (slots)"),
+    layers: str = typer.Option(D.layers, help="deep layers: all, last:N (paper: last:3) or 4,8,12"),
+    soft: bool = typer.Option(D.soft, "--soft/--no-soft", help="deep: also tune the layer-0 (soft) vectors"),
+    steps: int = typer.Option(D.steps, help="optimizer steps"),
+    batch_size: int = typer.Option(D.batch_size, help="examples per micro-batch"),
+    grad_accum: int = typer.Option(D.grad_accum, help="micro-batches per step"),
+    lr: float = typer.Option(D.lr, help="peak learning rate (AdamW)"),
+    weight_decay: float = typer.Option(D.weight_decay),
+    schedule: str = typer.Option(D.schedule, help="cosine, linear or constant (after warm-up)"),
+    warmup: int = typer.Option(D.warmup, help="warm-up steps"),
+    clip: float = typer.Option(D.clip, help="gradient-norm clip (0: off)"),
+    eval_every: int = typer.Option(D.eval_every, help="validation every N steps (0: only at the end)"),
+    eval_size: int = typer.Option(D.eval_size, help="validation examples"),
+    test_size: int = typer.Option(D.test_size, help="test examples for eval.json"),
+    train_size: int = typer.Option(D.train_size, help="training examples drawn from the task"),
+    checkpoint_every: int = typer.Option(D.checkpoint_every, help="checkpoint every N steps (0: only at the end)"),
+    seed: int = typer.Option(D.seed),
+    out: Optional[Path] = typer.Option(None, help="run directory (default runs/<model>-<task>-<method>-<prior>-s<seed>)"),
+    backend: str = typer.Option(D.backend, help="prefix-attention kernel: auto (Triton on CUDA), triton, torch"),
+    device: str = typer.Option(D.device, help="auto, cpu, cuda, cuda:N"),
+    nan_policy: str = typer.Option(D.nan_policy, help="stop or skip on a non-finite loss/gradient"),
+    stats_samples: int = typer.Option(D.stats_samples, help="reservoir size for region priors' captured stats"),
+    trust_remote_code: bool = typer.Option(False, help="allow a hub model's own code (off unless asked)"),
+    overwrite: bool = typer.Option(False, help="replace an existing run at --out"),
+    resume: Optional[Path] = typer.Option(None, help="continue the run in this directory from its newest checkpoint"),
+    config: Optional[Path] = typer.Option(None, help="rerun from a run's config.json (other options ignored)"),
+    quiet: bool = typer.Option(False, help="no progress bar"),
+) -> None:
+    """Prompt-tune a frozen causal LM from a chosen prior and write a run directory."""
+    from eptk.io import read_json
+    from eptk.train import TuneConfig, tune as run_tune
+
+    if resume is not None:
+        cfg = TuneConfig.from_dict(_run_config(resume))
+        cfg.out = str(resume)
+    elif config is not None:
+        cfg = TuneConfig.from_dict(_layers_spec(read_json(config, "config")))
+        cfg.out = str(out) if out is not None else cfg.out
+    else:
+        cfg = TuneConfig(model=model, task=task, method=method, prior=prior, prior_weight=prior_weight,
+                         tokens=tokens, layers=layers, soft=soft, steps=steps, batch_size=batch_size,
+                         grad_accum=grad_accum, lr=lr, weight_decay=weight_decay, schedule=schedule, warmup=warmup,
+                         clip=clip, eval_every=eval_every, eval_size=eval_size, test_size=test_size,
+                         train_size=train_size, checkpoint_every=checkpoint_every, seed=seed,
+                         out=str(out) if out else "", backend=backend, device=device, nan_policy=nan_policy,
+                         trust_remote_code=trust_remote_code, stats_samples=stats_samples)
+    run = run_tune(cfg, resume=resume is not None, overwrite=overwrite, progress=not quiet)
+    _print_eval(run)
+
+
+def _layers_spec(config: dict) -> dict:
+    """config.json stores resolved layers; rerun from the spec the user gave."""
+    config = dict(config)
+    if "layers_spec" in config:
+        config["layers"] = config["layers_spec"]
+    return config
+
+
+def _run_config(path: Path) -> dict:
+    from eptk.errors import EptkUsageError
+    from eptk.runs import RunDir, is_run
+
+    if not is_run(path):
+        raise EptkUsageError(f"--resume {path}: not a run directory (no config.json)")
+    return _layers_spec(RunDir(path).config())
+
+
+def _print_eval(run: Path) -> None:
+    path = Path(run) / "eval.json"
+    if not path.exists():
+        return
+    result = json.loads(path.read_text())
+    base, tuned = result["baseline"], result["tuned"]
+    metric = result["metric"]
+    typer.echo(f"{result['task']} test ({tuned['n']} examples), {metric}: baseline {base['score']:.1f} -> "
+               f"tuned {tuned['score']:.1f}   (answer loss {base['loss']:.3f} -> {tuned['loss']:.3f})")
+    typer.echo(f"run directory: {run}")
+
+
+@app.command("eval")
+def eval_command(
+    run: Path = typer.Argument(..., help="run directory"),
+    task: Optional[str] = typer.Option(None, help="task to score on (default: the run's task)"),
+    split: str = typer.Option("test", help="train, validation or test"),
+    size: int = typer.Option(200, help="examples"),
+    backend: str = typer.Option("auto"),
+) -> None:
+    """Score a tuned run (and the no-prompt baseline) on a task split."""
+    import eptk
+    from eptk.evaluate import score
+    from eptk.prompts import NO_PROMPT, PromptedModel
+    from eptk.tasks import load_task
+
+    tuned = eptk.load_run(run, backend=backend)
+    spec = task or tuned.config["task"]
+    the_task = load_task(spec, int(tuned.config.get("seed", 0)))
+    examples = the_task.examples(split, size)
+    baseline = PromptedModel(tuned.model, tuned.tokenizer, NO_PROMPT, 0, backend=backend)
+    b, t = score(baseline, tuned.tokenizer, the_task, examples), score(tuned, tuned.tokenizer, the_task, examples)
+    typer.echo(json.dumps({"task": the_task.name, "split": split, "metric": the_task.metric,
+                           "baseline": {k: b[k] for k in ("score", "loss", "n")},
+                           "tuned": {k: t[k] for k in ("score", "loss", "n")}}, indent=2))
+
+
+@app.command()
+def generate(
+    run: Path = typer.Argument(..., help="run directory"),
+    text: str = typer.Argument(..., help="the prompt text"),
+    max_new_tokens: int = typer.Option(32),
+    sample: bool = typer.Option(False, help="sample instead of greedy"),
+    temperature: float = typer.Option(1.0),
+    seed: int = typer.Option(0),
+) -> None:
+    """Continue TEXT with the tuned prompt in front."""
+    import torch
+
+    import eptk
+
+    tuned = eptk.load_run(run)
+    enc = tuned.tokenizer(text, return_tensors="pt")
+    out = tuned.generate(enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens, do_sample=sample,
+                         temperature=temperature, generator=torch.Generator().manual_seed(seed))
+    typer.echo(tuned.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))

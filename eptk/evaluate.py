@@ -1,0 +1,46 @@
+"""Scoring a prompted (or unprompted) model on a task split: generation scores and answer loss."""
+from __future__ import annotations
+
+import torch
+
+from .tasks import Example, Task, encode_batch, encode_prompts, first_line
+
+
+@torch.no_grad()
+def answer_loss(prompted, tokenizer, examples: list[Example], batch_size: int = 32) -> float:
+    """Mean cross-entropy per answer token (teacher forced), over all examples."""
+    total, count = 0.0, 0
+    prefix = prompted.prefix()
+    for start in range(0, len(examples), batch_size):
+        batch = encode_batch(tokenizer, examples[start:start + batch_size])
+        batch = {k: v.to(prompted.device) for k, v in batch.items()}
+        out = prompted(batch["input_ids"], batch["attention_mask"], labels=batch["labels"], prefix=prefix)
+        total += float(out.loss_sum)
+        count += out.tokens
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def predict(prompted, tokenizer, examples: list[Example], max_new_tokens: int, batch_size: int = 32) -> list[str]:
+    """Greedy answers (text up to EOS / the first newline), left-padded batches with the KV cache."""
+    predictions = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        enc = encode_prompts(tokenizer, [e.prompt for e in chunk])
+        ids = enc["input_ids"].to(prompted.device)
+        out = prompted.generate(ids, enc["attention_mask"].to(prompted.device), max_new_tokens=max_new_tokens)
+        for row in out[:, ids.shape[1]:]:
+            predictions.append(first_line(tokenizer.decode(row, skip_special_tokens=True)))
+    return predictions
+
+
+def score(prompted, tokenizer, task: Task, examples: list[Example], batch_size: int = 32,
+          keep_examples: int = 8) -> dict:
+    predictions = predict(prompted, tokenizer, examples, task.max_answer_tokens, batch_size)
+    result = task.score(predictions, [e.answer for e in examples])
+    result["loss"] = answer_loss(prompted, tokenizer, examples, batch_size)
+    result["metric"] = task.metric
+    result["n"] = len(examples)
+    result["examples"] = [{"prompt": e.prompt, "answer": e.answer, "prediction": p}
+                          for e, p in zip(examples[:keep_examples], predictions[:keep_examples])]
+    return result

@@ -1,0 +1,506 @@
+"""Where prompt vectors sit: displacement, vocabulary collapse, geometry, position against the
+data's activations, task clusters and trajectories.
+
+Every function takes row matrices (one vector per row, torch tensors or arrays), computes in
+float64 on the CPU, and returns plain Python numbers or small dicts of them. Functions that draw
+random numbers take a `seed` and use their own generator, so results are reproducible.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _rows(x) -> torch.Tensor:
+    """A float64 CPU [n, d] tensor from a tensor or array (a single vector becomes one row)."""
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    t = t.detach().to(device="cpu", dtype=torch.float64)
+    if t.ndim == 1:
+        t = t[None]
+    if t.ndim != 2:
+        t = t.reshape(-1, t.shape[-1])
+    return t
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _subsample(x: torch.Tensor, max_n: int | None, generator: torch.Generator) -> torch.Tensor:
+    if max_n is None or x.shape[0] <= max_n:
+        return x
+    return x[torch.randperm(x.shape[0], generator=generator)[:max_n]]
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed))
+
+
+# ---------------------------------------------------------------------------------------------
+# displacement
+
+
+def displacement(prior, posterior) -> dict:
+    """How far each vector moved in training.
+
+    For row i, with p = prior[i] and q = posterior[i]:
+    `l2` = ‖q − p‖, `l2_rel` = ‖q − p‖ / ‖p‖, `cos` = cos(p, q) (1 = direction unchanged).
+    Returns the means over rows (`l2`, `l2_rel`, `cos`) and the per-row lists (`*_rows`).
+    """
+    p, q = _rows(prior), _rows(posterior)
+    if p.shape != q.shape:
+        raise ValueError(f"prior {tuple(p.shape)} and posterior {tuple(q.shape)} differ in shape")
+    l2 = (q - p).norm(dim=1)
+    rel = l2 / p.norm(dim=1).clamp_min(1e-12)
+    cos = (_unit(p) * _unit(q)).sum(dim=1)
+    return {
+        "l2": l2.mean().item(), "l2_rel": rel.mean().item(), "cos": cos.mean().item(),
+        "l2_rows": l2.tolist(), "l2_rel_rows": rel.tolist(), "cos_rows": cos.tolist(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# vocabulary neighbours and collapse
+
+
+def collapse_threshold(vocab, *, quantile: float = 0.999, n_pairs: int = 100_000, seed: int = 0) -> float:
+    """The cosine above which a vector counts as collapsed onto a token.
+
+    Definition: the `quantile` (default 99.9th percentile) of cos(e_i, e_j) over `n_pairs` random
+    pairs of distinct vocabulary rows i ≠ j. A prompt vector whose nearest token is closer than
+    that is closer to a token than almost any two tokens are to each other. Note that the maximum
+    over V tokens of a random direction's cosine can exceed a single-pair percentile for a large,
+    isotropic vocabulary; compare collapsed shares between runs of one model, not across models.
+    """
+    e = _rows(vocab)
+    v = e.shape[0]
+    if v < 2:
+        return float("nan")
+    g = _generator(seed)
+    i = torch.randint(0, v, (n_pairs,), generator=g)
+    j = (i + torch.randint(1, v, (n_pairs,), generator=g)) % v  # j != i
+    cos = (_unit(e[i]) * _unit(e[j])).sum(dim=1)
+    return torch.quantile(cos.float(), quantile).item()
+
+
+def vocab_neighbours(vectors, vocab, tokens=None, *, k: int = 5, threshold: float | None = None,
+                     prior=None, chunk: int = 8192) -> dict:
+    """Nearest vocabulary tokens of each vector by cosine similarity.
+
+    Returns per-row lists: `topk_ids` / `topk_tokens` / `topk_cos` (k best, best first),
+    `max_cos` (cosine to the nearest token) and `nearest` (its id); summaries `max_cos_mean`;
+    `collapsed_share` = share of rows with max_cos > `threshold` (see `collapse_threshold`; NaN
+    when no threshold is given); and, when `prior` (the same rows before training) is given,
+    `nn_kept` per row and `nn_kept_share` = share of rows whose nearest token is still the nearest
+    token of their prior vector (Lester et al. 2021 report this for tuned soft prompts).
+    """
+    x = _unit(_rows(vectors))
+    e = _rows(vocab)
+    k = max(1, min(int(k), e.shape[0]))
+    best_cos = torch.full((x.shape[0], k), -2.0, dtype=torch.float64)
+    best_ids = torch.zeros((x.shape[0], k), dtype=torch.long)
+    for start in range(0, e.shape[0], chunk):  # chunked: a 50k×2048 vocabulary need not be doubled
+        block = _unit(e[start:start + chunk])
+        cos = x @ block.T
+        top = cos.topk(min(k, block.shape[0]), dim=1)
+        cat_cos = torch.cat([best_cos, top.values], dim=1)
+        cat_ids = torch.cat([best_ids, top.indices + start], dim=1)
+        order = cat_cos.topk(k, dim=1).indices
+        best_cos, best_ids = cat_cos.gather(1, order), cat_ids.gather(1, order)
+    max_cos = best_cos[:, 0]
+    out = {
+        "topk_ids": best_ids.tolist(),
+        "topk_cos": best_cos.tolist(),
+        "topk_tokens": [[tokens[i] for i in row] for row in best_ids.tolist()] if tokens is not None else None,
+        "max_cos": max_cos.tolist(),
+        "nearest": best_ids[:, 0].tolist(),
+        "max_cos_mean": max_cos.mean().item(),
+        "collapsed_share": float("nan") if threshold is None else (max_cos > threshold).double().mean().item(),
+    }
+    if prior is not None:
+        before = vocab_neighbours(prior, vocab, None, k=1, chunk=chunk)["nearest"]
+        kept = [a == b for a, b in zip(before, out["nearest"])]
+        out["nn_kept"] = kept
+        out["nn_kept_share"] = float(np.mean(kept)) if kept else float("nan")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# geometry
+
+
+def norm_position(vectors, reference) -> dict:
+    """Vector norms against the norms of a reference set (vocabulary rows or data activations).
+
+    `norm_mean` = mean ‖x‖; `norm_pctile` = mean percentile rank (0–100) of each ‖x‖ among the
+    reference norms; `outside_share` = share of vectors whose norm lies outside the reference's
+    [1st, 99th] percentile range; `ref_p1`, `ref_p50`, `ref_p99` = reference norm percentiles.
+    """
+    n = _rows(vectors).norm(dim=1)
+    ref = _rows(reference).norm(dim=1).sort().values
+    p1, p50, p99 = (torch.quantile(ref.float(), q).item() for q in (0.01, 0.5, 0.99))
+    rank = torch.searchsorted(ref, n, right=True).double() / ref.numel() * 100.0
+    outside = ((n < p1) | (n > p99)).double().mean().item()
+    return {"norm_mean": n.mean().item(), "norm_pctile": rank.mean().item(), "outside_share": outside,
+            "ref_p1": p1, "ref_p50": p50, "ref_p99": p99}
+
+
+def mean_pairwise_cosine(vectors) -> float:
+    """Anisotropy: the mean of cos(x_i, x_j) over all pairs i ≠ j (0 for isotropic directions,
+    1 when every vector points the same way). NaN for fewer than two vectors."""
+    x = _unit(_rows(vectors))
+    n = x.shape[0]
+    if n < 2:
+        return float("nan")
+    s = x.sum(dim=0)
+    return ((s @ s - n) / (n * (n - 1))).item()  # Σ_{i≠j} cos = ‖Σ u_i‖² − n
+
+
+def effective_rank(vectors) -> float:
+    """Effective rank (Roy & Vetterli 2007): exp(H(p)) with p_i = σ_i / Σ σ_j the normalized
+    singular values of the (uncentred) matrix and H the Shannon entropy. Equals r for a matrix
+    with r equal non-zero singular values; lies in [1, min(n, d)]."""
+    x = _rows(vectors)
+    given = vectors.dtype if isinstance(vectors, torch.Tensor) and vectors.is_floating_point() else torch.float64
+    s = torch.linalg.svdvals(x)
+    # singular values below the input precision's noise floor (as in matrix_rank) are zero
+    s = s[s > s.max() * max(x.shape) * torch.finfo(given).eps] if s.numel() else s
+    if s.numel() == 0:
+        return float("nan")
+    p = s / s.sum()
+    return math.exp(-(p * p.log()).sum().item())
+
+
+def participation_ratio(vectors) -> float:
+    """Participation ratio of the centred covariance: (Σ λ_i)² / Σ λ_i², λ the covariance
+    eigenvalues (squared singular values of the centred rows). r for r equal variances."""
+    x = _rows(vectors)
+    if x.shape[0] < 2:
+        return float("nan")
+    lam = torch.linalg.svdvals(x - x.mean(dim=0)) ** 2
+    denom = (lam ** 2).sum()
+    return float("nan") if denom <= 0 else ((lam.sum() ** 2) / denom).item()
+
+
+def pca_2d(reference, *, max_n: int = 5000, seed: int = 0) -> dict:
+    """A 2-D PCA fitted on `reference` (subsampled to `max_n` rows). Returns `mean` [d],
+    `components` [2, d] and `explained` (the two components' shares of the total variance);
+    project with (x − mean) @ components.T."""
+    x = _subsample(_rows(reference), max_n, _generator(seed))
+    mean = x.mean(dim=0)
+    xc = x - mean
+    if x.shape[0] < 2:
+        comps = torch.eye(2, x.shape[1], dtype=torch.float64)
+        return {"mean": mean, "components": comps, "explained": [float("nan")] * 2}
+    _, s, vh = torch.linalg.svd(xc, full_matrices=False)
+    comps = vh[:2]
+    if comps.shape[0] < 2:  # d == 1
+        comps = torch.cat([comps, torch.zeros_like(comps)])
+        s = torch.cat([s, s.new_zeros(1)])
+    total = (s ** 2).sum().clamp_min(1e-300)
+    return {"mean": mean, "components": comps, "explained": ((s[:2] ** 2) / total).tolist()}
+
+
+# ---------------------------------------------------------------------------------------------
+# position against the data's activations
+
+
+def ledoit_wolf_shrinkage(samples) -> float:
+    """The Ledoit–Wolf (2004) optimal shrinkage intensity α ∈ [0, 1] for the sample covariance
+    of `samples` towards (tr Σ / d)·I (the same estimator as scikit-learn's)."""
+    x = _rows(samples)
+    n, d = x.shape
+    if n < 2:
+        return 1.0
+    x = x - x.mean(dim=0)
+    x2 = x ** 2
+    emp_trace = x2.sum(dim=0) / n
+    mu = emp_trace.sum() / d
+    beta_ = (x2.T @ x2).sum()
+    delta_ = ((x.T @ x) ** 2).sum() / n ** 2
+    beta = (beta_ / n - delta_) / (d * n)
+    delta = (delta_ - 2 * mu * emp_trace.sum() + d * mu ** 2) / d
+    beta = torch.minimum(beta, delta)
+    return 0.0 if beta <= 0 or delta <= 0 else (beta / delta).item()
+
+
+def shrunk_covariance(cov, shrinkage: float) -> torch.Tensor:
+    """(1 − α)·Σ + α·(tr Σ / d)·I."""
+    c = _rows(cov)
+    d = c.shape[0]
+    mu = torch.trace(c) / d
+    return (1 - shrinkage) * c + shrinkage * mu * torch.eye(d, dtype=c.dtype)
+
+
+class DataGaussian:
+    """The data's activations at one layer as a Gaussian with a shrunk covariance, for Mahalanobis
+    distances. `mean` [d], `cov` [d, d] (from `eptk capture`); `samples` [n, d] (the reservoir of
+    token activations) are used to estimate the Ledoit–Wolf shrinkage when `shrinkage` is None
+    and to calibrate the 99% region."""
+
+    def __init__(self, mean, cov, samples=None, *, shrinkage: float | None = None):
+        self.mean = _rows(mean)[0]
+        cov = _rows(cov)
+        cov = (cov + cov.T) / 2
+        self.samples = None if samples is None else _rows(samples)
+        if shrinkage is None:
+            shrinkage = ledoit_wolf_shrinkage(self.samples) if self.samples is not None and self.samples.shape[0] > 2 else 0.1
+        self.shrinkage = float(shrinkage)
+        cov = shrunk_covariance(cov, self.shrinkage)
+        jitter = 1e-10 * max(torch.trace(cov).item() / cov.shape[0], 1e-30)
+        eye = torch.eye(cov.shape[0], dtype=cov.dtype)
+        for _ in range(6):  # a singular covariance (shrinkage 0, too few tokens) gets a growing jitter
+            chol, info = torch.linalg.cholesky_ex(cov + jitter * eye)
+            if info == 0:
+                break
+            jitter *= 100
+        self._chol = chol
+        self.dim = cov.shape[0]
+
+    def mahalanobis(self, vectors) -> torch.Tensor:
+        """√((x − μ)ᵀ Σ_shrunk⁻¹ (x − μ)) per row."""
+        z = torch.linalg.solve_triangular(self._chol, (_rows(vectors) - self.mean).T, upper=False)
+        return z.norm(dim=0)
+
+    def radius(self, quantile: float = 0.99) -> tuple[float, str]:
+        """The Mahalanobis radius of the data's `quantile` region and how it was obtained:
+        'empirical' = the quantile of the captured samples' own distances (used whenever samples
+        exist: real activations are far from Gaussian, so χ² would misplace the boundary);
+        'chi2' = √(χ²_d quantile) otherwise."""
+        if self.samples is not None and self.samples.shape[0] >= 10:
+            return torch.quantile(self.mahalanobis(self.samples).float(), quantile).item(), "empirical"
+        from scipy.stats import chi2
+
+        return math.sqrt(chi2.ppf(quantile, self.dim)), "chi2"
+
+
+def region_position(vectors, data: DataGaussian, *, quantile: float = 0.99) -> dict:
+    """Mahalanobis position of vectors against the data Gaussian: `maha_mean` (mean distance),
+    `maha_rel` (mean distance / the region radius: ≤ 1 is inside), `inside_share` (share of rows
+    inside the data's `quantile` region), `radius` and `radius_kind` (see `DataGaussian.radius`)."""
+    dist = data.mahalanobis(vectors)
+    radius, kind = data.radius(quantile)
+    return {"maha_mean": dist.mean().item(), "maha_rel": (dist / radius).mean().item(),
+            "inside_share": (dist <= radius).double().mean().item(), "radius": radius, "radius_kind": kind}
+
+
+def knn_precision_recall(real, fake, *, k: int = 5, max_real: int | None = 2000, seed: int = 0) -> dict:
+    """kNN manifold metrics of `fake` (prompt vectors) against `real` (data samples).
+
+    Each point's ball has the radius of its k-th nearest neighbour within its own set.
+    `precision` = share of fake points inside some real ball, `recall` = share of real points
+    inside some fake ball (Kynkäänniemi et al. 2019); `density` = mean over fake points of the
+    number of real balls containing it, divided by k, `coverage` = share of real points whose ball
+    contains some fake point (Naeem et al. 2020). Recall is NaN when fake has ≤ k points.
+    """
+    r = _subsample(_rows(real), max_real, _generator(seed))
+    f = _rows(fake)
+    k_real = min(k, r.shape[0] - 1)
+    nan = float("nan")
+    if k_real < 1:
+        return {"precision": nan, "recall": nan, "density": nan, "coverage": nan}
+    d_rr = torch.cdist(r, r)
+    r_radius = d_rr.kthvalue(k_real + 1, dim=1).values  # +1: the point itself sits at distance 0
+    d_fr = torch.cdist(f, r)  # [m, n]
+    inside = d_fr <= r_radius[None, :]
+    precision = inside.any(dim=1).double().mean().item()
+    density = (inside.double().sum(dim=1) / k_real).mean().item()
+    coverage = (d_fr.min(dim=0).values <= r_radius).double().mean().item()
+    if f.shape[0] > k:
+        f_radius = torch.cdist(f, f).kthvalue(k + 1, dim=1).values
+        recall = (d_fr <= f_radius[:, None]).any(dim=0).double().mean().item()
+    else:
+        recall = nan
+    return {"precision": precision, "recall": recall, "density": density, "coverage": coverage}
+
+
+def _permutation_p(stat_fn, pooled_n: int, m: int, observed: float, n_perm: int, seed: int) -> float:
+    g = _generator(seed)
+    perms = torch.stack([torch.randperm(pooled_n, generator=g) for _ in range(n_perm)])
+    member = torch.zeros(n_perm, pooled_n, dtype=torch.float64)
+    member.scatter_(1, perms[:, :m], 1.0)
+    null = stat_fn(member)
+    return ((1 + (null >= observed - 1e-12).sum().item()) / (1 + n_perm))
+
+
+def _two_sample_sums(kernel: torch.Tensor, member: torch.Tensor, m: int, n: int):
+    """Off-diagonal within-X, within-Y and cross sums of `kernel` for each membership row."""
+    other = 1.0 - member
+    diag = torch.diagonal(kernel)
+    kx = member @ kernel
+    s_xx = (kx * member).sum(dim=1) - member @ diag
+    s_yy = ((other @ kernel) * other).sum(dim=1) - other @ diag
+    s_xy = (kx * other).sum(dim=1)
+    return s_xx / (m * (m - 1)), s_yy / (n * (n - 1)), s_xy / (m * n)
+
+
+def mmd_rbf(x, y, *, n_perm: int = 200, seed: int = 0, max_n: int | None = 1000) -> dict:
+    """Maximum mean discrepancy between samples x and y with the RBF kernel
+    k(a, b) = exp(−‖a − b‖² / (2h²)), h = the median pairwise distance of the pooled sample
+    (median heuristic). `mmd2` is the unbiased estimate of MMD²; `p` the permutation p-value
+    ((1 + #{null ≥ observed}) / (1 + n_perm)) for H0: same distribution; `bandwidth` = h.
+    Each sample is subsampled to `max_n` rows first."""
+    g = _generator(seed)
+    a, b = _subsample(_rows(x), max_n, g), _subsample(_rows(y), max_n, g)
+    m, n = a.shape[0], b.shape[0]
+    if m < 2 or n < 2:
+        return {"mmd2": float("nan"), "p": float("nan"), "bandwidth": float("nan")}
+    pooled = torch.cat([a, b])
+    d2 = torch.cdist(pooled, pooled).pow(2)
+    off = d2[~torch.eye(m + n, dtype=torch.bool)]
+    h2 = torch.quantile(off.float(), 0.5).item() if off.numel() <= 16_000_000 else off.median().item()
+    h2 = max(h2, 1e-24)
+    kernel = torch.exp(-d2 / (2 * h2))
+
+    def stat(member):
+        s_xx, s_yy, s_xy = _two_sample_sums(kernel, member, m, n)
+        return s_xx + s_yy - 2 * s_xy
+
+    member = torch.zeros(1, m + n, dtype=torch.float64)
+    member[0, :m] = 1
+    observed = stat(member).item()
+    p = _permutation_p(stat, m + n, m, observed, n_perm, seed + 1)
+    return {"mmd2": observed, "p": p, "bandwidth": math.sqrt(h2)}
+
+
+def energy_distance(x, y, *, n_perm: int = 200, seed: int = 0, max_n: int | None = 1000) -> dict:
+    """Multivariate energy distance (Székely & Rizzo): E = 2·E‖X − Y‖ − E‖X − X'‖ − E‖Y − Y'‖,
+    the within-sample means over distinct pairs; 0 iff the distributions agree. `energy` is the
+    estimate, `p` its permutation p-value (as for `mmd_rbf`)."""
+    g = _generator(seed)
+    a, b = _subsample(_rows(x), max_n, g), _subsample(_rows(y), max_n, g)
+    m, n = a.shape[0], b.shape[0]
+    if m < 2 or n < 2:
+        return {"energy": float("nan"), "p": float("nan")}
+    pooled = torch.cat([a, b])
+    dist = torch.cdist(pooled, pooled)
+
+    def stat(member):
+        s_xx, s_yy, s_xy = _two_sample_sums(dist, member, m, n)
+        return 2 * s_xy - s_xx - s_yy
+
+    member = torch.zeros(1, m + n, dtype=torch.float64)
+    member[0, :m] = 1
+    observed = stat(member).item()
+    return {"energy": observed, "p": _permutation_p(stat, m + n, m, observed, n_perm, seed + 1)}
+
+
+# ---------------------------------------------------------------------------------------------
+# outcome
+
+
+def steps_to_fraction(steps, values, fraction: float = 0.95) -> int | None:
+    """The first step at which a validation-loss curve has made `fraction` of its final
+    improvement: the first step s with v_0 − v_s ≥ fraction·(v_0 − v_last), where v_0 is the first
+    logged validation loss. None when there is no improvement or fewer than two points."""
+    pairs = [(s, v) for s, v in zip(steps, values) if v is not None and math.isfinite(v)]
+    if len(pairs) < 2:
+        return None
+    v0, vlast = pairs[0][1], pairs[-1][1]
+    gain = v0 - vlast
+    if gain <= 0:
+        return None
+    for s, v in pairs:
+        if v0 - v >= fraction * gain - 1e-12:
+            return int(s)
+    return int(pairs[-1][0])
+
+
+# ---------------------------------------------------------------------------------------------
+# task clusters
+
+
+def silhouette(x, labels) -> float:
+    """Mean silhouette coefficient (Rousseeuw 1987) with Euclidean distance: for each point
+    s = (b − a) / max(a, b), a = mean distance to its own cluster, b = smallest mean distance to
+    another cluster (s = 0 for a point alone in its cluster). In [−1, 1]; high = separated."""
+    z = _rows(x)
+    _, codes = np.unique(np.asarray(labels), return_inverse=True)
+    codes = torch.as_tensor(codes.reshape(-1))
+    if int(codes.max()) < 1:
+        return float("nan")
+    dist = torch.cdist(z, z)
+    onehot = torch.nn.functional.one_hot(codes).double()  # [n, K]
+    sizes = onehot.sum(dim=0)
+    sums = dist @ onehot  # [n, K] summed distance to each cluster
+    own = onehot.bool()
+    own_size = (onehot * sizes).sum(dim=1)
+    a = (sums * onehot).sum(dim=1) / (own_size - 1).clamp_min(1)
+    mean_other = (sums / sizes).masked_fill(own, float("inf"))
+    b = mean_other.min(dim=1).values
+    s = (b - a) / torch.maximum(a, b).clamp_min(1e-300)
+    s = torch.where(own_size > 1, s, torch.zeros_like(s))
+    return s.mean().item()
+
+
+def nc1(x, labels) -> float:
+    """Within-class variability relative to between-class: tr(Σ_W) / tr(Σ_B), Σ_W the mean of the
+    classes' covariances, Σ_B the covariance of the class means around their mean (a trace form
+    of Papyan et al.'s NC1). Small = tight, well-separated task clusters."""
+    z = _rows(x)
+    lab = np.asarray(labels)
+    classes = np.unique(lab)
+    if len(classes) < 2:
+        return float("nan")
+    means, within = [], []
+    for c in classes:
+        zc = z[torch.as_tensor(lab == c)]
+        means.append(zc.mean(dim=0))
+        within.append(((zc - zc.mean(dim=0)) ** 2).sum(dim=1).mean())
+    mu = torch.stack(means)
+    between = ((mu - mu.mean(dim=0)) ** 2).sum(dim=1).mean()
+    return (torch.stack(within).mean() / between.clamp_min(1e-300)).item()
+
+
+def _sqrtm_psd(c: torch.Tensor) -> torch.Tensor:
+    lam, vec = torch.linalg.eigh((c + c.T) / 2)
+    return (vec * lam.clamp_min(0).sqrt()) @ vec.T
+
+
+def frechet_distance(mean1, cov1, mean2, cov2) -> float:
+    """Fréchet (2-Wasserstein) distance² between N(μ1, Σ1) and N(μ2, Σ2):
+    ‖μ1 − μ2‖² + tr(Σ1 + Σ2 − 2 (Σ1^½ Σ2 Σ1^½)^½)."""
+    m1, m2 = _rows(mean1)[0], _rows(mean2)[0]
+    c1, c2 = _rows(cov1), _rows(cov2)
+    s1 = _sqrtm_psd(c1)
+    cross = torch.linalg.eigvalsh((s1 @ c2 @ s1 + (s1 @ c2 @ s1).T) / 2).clamp_min(0).sqrt().sum()
+    return ((m1 - m2).pow(2).sum() + torch.trace(c1) + torch.trace(c2) - 2 * cross).item()
+
+
+# ---------------------------------------------------------------------------------------------
+# trajectories
+
+
+def step_lengths(trajectory) -> np.ndarray:
+    """‖x_{t+1} − x_t‖ for consecutive rows of a trajectory [T, d]."""
+    t = _rows(trajectory)
+    return (t[1:] - t[:-1]).norm(dim=1).numpy()
+
+
+def random_walk_step_lengths(vocab, n_steps: int, *, seed: int = 0) -> np.ndarray:
+    """Step lengths of a random walk over vocabulary embeddings: consecutive uniformly drawn
+    vocabulary rows (what a trajectory of unrelated tokens would look like)."""
+    e = _rows(vocab)
+    idx = torch.randint(0, e.shape[0], (n_steps + 1,), generator=_generator(seed))
+    return step_lengths(e[idx])
+
+
+def trajectory_localization(trajectory, vocab, *, n_random: int = 1000, seed: int = 0) -> dict:
+    """Is a trajectory localized? Compares its step lengths with those of a random walk over the
+    vocabulary embeddings by a one-sided Mann–Whitney U test (H1: trajectory steps are shorter).
+    Returns `median_step`, `median_random_step`, `u` and `p` (small p = localized)."""
+    from scipy.stats import mannwhitneyu
+
+    steps = step_lengths(trajectory)
+    rand = random_walk_step_lengths(vocab, n_random, seed=seed)
+    if steps.size == 0:
+        return {"median_step": float("nan"), "median_random_step": float(np.median(rand)),
+                "u": float("nan"), "p": float("nan")}
+    res = mannwhitneyu(steps, rand, alternative="less")
+    return {"median_step": float(np.median(steps)), "median_random_step": float(np.median(rand)),
+            "u": float(res.statistic), "p": float(res.pvalue)}

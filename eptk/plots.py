@@ -1,0 +1,181 @@
+"""Figures of `eptk analyze`, as PNG files. Each function takes already-projected points and
+writes one figure; matplotlib is imported inside them and used through its Agg canvas only
+(no pyplot, no global backend switch)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+PRIOR_COLOUR = "#1f5fbf"
+POSTERIOR_COLOUR = "#d62728"
+REFERENCE_COLOUR = "#8c8c8c"
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
+    cols = min(n, max_cols)
+    return math.ceil(n / cols), cols
+
+
+def _axis_labels(ax, explained) -> None:
+    def pct(v):
+        return "?" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
+
+    ax.set_xlabel(f"PC1 ({pct(explained[0])} var.)")
+    ax.set_ylabel(f"PC2 ({pct(explained[1])} var.)")
+
+
+def _spread(values, count: int) -> list:
+    """At most `count` items, evenly spaced, first and last kept."""
+    if len(values) <= count:
+        return list(values)
+    idx = sorted({round(i * (len(values) - 1) / (count - 1)) for i in range(count)})
+    return [values[i] for i in idx]
+
+
+def plot_run_pca(run: str, panels: list[dict], path, *, max_panels: int = 12) -> Path:
+    """Small multiples, one per prompt block: the reference (grey), prior samples (blue),
+    posterior (red) and arrows prior → posterior in a 2-D PCA of the reference.
+    Each panel: title, reference [n, 2] or None, reference_label, prior [P, 2] or None,
+    posterior [P, 2] or None, explained (2 variance shares), fit_on."""
+    panels = _spread(panels, max_panels)
+    rows, cols = _grid(len(panels))
+    fig = _figure(4.2 * cols, 3.8 * rows + 0.4)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, panel in zip(axes.flat, panels):
+        ref, prior, post = panel.get("reference"), panel.get("prior"), panel.get("posterior")
+        if ref is not None and len(ref):
+            ax.scatter(ref[:, 0], ref[:, 1], s=3, c=REFERENCE_COLOUR, alpha=0.15, linewidths=0,
+                       label=panel.get("reference_label") or "reference", rasterized=True)
+        if prior is not None:
+            ax.scatter(prior[:, 0], prior[:, 1], s=22, c=PRIOR_COLOUR, label="prior", zorder=3)
+        if post is not None:
+            ax.scatter(post[:, 0], post[:, 1], s=22, c=POSTERIOR_COLOUR, marker="^", label="posterior", zorder=4)
+        if prior is not None and post is not None and prior.shape == post.shape:
+            for (x0, y0), (x1, y1) in zip(prior, post):
+                ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
+                            arrowprops={"arrowstyle": "->", "color": "#444444", "lw": 0.7, "alpha": 0.7})
+        ax.set_title(f"{panel['title']}\nPCA fitted on {panel.get('fit_on', 'reference')}", fontsize=9)
+        _axis_labels(ax, panel.get("explained", [None, None]))
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7, loc="best", markerscale=1.5)
+    fig.suptitle(f"{run}: where the prompt vectors moved", fontsize=12)
+    return _save(fig, path)
+
+
+def _colours(keys) -> dict:
+    from matplotlib import colormaps
+
+    keys = list(dict.fromkeys(keys))
+    cmap = colormaps["tab10" if len(keys) <= 10 else "tab20"]
+    return {k: cmap(i % cmap.N) for i, k in enumerate(keys)}
+
+
+def plot_val_curves(curves: list[dict], path) -> Path:
+    """Validation loss against step, one line per run (dicts with run, prior, steps, values),
+    coloured by prior; the legend names each prior once."""
+    colours = _colours(c["prior"] for c in curves)
+    fig = _figure(8, 5)
+    ax = fig.subplots()
+    seen = set()
+    for c in curves:
+        label = c["prior"] if c["prior"] not in seen else None
+        seen.add(c["prior"])
+        ax.plot(c["steps"], c["values"], marker="o", ms=3, lw=1.5, color=colours[c["prior"]], label=label, alpha=0.85)
+        ax.annotate(c["run"], (c["steps"][-1], c["values"][-1]), fontsize=7, xytext=(3, 0), textcoords="offset points")
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation loss")
+    ax.set_title("Validation loss by prior")
+    ax.grid(alpha=0.3)
+    ax.legend(title="prior", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_score_vs_distance(points: list[dict], path) -> Path:
+    """Final tuned score against the posterior's distance from the data (dicts with run, prior,
+    distance, score), coloured by prior, with the region boundary at distance 1."""
+    colours = _colours(p["prior"] for p in points)
+    fig = _figure(7, 5)
+    ax = fig.subplots()
+    seen = set()
+    for p in points:
+        label = p["prior"] if p["prior"] not in seen else None
+        seen.add(p["prior"])
+        ax.scatter([p["distance"]], [p["score"]], s=50, color=colours[p["prior"]], label=label, zorder=3)
+        ax.annotate(p["run"], (p["distance"], p["score"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.axvline(1.0, color="#666666", ls="--", lw=1, label="data 99% boundary")
+    ax.set_xlabel("posterior Mahalanobis distance / data 99% radius")
+    ax.set_ylabel("tuned score")
+    ax.set_title("Final score vs distance from the data")
+    ax.grid(alpha=0.3)
+    ax.legend(title="prior", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_task_clusters(panels: list[dict], path, *, max_panels: int = 12) -> Path:
+    """Per-layer PCA maps of captured activations, one colour per task (panels: title,
+    explained, groups {task: [n, 2]})."""
+    panels = _spread(panels, max_panels)
+    colours = _colours(t for p in panels for t in p["groups"])
+    rows, cols = _grid(len(panels))
+    fig = _figure(4 * cols, 3.6 * rows + 0.4)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, panel in zip(axes.flat, panels):
+        for task, pts in panel["groups"].items():
+            ax.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.4, color=colours[task], label=task, linewidths=0, rasterized=True)
+        ax.set_title(panel["title"], fontsize=10)
+        _axis_labels(ax, panel["explained"])
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7, markerscale=3)
+    fig.suptitle("Task activations per layer (PCA of the pooled samples)", fontsize=12)
+    return _save(fig, path)
+
+
+def plot_prefix_mass(run: str, mass: dict, path) -> Path | None:
+    """Heat map of attention mass on the prompt, layer × head, from eval.json `prefix_mass`
+    ({"layer<l>": [per-head floats]}). Returns None when there is nothing plottable."""
+    import re
+
+    import numpy as np
+
+    items = []
+    for key, values in mass.items():
+        m = re.fullmatch(r"layer(\d+)", str(key))
+        if m and isinstance(values, (list, tuple)) and values:
+            items.append((int(m.group(1)), [float(v) for v in values]))
+    if not items:
+        return None
+    items.sort()
+    heads = max(len(v) for _, v in items)
+    grid = np.full((len(items), heads), np.nan)
+    for i, (_, v) in enumerate(items):
+        grid[i, :len(v)] = v
+    fig = _figure(max(4.5, 0.45 * heads + 2.5), max(3.0, 0.3 * len(items) + 1.5))
+    ax = fig.subplots()
+    im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=max(1e-9, float(np.nanmax(grid))))
+    ax.set_yticks(range(len(items)), [str(l) for l, _ in items], fontsize=7)
+    ax.set_xticks(range(heads), [str(h) for h in range(heads)], fontsize=7)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(f"{run}: attention mass on the prompt")
+    fig.colorbar(im, ax=ax, label="mean probability on prompt slots")
+    return _save(fig, path)

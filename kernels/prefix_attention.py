@@ -1,0 +1,627 @@
+"""Fused attention over [shared prefix ; causal sequence] in Triton, forward and backward.
+
+Computes exactly `prefix_attention_reference` (kernels/reference.py) without expanding the prefix
+per sequence, repeating K/V per query head, or materializing a mask.
+
+Layout. One program works on the rows of one (batch, kv head): the G = Hq / Hkv query heads of the
+group are interleaved, row r = query t = r // G of head kv_head * G + r % G, so a block of rows
+reads each K/V tile once for the whole group (decoding T = 1 fills a block with the group's heads).
+Query t sits at sequence position S - T + t.
+
+Forward: online softmax in base 2; the prefix keys come first, so the log-sum-exp over the prefix
+alone is known after that loop and the prefix mass is exp2(lse_prefix - lse) (one float per row).
+Sequence keys below the block's first query position need no causal mask; only the diagonal
+blocks are masked, blocks past the last query are never visited. Decoding with few programs
+splits the keys over programs (flash-decoding) and merges the partial results in a second kernel.
+
+Backward: delta = rowsum(dO * O); a dK/dV kernel keeps one key block resident and walks the rows
+of the group (prefix key blocks walk every row of every query and write a per-batch partial that
+torch sums: deterministic, no atomics); a dQ kernel walks the key blocks like the forward.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+KEYS_PER_SPLIT_ALIGN = 256  # a multiple of every BLOCK_N, so split boundaries are block boundaries
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _autotuning() -> bool:
+    return not _interpreting() and os.environ.get("EPTK_AUTOTUNE", "1") != "0"
+
+
+def _interpreter_index_shim() -> None:
+    """Let the Triton 3.6 interpreter run `range(lo, hi)` with bounds derived from program ids.
+
+    The interpreter keeps scalars as 1-element arrays and converts loop bounds with int(array),
+    which NumPy >= 2.4 refuses for arrays that are not 0-dimensional. Interpreter only; idempotent.
+    """
+    from triton.runtime import interpreter
+
+    original = interpreter._patch_lang_tensor
+    if getattr(original, "_eptk_shim", False):
+        return
+
+    def patch(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patch._eptk_shim = True
+    interpreter._patch_lang_tensor = patch
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+@triton.jit
+def _rows_of_group(rows, b, kv_head, Hq, T, G: tl.constexpr):
+    """Query index t and the flat offset of (b, head, t) in a contiguous [B, Hq, T] tensor."""
+    t = rows // G
+    head = kv_head * G + rows % G
+    return t, (b * Hq + head) * T + t
+
+
+@triton.jit
+def _log2_sum(m, l):
+    """Base-2 log-sum-exp from the running max and sum; -inf where no key was seen."""
+    return tl.where(l > 0.0, m + tl.log2(tl.where(l > 0.0, l, 1.0)), float("-inf"))
+
+
+@triton.jit
+def _visible(cols, n_keys, pad_ptr, qpos, CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] (or [1, BLOCK_N]) mask of the keys `cols` each query may see."""
+    ok = cols < n_keys
+    if HAS_PAD:
+        ok = ok & (tl.load(pad_ptr + cols, mask=ok, other=0) != 0)
+    ok = ok[None, :]
+    if CAUSAL:
+        ok = ok & (cols[None, :] <= qpos[:, None])
+    return ok
+
+
+# ----------------------------------------------------------------------------- forward
+
+
+@triton.jit
+def _fwd_keys(acc, l_i, m_i, q, k_ptr, v_ptr, pad_ptr, lo, hi, n_keys, qpos, qk_scale,
+              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+              CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, RAGGED: tl.constexpr):
+    """Online-softmax accumulation over keys [lo, hi) of one K/V stream."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    for start in range(lo, hi, BLOCK_N):
+        cols = start + offs_n
+        key_ok = cols < n_keys
+        kt = tl.load(k_ptr + cols[None, :] * HEAD_DIM + offs_d[:, None],
+                     mask=key_ok[None, :] & d_ok[:, None], other=0.0)
+        s = tl.dot(q, kt, input_precision="ieee") * qk_scale
+        if CAUSAL or HAS_PAD or RAGGED:
+            s = tl.where(_visible(cols, n_keys, pad_ptr, qpos, CAUSAL, HAS_PAD), s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # A row that has seen no key yet keeps m = -inf; shift by 0 there to avoid inf - inf.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_ptr + cols[:, None] * HEAD_DIM + offs_d[None, :],
+                    mask=key_ok[:, None] & d_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, PK, PV, PAD, O, LSE, MASS, O_PART, LSE_PART,
+                B, Hq, T, S, P, keys_per_split, qk_scale,
+                G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                P_BLOCK: tl.constexpr, HAS_PAD: tl.constexpr, SPLIT: tl.constexpr,
+                STORE_MASS: tl.constexpr, DECODE: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # Longest (last) row blocks first: the causal triangle makes them the slowest.
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    split = tl.program_id(2)
+    Hkv = Hq // G
+    b = (pid_bh // Hkv).to(tl.int64)
+    kv_head = pid_bh % Hkv
+    R = T * G
+
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < R
+    t, stat = _rows_of_group(rows, b, kv_head, Hq, T, G)
+    qpos = t + (S - T)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    tile_ok = row_ok[:, None] & d_ok[None, :]
+    q = tl.load(Q + stat[:, None] * HEAD_DIM + offs_d[None, :], mask=tile_ok, other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+
+    # Prefix first (split 0 only), so its log-sum-exp is the running state after this loop.
+    p_off = kv_head.to(tl.int64) * P * HEAD_DIM
+    p_hi = P * (split == 0).to(tl.int32)
+    acc, l_i, m_i = _fwd_keys(acc, l_i, m_i, q, PK + p_off, PV + p_off, PAD, 0, p_hi, P, qpos,
+                              qk_scale, HEAD_DIM, BLOCK_D, P_BLOCK, False, False, True)
+    lse_prefix = _log2_sum(m_i, l_i)  # -inf when this program saw no prefix key
+
+    # Sequence keys: [0, full) is visible to every row of the block, [full, hi) is the diagonal.
+    t_first = (pid_m * BLOCK_M) // G
+    t_last = (tl.minimum(pid_m * BLOCK_M + BLOCK_M, R) - 1) // G
+    full = (S - T + t_first + 1) // BLOCK_N * BLOCK_N
+    hi = S - T + t_last + 1
+    k_lo = split * keys_per_split
+    k_hi = k_lo + keys_per_split
+    kv_off = (b * Hkv + kv_head) * S * HEAD_DIM
+    pad_ptr = PAD + b * S
+    acc, l_i, m_i = _fwd_keys(acc, l_i, m_i, q, K + kv_off, V + kv_off, pad_ptr,
+                              k_lo, tl.minimum(full, k_hi), S, qpos, qk_scale,
+                              HEAD_DIM, BLOCK_D, BLOCK_N, False, HAS_PAD, False)
+    acc, l_i, m_i = _fwd_keys(acc, l_i, m_i, q, K + kv_off, V + kv_off, pad_ptr,
+                              tl.maximum(full, k_lo), tl.minimum(hi, k_hi), S, qpos, qk_scale,
+                              HEAD_DIM, BLOCK_D, BLOCK_N, True, HAS_PAD, False)
+
+    seen = l_i > 0.0
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    if SPLIT:
+        # Partial results; _combine_kernel merges them. MASS holds the prefix lse meanwhile.
+        part = split.to(tl.int64) * (B * Hq * T) + stat
+        tl.store(LSE_PART + part, _log2_sum(m_i, l_i), mask=row_ok)
+        tl.store(O_PART + part[:, None] * HEAD_DIM + offs_d[None, :], out, mask=tile_ok)
+        tl.store(MASS + stat, lse_prefix, mask=row_ok & (split == 0))
+    else:
+        # +inf for a row that saw nothing: the backward's exp2(s - lse) is then 0, never NaN.
+        lse = tl.where(seen, _log2_sum(m_i, l_i), float("inf"))
+        tl.store(LSE + stat, lse, mask=row_ok)
+        tl.store(O + stat[:, None] * HEAD_DIM + offs_d[None, :], out.to(O.dtype.element_ty),
+                 mask=tile_ok)
+        if STORE_MASS:
+            tl.store(MASS + stat, tl.where(seen, tl.math.exp2(lse_prefix - lse), 0.0), mask=row_ok)
+
+
+@triton.jit
+def _combine_kernel(O_PART, LSE_PART, O, LSE, MASS, n_rows, n_split,
+                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
+    """Merge the per-split (lse, normalized output) pairs of the split forward."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < n_rows
+    offs_d = tl.arange(0, BLOCK_D)
+    tile_ok = row_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
+    m = tl.full([BLOCK_R], float("-inf"), tl.float32)
+    for s in range(n_split):
+        m = tl.maximum(m, tl.load(LSE_PART + s * n_rows + rows, mask=row_ok, other=float("-inf")))
+    m = tl.where(m == float("-inf"), 0.0, m)
+    l = tl.zeros([BLOCK_R], tl.float32)
+    acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
+    for s in range(n_split):
+        part = s * n_rows + rows
+        w = tl.math.exp2(tl.load(LSE_PART + part, mask=row_ok, other=float("-inf")) - m)
+        o = tl.load(O_PART + part.to(tl.int64)[:, None] * HEAD_DIM + offs_d[None, :],
+                    mask=tile_ok, other=0.0)
+        l += w
+        acc += w[:, None] * o
+    seen = l > 0.0
+    lse = tl.where(seen, _log2_sum(m, l), float("inf"))
+    tl.store(LSE + rows, lse, mask=row_ok)
+    tl.store(O + rows.to(tl.int64)[:, None] * HEAD_DIM + offs_d[None, :],
+             (acc / tl.where(seen, l, 1.0)[:, None]).to(O.dtype.element_ty), mask=tile_ok)
+    lse_prefix = tl.load(MASS + rows, mask=row_ok, other=float("-inf"))
+    tl.store(MASS + rows, tl.where(seen, tl.math.exp2(lse_prefix - lse), 0.0), mask=row_ok)
+
+
+# ----------------------------------------------------------------------------- backward
+
+
+@triton.jit
+def _delta_kernel(O, DO, DELTA, n_rows, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                  BLOCK_R: tl.constexpr):
+    """delta = rowsum(dO * O), the softmax-Jacobian term shared by dQ and dK."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = (rows < n_rows)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    ptrs = rows.to(tl.int64)[:, None] * HEAD_DIM + offs_d[None, :]
+    o = tl.load(O + ptrs, mask=ok, other=0.0).to(tl.float32)
+    do = tl.load(DO + ptrs, mask=ok, other=0.0).to(tl.float32)
+    tl.store(DELTA + rows, tl.sum(o * do, 1), mask=rows < n_rows)
+
+
+@triton.jit
+def _dkdv_rows(dk, dv, k, v, cols, col_ok, Q, DO, LSE, DELTA, b, kv_head, Hq, T, S, lo, hi,
+               qk_scale, G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+               BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):
+    """Accumulate dK, dV of one resident key block over the group's rows [lo, hi)."""
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    R = T * G
+    for start in range(lo, hi, BLOCK_M):
+        rows = start + tl.arange(0, BLOCK_M)
+        row_ok = rows < R
+        t, stat = _rows_of_group(rows, b, kv_head, Hq, T, G)
+        qt = tl.load(Q + stat[None, :] * HEAD_DIM + offs_d[:, None],
+                     mask=row_ok[None, :] & d_ok[:, None], other=0.0)
+        do = tl.load(DO + stat[:, None] * HEAD_DIM + offs_d[None, :],
+                     mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        # Rows past the end get lse = +inf, hence probability 0.
+        lse = tl.load(LSE + stat, mask=row_ok, other=float("inf"))
+        delta = tl.load(DELTA + stat, mask=row_ok, other=0.0)
+        pt = tl.math.exp2(tl.dot(k, qt, input_precision="ieee") * qk_scale - lse[None, :])
+        ok = col_ok[:, None]
+        if CAUSAL:
+            ok = ok & (cols[:, None] <= (t + S - T)[None, :])
+        pt = tl.where(ok, pt, 0.0)
+        dv += tl.dot(pt.to(do.dtype), do, input_precision="ieee")
+        dpt = tl.dot(v, tl.trans(do), input_precision="ieee")
+        dst = pt * (dpt - delta[None, :])
+        dk += tl.dot(dst.to(qt.dtype), tl.trans(qt), input_precision="ieee")
+    return dk, dv
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, PK, PV, PAD, DO, LSE, DELTA, DK, DV, DPK, DPV,
+                     Hq, T, S, P, qk_scale, sm_scale,
+                     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                     HAS_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Programs [0, cdiv(P, BLOCK_N)) take prefix key blocks, the rest sequence key blocks."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    Hkv = Hq // G
+    b = (pid_bh // Hkv).to(tl.int64)
+    kv_head = pid_bh % Hkv
+    R = T * G
+    n_prefix_blocks = tl.cdiv(P, BLOCK_N)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+
+    if pid_n < n_prefix_blocks:
+        # Every query of the group sees every prefix key: walk all rows, no mask but the end.
+        cols = pid_n * BLOCK_N + offs_n
+        col_ok = cols < P
+        tile = cols[:, None] * HEAD_DIM + offs_d[None, :]
+        tile_ok = col_ok[:, None] & d_ok[None, :]
+        p_off = kv_head.to(tl.int64) * P * HEAD_DIM
+        k = tl.load(PK + p_off + tile, mask=tile_ok, other=0.0)
+        v = tl.load(PV + p_off + tile, mask=tile_ok, other=0.0)
+        dk, dv = _dkdv_rows(dk, dv, k, v, cols, col_ok, Q, DO, LSE, DELTA, b, kv_head, Hq, T, S,
+                            0, R, qk_scale, G, HEAD_DIM, BLOCK_D, BLOCK_M, False)
+        # Per-batch partial in float32; the caller sums over the batch (deterministic).
+        part = (b * Hkv + kv_head) * P * HEAD_DIM + tile
+        tl.store(DPK + part, dk * sm_scale, mask=tile_ok)
+        tl.store(DPV + part, dv, mask=tile_ok)
+    else:
+        j0 = (pid_n - n_prefix_blocks) * BLOCK_N
+        cols = j0 + offs_n
+        col_ok = cols < S
+        if HAS_PAD:
+            col_ok = col_ok & (tl.load(PAD + b * S + cols, mask=col_ok, other=0) != 0)
+        tile = cols[:, None] * HEAD_DIM + offs_d[None, :]
+        tile_ok = (cols < S)[:, None] & d_ok[None, :]
+        kv_off = (b * Hkv + kv_head) * S * HEAD_DIM
+        k = tl.load(K + kv_off + tile, mask=tile_ok, other=0.0)
+        v = tl.load(V + kv_off + tile, mask=tile_ok, other=0.0)
+        # Rows before r_lo see none of these keys; rows from r_full on see all of them.
+        r_lo = tl.maximum(j0 - (S - T), 0) * G
+        t_full = tl.maximum(j0 + BLOCK_N - 1 - (S - T), 0)
+        r_full = tl.minimum(r_lo + tl.cdiv(tl.maximum(t_full * G - r_lo, 0), BLOCK_M) * BLOCK_M, R)
+        dk, dv = _dkdv_rows(dk, dv, k, v, cols, col_ok, Q, DO, LSE, DELTA, b, kv_head, Hq, T, S,
+                            r_lo, r_full, qk_scale, G, HEAD_DIM, BLOCK_D, BLOCK_M, True)
+        dk, dv = _dkdv_rows(dk, dv, k, v, cols, col_ok, Q, DO, LSE, DELTA, b, kv_head, Hq, T, S,
+                            r_full, R, qk_scale, G, HEAD_DIM, BLOCK_D, BLOCK_M, False)
+        tl.store(DK + kv_off + tile, (dk * sm_scale).to(DK.dtype.element_ty), mask=tile_ok)
+        tl.store(DV + kv_off + tile, dv.to(DV.dtype.element_ty), mask=tile_ok)
+
+
+@triton.jit
+def _dq_keys(dq, q, do, lse, delta, k_ptr, v_ptr, pad_ptr, lo, hi, n_keys, qpos, qk_scale,
+             HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+             CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, RAGGED: tl.constexpr):
+    """Accumulate dQ over keys [lo, hi) of one K/V stream."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    for start in range(lo, hi, BLOCK_N):
+        cols = start + offs_n
+        ok = (cols < n_keys)[None, :] & d_ok[:, None]
+        kt = tl.load(k_ptr + cols[None, :] * HEAD_DIM + offs_d[:, None], mask=ok, other=0.0)
+        vt = tl.load(v_ptr + cols[None, :] * HEAD_DIM + offs_d[:, None], mask=ok, other=0.0)
+        p = tl.math.exp2(tl.dot(q, kt, input_precision="ieee") * qk_scale - lse[:, None])
+        if CAUSAL or HAS_PAD or RAGGED:
+            p = tl.where(_visible(cols, n_keys, pad_ptr, qpos, CAUSAL, HAS_PAD), p, 0.0)
+        dp = tl.dot(do, vt, input_precision="ieee")
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision="ieee")
+    return dq
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, PK, PV, PAD, DO, LSE, DELTA, DQ,
+                   Hq, T, S, P, qk_scale, sm_scale,
+                   G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                   P_BLOCK: tl.constexpr, HAS_PAD: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    Hkv = Hq // G
+    b = (pid_bh // Hkv).to(tl.int64)
+    kv_head = pid_bh % Hkv
+    R = T * G
+
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < R
+    t, stat = _rows_of_group(rows, b, kv_head, Hq, T, G)
+    qpos = t + (S - T)
+    offs_d = tl.arange(0, BLOCK_D)
+    tile_ok = row_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
+    tile = stat[:, None] * HEAD_DIM + offs_d[None, :]
+    q = tl.load(Q + tile, mask=tile_ok, other=0.0)
+    do = tl.load(DO + tile, mask=tile_ok, other=0.0)
+    lse = tl.load(LSE + stat, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + stat, mask=row_ok, other=0.0)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+
+    p_off = kv_head.to(tl.int64) * P * HEAD_DIM
+    dq = _dq_keys(dq, q, do, lse, delta, PK + p_off, PV + p_off, PAD, 0, P, P, qpos, qk_scale,
+                  HEAD_DIM, BLOCK_D, P_BLOCK, False, False, True)
+    t_first = (pid_m * BLOCK_M) // G
+    t_last = (tl.minimum(pid_m * BLOCK_M + BLOCK_M, R) - 1) // G
+    full = (S - T + t_first + 1) // BLOCK_N * BLOCK_N
+    hi = S - T + t_last + 1
+    kv_off = (b * Hkv + kv_head) * S * HEAD_DIM
+    pad_ptr = PAD + b * S
+    dq = _dq_keys(dq, q, do, lse, delta, K + kv_off, V + kv_off, pad_ptr, 0, full, S, qpos,
+                  qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, False, HAS_PAD, False)
+    dq = _dq_keys(dq, q, do, lse, delta, K + kv_off, V + kv_off, pad_ptr, full, hi, S, qpos,
+                  qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, True, HAS_PAD, False)
+    tl.store(DQ + tile, (dq * sm_scale).to(DQ.dtype.element_ty), mask=tile_ok)
+
+
+# ----------------------------------------------------------------------------- configurations
+#
+# Tables keyed on (decode, head dim 256): decode rows fit one 16-row block; a 256-wide head needs
+# smaller tiles to stay in registers and shared memory. Few configs, so compilation stays short.
+
+def _cfg(block_m, block_n, warps, stages):
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps,
+                         num_stages=stages)
+
+
+_FWD_TABLE = {
+    (False, False): [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(64, 64, 4, 3),
+                     _cfg(128, 64, 4, 4)],
+    (False, True): [_cfg(64, 64, 8, 2), _cfg(64, 32, 4, 2)],
+    (True, False): [_cfg(16, 64, 4, 3), _cfg(16, 128, 4, 3)],
+    (True, True): [_cfg(16, 64, 4, 2), _cfg(16, 32, 4, 3)],
+}
+# dK/dV: BLOCK_N keys stay resident, BLOCK_M rows stream. dQ: BLOCK_M rows resident.
+_DKDV_TABLE = {
+    False: [_cfg(32, 128, 4, 3), _cfg(64, 64, 4, 3), _cfg(64, 128, 8, 2)],
+    True: [_cfg(32, 64, 8, 2), _cfg(32, 32, 4, 2)],
+}
+_DQ_TABLE = {
+    False: [_cfg(128, 32, 4, 3), _cfg(64, 64, 4, 3), _cfg(128, 64, 8, 2)],
+    True: [_cfg(64, 32, 8, 2), _cfg(32, 32, 4, 2)],
+}
+# Under the interpreter: small blocks, so small test shapes still cross block boundaries.
+INTERPRET_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 16}
+
+
+def _all(table):
+    return [c for cfgs in table.values() for c in cfgs]
+
+
+def _pick_fwd(configs, named_args, **kwargs):
+    args = {**named_args, **kwargs}
+    return _FWD_TABLE[(bool(args["DECODE"]), args["BLOCK_D"] >= 256)]
+
+
+def _pick_dkdv(configs, named_args, **kwargs):
+    return _DKDV_TABLE[{**named_args, **kwargs}["BLOCK_D"] >= 256]
+
+
+def _pick_dq(configs, named_args, **kwargs):
+    return _DQ_TABLE[{**named_args, **kwargs}["BLOCK_D"] >= 256]
+
+
+_fwd_tuned = triton.autotune(_all(_FWD_TABLE), key=["BLOCK_D", "DECODE", "SPLIT", "G"],
+                             prune_configs_by={"early_config_prune": _pick_fwd})(_fwd_kernel)
+_dkdv_tuned = triton.autotune(_all(_DKDV_TABLE), key=["BLOCK_D", "G"],
+                              prune_configs_by={"early_config_prune": _pick_dkdv})(_bwd_dkdv_kernel)
+_dq_tuned = triton.autotune(_all(_DQ_TABLE), key=["BLOCK_D", "G"],
+                            prune_configs_by={"early_config_prune": _pick_dq})(_bwd_dq_kernel)
+
+
+def _launch(kernel, tuned, table_config, grid, *args, **kwargs):
+    """Autotuned on GPU; one fixed config when autotuning is off or under the interpreter."""
+    if _autotuning():
+        tuned[grid](*args, **kwargs)
+        return
+    if _interpreting():
+        _interpreter_index_shim()
+    cfg = INTERPRET_BLOCKS if _interpreting() else table_config.kwargs
+    opts = {} if _interpreting() else {"num_warps": table_config.num_warps,
+                                       "num_stages": table_config.num_stages}
+    kernel[grid](*args, **kwargs, **cfg, **opts)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def _block_d(head_dim: int) -> int:
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def _prefix_block(P: int) -> int:
+    # Short prefixes get a short key block instead of a mostly masked BLOCK_N one (dot needs 16).
+    if _interpreting():
+        return 16
+    return min(64, max(16, triton.next_power_of_2(max(P, 1))))
+
+
+def _num_splits(q, rows: int, programs: int, S: int) -> int:
+    """Split the keys of a decode step over programs when the grid alone cannot fill the GPU."""
+    if not q.is_cuda or rows > 16 or S < 1024:
+        return 1
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+    if programs >= sms:
+        return 1
+    return max(1, min(triton.cdiv(2 * sms, programs), S // 512))
+
+
+def _forward(q, k, v, pk, pv, pad, scale, want_mass, num_splits=None):
+    """out, lse [B,Hq,T] (base 2, +inf for rows that see nothing), mass or None."""
+    B, Hq, T, D = q.shape
+    Hkv, S, P = k.shape[1], k.shape[2], pk.shape[1]
+    G = Hq // Hkv
+    R = T * G
+    decode = R <= 16
+    block_d = _block_d(D)
+    if num_splits is None:
+        num_splits = _num_splits(q, R, B * Hkv, S)
+    align = INTERPRET_BLOCKS["BLOCK_N"] if _interpreting() else KEYS_PER_SPLIT_ALIGN
+    keys_per_split = triton.cdiv(triton.cdiv(S, num_splits), align) * align
+    num_splits = triton.cdiv(S, keys_per_split) if S else 1
+    split = num_splits > 1
+
+    out = torch.empty_like(q)
+    lse = torch.empty(B, Hq, T, device=q.device, dtype=torch.float32)
+    mass = torch.empty_like(lse) if (want_mass or split) else lse
+    if split:
+        o_part = torch.empty(num_splits, B, Hq, T, D, device=q.device, dtype=torch.float32)
+        lse_part = torch.empty(num_splits, B, Hq, T, device=q.device, dtype=torch.float32)
+    else:
+        o_part, lse_part = lse, lse  # unused
+
+    def grid(meta):
+        return (triton.cdiv(R, meta["BLOCK_M"]), B * Hkv, num_splits)
+
+    _launch(_fwd_kernel, _fwd_tuned, _FWD_TABLE[(decode, block_d >= 256)][0], grid,
+            q, k, v, pk, pv, pad if pad is not None else q, out, lse, mass, o_part, lse_part,
+            B, Hq, T, S, P, keys_per_split, scale * LOG2E,
+            G=G, HEAD_DIM=D, BLOCK_D=block_d, P_BLOCK=_prefix_block(P),
+            HAS_PAD=pad is not None, SPLIT=split, STORE_MASS=want_mass, DECODE=decode)
+    if split:
+        n_rows, block_r = B * Hq * T, 16
+        _combine_kernel[(triton.cdiv(n_rows, block_r),)](
+            o_part, lse_part, out, lse, mass, n_rows, num_splits,
+            HEAD_DIM=D, BLOCK_D=block_d, BLOCK_R=block_r)
+    return out, lse, (mass if want_mass else None)
+
+
+def _backward(do, q, k, v, pk, pv, pad, out, lse, scale):
+    B, Hq, T, D = q.shape
+    Hkv, S, P = k.shape[1], k.shape[2], pk.shape[1]
+    G = Hq // Hkv
+    R = T * G
+    block_d = _block_d(D)
+    big = block_d >= 256
+    pad_arg = pad if pad is not None else q
+
+    delta = torch.empty_like(lse)
+    n_rows, block_r = B * Hq * T, 32
+    _delta_kernel[(triton.cdiv(n_rows, block_r),)](out, do, delta, n_rows, HEAD_DIM=D,
+                                                   BLOCK_D=block_d, BLOCK_R=block_r)
+
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dpk_part = torch.empty(B, Hkv, P, D, device=q.device, dtype=torch.float32)
+    dpv_part = torch.empty_like(dpk_part)
+
+    def dkdv_grid(meta):
+        return (triton.cdiv(P, meta["BLOCK_N"]) + triton.cdiv(S, meta["BLOCK_N"]), B * Hkv)
+
+    _launch(_bwd_dkdv_kernel, _dkdv_tuned, _DKDV_TABLE[big][0], dkdv_grid,
+            q, k, v, pk, pv, pad_arg, do, lse, delta, dk, dv, dpk_part, dpv_part,
+            Hq, T, S, P, scale * LOG2E, scale,
+            G=G, HEAD_DIM=D, BLOCK_D=block_d, HAS_PAD=pad is not None)
+
+    def dq_grid(meta):
+        return (triton.cdiv(R, meta["BLOCK_M"]), B * Hkv)
+
+    _launch(_bwd_dq_kernel, _dq_tuned, _DQ_TABLE[big][0], dq_grid,
+            q, k, v, pk, pv, pad_arg, do, lse, delta, dq,
+            Hq, T, S, P, scale * LOG2E, scale,
+            G=G, HEAD_DIM=D, BLOCK_D=block_d, P_BLOCK=_prefix_block(P), HAS_PAD=pad is not None)
+    dpk = dpk_part.sum(0).to(pk.dtype)
+    dpv = dpv_part.sum(0).to(pv.dtype)
+    return dq, dk, dv, dpk, dpv
+
+
+# ----------------------------------------------------------------------------- autograd
+
+
+class PrefixAttention(torch.autograd.Function):
+    """out (and the non-differentiable prefix mass) of q over [prefix ; causal sequence]."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, pk, pv, pad, scale, want_mass):
+        out, lse, mass = _forward(q, k, v, pk, pv, pad, scale, want_mass)
+        ctx.save_for_backward(q, k, v, pk, pv, pad, out, lse)
+        ctx.scale = scale
+        if mass is None:
+            return out
+        ctx.mark_non_differentiable(mass)
+        return out, mass
+
+    @staticmethod
+    def backward(ctx, dout, *_):
+        q, k, v, pk, pv, pad, out, lse = ctx.saved_tensors
+        grads = _backward(dout.contiguous(), q, k, v, pk, pv, pad, out, lse, ctx.scale)
+        return (*grads, None, None, None)
+
+
+def _checked(q, k, v, prefix_k, prefix_v, key_padding_mask):
+    if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
+        raise ValueError(f"expected q [B,Hq,T,D], k and v [B,Hkv,S,D]; got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    B, Hq, T, D = q.shape
+    _, Hkv, S, _ = k.shape
+    if k.shape[0] != B or k.shape[3] != D:
+        raise ValueError(f"k {tuple(k.shape)} does not match q {tuple(q.shape)}")
+    if Hq % Hkv:
+        raise ValueError(f"query heads {Hq} must be a multiple of key/value heads {Hkv}")
+    if S < T:
+        raise ValueError(f"sequence keys S={S} must be at least the queries T={T}")
+    if prefix_k.dim() != 3 or prefix_k.shape != prefix_v.shape or prefix_k.shape[0] != Hkv \
+            or prefix_k.shape[2] != D:
+        raise ValueError(f"expected prefix_k and prefix_v [Hkv={Hkv},P,D={D}]; got "
+                         f"{tuple(prefix_k.shape)}, {tuple(prefix_v.shape)}")
+    if D > 256:
+        raise ValueError(f"head dim {D} is above the kernel's limit of 256")
+    if key_padding_mask is not None and tuple(key_padding_mask.shape) != (B, S):
+        raise ValueError(f"key_padding_mask must be [B={B}, S={S}]; got "
+                         f"{tuple(key_padding_mask.shape)}")
+
+
+def prefix_attention_triton(q, k, v, prefix_k, prefix_v, *, key_padding_mask=None, scale=None,
+                            return_prefix_mass=False):
+    """Triton path of `eptk.kernels.prefix_attention`; same contract as the reference.
+
+    k, v, prefix_k and prefix_v are cast to q's dtype (differentiably) when they differ.
+    """
+    _checked(q, k, v, prefix_k, prefix_v, key_padding_mask)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    k, v, prefix_k, prefix_v = (x.to(q.dtype).contiguous() for x in (k, v, prefix_k, prefix_v))
+    pad = None
+    if key_padding_mask is not None:
+        pad = key_padding_mask.to(device=q.device, dtype=torch.bool).contiguous().view(torch.uint8)
+    if q.numel() == 0:
+        out = q.new_zeros(q.shape)
+        mass = q.new_zeros(q.shape[:3], dtype=torch.float32)
+        return (out, mass) if return_prefix_mass else out
+    return PrefixAttention.apply(q.contiguous(), k, v, prefix_k, prefix_v, pad, scale,
+                                 bool(return_prefix_mass))
+
+
+__all__ = ["prefix_attention_triton", "PrefixAttention"]

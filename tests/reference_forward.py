@@ -1,0 +1,50 @@
+"""The plain full forward over [slots ; tokens] that the two-pass design must reproduce.
+
+Soft/deep: inputs_embeds = [soft ; token embeddings], the deep layers' slot states replaced by
+pre-hooks ("prepend to each layer's input, cut from its output"). Prefix: the prefix keys/values as
+a prefilled HF cache, the way PEFT prefix tuning runs. Plain HF attention ("sdpa"), no eptk code.
+"""
+import torch
+
+from eptk.models import decoder_layers
+
+
+def full_forward(prompted, input_ids, attention_mask):
+    model = prompted.model
+    prev = model.config._attn_implementation
+    model.set_attn_implementation("sdpa")
+    hooks = []
+    try:
+        P, B = prompted.tokens, input_ids.shape[0]
+        full_mask = torch.cat([attention_mask.new_ones(B, P), attention_mask], dim=1)
+        positions = (full_mask.long().cumsum(-1) - 1).clamp_min(0)
+        if prompted.method == "prefix":
+            from transformers import DynamicCache
+            cache = DynamicCache(config=model.config)
+            for l in range(prompted.dims["num_layers"]):
+                k = prompted.param(f"prefix.{l}.key").detach().unsqueeze(0).expand(B, -1, -1, -1)
+                v = prompted.param(f"prefix.{l}.value").detach().unsqueeze(0).expand(B, -1, -1, -1)
+                cache.update(k.contiguous(), v.contiguous(), l)
+            out = model(input_ids=input_ids, attention_mask=full_mask, position_ids=positions[:, P:],
+                        past_key_values=cache, use_cache=True)
+            return out.logits.float()
+        embeds = model.get_input_embeddings()(input_ids)
+        soft = prompted.param("soft").detach() if prompted.has_soft else torch.zeros(P, embeds.shape[-1])
+        embeds = torch.cat([soft.unsqueeze(0).expand(B, -1, -1), embeds], dim=1)
+        layers = decoder_layers(model)
+        for l in prompted.deep_layers:
+            vec = prompted.param(f"deep.{l}").detach()
+
+            def hook(module, args, kwargs, vec=vec):
+                hs = args[0] if args else kwargs["hidden_states"]
+                hs = torch.cat([vec.unsqueeze(0).expand(hs.shape[0], -1, -1), hs[:, P:]], dim=1)
+                if args:
+                    return (hs,) + tuple(args[1:]), kwargs
+                return args, dict(kwargs, hidden_states=hs)
+            hooks.append(layers[l].register_forward_pre_hook(hook, with_kwargs=True))
+        out = model(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions)
+        return out.logits[:, P:].float()
+    finally:
+        for h in hooks:
+            h.remove()
+        model.set_attn_implementation(prev)
