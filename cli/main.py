@@ -4,8 +4,6 @@ from __future__ import annotations
 import os
 import sys
 
-import click
-
 from .app import app
 from . import tune as _tune, priors as _priors  # noqa: F401  (register commands)
 
@@ -19,6 +17,7 @@ for _optional in ("capture", "analyze", "export", "sweep"):
 
 def main(argv=None) -> int:
     from eptk.errors import EptkUsageError
+    from eptk.train import Stop
 
     _quiet_libraries()
     try:
@@ -26,22 +25,27 @@ def main(argv=None) -> int:
     except EptkUsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return _exit(2)
-    except click.exceptions.Abort:
-        print("aborted", file=sys.stderr)
-        return _exit(130)
-    except click.exceptions.UsageError as exc:
-        print(f"error: {exc.format_message().splitlines()[0]}", file=sys.stderr)
-        return _exit(2)
-    except click.exceptions.Exit as exc:
+    except Stop as exc:
+        print(f"eptk: {exc}", file=sys.stderr)
         return _exit(exc.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return _exit(130)
-    except Exception as exc:  # an internal failure: one line unless EPTK_DEBUG asks for the traceback
+    except Exception as exc:
+        # Typer may vendor its own click: recognise click's exceptions by class name.
+        kinds = {cls.__name__ for cls in type(exc).__mro__}
+        if "UsageError" in kinds:
+            print(f"error: {exc.format_message().splitlines()[0]}", file=sys.stderr)
+            return _exit(2)
+        if "Abort" in kinds:
+            print("aborted", file=sys.stderr)
+            return _exit(130)
+        if "Exit" in kinds:
+            return _exit(getattr(exc, "exit_code", 0))
         if os.environ.get("EPTK_DEBUG"):
             raise
-        print(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-              f"(set EPTK_DEBUG=1 for the traceback)", file=sys.stderr)
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"internal error: {type(exc).__name__}: {first} (set EPTK_DEBUG=1 for the traceback)", file=sys.stderr)
         return _exit(1)
     return _exit(0)
 

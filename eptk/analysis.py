@@ -227,6 +227,24 @@ class ActivationStats:
     def model(self) -> str | None:
         return self.meta.get("model")
 
+    def gaussian(self, layer: int) -> M.DataGaussian:
+        """The layer's data Gaussian (shrunk covariance), built once."""
+        cache = self.__dict__.setdefault("_gaussians", {})
+        if layer not in cache:
+            t = self.layers[layer]
+            cache[layer] = M.DataGaussian(t["mean"], t["cov"], t.get("samples"))
+        return cache[layer]
+
+    def sample(self, layer: int, max_n: int, seed: int) -> M.DataSample | None:
+        """The layer's captured samples (subsampled to max_n) for kNN / MMD / energy, built once."""
+        cache = self.__dict__.setdefault("_samples", {})
+        key = (layer, max_n, seed)
+        if key not in cache:
+            samples = self.layers[layer].get("samples")
+            ok = samples is not None and samples.shape[0] >= 2
+            cache[key] = M.DataSample(samples, max_n=max_n, seed=seed) if ok else None
+        return cache[key]
+
 
 def load_stats(path) -> ActivationStats:
     """Read an activation-statistics folder (stats.safetensors + meta.json)."""
@@ -405,7 +423,7 @@ def _match_stats(run: RunData, stats: Sequence[ActivationStats]) -> ActivationSt
 
 
 def _vector_metrics(x: torch.Tensor, *, vocab: Vocabulary | None, threshold: float | None, reference: torch.Tensor | None,
-                    data: M.DataGaussian | None, data_samples: torch.Tensor | None, opts: AnalysisOptions,
+                    data: M.DataGaussian | None, data_sample: M.DataSample | None, opts: AnalysisOptions,
                     prior: torch.Tensor | None = None) -> tuple[dict, dict | None]:
     out = {k: None for k in _VECTOR_COLUMNS}
     out["anisotropy"] = M.mean_pairwise_cosine(x)
@@ -423,12 +441,11 @@ def _vector_metrics(x: torch.Tensor, *, vocab: Vocabulary | None, threshold: flo
     if data is not None:
         region = M.region_position(x, data, quantile=opts.region_quantile)
         out.update(maha_mean=region["maha_mean"], maha_rel=region["maha_rel"], inside_share=region["inside_share"])
-    if data_samples is not None and data_samples.shape[0] >= 2:
-        knn = M.knn_precision_recall(data_samples, x, k=opts.knn_k, max_real=None, seed=opts.seed)
+    if data_sample is not None:
+        knn = data_sample.knn_precision_recall(x, k=opts.knn_k)
         out.update({f"knn_{k}": v for k, v in knn.items()})
-        mmd = M.mmd_rbf(x, data_samples, n_perm=opts.n_perm, seed=opts.seed, max_n=None)
-        energy = M.energy_distance(x, data_samples, n_perm=opts.n_perm, seed=opts.seed, max_n=None)
-        out.update(mmd2=mmd["mmd2"], mmd_p=mmd["p"], energy=energy["energy"], energy_p=energy["p"])
+        tests = data_sample.two_sample_tests(x, n_perm=opts.n_perm, seed=opts.seed)
+        out.update({k: tests[k] for k in ("mmd2", "mmd_p", "energy", "energy_p")})
     return out, neighbours
 
 
@@ -451,8 +468,10 @@ def _subsample_rows(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n]]
 
 
-def analyze_run(run: RunData, *, vocabs: _VocabCache, stats: Sequence[ActivationStats], opts: AnalysisOptions):
+def analyze_run(run: RunData, *, vocabs: _VocabCache, stats: Sequence[ActivationStats], opts: AnalysisOptions,
+                pca_cache: dict | None = None):
     """Rows (one per block), per-slot neighbour details and PCA panels for one run."""
+    pca_cache = {} if pca_cache is None else pca_cache
     cfg = run.config
     base = {
         "run": run.name, "path": str(run.path), "status": "complete" if run.complete else "in progress",
@@ -467,10 +486,10 @@ def analyze_run(run: RunData, *, vocabs: _VocabCache, stats: Sequence[Activation
         run.notes.append("no posterior.safetensors yet: prior metrics only")
     rows, details, panels = [], {}, []
     for block in blocks:
-        row = {**base, **{k: None for k in _BLOCK_COLUMNS}}
+        row = {**dict.fromkeys(SUMMARY_COLUMNS), **base}
         ref_rows = block.prior if block.prior is not None else block.posterior
         row.update(block=block.name, layer=block.layer, space=block.space, n_vectors=ref_rows.shape[0], dim=ref_rows.shape[1])
-        vocab = threshold = reference = data = samples = None
+        vocab = threshold = reference = data = sample = None
         ref_kind = ""
         dim = ref_rows.shape[1]
         if block.space == "embedding":
@@ -486,10 +505,10 @@ def analyze_run(run: RunData, *, vocabs: _VocabCache, stats: Sequence[Activation
             layer = matched.layers[block.layer]
             if layer["mean"].shape[-1] == dim:
                 full = layer.get("samples")
-                data = M.DataGaussian(layer["mean"], layer["cov"], full)
-                samples = None if full is None else _subsample_rows(full, opts.max_data, opts.seed)
+                data = matched.gaussian(block.layer)
+                sample = matched.sample(block.layer, opts.max_data, opts.seed)
                 region = data.radius(opts.region_quantile)
-                row.update(data_task=matched.task, n_data=0 if samples is None else samples.shape[0],
+                row.update(data_task=matched.task, n_data=0 if sample is None else sample.n,
                            shrinkage=data.shrinkage, region_radius=region[0], region_radius_kind=region[1])
                 if reference is None and full is not None:
                     reference, ref_kind = full, "data"
@@ -501,7 +520,7 @@ def analyze_run(run: RunData, *, vocabs: _VocabCache, stats: Sequence[Activation
         row.update(collapse_threshold=threshold, ref_kind=ref_kind)
         if reference is not None:
             row["ref_norm_p50"] = torch.quantile(reference.float().norm(dim=1), 0.5).item()
-        common = dict(vocab=vocab, threshold=threshold, reference=reference, data=data, data_samples=samples, opts=opts)
+        common = dict(vocab=vocab, threshold=threshold, reference=reference, data=data, data_sample=sample, opts=opts)
         block_details = {}
         for which, x in (("prior", block.prior), ("post", block.posterior)):
             if x is None:
@@ -518,17 +537,21 @@ def analyze_run(run: RunData, *, vocabs: _VocabCache, stats: Sequence[Activation
         if block_details:
             details[block.name] = block_details
         rows.append(row)
-        panels.append(_pca_panel(block, reference, ref_kind, opts))
+        panels.append(_pca_panel(block, reference, ref_kind, opts, pca_cache))
     if not blocks:
         run.notes.append("no prior.safetensors or posterior.safetensors yet")
-        rows.append({**base, **{k: None for k in _BLOCK_COLUMNS}})
+        rows.append({**dict.fromkeys(SUMMARY_COLUMNS), **base})
     return rows, details, panels
 
 
-def _pca_panel(block: Block, reference, ref_kind: str, opts: AnalysisOptions) -> dict:
-    pts = [x for x in (block.prior, block.posterior) if x is not None]
-    fit_on = reference if reference is not None else torch.cat(pts)
-    pca = M.pca_2d(fit_on, max_n=5000, seed=opts.seed)
+def _pca_panel(block: Block, reference, ref_kind: str, opts: AnalysisOptions, cache: dict) -> dict:
+    if reference is not None:  # one fit per vocabulary / data layer, shared by the runs using it
+        key = (id(reference), tuple(reference.shape))
+        if key not in cache:
+            cache[key] = (reference, M.pca_2d(reference, max_n=5000, seed=opts.seed))  # holds `reference`: ids stay unique
+        pca = cache[key][1]
+    else:
+        pca = M.pca_2d(torch.cat([x for x in (block.prior, block.posterior) if x is not None]), seed=opts.seed)
 
     def project(x):
         return None if x is None else ((x.double() - pca["mean"]) @ pca["components"].T).numpy()
@@ -715,6 +738,7 @@ def analyze_runs(paths: Sequence, out="analysis", *, stats: Sequence = (), vocab
     console = console or Console()
     out = Path(out)
     run_dirs = find_runs(paths)
+    pca_cache: dict = {}
     loaded_stats = [s if isinstance(s, ActivationStats) else load_stats(s) for s in stats]
     vocabs = _VocabCache(vocab)
     notes: list[str] = []
@@ -742,7 +766,7 @@ def analyze_runs(paths: Sequence, out="analysis", *, stats: Sequence = (), vocab
                 name, i = f"{run.name} ({i})", i + 1
             run.name = name
             display_names.add(name)
-            run_rows, run_details, panels = analyze_run(run, vocabs=vocabs, stats=loaded_stats, opts=opts)
+            run_rows, run_details, panels = analyze_run(run, vocabs=vocabs, stats=loaded_stats, opts=opts, pca_cache=pca_cache)
             rows += run_rows
             if run_details:
                 details[run.name] = run_details

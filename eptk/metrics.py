@@ -68,6 +68,12 @@ def displacement(prior, posterior) -> dict:
 # vocabulary neighbours and collapse
 
 
+def _rows32(x) -> torch.Tensor:
+    """A float32 CPU view/copy for large matrices (vocabularies) that need no float64."""
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    return t.detach().to(device="cpu", dtype=torch.float32)
+
+
 def collapse_threshold(vocab, *, quantile: float = 0.999, n_pairs: int = 100_000, seed: int = 0) -> float:
     """The cosine above which a vector counts as collapsed onto a token.
 
@@ -77,20 +83,20 @@ def collapse_threshold(vocab, *, quantile: float = 0.999, n_pairs: int = 100_000
     over V tokens of a random direction's cosine can exceed a single-pair percentile for a large,
     isotropic vocabulary; compare collapsed shares between runs of one model, not across models.
     """
-    e = _rows(vocab)
+    e = vocab if isinstance(vocab, torch.Tensor) else torch.as_tensor(np.asarray(vocab))
     v = e.shape[0]
     if v < 2:
         return float("nan")
     g = _generator(seed)
     i = torch.randint(0, v, (n_pairs,), generator=g)
     j = (i + torch.randint(1, v, (n_pairs,), generator=g)) % v  # j != i
-    cos = (_unit(e[i]) * _unit(e[j])).sum(dim=1)
+    cos = (_unit(_rows(e[i])) * _unit(_rows(e[j]))).sum(dim=1)
     return torch.quantile(cos.float(), quantile).item()
 
 
 def vocab_neighbours(vectors, vocab, tokens=None, *, k: int = 5, threshold: float | None = None,
                      prior=None, chunk: int = 8192) -> dict:
-    """Nearest vocabulary tokens of each vector by cosine similarity.
+    """Nearest vocabulary tokens of each vector by cosine similarity (float32).
 
     Returns per-row lists: `topk_ids` / `topk_tokens` / `topk_cos` (k best, best first),
     `max_cos` (cosine to the nearest token) and `nearest` (its id); summaries `max_cos_mean`;
@@ -99,19 +105,20 @@ def vocab_neighbours(vectors, vocab, tokens=None, *, k: int = 5, threshold: floa
     `nn_kept` per row and `nn_kept_share` = share of rows whose nearest token is still the nearest
     token of their prior vector (Lester et al. 2021 report this for tuned soft prompts).
     """
-    x = _unit(_rows(vectors))
-    e = _rows(vocab)
+    v = _rows32(vectors)
+    x = _unit(v.reshape(-1, v.shape[-1]))
+    e = vocab if isinstance(vocab, torch.Tensor) else torch.as_tensor(np.asarray(vocab))
     k = max(1, min(int(k), e.shape[0]))
-    best_cos = torch.full((x.shape[0], k), -2.0, dtype=torch.float64)
+    best_cos = torch.full((x.shape[0], k), -2.0)
     best_ids = torch.zeros((x.shape[0], k), dtype=torch.long)
-    for start in range(0, e.shape[0], chunk):  # chunked: a 50k×2048 vocabulary need not be doubled
-        block = _unit(e[start:start + chunk])
-        cos = x @ block.T
-        top = cos.topk(min(k, block.shape[0]), dim=1)
+    for start in range(0, e.shape[0], chunk):  # chunked: a 128k×2048 vocabulary is never copied whole
+        block = _unit(_rows32(e[start:start + chunk]))
+        top = (x @ block.T).topk(min(k, block.shape[0]), dim=1)
         cat_cos = torch.cat([best_cos, top.values], dim=1)
         cat_ids = torch.cat([best_ids, top.indices + start], dim=1)
         order = cat_cos.topk(k, dim=1).indices
         best_cos, best_ids = cat_cos.gather(1, order), cat_ids.gather(1, order)
+    best_cos = best_cos.double()
     max_cos = best_cos[:, 0]
     out = {
         "topk_ids": best_ids.tolist(),
@@ -142,7 +149,7 @@ def norm_position(vectors, reference) -> dict:
     [1st, 99th] percentile range; `ref_p1`, `ref_p50`, `ref_p99` = reference norm percentiles.
     """
     n = _rows(vectors).norm(dim=1)
-    ref = _rows(reference).norm(dim=1).sort().values
+    ref = _rows32(reference).norm(dim=1).double().sort().values
     p1, p50, p99 = (torch.quantile(ref.float(), q).item() for q in (0.01, 0.5, 0.99))
     rank = torch.searchsorted(ref, n, right=True).double() / ref.numel() * 100.0
     outside = ((n < p1) | (n > p99)).double().mean().item()
@@ -191,19 +198,29 @@ def pca_2d(reference, *, max_n: int = 5000, seed: int = 0) -> dict:
     """A 2-D PCA fitted on `reference` (subsampled to `max_n` rows). Returns `mean` [d],
     `components` [2, d] and `explained` (the two components' shares of the total variance);
     project with (x − mean) @ components.T."""
-    x = _subsample(_rows(reference), max_n, _generator(seed))
+    ref = reference if isinstance(reference, torch.Tensor) else torch.as_tensor(np.asarray(reference))
+    x = _rows(_subsample(ref.reshape(-1, ref.shape[-1]), max_n, _generator(seed)))  # subsample before float64
     mean = x.mean(dim=0)
     xc = x - mean
     if x.shape[0] < 2:
         comps = torch.eye(2, x.shape[1], dtype=torch.float64)
         return {"mean": mean, "components": comps, "explained": [float("nan")] * 2}
-    _, s, vh = torch.linalg.svd(xc, full_matrices=False)
+    n, d = xc.shape
+    q = min(20, n, d)
+    if q == min(n, d):
+        _, s, vh = torch.linalg.svd(xc, full_matrices=False)
+    else:  # randomized subspace iteration (Halko et al. 2011): matmuls only, seeded
+        basis = torch.linalg.qr(xc @ torch.randn(d, q, generator=_generator(seed + 1), dtype=xc.dtype)).Q
+        for _ in range(6):
+            basis = torch.linalg.qr(xc @ torch.linalg.qr(xc.T @ basis).Q).Q
+        _, s, vh = torch.linalg.svd(basis.T @ xc, full_matrices=False)
     comps = vh[:2]
+    s = s[:2]
     if comps.shape[0] < 2:  # d == 1
         comps = torch.cat([comps, torch.zeros_like(comps)])
         s = torch.cat([s, s.new_zeros(1)])
-    total = (s ** 2).sum().clamp_min(1e-300)
-    return {"mean": mean, "components": comps, "explained": ((s[:2] ** 2) / total).tolist()}
+    total = xc.pow(2).sum().clamp_min(1e-300)
+    return {"mean": mean, "components": comps, "explained": ((s ** 2) / total).tolist()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,6 +278,7 @@ class DataGaussian:
             jitter *= 100
         self._chol = chol
         self.dim = cov.shape[0]
+        self._radius: dict[float, tuple[float, str]] = {}
 
     def mahalanobis(self, vectors) -> torch.Tensor:
         """√((x − μ)ᵀ Σ_shrunk⁻¹ (x − μ)) per row."""
@@ -272,11 +290,15 @@ class DataGaussian:
         'empirical' = the quantile of the captured samples' own distances (used whenever samples
         exist: real activations are far from Gaussian, so χ² would misplace the boundary);
         'chi2' = √(χ²_d quantile) otherwise."""
-        if self.samples is not None and self.samples.shape[0] >= 10:
-            return torch.quantile(self.mahalanobis(self.samples).float(), quantile).item(), "empirical"
-        from scipy.stats import chi2
+        if quantile not in self._radius:
+            if self.samples is not None and self.samples.shape[0] >= 10:
+                dist = self.mahalanobis(self.samples).float()
+                self._radius[quantile] = (torch.quantile(dist, quantile).item(), "empirical")
+            else:
+                from scipy.stats import chi2
 
-        return math.sqrt(chi2.ppf(quantile, self.dim)), "chi2"
+                self._radius[quantile] = (math.sqrt(chi2.ppf(quantile, self.dim)), "chi2")
+        return self._radius[quantile]
 
 
 def region_position(vectors, data: DataGaussian, *, quantile: float = 0.99) -> dict:
@@ -289,6 +311,85 @@ def region_position(vectors, data: DataGaussian, *, quantile: float = 0.99) -> d
             "inside_share": (dist <= radius).double().mean().item(), "radius": radius, "radius_kind": kind}
 
 
+class DataSample:
+    """A fixed sample of the data's activations that prompt vectors are compared with.
+
+    The data–data distances, the data points' k-NN radii and the pooled RBF bandwidth inputs
+    are computed once and reused for every set of prompt vectors (prior and posterior of every
+    run at this layer). `samples` is subsampled to `max_n` rows (seeded)."""
+
+    def __init__(self, samples, *, max_n: int | None = 1000, seed: int = 0):
+        self.x = _subsample(_rows(samples), max_n, _generator(seed))
+        self.n = self.x.shape[0]
+        self._dist = torch.cdist(self.x, self.x)
+        self._radius: dict[int, torch.Tensor] = {}
+
+    def knn_radius(self, k: int) -> torch.Tensor:
+        """Distance of each data point to its k-th nearest other data point."""
+        if k not in self._radius:
+            self._radius[k] = self._dist.kthvalue(k + 1, dim=1).values  # +1: the point itself at 0
+        return self._radius[k]
+
+    def knn_precision_recall(self, fake, *, k: int = 5) -> dict:
+        """See `knn_precision_recall`."""
+        f = _rows(fake)
+        k_real = min(k, self.n - 1)
+        nan = float("nan")
+        if k_real < 1 or f.shape[0] == 0:
+            return {"precision": nan, "recall": nan, "density": nan, "coverage": nan}
+        r_radius = self.knn_radius(k_real)
+        d_fr = torch.cdist(f, self.x)  # [m, n]
+        inside = d_fr <= r_radius[None, :]
+        out = {"precision": inside.any(dim=1).double().mean().item(), "recall": nan,
+               "density": (inside.double().sum(dim=1) / k_real).mean().item(),
+               "coverage": (d_fr.min(dim=0).values <= r_radius).double().mean().item()}
+        if f.shape[0] > k:
+            f_radius = torch.cdist(f, f).kthvalue(k + 1, dim=1).values
+            out["recall"] = (d_fr <= f_radius[:, None]).any(dim=0).double().mean().item()
+        return out
+
+    def two_sample_tests(self, x, *, n_perm: int = 200, seed: int = 0) -> dict:
+        """MMD (RBF, median heuristic) and energy distance between `x` and the data, with
+        permutation p-values from one shared set of `n_perm` seeded permutations. See `mmd_rbf`
+        and `energy_distance` for the definitions. Returns mmd2, mmd_p, bandwidth, energy, energy_p."""
+        a = _rows(x)
+        m, n = a.shape[0], self.n
+        if m < 2 or n < 2:
+            return {k: float("nan") for k in ("mmd2", "mmd_p", "bandwidth", "energy", "energy_p")}
+        d_ax = torch.cdist(a, self.x)
+        dist = torch.cat([torch.cat([torch.cdist(a, a), d_ax], dim=1), torch.cat([d_ax.T, self._dist], dim=1)])
+        off = dist[~torch.eye(m + n, dtype=torch.bool)]
+        h = off.kthvalue(max(1, (off.numel() + 1) // 2)).values.item()  # median pooled distance
+        h = max(h, 1e-12)
+        kernels = torch.stack([torch.exp(-dist.pow(2) / (2 * h * h)), dist])  # [2, N, N]
+        g = _generator(seed + 1)
+        member = torch.zeros(n_perm + 1, m + n, dtype=torch.float64)
+        member[0, :m] = 1  # row 0: the observed split
+        for i in range(n_perm):
+            member[i + 1, torch.randperm(m + n, generator=g)[:m]] = 1
+        # within-X, within-Y and cross sums over distinct pairs from one product a·K per kernel
+        row_sums = kernels.sum(dim=2)                      # [2, N]
+        diag = torch.diagonal(kernels, dim1=1, dim2=2)     # [2, N]
+        total = row_sums.sum(dim=1)                        # [2]
+        ak = torch.einsum("pn,knj->kpj", member, kernels)  # [2, P, N]
+        a_k_a = (ak * member).sum(dim=2)                   # Σ_{i,j∈X} K_ij
+        a_k_1 = member @ row_sums.T                        # [P, 2] Σ_{i∈X, j} K_ij
+        a_k_1 = a_k_1.T
+        a_diag = (member @ diag.T).T                       # [2, P]
+        b_diag = diag.sum(dim=1, keepdim=True) - a_diag
+        s_xx = (a_k_a - a_diag) / (m * (m - 1))
+        s_yy = (total[:, None] - 2 * a_k_1 + a_k_a - b_diag) / (n * (n - 1))
+        s_xy = (a_k_1 - a_k_a) / (m * n)
+        mmd = s_xx[0] + s_yy[0] - 2 * s_xy[0]
+        energy = 2 * s_xy[1] - s_xx[1] - s_yy[1]
+
+        def p_value(stat):
+            return (1 + (stat[1:] >= stat[0] - 1e-12).sum().item()) / (1 + n_perm)
+
+        return {"mmd2": mmd[0].item(), "mmd_p": p_value(mmd), "bandwidth": h,
+                "energy": energy[0].item(), "energy_p": p_value(energy)}
+
+
 def knn_precision_recall(real, fake, *, k: int = 5, max_real: int | None = 2000, seed: int = 0) -> dict:
     """kNN manifold metrics of `fake` (prompt vectors) against `real` (data samples).
 
@@ -298,45 +399,7 @@ def knn_precision_recall(real, fake, *, k: int = 5, max_real: int | None = 2000,
     number of real balls containing it, divided by k, `coverage` = share of real points whose ball
     contains some fake point (Naeem et al. 2020). Recall is NaN when fake has ≤ k points.
     """
-    r = _subsample(_rows(real), max_real, _generator(seed))
-    f = _rows(fake)
-    k_real = min(k, r.shape[0] - 1)
-    nan = float("nan")
-    if k_real < 1:
-        return {"precision": nan, "recall": nan, "density": nan, "coverage": nan}
-    d_rr = torch.cdist(r, r)
-    r_radius = d_rr.kthvalue(k_real + 1, dim=1).values  # +1: the point itself sits at distance 0
-    d_fr = torch.cdist(f, r)  # [m, n]
-    inside = d_fr <= r_radius[None, :]
-    precision = inside.any(dim=1).double().mean().item()
-    density = (inside.double().sum(dim=1) / k_real).mean().item()
-    coverage = (d_fr.min(dim=0).values <= r_radius).double().mean().item()
-    if f.shape[0] > k:
-        f_radius = torch.cdist(f, f).kthvalue(k + 1, dim=1).values
-        recall = (d_fr <= f_radius[:, None]).any(dim=0).double().mean().item()
-    else:
-        recall = nan
-    return {"precision": precision, "recall": recall, "density": density, "coverage": coverage}
-
-
-def _permutation_p(stat_fn, pooled_n: int, m: int, observed: float, n_perm: int, seed: int) -> float:
-    g = _generator(seed)
-    perms = torch.stack([torch.randperm(pooled_n, generator=g) for _ in range(n_perm)])
-    member = torch.zeros(n_perm, pooled_n, dtype=torch.float64)
-    member.scatter_(1, perms[:, :m], 1.0)
-    null = stat_fn(member)
-    return ((1 + (null >= observed - 1e-12).sum().item()) / (1 + n_perm))
-
-
-def _two_sample_sums(kernel: torch.Tensor, member: torch.Tensor, m: int, n: int):
-    """Off-diagonal within-X, within-Y and cross sums of `kernel` for each membership row."""
-    other = 1.0 - member
-    diag = torch.diagonal(kernel)
-    kx = member @ kernel
-    s_xx = (kx * member).sum(dim=1) - member @ diag
-    s_yy = ((other @ kernel) * other).sum(dim=1) - other @ diag
-    s_xy = (kx * other).sum(dim=1)
-    return s_xx / (m * (m - 1)), s_yy / (n * (n - 1)), s_xy / (m * n)
+    return DataSample(real, max_n=max_real, seed=seed).knn_precision_recall(fake, k=k)
 
 
 def mmd_rbf(x, y, *, n_perm: int = 200, seed: int = 0, max_n: int | None = 1000) -> dict:
@@ -344,50 +407,17 @@ def mmd_rbf(x, y, *, n_perm: int = 200, seed: int = 0, max_n: int | None = 1000)
     k(a, b) = exp(−‖a − b‖² / (2h²)), h = the median pairwise distance of the pooled sample
     (median heuristic). `mmd2` is the unbiased estimate of MMD²; `p` the permutation p-value
     ((1 + #{null ≥ observed}) / (1 + n_perm)) for H0: same distribution; `bandwidth` = h.
-    Each sample is subsampled to `max_n` rows first."""
-    g = _generator(seed)
-    a, b = _subsample(_rows(x), max_n, g), _subsample(_rows(y), max_n, g)
-    m, n = a.shape[0], b.shape[0]
-    if m < 2 or n < 2:
-        return {"mmd2": float("nan"), "p": float("nan"), "bandwidth": float("nan")}
-    pooled = torch.cat([a, b])
-    d2 = torch.cdist(pooled, pooled).pow(2)
-    off = d2[~torch.eye(m + n, dtype=torch.bool)]
-    h2 = torch.quantile(off.float(), 0.5).item() if off.numel() <= 16_000_000 else off.median().item()
-    h2 = max(h2, 1e-24)
-    kernel = torch.exp(-d2 / (2 * h2))
-
-    def stat(member):
-        s_xx, s_yy, s_xy = _two_sample_sums(kernel, member, m, n)
-        return s_xx + s_yy - 2 * s_xy
-
-    member = torch.zeros(1, m + n, dtype=torch.float64)
-    member[0, :m] = 1
-    observed = stat(member).item()
-    p = _permutation_p(stat, m + n, m, observed, n_perm, seed + 1)
-    return {"mmd2": observed, "p": p, "bandwidth": math.sqrt(h2)}
+    y (the reference) is subsampled to `max_n` rows first."""
+    out = DataSample(y, max_n=max_n, seed=seed).two_sample_tests(x, n_perm=n_perm, seed=seed)
+    return {"mmd2": out["mmd2"], "p": out["mmd_p"], "bandwidth": out["bandwidth"]}
 
 
 def energy_distance(x, y, *, n_perm: int = 200, seed: int = 0, max_n: int | None = 1000) -> dict:
     """Multivariate energy distance (Székely & Rizzo): E = 2·E‖X − Y‖ − E‖X − X'‖ − E‖Y − Y'‖,
     the within-sample means over distinct pairs; 0 iff the distributions agree. `energy` is the
     estimate, `p` its permutation p-value (as for `mmd_rbf`)."""
-    g = _generator(seed)
-    a, b = _subsample(_rows(x), max_n, g), _subsample(_rows(y), max_n, g)
-    m, n = a.shape[0], b.shape[0]
-    if m < 2 or n < 2:
-        return {"energy": float("nan"), "p": float("nan")}
-    pooled = torch.cat([a, b])
-    dist = torch.cdist(pooled, pooled)
-
-    def stat(member):
-        s_xx, s_yy, s_xy = _two_sample_sums(dist, member, m, n)
-        return 2 * s_xy - s_xx - s_yy
-
-    member = torch.zeros(1, m + n, dtype=torch.float64)
-    member[0, :m] = 1
-    observed = stat(member).item()
-    return {"energy": observed, "p": _permutation_p(stat, m + n, m, observed, n_perm, seed + 1)}
+    out = DataSample(y, max_n=max_n, seed=seed).two_sample_tests(x, n_perm=n_perm, seed=seed)
+    return {"energy": out["energy"], "p": out["energy_p"]}
 
 
 # ---------------------------------------------------------------------------------------------

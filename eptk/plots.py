@@ -40,6 +40,12 @@ def _axis_labels(ax, explained) -> None:
     ax.set_ylabel(f"PC2 ({pct(explained[1])} var.)")
 
 
+def _opaque_legend(legend) -> None:
+    """Legend markers at full opacity, whatever the alpha of the (dense) points they stand for."""
+    for handle in getattr(legend, "legend_handles", getattr(legend, "legendHandles", [])):
+        handle.set_alpha(1.0)
+
+
 def _spread(values, count: int) -> list:
     """At most `count` items, evenly spaced, first and last kept."""
     if len(values) <= count:
@@ -62,20 +68,20 @@ def plot_run_pca(run: str, panels: list[dict], path, *, max_panels: int = 12) ->
     for ax, panel in zip(axes.flat, panels):
         ref, prior, post = panel.get("reference"), panel.get("prior"), panel.get("posterior")
         if ref is not None and len(ref):
-            ax.scatter(ref[:, 0], ref[:, 1], s=3, c=REFERENCE_COLOUR, alpha=0.15, linewidths=0,
+            ax.scatter(ref[:, 0], ref[:, 1], s=4, c=REFERENCE_COLOUR, alpha=0.25, linewidths=0,
                        label=panel.get("reference_label") or "reference", rasterized=True)
         if prior is not None:
             ax.scatter(prior[:, 0], prior[:, 1], s=22, c=PRIOR_COLOUR, label="prior", zorder=3)
         if post is not None:
             ax.scatter(post[:, 0], post[:, 1], s=22, c=POSTERIOR_COLOUR, marker="^", label="posterior", zorder=4)
         if prior is not None and post is not None and prior.shape == post.shape:
-            for (x0, y0), (x1, y1) in zip(prior, post):
-                ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
-                            arrowprops={"arrowstyle": "->", "color": "#444444", "lw": 0.7, "alpha": 0.7})
+            delta = post - prior
+            ax.quiver(prior[:, 0], prior[:, 1], delta[:, 0], delta[:, 1], angles="xy", scale_units="xy", scale=1,
+                      color="#444444", alpha=0.7, width=0.004, headwidth=4, headlength=5, zorder=2)
         ax.set_title(f"{panel['title']}\nPCA fitted on {panel.get('fit_on', 'reference')}", fontsize=9)
         _axis_labels(ax, panel.get("explained", [None, None]))
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=7, loc="best", markerscale=1.5)
+        _opaque_legend(ax.legend(fontsize=7, loc="best", markerscale=1.5))
     fig.suptitle(f"{run}: where the prompt vectors moved", fontsize=12)
     return _save(fig, path)
 
@@ -145,7 +151,7 @@ def plot_task_clusters(panels: list[dict], path, *, max_panels: int = 12) -> Pat
         ax.set_title(panel["title"], fontsize=10)
         _axis_labels(ax, panel["explained"])
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=7, markerscale=3)
+        _opaque_legend(ax.legend(fontsize=7, markerscale=3))
     fig.suptitle("Task activations per layer (PCA of the pooled samples)", fontsize=12)
     return _save(fig, path)
 
@@ -160,8 +166,11 @@ def plot_prefix_mass(run: str, mass: dict, path) -> Path | None:
     items = []
     for key, values in mass.items():
         m = re.fullmatch(r"layer(\d+)", str(key))
-        if m and isinstance(values, (list, tuple)) and values:
-            items.append((int(m.group(1)), [float(v) for v in values]))
+        try:
+            if m and isinstance(values, (list, tuple)) and values:
+                items.append((int(m.group(1)), [float(v) for v in values]))
+        except (TypeError, ValueError):  # not per-head floats: leave the layer out
+            continue
     if not items:
         return None
     items.sort()

@@ -149,7 +149,11 @@ def prior_context(loaded, cfg: TuneConfig) -> PriorContext:
 
 
 class Stop(Exception):
-    """A signal asked the run to stop after checkpointing."""
+    """A signal asked the run to stop; the checkpoint is written. Exit code 128 + the signal's number."""
+    def __init__(self, signal_name: str, step: int, out):
+        super().__init__(f"stopped by {signal_name} after step {step}; checkpoint written, "
+                         f"continue with: eptk tune --resume {out}")
+        self.exit_code = 128 + int(signal.Signals[signal_name])
 
 
 def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
@@ -171,27 +175,29 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
                     model_source=loaded.source, versions=versions(), name=out.name,
                     parameters=sum(int(torch.tensor(s).prod()) for s in shapes.values()))
     resolved["layers_spec"], resolved["layers"] = cfg.layers, layers
+    # Everything that can fail on bad input happens before the run directory is touched.
+    params = {name: ParamInfo(name, shape, layer_of(name)) for name, shape in shapes.items()}
+    prior = build_prior(cfg.prior, prior_context(loaded, cfg), params)
+    init = prior.sample(torch.Generator().manual_seed(cfg.seed))
+    prompted = PromptedModel(loaded.model, loaded.tokenizer, cfg.method, cfg.tokens, layers, cfg.soft, init,
+                             cfg.backend)
+    prior.to(device)
+    rates = {k: d.acceptance_rate for k, d in prior.dists.items() if hasattr(d, "acceptance_rate")}
+    if rates:
+        resolved["prior_acceptance_rate"] = rates
     run = prepare_out_dir(out, resolved, overwrite=overwrite, resume=resume) if dist.is_main else None
     try:
-        return _train(cfg, run, out, task, loaded, dims, layers, shapes, resolved, resume, progress, device, dist)
+        if run is not None and not resume:
+            run.write_config(resolved)
+            run.write_prior(init)
+        return _train(cfg, run, out, task, loaded, shapes, prompted, prior, resume, progress, device, dist)
     finally:
         if run is not None:
             run.release()
 
 
-def _train(cfg, run, out, task, loaded, dims, layers, shapes, resolved, resume, progress, device, dist):
+def _train(cfg, run, out, task, loaded, shapes, prompted, prior, resume, progress, device, dist):
     tok = loaded.tokenizer
-    params = {name: ParamInfo(name, shape, layer_of(name)) for name, shape in shapes.items()}
-    prior = build_prior(cfg.prior, prior_context(loaded, cfg), params)
-    init = prior.sample(torch.Generator().manual_seed(cfg.seed))
-    prompted = PromptedModel(loaded.model, tok, cfg.method, cfg.tokens, layers, cfg.soft, init, cfg.backend)
-    prior.to(device)
-    if run is not None and not resume:
-        extra = {k: getattr(d, "acceptance_rate") for k, d in prior.dists.items() if hasattr(d, "acceptance_rate")}
-        if extra:
-            resolved["prior_acceptance_rate"] = extra
-        run.write_config(resolved)
-        run.write_prior(init)
 
     trainable = [prompted.param(n) for n in shapes]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -258,7 +264,7 @@ def _train(cfg, run, out, task, loaded, dims, layers, shapes, resolved, resume, 
                                     or stop_flag["signal"]):
                 _checkpoint(run, step + 1, prompted, optimizer, shapes)
             if stop_flag["signal"]:
-                raise Stop(stop_flag["signal"])
+                raise Stop(stop_flag["signal"], step + 1, out)
     finally:
         bar.close()
         _restore_signal_handlers(handlers)

@@ -94,7 +94,8 @@ def _visible(cols, n_keys, pad_ptr, qpos, CAUSAL: tl.constexpr, HAS_PAD: tl.cons
 @triton.jit
 def _fwd_keys(acc, l_i, m_i, q, k_ptr, v_ptr, pad_ptr, lo, hi, n_keys, qpos, qk_scale,
               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-              CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, RAGGED: tl.constexpr):
+              CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, RAGGED: tl.constexpr,
+              PRECISION: tl.constexpr):
     """Online-softmax accumulation over keys [lo, hi) of one K/V stream."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -104,7 +105,7 @@ def _fwd_keys(acc, l_i, m_i, q, k_ptr, v_ptr, pad_ptr, lo, hi, n_keys, qpos, qk_
         key_ok = cols < n_keys
         kt = tl.load(k_ptr + cols[None, :] * HEAD_DIM + offs_d[:, None],
                      mask=key_ok[None, :] & d_ok[:, None], other=0.0)
-        s = tl.dot(q, kt, input_precision="ieee") * qk_scale
+        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
         if CAUSAL or HAS_PAD or RAGGED:
             s = tl.where(_visible(cols, n_keys, pad_ptr, qpos, CAUSAL, HAS_PAD), s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -115,7 +116,7 @@ def _fwd_keys(acc, l_i, m_i, q, k_ptr, v_ptr, pad_ptr, lo, hi, n_keys, qpos, qk_
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_ptr + cols[:, None] * HEAD_DIM + offs_d[None, :],
                     mask=key_ok[:, None] & d_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
         m_i = m_new
     return acc, l_i, m_i
 
@@ -125,7 +126,7 @@ def _fwd_kernel(Q, K, V, PK, PV, PAD, O, LSE, MASS, O_PART, LSE_PART,
                 B, Hq, T, S, P, keys_per_split, qk_scale,
                 G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                 P_BLOCK: tl.constexpr, HAS_PAD: tl.constexpr, SPLIT: tl.constexpr,
-                STORE_MASS: tl.constexpr, DECODE: tl.constexpr,
+                STORE_MASS: tl.constexpr, DECODE: tl.constexpr, PRECISION: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # Longest (last) row blocks first: the causal triangle makes them the slowest.
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -153,7 +154,7 @@ def _fwd_kernel(Q, K, V, PK, PV, PAD, O, LSE, MASS, O_PART, LSE_PART,
     p_off = kv_head.to(tl.int64) * P * HEAD_DIM
     p_hi = P * (split == 0).to(tl.int32)
     acc, l_i, m_i = _fwd_keys(acc, l_i, m_i, q, PK + p_off, PV + p_off, PAD, 0, p_hi, P, qpos,
-                              qk_scale, HEAD_DIM, BLOCK_D, P_BLOCK, False, False, True)
+                              qk_scale, HEAD_DIM, BLOCK_D, P_BLOCK, False, False, True, PRECISION)
     lse_prefix = _log2_sum(m_i, l_i)  # -inf when this program saw no prefix key
 
     # Sequence keys: [0, full) is visible to every row of the block, [full, hi) is the diagonal.
@@ -167,10 +168,10 @@ def _fwd_kernel(Q, K, V, PK, PV, PAD, O, LSE, MASS, O_PART, LSE_PART,
     pad_ptr = PAD + b * S
     acc, l_i, m_i = _fwd_keys(acc, l_i, m_i, q, K + kv_off, V + kv_off, pad_ptr,
                               k_lo, tl.minimum(full, k_hi), S, qpos, qk_scale,
-                              HEAD_DIM, BLOCK_D, BLOCK_N, False, HAS_PAD, False)
+                              HEAD_DIM, BLOCK_D, BLOCK_N, False, HAS_PAD, False, PRECISION)
     acc, l_i, m_i = _fwd_keys(acc, l_i, m_i, q, K + kv_off, V + kv_off, pad_ptr,
                               tl.maximum(full, k_lo), tl.minimum(hi, k_hi), S, qpos, qk_scale,
-                              HEAD_DIM, BLOCK_D, BLOCK_N, True, HAS_PAD, False)
+                              HEAD_DIM, BLOCK_D, BLOCK_N, True, HAS_PAD, False, PRECISION)
 
     seen = l_i > 0.0
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
@@ -239,7 +240,7 @@ def _delta_kernel(O, DO, DELTA, n_rows, HEAD_DIM: tl.constexpr, BLOCK_D: tl.cons
 @triton.jit
 def _dkdv_rows(dk, dv, k, v, cols, col_ok, Q, DO, LSE, DELTA, b, kv_head, Hq, T, S, lo, hi,
                qk_scale, G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-               BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):
+               BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr):
     """Accumulate dK, dV of one resident key block over the group's rows [lo, hi)."""
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
@@ -255,15 +256,15 @@ def _dkdv_rows(dk, dv, k, v, cols, col_ok, Q, DO, LSE, DELTA, b, kv_head, Hq, T,
         # Rows past the end get lse = +inf, hence probability 0.
         lse = tl.load(LSE + stat, mask=row_ok, other=float("inf"))
         delta = tl.load(DELTA + stat, mask=row_ok, other=0.0)
-        pt = tl.math.exp2(tl.dot(k, qt, input_precision="ieee") * qk_scale - lse[None, :])
+        pt = tl.math.exp2(tl.dot(k, qt, input_precision=PRECISION) * qk_scale - lse[None, :])
         ok = col_ok[:, None]
         if CAUSAL:
             ok = ok & (cols[:, None] <= (t + S - T)[None, :])
         pt = tl.where(ok, pt, 0.0)
-        dv += tl.dot(pt.to(do.dtype), do, input_precision="ieee")
-        dpt = tl.dot(v, tl.trans(do), input_precision="ieee")
+        dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=PRECISION)
+        dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
         dst = pt * (dpt - delta[None, :])
-        dk += tl.dot(dst.to(qt.dtype), tl.trans(qt), input_precision="ieee")
+        dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk, input_precision=PRECISION)
     return dk, dv
 
 
@@ -271,7 +272,8 @@ def _dkdv_rows(dk, dv, k, v, cols, col_ok, Q, DO, LSE, DELTA, b, kv_head, Hq, T,
 def _bwd_dkdv_kernel(Q, K, V, PK, PV, PAD, DO, LSE, DELTA, DK, DV, DPK, DPV,
                      Hq, T, S, P, qk_scale, sm_scale,
                      G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                     HAS_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     HAS_PAD: tl.constexpr, PRECISION: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Programs [0, cdiv(P, BLOCK_N)) take prefix key blocks, the rest sequence key blocks."""
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -296,7 +298,7 @@ def _bwd_dkdv_kernel(Q, K, V, PK, PV, PAD, DO, LSE, DELTA, DK, DV, DPK, DPV,
         k = tl.load(PK + p_off + tile, mask=tile_ok, other=0.0)
         v = tl.load(PV + p_off + tile, mask=tile_ok, other=0.0)
         dk, dv = _dkdv_rows(dk, dv, k, v, cols, col_ok, Q, DO, LSE, DELTA, b, kv_head, Hq, T, S,
-                            0, R, qk_scale, G, HEAD_DIM, BLOCK_D, BLOCK_M, False)
+                            0, R, qk_scale, G, HEAD_DIM, BLOCK_D, BLOCK_M, False, PRECISION)
         # Per-batch partial in float32; the caller sums over the batch (deterministic).
         part = (b * Hkv + kv_head) * P * HEAD_DIM + tile
         tl.store(DPK + part, dk * sm_scale, mask=tile_ok)
@@ -317,9 +319,9 @@ def _bwd_dkdv_kernel(Q, K, V, PK, PV, PAD, DO, LSE, DELTA, DK, DV, DPK, DPV,
         t_full = tl.maximum(j0 + BLOCK_N - 1 - (S - T), 0)
         r_full = tl.minimum(r_lo + tl.cdiv(tl.maximum(t_full * G - r_lo, 0), BLOCK_M) * BLOCK_M, R)
         dk, dv = _dkdv_rows(dk, dv, k, v, cols, col_ok, Q, DO, LSE, DELTA, b, kv_head, Hq, T, S,
-                            r_lo, r_full, qk_scale, G, HEAD_DIM, BLOCK_D, BLOCK_M, True)
+                            r_lo, r_full, qk_scale, G, HEAD_DIM, BLOCK_D, BLOCK_M, True, PRECISION)
         dk, dv = _dkdv_rows(dk, dv, k, v, cols, col_ok, Q, DO, LSE, DELTA, b, kv_head, Hq, T, S,
-                            r_full, R, qk_scale, G, HEAD_DIM, BLOCK_D, BLOCK_M, False)
+                            r_full, R, qk_scale, G, HEAD_DIM, BLOCK_D, BLOCK_M, False, PRECISION)
         tl.store(DK + kv_off + tile, (dk * sm_scale).to(DK.dtype.element_ty), mask=tile_ok)
         tl.store(DV + kv_off + tile, dv.to(DV.dtype.element_ty), mask=tile_ok)
 
@@ -327,7 +329,8 @@ def _bwd_dkdv_kernel(Q, K, V, PK, PV, PAD, DO, LSE, DELTA, DK, DV, DPK, DPV,
 @triton.jit
 def _dq_keys(dq, q, do, lse, delta, k_ptr, v_ptr, pad_ptr, lo, hi, n_keys, qpos, qk_scale,
              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-             CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, RAGGED: tl.constexpr):
+             CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, RAGGED: tl.constexpr,
+             PRECISION: tl.constexpr):
     """Accumulate dQ over keys [lo, hi) of one K/V stream."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -337,12 +340,12 @@ def _dq_keys(dq, q, do, lse, delta, k_ptr, v_ptr, pad_ptr, lo, hi, n_keys, qpos,
         ok = (cols < n_keys)[None, :] & d_ok[:, None]
         kt = tl.load(k_ptr + cols[None, :] * HEAD_DIM + offs_d[:, None], mask=ok, other=0.0)
         vt = tl.load(v_ptr + cols[None, :] * HEAD_DIM + offs_d[:, None], mask=ok, other=0.0)
-        p = tl.math.exp2(tl.dot(q, kt, input_precision="ieee") * qk_scale - lse[:, None])
+        p = tl.math.exp2(tl.dot(q, kt, input_precision=PRECISION) * qk_scale - lse[:, None])
         if CAUSAL or HAS_PAD or RAGGED:
             p = tl.where(_visible(cols, n_keys, pad_ptr, qpos, CAUSAL, HAS_PAD), p, 0.0)
-        dp = tl.dot(do, vt, input_precision="ieee")
+        dp = tl.dot(do, vt, input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision="ieee")
+        dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=PRECISION)
     return dq
 
 
@@ -350,7 +353,7 @@ def _dq_keys(dq, q, do, lse, delta, k_ptr, v_ptr, pad_ptr, lo, hi, n_keys, qpos,
 def _bwd_dq_kernel(Q, K, V, PK, PV, PAD, DO, LSE, DELTA, DQ,
                    Hq, T, S, P, qk_scale, sm_scale,
                    G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                   P_BLOCK: tl.constexpr, HAS_PAD: tl.constexpr,
+                   P_BLOCK: tl.constexpr, HAS_PAD: tl.constexpr, PRECISION: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -374,7 +377,7 @@ def _bwd_dq_kernel(Q, K, V, PK, PV, PAD, DO, LSE, DELTA, DQ,
 
     p_off = kv_head.to(tl.int64) * P * HEAD_DIM
     dq = _dq_keys(dq, q, do, lse, delta, PK + p_off, PV + p_off, PAD, 0, P, P, qpos, qk_scale,
-                  HEAD_DIM, BLOCK_D, P_BLOCK, False, False, True)
+                  HEAD_DIM, BLOCK_D, P_BLOCK, False, False, True, PRECISION)
     t_first = (pid_m * BLOCK_M) // G
     t_last = (tl.minimum(pid_m * BLOCK_M + BLOCK_M, R) - 1) // G
     full = (S - T + t_first + 1) // BLOCK_N * BLOCK_N
@@ -382,40 +385,51 @@ def _bwd_dq_kernel(Q, K, V, PK, PV, PAD, DO, LSE, DELTA, DQ,
     kv_off = (b * Hkv + kv_head) * S * HEAD_DIM
     pad_ptr = PAD + b * S
     dq = _dq_keys(dq, q, do, lse, delta, K + kv_off, V + kv_off, pad_ptr, 0, full, S, qpos,
-                  qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, False, HAS_PAD, False)
+                  qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, False, HAS_PAD, False, PRECISION)
     dq = _dq_keys(dq, q, do, lse, delta, K + kv_off, V + kv_off, pad_ptr, full, hi, S, qpos,
-                  qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, True, HAS_PAD, False)
+                  qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, True, HAS_PAD, False, PRECISION)
     tl.store(DQ + tile, (dq * sm_scale).to(DQ.dtype.element_ty), mask=tile_ok)
 
 
 # ----------------------------------------------------------------------------- configurations
 #
-# Tables keyed on (decode, head dim 256): decode rows fit one 16-row block; a 256-wide head needs
-# smaller tiles to stay in registers and shared memory. Few configs, so compilation stays short.
+# Few configs per tile class, so compilation stays short. Classes: "default"; "d256" (a 256-wide
+# head needs smaller tiles to stay in registers and shared memory); "fp32" (tiles twice as large
+# and three tf32 products per dot: one small config). Decode rows fit one 16-row block.
 
 def _cfg(block_m, block_n, warps, stages):
     return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps,
                          num_stages=stages)
 
 
-_FWD_TABLE = {
-    (False, False): [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(64, 64, 4, 3),
-                     _cfg(128, 64, 4, 4)],
-    (False, True): [_cfg(64, 64, 8, 2), _cfg(64, 32, 4, 2)],
-    (True, False): [_cfg(16, 64, 4, 3), _cfg(16, 128, 4, 3)],
-    (True, True): [_cfg(16, 64, 4, 2), _cfg(16, 32, 4, 3)],
+_FWD_CONFIGS = {
+    (False, "default"): [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(64, 64, 4, 3),
+                         _cfg(128, 64, 4, 4)],
+    (False, "d256"): [_cfg(64, 64, 8, 2), _cfg(64, 32, 4, 2)],
+    (False, "fp32"): [_cfg(32, 32, 4, 2)],
+    (True, "default"): [_cfg(16, 64, 4, 3), _cfg(16, 128, 4, 3)],
+    (True, "d256"): [_cfg(16, 64, 4, 2), _cfg(16, 32, 4, 3)],
+    (True, "fp32"): [_cfg(16, 32, 4, 2)],
 }
-# dK/dV: BLOCK_N keys stay resident, BLOCK_M rows stream. dQ: BLOCK_M rows resident.
-_DKDV_TABLE = {
-    False: [_cfg(32, 128, 4, 3), _cfg(64, 64, 4, 3), _cfg(64, 128, 8, 2)],
-    True: [_cfg(32, 64, 8, 2), _cfg(32, 32, 4, 2)],
+# dK/dV: BLOCK_N keys stay resident while BLOCK_M rows stream. dQ: BLOCK_M rows stay resident.
+_DKDV_CONFIGS = {
+    "default": [_cfg(32, 128, 4, 3), _cfg(64, 64, 4, 3), _cfg(64, 128, 8, 2)],
+    "d256": [_cfg(32, 64, 8, 2), _cfg(32, 32, 4, 2)],
+    "fp32": [_cfg(32, 32, 4, 2)],
 }
-_DQ_TABLE = {
-    False: [_cfg(128, 32, 4, 3), _cfg(64, 64, 4, 3), _cfg(128, 64, 8, 2)],
-    True: [_cfg(64, 32, 8, 2), _cfg(32, 32, 4, 2)],
+_DQ_CONFIGS = {
+    "default": [_cfg(128, 32, 4, 3), _cfg(64, 64, 4, 3), _cfg(128, 64, 8, 2)],
+    "d256": [_cfg(64, 32, 8, 2), _cfg(32, 32, 4, 2)],
+    "fp32": [_cfg(32, 32, 4, 2)],
 }
 # Under the interpreter: small blocks, so small test shapes still cross block boundaries.
 INTERPRET_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 16}
+
+
+def _tile_class(dtype, block_d) -> str:
+    if dtype == torch.float32:
+        return "fp32"
+    return "d256" if block_d >= 256 else "default"
 
 
 def _all(table):
@@ -424,22 +438,24 @@ def _all(table):
 
 def _pick_fwd(configs, named_args, **kwargs):
     args = {**named_args, **kwargs}
-    return _FWD_TABLE[(bool(args["DECODE"]), args["BLOCK_D"] >= 256)]
+    return _FWD_CONFIGS[(bool(args["DECODE"]), _tile_class(args["Q"].dtype, args["BLOCK_D"]))]
 
 
 def _pick_dkdv(configs, named_args, **kwargs):
-    return _DKDV_TABLE[{**named_args, **kwargs}["BLOCK_D"] >= 256]
+    args = {**named_args, **kwargs}
+    return _DKDV_CONFIGS[_tile_class(args["Q"].dtype, args["BLOCK_D"])]
 
 
 def _pick_dq(configs, named_args, **kwargs):
-    return _DQ_TABLE[{**named_args, **kwargs}["BLOCK_D"] >= 256]
+    args = {**named_args, **kwargs}
+    return _DQ_CONFIGS[_tile_class(args["Q"].dtype, args["BLOCK_D"])]
 
 
-_fwd_tuned = triton.autotune(_all(_FWD_TABLE), key=["BLOCK_D", "DECODE", "SPLIT", "G"],
+_fwd_tuned = triton.autotune(_all(_FWD_CONFIGS), key=["BLOCK_D", "DECODE", "SPLIT", "G"],
                              prune_configs_by={"early_config_prune": _pick_fwd})(_fwd_kernel)
-_dkdv_tuned = triton.autotune(_all(_DKDV_TABLE), key=["BLOCK_D", "G"],
+_dkdv_tuned = triton.autotune(_all(_DKDV_CONFIGS), key=["BLOCK_D", "G"],
                               prune_configs_by={"early_config_prune": _pick_dkdv})(_bwd_dkdv_kernel)
-_dq_tuned = triton.autotune(_all(_DQ_TABLE), key=["BLOCK_D", "G"],
+_dq_tuned = triton.autotune(_all(_DQ_CONFIGS), key=["BLOCK_D", "G"],
                             prune_configs_by={"early_config_prune": _pick_dq})(_bwd_dq_kernel)
 
 
@@ -457,6 +473,12 @@ def _launch(kernel, tuned, table_config, grid, *args, **kwargs):
 
 
 # ----------------------------------------------------------------------------- launchers
+
+
+def _dot_precision(dtype) -> str:
+    # fp32: three tf32 tensor-core products per dot, near-fp32 accuracy at tensor-core speed (and
+    # compile time; "ieee" lowers to long FMA sequences). Ignored for 16-bit inputs.
+    return "tf32x3" if dtype == torch.float32 and not _interpreting() else "ieee"
 
 
 def _block_d(head_dim: int) -> int:
@@ -507,11 +529,13 @@ def _forward(q, k, v, pk, pv, pad, scale, want_mass, num_splits=None):
     def grid(meta):
         return (triton.cdiv(R, meta["BLOCK_M"]), B * Hkv, num_splits)
 
-    _launch(_fwd_kernel, _fwd_tuned, _FWD_TABLE[(decode, block_d >= 256)][0], grid,
+    fixed = _FWD_CONFIGS[(decode, _tile_class(q.dtype, block_d))][0]
+    _launch(_fwd_kernel, _fwd_tuned, fixed, grid,
             q, k, v, pk, pv, pad if pad is not None else q, out, lse, mass, o_part, lse_part,
             B, Hq, T, S, P, keys_per_split, scale * LOG2E,
             G=G, HEAD_DIM=D, BLOCK_D=block_d, P_BLOCK=_prefix_block(P),
-            HAS_PAD=pad is not None, SPLIT=split, STORE_MASS=want_mass, DECODE=decode)
+            HAS_PAD=pad is not None, SPLIT=split, STORE_MASS=want_mass, DECODE=decode,
+            PRECISION=_dot_precision(q.dtype))
     if split:
         n_rows, block_r = B * Hq * T, 16
         _combine_kernel[(triton.cdiv(n_rows, block_r),)](
@@ -526,7 +550,7 @@ def _backward(do, q, k, v, pk, pv, pad, out, lse, scale):
     G = Hq // Hkv
     R = T * G
     block_d = _block_d(D)
-    big = block_d >= 256
+    tiles = _tile_class(q.dtype, block_d)
     pad_arg = pad if pad is not None else q
 
     delta = torch.empty_like(lse)
@@ -541,18 +565,20 @@ def _backward(do, q, k, v, pk, pv, pad, out, lse, scale):
     def dkdv_grid(meta):
         return (triton.cdiv(P, meta["BLOCK_N"]) + triton.cdiv(S, meta["BLOCK_N"]), B * Hkv)
 
-    _launch(_bwd_dkdv_kernel, _dkdv_tuned, _DKDV_TABLE[big][0], dkdv_grid,
+    _launch(_bwd_dkdv_kernel, _dkdv_tuned, _DKDV_CONFIGS[tiles][0], dkdv_grid,
             q, k, v, pk, pv, pad_arg, do, lse, delta, dk, dv, dpk_part, dpv_part,
             Hq, T, S, P, scale * LOG2E, scale,
-            G=G, HEAD_DIM=D, BLOCK_D=block_d, HAS_PAD=pad is not None)
+            G=G, HEAD_DIM=D, BLOCK_D=block_d, HAS_PAD=pad is not None,
+            PRECISION=_dot_precision(q.dtype))
 
     def dq_grid(meta):
         return (triton.cdiv(R, meta["BLOCK_M"]), B * Hkv)
 
-    _launch(_bwd_dq_kernel, _dq_tuned, _DQ_TABLE[big][0], dq_grid,
+    _launch(_bwd_dq_kernel, _dq_tuned, _DQ_CONFIGS[tiles][0], dq_grid,
             q, k, v, pk, pv, pad_arg, do, lse, delta, dq,
             Hq, T, S, P, scale * LOG2E, scale,
-            G=G, HEAD_DIM=D, BLOCK_D=block_d, P_BLOCK=_prefix_block(P), HAS_PAD=pad is not None)
+            G=G, HEAD_DIM=D, BLOCK_D=block_d, P_BLOCK=_prefix_block(P), HAS_PAD=pad is not None,
+            PRECISION=_dot_precision(q.dtype))
     dpk = dpk_part.sum(0).to(pk.dtype)
     dpv = dpv_part.sum(0).to(pv.dtype)
     return dq, dk, dv, dpk, dpv

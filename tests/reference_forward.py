@@ -9,7 +9,8 @@ import torch
 from eptk.models import decoder_layers
 
 
-def full_forward(prompted, input_ids, attention_mask):
+def full_forward(prompted, input_ids, attention_mask, keep_graph=False):
+    grab = (lambda t: t) if keep_graph else (lambda t: t.detach())
     model = prompted.model
     prev = model.config._attn_implementation
     model.set_attn_implementation("sdpa")
@@ -22,18 +23,18 @@ def full_forward(prompted, input_ids, attention_mask):
             from transformers import DynamicCache
             cache = DynamicCache(config=model.config)
             for l in range(prompted.dims["num_layers"]):
-                k = prompted.param(f"prefix.{l}.key").detach().unsqueeze(0).expand(B, -1, -1, -1)
-                v = prompted.param(f"prefix.{l}.value").detach().unsqueeze(0).expand(B, -1, -1, -1)
+                k = grab(prompted.param(f"prefix.{l}.key")).unsqueeze(0).expand(B, -1, -1, -1)
+                v = grab(prompted.param(f"prefix.{l}.value")).unsqueeze(0).expand(B, -1, -1, -1)
                 cache.update(k.contiguous(), v.contiguous(), l)
             out = model(input_ids=input_ids, attention_mask=full_mask, position_ids=positions[:, P:],
                         past_key_values=cache, use_cache=True)
             return out.logits.float()
         embeds = model.get_input_embeddings()(input_ids)
-        soft = prompted.param("soft").detach() if prompted.has_soft else torch.zeros(P, embeds.shape[-1])
+        soft = grab(prompted.param("soft")) if prompted.has_soft else torch.zeros(P, embeds.shape[-1])
         embeds = torch.cat([soft.unsqueeze(0).expand(B, -1, -1), embeds], dim=1)
         layers = decoder_layers(model)
         for l in prompted.deep_layers:
-            vec = prompted.param(f"deep.{l}").detach()
+            vec = grab(prompted.param(f"deep.{l}"))
 
             def hook(module, args, kwargs, vec=vec):
                 hs = args[0] if args else kwargs["hidden_states"]

@@ -239,12 +239,12 @@ def test_cli_analyze(world, tmp_path):
                                       "--stats", str(world["stats"][0])])
     assert result.exit_code == 0, result.output
     assert (out / "summary.csv").is_file() and (out / "report.html").is_file()
-    assert "collapse" in result.output
+    assert "findings" in result.output and "wrote" in result.output
 
 
 def test_cli_no_runs_exits_2(tmp_path):
     _cli_app()
-    proc = subprocess.run([sys.executable, "-c", "from eptk.cli.main import main; main()", "analyze", str(tmp_path),
+    proc = subprocess.run([sys.executable, "-m", "eptk.cli", "analyze", str(tmp_path),
                            "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "no runs found under" in proc.stderr + proc.stdout and "Traceback" not in proc.stderr

@@ -1,0 +1,242 @@
+"""Speed and peak memory of activation capture: eptk's hooks + capture_stats against HF's
+`output_hidden_states=True` with PyTorch post-processing, and a plain forward as the floor.
+
+Providers (one right-padded batch of B sequences of up to T tokens, statistics of `layers`):
+  forward         the decoder layers up to the last requested one, no statistics (the floor)
+  eptk            eptk.capture.capture: pre-hooks hand each layer to eptk.kernels.capture_stats
+                  (Triton on CUDA) + RunningGaussian + reservoir, the forward stops after the
+                  last requested layer
+  hidden-states   model(..., output_hidden_states=True) (every layer + final norm + LM head), then
+                  per layer x[mask] -> count, Σx, xᵀx, per-sequence means and the same
+                  RunningGaussian update in PyTorch
+Each row's extra_info carries tokens/s, peak memory of one step (CUDA: max_memory_allocated; CPU:
+the torch profiler's allocation timeline — tracemalloc does not see torch's allocator), and the
+ratios eptk_speedup (hidden-states time / eptk time) and overhead (eptk time / forward time).
+
+`setup()` builds one step for (provider, setting) and `measure()` times it and takes its peak
+memory; the pytest-benchmark rows and `python benchmarks/bench_capture.py` (a table and
+benchmarks/results/capture-<device>.json) share them. On CPU: SmolLM2 at a small size (the tiny
+model when SmolLM2 is not installed), so the suite runs in well under a minute.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+GPU = torch.cuda.is_available()
+DEVICE = "cuda" if GPU else "cpu"
+
+
+@dataclass(frozen=True)
+class Setting:
+    model: str
+    B: int
+    T: int
+    layers: tuple
+    dtype: str = "float32"
+
+    @property
+    def label(self) -> str:
+        span = f"{self.layers[0]}..{self.layers[-1]}" if len(self.layers) > 3 else ",".join(map(str, self.layers))
+        return f"{self.model} B={self.B} T={self.T} layers={span} {self.dtype}"
+
+
+GPU_SETTINGS = [Setting("smollm2", 16, 512, tuple(range(31)), "bfloat16"),
+                Setting("smollm2", 16, 512, (0, 8, 15), "bfloat16"),
+                Setting("smollm2", 64, 128, (28, 29, 30), "bfloat16")]
+CPU_SETTINGS = [Setting("smollm2", 4, 32, (0, 8, 15)), Setting("smollm2", 4, 32, (28, 29, 30))]
+PROVIDERS = ["forward", "eptk", "hidden-states"]   # forward first: the others' ratios need it
+
+_models: dict[tuple, object] = {}
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name() if GPU else f"cpu ({platform.processor() or platform.machine()})"
+
+
+def load(setting: Setting):
+    """The model for a setting, SmolLM2 if installed (the tiny model otherwise, same layer count cut)."""
+    from eptk.errors import EptkUsageError
+    from eptk.models import load_model
+
+    key = (setting.model, setting.dtype)
+    if key not in _models:
+        try:
+            _models[key] = load_model(setting.model, device=DEVICE, dtype=getattr(torch, setting.dtype))
+        except EptkUsageError:
+            if GPU:
+                raise
+            _models[key] = load_model("tiny")
+    return _models[key]
+
+
+def make_batch(loaded, setting: Setting, seed: int = 0) -> dict:
+    """Random non-special token ids, right-padded to lengths in [T/2, T]."""
+    gen = torch.Generator().manual_seed(seed)
+    vocab = loaded.model.config.vocab_size
+    ids = torch.randint(8, vocab, (setting.B, setting.T), generator=gen)
+    lengths = torch.randint(setting.T // 2, setting.T + 1, (setting.B,), generator=gen)
+    mask = (torch.arange(setting.T).unsqueeze(0) < lengths.unsqueeze(1)).long()
+    ids = torch.where(mask.bool(), ids, torch.full_like(ids, loaded.tokenizer.pad_token_id))
+    return {"input_ids": ids.to(DEVICE), "attention_mask": mask.to(DEVICE)}
+
+
+def layers_for(loaded, setting: Setting) -> list[int]:
+    top = loaded.model.config.num_hidden_layers
+    return sorted({min(l, top) for l in setting.layers})
+
+
+def setup(provider: str, setting: Setting):
+    """A zero-argument callable that captures (or just runs) one batch with `provider`."""
+    from eptk.capture import capture, real_tokens, run_to_layers
+    from eptk.stats import RunningGaussian
+
+    loaded = load(setting)
+    model = loaded.model
+    batch = make_batch(loaded, setting)
+    layers = layers_for(loaded, setting)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+
+    if provider == "forward":
+        return lambda: run_to_layers(model, ids, mask, layers, lambda l, h: None)
+    if provider == "eptk":
+        return lambda: capture(loaded, [batch], layers, samples=256, progress=False)
+    if provider == "hidden-states":
+        d = model.config.hidden_size
+
+        def step():
+            gaussians = {l: RunningGaussian(d) for l in layers}
+            with torch.inference_mode():
+                out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+                real = real_tokens(loaded.tokenizer, ids, mask)
+                per_seq = real.sum(1, keepdim=True).clamp_min(1).float()
+                pooled = {}
+                for l in layers:
+                    h = out.hidden_states[l].float()
+                    x = h[real]
+                    gaussians[l].update(x.shape[0], x.sum(0), x.T @ x)
+                    pooled[l] = (h * real.unsqueeze(-1)).sum(1) / per_seq
+            return gaussians, pooled
+        return step
+    raise ValueError(f"unknown provider {provider!r}")
+
+
+def _sync():
+    if GPU:
+        torch.cuda.synchronize()
+
+
+def cpu_peak_bytes(step) -> int:
+    """Peak bytes of torch CPU tensors allocated during one step (the profiler's allocation timeline)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    running = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        running += event.self_cpu_memory_usage
+        peak = max(peak, running)
+    return int(peak)
+
+
+def measure(step, rounds: int = 5) -> dict:
+    """Median / min milliseconds over `rounds` steps and the peak memory one step allocates."""
+    step()                                   # warm up (Triton compilation, lazy inits)
+    _sync()
+    if GPU:
+        torch.cuda.reset_peak_memory_stats()
+        live = torch.cuda.memory_allocated()
+        step()
+        _sync()
+        peak = torch.cuda.max_memory_allocated() - live
+    else:
+        peak = cpu_peak_bytes(step)
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        step()
+        _sync()
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"ms": statistics.median(times), "ms_min": min(times), "peak_bytes": peak}
+
+
+def row(provider: str, setting: Setting, medians: dict, rounds: int) -> dict:
+    loaded = load(setting)
+    info = {"device": device_name(), "provider": provider, "model_loaded": loaded.name, **asdict(setting)}
+    info["layers"] = layers_for(loaded, setting)
+    info.update(measure(setup(provider, setting), rounds))
+    tokens = int(make_batch(loaded, setting)["attention_mask"].sum())
+    info["tokens_per_s"] = tokens / (info["ms"] / 1e3)
+    medians[(provider, setting)] = info["ms"]
+    if provider != "forward" and ("forward", setting) in medians:
+        info["overhead"] = info["ms"] / medians[("forward", setting)]      # vs the floor
+    if provider == "hidden-states" and ("eptk", setting) in medians:
+        info["eptk_speedup"] = info["ms"] / medians[("eptk", setting)]     # > 1: eptk is faster
+    return info
+
+
+# ---- pytest-benchmark ------------------------------------------------------------------------------
+
+_medians: dict = {}
+
+
+@pytest.mark.parametrize("setting", GPU_SETTINGS if GPU else CPU_SETTINGS, ids=lambda s: s.label)
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_capture(benchmark, setting, provider):
+    benchmark.group = f"capture {setting.label}"
+    info = row(provider, setting, _medians, rounds=5 if GPU else 2)
+    benchmark.extra_info.update(info)
+    step = setup(provider, setting)
+
+    def timed():
+        step()
+        _sync()
+    benchmark.pedantic(timed, rounds=5 if GPU else 2, warmup_rounds=0)
+
+
+def test_eptk_and_hidden_states_agree():
+    """Both providers compute the same statistics (the benchmark compares equal work)."""
+    setting = (GPU_SETTINGS if GPU else CPU_SETTINGS)[1]
+    stats = setup("eptk", setting)()
+    gaussians, pooled = setup("hidden-states", setting)()
+    top = load(setting).model.config.num_hidden_layers
+    for l in stats.layers:
+        if l == top:
+            continue                         # HF's last hidden state is after the final norm
+        mean, ref = stats.gaussians[l].mean, gaussians[l].mean
+        assert stats.gaussians[l].count == gaussians[l].count
+        assert torch.allclose(mean, ref, rtol=2e-2, atol=2e-2 * float(ref.abs().max())), l
+
+
+def main() -> None:
+    settings = GPU_SETTINGS if GPU else CPU_SETTINGS
+    medians, rows = {}, []
+    for setting in settings:
+        for provider in PROVIDERS:
+            try:
+                info = row(provider, setting, medians, rounds=10 if GPU else 3)
+            except torch.cuda.OutOfMemoryError:
+                info = {"provider": provider, **asdict(setting), "error": "out of memory"}
+                torch.cuda.empty_cache()
+            rows.append(info)
+            print(f"{setting.label:48s} {provider:14s} {info.get('ms', float('nan')):9.2f} ms "
+                  f"{info.get('tokens_per_s', 0):12.0f} tok/s  peak {info.get('peak_bytes', 0) / 2**20:9.1f} MiB"
+                  f"  overhead {info.get('overhead', 1):5.2f}  eptk_speedup {info.get('eptk_speedup', float('nan')):5.2f}",
+                  flush=True)
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    slug = "".join(c if c.isalnum() else "-" for c in device_name()).strip("-").lower()
+    path = out / f"capture-{slug}.json"
+    path.write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,338 @@
+"""Capturing activation statistics from a frozen causal LM as its forward runs.
+
+Forward hooks on the decoder layers hand each requested layer's hidden states [B,T,d] to
+`eptk.kernels.capture_stats` (Triton on CUDA) and to a seeded reservoir, and the forward stops
+right after the last requested layer (a hook raises a private exception), so capturing the
+embeddings of a 30-layer model runs no decoder layer at all.
+
+Layer index l (the one `ParamInfo.layer`, `deep.<l>` and stats files use):
+  0      token embeddings = the input of decoder layer 0. For Llama-family models that is the
+         embedding lookup; for GPT-2 it is token + position embeddings (what block 0 reads).
+  l      the hidden state entering decoder layer l (a pre-hook on layer l).
+  L      the output of the last decoder layer, before the final norm (a hook on layer L-1).
+Padding (attention_mask = 0) and BOS tokens (input_ids == tokenizer.bos_token_id, when the
+tokenizer has one; some tokenizers use that id for EOS too) are excluded from every statistic.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from .errors import EptkUsageError
+from .models import LoadedModel, cache_dir, decoder_layers, model_dims
+from .stats import EXCLUDED, FORMAT, LayerStats, Stats, check_model, eptk_version
+
+log = logging.getLogger(__name__)
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the last requested layer is captured; caught by `run_to_layers`."""
+
+
+def check_layers(model, layers: Iterable[int]) -> list[int]:
+    num_layers = model_dims(model)["num_layers"]
+    out = sorted({int(l) for l in layers})
+    bad = [l for l in out if not 0 <= l <= num_layers]
+    if not out or bad:
+        raise EptkUsageError(f"layers must be 0..{num_layers} for this model (0 = token embeddings, "
+                             f"{num_layers} = last layer output); got {bad or 'none'}")
+    return out
+
+
+def parse_capture_layers(text: str, num_layers: int) -> list[int]:
+    """'all' -> 0..L; 'last:k' -> the last k layers L-k+1..L; else a comma list like '0,14,30'."""
+    text = (text or "").strip()
+    if text == "all":
+        return list(range(num_layers + 1))
+    try:
+        if text.startswith("last:"):
+            k = int(text[5:])
+            if k < 1:
+                raise ValueError
+            return list(range(max(num_layers - k + 1, 0), num_layers + 1))
+        out = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        out = None
+    if not out or any(not 0 <= l <= num_layers for l in out):
+        raise EptkUsageError(f"--layers {text!r}: use 'all', 'last:<k>' or a comma list of 0..{num_layers} "
+                             f"(0 = token embeddings, {num_layers} = last layer output)")
+    return out
+
+
+@contextmanager
+def layer_hooks(model, layers: list[int], on_hidden: Callable[[int, torch.Tensor], None]):
+    """While active, each forward calls on_hidden(l, hidden [B,T,d]) per requested layer, then stops."""
+    blocks = decoder_layers(model)
+    num_layers = len(blocks)
+    last = max(layers)
+
+    def deliver(l, hidden):
+        on_hidden(l, hidden)
+        if l == last:
+            raise _StopForward
+
+    def pre_hook(l):
+        def hook(module, args, kwargs):
+            deliver(l, args[0] if args else kwargs["hidden_states"])
+        return hook
+
+    def post_hook(module, args, kwargs, output):
+        deliver(num_layers, output[0] if isinstance(output, (tuple, list)) else output)
+
+    handles = []
+    try:
+        for l in layers:
+            if l < num_layers:
+                handles.append(blocks[l].register_forward_pre_hook(pre_hook(l), with_kwargs=True))
+            else:
+                handles.append(blocks[num_layers - 1].register_forward_hook(post_hook, with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def run_to_layers(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: list[int],
+                  on_hidden: Callable[[int, torch.Tensor], None]) -> None:
+    """One forward that feeds on_hidden the requested layers and stops after the last of them."""
+    with torch.inference_mode(), layer_hooks(model, layers, on_hidden):
+        try:
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except _StopForward:
+            pass
+
+
+def real_tokens(tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B,T] bool: not padding and not BOS."""
+    real = attention_mask.bool()
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is not None:
+        real = real & (input_ids != bos)
+    return real
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _batches(tokenizer, texts_or_batches, batch_size: int, max_length: int | None):
+    """Yield dicts with input_ids / attention_mask from strings (right-padded) or ready batches."""
+    items = list(texts_or_batches) if not isinstance(texts_or_batches, list) else texts_or_batches
+    if items and isinstance(items[0], str):
+        side = tokenizer.padding_side
+        tokenizer.padding_side = "right"
+        try:
+            for i in range(0, len(items), batch_size):
+                kw = dict(truncation=True, max_length=max_length) if max_length else {}
+                yield dict(tokenizer(items[i:i + batch_size], padding=True, return_tensors="pt", **kw))
+        finally:
+            tokenizer.padding_side = side
+    else:
+        yield from items
+
+
+def capture(loaded: LoadedModel, texts_or_batches, layers: list[int], samples: int = 2048, seed: int = 0,
+            batch_size: int = 16, progress: bool = True, max_length: int | None = None,
+            meta: dict | None = None, backend: str = "auto") -> Stats:
+    """Statistics of the requested layers over texts (list[str]) or batches (dicts with input_ids,
+    attention_mask). Each layer gets a RunningGaussian, a seeded reservoir of `samples` token
+    activations, and every sequence's mean activation."""
+    from . import kernels
+
+    model, tokenizer = loaded.model, loaded.tokenizer
+    layers = check_layers(model, layers)
+    dims = model_dims(model)
+    stats = Stats(dims["hidden_size"], layers, samples, seed=seed)
+    device = _device(model)
+    batches = list(_batches(tokenizer, texts_or_batches, batch_size, max_length))
+    sequences = 0
+
+    def on_hidden(l, hidden):
+        st = kernels.capture_stats(hidden, real, backend=backend)
+        stats.gaussians[l].update(st.count, st.sum, st.gram)
+        stats.reservoirs[l].add_from(hidden, real)
+        stats.pooled_parts[l].append(st.pooled[has_tokens].float().cpu())
+
+    with _progress(progress, "capturing activations", len(batches)) as advance:
+        for batch in batches:
+            input_ids = batch["input_ids"].to(device)
+            attention_mask = batch["attention_mask"].to(device)
+            real = real_tokens(tokenizer, input_ids, attention_mask)
+            has_tokens = real.any(1)
+            sequences += int(has_tokens.sum())
+            run_to_layers(model, input_ids, attention_mask, layers, on_hidden)
+            advance()
+
+    stats.meta = {"format": FORMAT, "model": loaded.name, "model_source": loaded.source,
+                  "hidden_size": dims["hidden_size"], "num_layers": dims["num_layers"], "task": None,
+                  "layers": layers, "samples": samples, "seed": seed, "sequences": sequences,
+                  "excluded": EXCLUDED, "bos_token_id": getattr(tokenizer, "bos_token_id", None),
+                  "layer_index": "0 = token embeddings, l = input of decoder layer l, "
+                                 f"{dims['num_layers']} = last layer output before the final norm",
+                  "eptk_version": eptk_version(), **(meta or {})}
+    stats.meta["tokens"] = {str(l): stats.gaussians[l].count for l in layers}
+    return stats
+
+
+@contextmanager
+def _progress(enabled: bool, description: str, total: int | None):
+    if not enabled:
+        yield lambda: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda: bar.advance(task)
+
+
+# ---- trajectories ---------------------------------------------------------------------------------
+
+@dataclass
+class Trajectory:
+    prompt: str
+    answer: str                      # the greedy continuation, decoded
+    token_ids: torch.Tensor          # [S] prompt + generated ids
+    prompt_len: int
+    states: dict[int, torch.Tensor]  # layer -> [S,d] float32, every position of prompt + answer
+
+    def answer_states(self, layer: int) -> torch.Tensor:
+        """[n_generated, d]: the states at the generated tokens' own positions."""
+        return self.states[layer][self.prompt_len:]
+
+
+def trajectories(loaded: LoadedModel, prompts: list[str], layers: list[int], max_new_tokens: int = 32,
+                 stop_at_eos: bool = True) -> list[Trajectory]:
+    """Greedy answers to each prompt and the hidden states of prompt + answer at the given layers."""
+    model, tokenizer = loaded.model, loaded.tokenizer
+    layers = check_layers(model, layers)
+    device = _device(model)
+    eos = tokenizer.eos_token_id if stop_at_eos else None
+    out = []
+    for prompt in prompts:
+        ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=device)
+        prompt_len = ids.shape[1]
+        with torch.inference_mode():
+            for _ in range(max_new_tokens):
+                next_id = model(input_ids=ids, use_cache=False).logits[0, -1].argmax()
+                ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
+                if eos is not None and int(next_id) == eos:
+                    break
+        states = {}
+        run_to_layers(model, ids, torch.ones_like(ids), layers,
+                      lambda l, h: states.__setitem__(l, h[0].float().cpu().clone()))
+        answer = tokenizer.decode(ids[0, prompt_len:].tolist(), skip_special_tokens=True)
+        out.append(Trajectory(prompt, answer, ids[0].cpu(), prompt_len, states))
+    return out
+
+
+# ---- the statistics cache -------------------------------------------------------------------------
+
+def stats_key(model_name: str, model_source: str, task_spec: str, layers: list[int], samples: int,
+              seed: int, n_examples: int) -> str:
+    blob = json.dumps({"model": model_name, "source": model_source, "task": task_spec, "layers": sorted(layers),
+                       "samples": samples, "seed": seed, "examples": n_examples, "format": FORMAT},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def stats_folder(loaded: LoadedModel, model_name: str, task_spec: str, layers: list[int], samples: int = 2048,
+                 seed: int = 0, n_examples: int = 512, root: Path | None = None) -> Path:
+    root = Path(root) if root is not None else cache_dir() / "stats"
+    return root / stats_key(model_name, loaded.source, task_spec, layers, samples, seed, n_examples)
+
+
+def task_batches(tokenizer, task_spec: str, seed: int, n_examples: int, batch_size: int) -> list[dict]:
+    """prompt + answer (+ EOS) of the task's train examples, encoded like training encodes them."""
+    from .tasks import encode_batch, load_task
+
+    examples = load_task(task_spec, seed).examples("train", n_examples)
+    if not examples:
+        raise EptkUsageError(f"task {task_spec!r} has no train examples to capture")
+    return [encode_batch(tokenizer, examples[i:i + batch_size], with_answer=True)
+            for i in range(0, len(examples), batch_size)]
+
+
+def capture_task(loaded: LoadedModel, model_name: str, task_spec: str, layers: list[int], samples: int = 2048,
+                 seed: int = 0, n_examples: int = 512, batch_size: int = 16, progress: bool = True,
+                 backend: str = "auto") -> Stats:
+    """Capture the task's train split (prompt + answer) at the given layers."""
+    batches = task_batches(loaded.tokenizer, task_spec, seed, n_examples, batch_size)
+    stats = capture(loaded, batches, layers, samples=samples, seed=seed, progress=progress, backend=backend,
+                    meta={"model": model_name, "task": task_spec, "split": "train",
+                          "examples": sum(b["input_ids"].shape[0] for b in batches)})
+    return stats
+
+
+def ensure_stats(loaded: LoadedModel, model_name: str, task_spec: str, layers: list[int], samples: int = 2048,
+                 seed: int = 0, n_examples: int = 512, batch_size: int = 16, progress: bool = True,
+                 root: Path | None = None) -> Stats:
+    """Cached statistics of the task at the layers: load them, or capture and store them atomically
+    under <cache>/stats/<hash of model, model source, task, layers, samples, seed, examples>."""
+    layers = check_layers(loaded.model, layers)
+    hidden = model_dims(loaded.model)["hidden_size"]
+    folder = stats_folder(loaded, model_name, task_spec, layers, samples, seed, n_examples, root)
+    if folder.is_dir():
+        try:
+            return Stats.load(folder, model_name=model_name, hidden_size=hidden)
+        except EptkUsageError as exc:
+            log.warning("recapturing: cached statistics in %s are unreadable (%s)", folder, exc)
+    stats = capture_task(loaded, model_name, task_spec, layers, samples, seed, n_examples, batch_size, progress)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        stats.save(tmp)
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)   # only an unreadable copy gets here
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            pass   # another process stored the same statistics first; ours are equal
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("activation statistics of %s on %s stored in %s", model_name, task_spec, folder)
+    return stats
+
+
+class StatsProvider:
+    """`provider(task, layer) -> LayerStats` for `PriorContext.stats`.
+
+    On first use of a task it captures every layer 0..L in one pass over the task's train examples
+    (one forward per batch covers all layers), caches that on disk (`ensure_stats`) and in memory.
+    """
+
+    def __init__(self, loaded: LoadedModel, model_name: str, default_task: str | None, samples: int = 2048,
+                 seed: int = 0, n_examples: int = 512, batch_size: int = 16, progress: bool = True,
+                 root: Path | None = None):
+        self.loaded, self.model_name, self.default_task = loaded, model_name, default_task
+        self.samples, self.seed, self.n_examples = samples, seed, n_examples
+        self.batch_size, self.progress, self.root = batch_size, progress, root
+        self.num_layers = model_dims(loaded.model)["num_layers"]
+        self._stats: dict[str, Stats] = {}
+
+    def stats(self, task: str | None = None) -> Stats:
+        task = task or self.default_task
+        if not task:
+            raise EptkUsageError("activation statistics need a task: give --task or name one in the prior, "
+                                 "e.g. region:data:arith")
+        if task not in self._stats:
+            self._stats[task] = ensure_stats(self.loaded, self.model_name, task, list(range(self.num_layers + 1)),
+                                             samples=self.samples, seed=self.seed, n_examples=self.n_examples,
+                                             batch_size=self.batch_size, progress=self.progress, root=self.root)
+        return self._stats[task]
+
+    def __call__(self, task: str | None = None, layer: int = 0) -> LayerStats:
+        if not 0 <= int(layer) <= self.num_layers:
+            raise EptkUsageError(f"layer {layer} is outside 0..{self.num_layers} for model {self.model_name!r}")
+        return self.stats(task).layer(int(layer))

@@ -1,0 +1,388 @@
+"""Activation statistics: streaming Gaussians, seeded token reservoirs, and their file format.
+
+A `RunningGaussian` merges per-batch sums (count, Σx, Σxxᵀ — what `eptk.kernels.capture_stats`
+returns) in float64 with the Chan–Golub–LeVeque update, so statistics of any number of batches can
+be merged, saved and loaded (the idea of baukit's runningstats). A `Reservoir` keeps a uniform
+sample of n token activations (Algorithm R, seeded). `Stats` holds both per layer, plus each
+sequence's mean activation, and reads and writes the `eptk capture` format:
+
+stats.safetensors (float32 unless noted)
+  layer<l>.mean     [d]     mean activation over the real tokens
+  layer<l>.cov      [d,d]   unbiased covariance (not shrunk; `LayerStats.shrunk_cov` shrinks it)
+  layer<l>.count    [1]     float64, number of real tokens seen
+  layer<l>.samples  [n,d]   a seeded uniform sample of token activations (n = min(samples, count))
+  layer<l>.seen     [1]     int64, tokens offered to the reservoir (equals count)
+  layer<l>.pooled   [N,d]   per-sequence mean activation, one row per sequence with a real token
+meta.json
+  model, model_source, hidden_size, num_layers, task, layers, samples, seed, examples, sequences,
+  tokens (per layer), excluded ("padding and BOS tokens are excluded"), eptk_version, format.
+
+Layer l: 0 = token embeddings (the input of decoder layer 0), l = the hidden state entering
+decoder layer l, L = the output of the last decoder layer before the final norm.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import EptkUsageError
+
+FORMAT = "eptk-stats/1"
+EXCLUDED = "padding and BOS tokens are excluded"
+
+
+# ---- streaming Gaussian ------------------------------------------------------------------------
+
+class RunningGaussian:
+    """Mean and covariance of a stream of d-vectors, merged batch by batch in float64."""
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self.count = 0.0
+        self.mean = torch.zeros(dim, dtype=torch.float64)
+        self.m2 = torch.zeros(dim, dim, dtype=torch.float64)   # Σ (x - mean)(x - mean)ᵀ
+
+    def update(self, count, total, gram) -> "RunningGaussian":
+        """Merge a batch given by its count, Σx [d] and Σxxᵀ [d,d] (any dtype or device).
+
+        The batch's own scatter is gram - n·m·mᵀ in float64; with float32 sums that subtraction
+        keeps float32's relative precision of Σxxᵀ, enough for covariances of activations.
+        """
+        n = float(count)
+        if n <= 0:
+            return self
+        total = total.detach().to("cpu", torch.float64)
+        gram = gram.detach().to("cpu", torch.float64)
+        mean = total / n
+        m2 = gram - n * torch.outer(mean, mean)
+        return self._merge(n, mean, 0.5 * (m2 + m2.T))
+
+    def add(self, rows: torch.Tensor) -> "RunningGaussian":
+        """Merge the rows [m,d] of a batch directly (float64)."""
+        x = rows.detach().to("cpu", torch.float64).reshape(-1, self.dim)
+        if x.shape[0] == 0:
+            return self
+        mean = x.mean(0)
+        xc = x - mean
+        return self._merge(float(x.shape[0]), mean, xc.T @ xc)
+
+    def merge(self, other: "RunningGaussian") -> "RunningGaussian":
+        """Merge another RunningGaussian into this one (Chan et al.'s pairwise update)."""
+        if other.dim != self.dim:
+            raise ValueError(f"cannot merge Gaussians of width {other.dim} and {self.dim}")
+        if other.count <= 0:
+            return self
+        return self._merge(other.count, other.mean.clone(), other.m2.clone())
+
+    def _merge(self, n_b: float, mean_b: torch.Tensor, m2_b: torch.Tensor) -> "RunningGaussian":
+        n_a = self.count
+        n = n_a + n_b
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (n_b / n)
+        self.m2 = self.m2 + m2_b + torch.outer(delta, delta) * (n_a * n_b / n)
+        self.count = n
+        return self
+
+    def covariance(self) -> torch.Tensor:
+        """Unbiased covariance [d,d], float64."""
+        return self.m2 / max(self.count - 1.0, 1.0)
+
+    def shrunk_covariance(self, samples: torch.Tensor | None = None) -> torch.Tensor:
+        """Ledoit–Wolf shrinkage of the covariance toward the scaled identity, float64, positive definite.
+
+        Ledoit and Wolf's intensity needs a fourth moment of the data that sums cannot carry; it is
+        estimated from `samples` (rows of a uniform sample of the same data, e.g. the reservoir).
+        Without samples the OAS intensity (Chen et al. 2010), which needs only S, n and d, is used.
+        """
+        return shrink_covariance(self.covariance(), self.count, self.mean, samples)
+
+    @classmethod
+    def from_moments(cls, count: float, mean: torch.Tensor, cov: torch.Tensor) -> "RunningGaussian":
+        g = cls(mean.shape[0])
+        g.count = float(count)
+        g.mean = mean.detach().to("cpu", torch.float64).clone()
+        g.m2 = cov.detach().to("cpu", torch.float64) * max(g.count - 1.0, 1.0) if g.count > 0 else g.m2
+        return g
+
+
+def shrink_covariance(cov: torch.Tensor, count: float, mean: torch.Tensor | None = None,
+                      samples: torch.Tensor | None = None) -> torch.Tensor:
+    """(1 - δ)·S + δ·(tr S / d)·I with the Ledoit–Wolf δ (from samples) or the OAS δ (without)."""
+    S = cov.to(torch.float64)
+    d = S.shape[0]
+    n = max(float(count), 1.0)
+    scale = float(S.diagonal().mean())
+    if not math.isfinite(scale) or scale <= 0:
+        return torch.eye(d, dtype=torch.float64) * 1e-12
+    target = scale * torch.eye(d, dtype=torch.float64)
+    dist2 = float((S - target).pow(2).sum())                  # ‖S − μI‖²_F
+    if dist2 <= 0:
+        return target
+    if samples is not None and samples.shape[0] > 0:
+        x = samples.to(torch.float64)
+        x = x - (mean.to(torch.float64) if mean is not None else x.mean(0))
+        # mean over samples of ‖x xᵀ − S‖²_F = ‖x‖⁴ − 2 xᵀSx + ‖S‖²_F, without forming d×d per row
+        norms2 = (x * x).sum(1)
+        quad = ((x @ S) * x).sum(1)
+        spread = float((norms2.pow(2) - 2 * quad).mean() + S.pow(2).sum())
+        delta = min(max(spread / n, 0.0), dist2) / dist2
+    else:
+        tr2, tr_s2 = float(S.trace()) ** 2, float((S * S).sum())
+        num = (1 - 2 / d) * tr_s2 + tr2
+        den = (n + 1 - 2 / d) * (tr_s2 - tr2 / d)
+        delta = 1.0 if den <= 0 else min(num / den, 1.0)
+    if count <= d:
+        delta = max(delta, 1e-3)   # S is singular here; keep the result clearly positive definite
+    return (1 - delta) * S + delta * target
+
+
+# ---- reservoir -----------------------------------------------------------------------------------
+
+class Reservoir:
+    """A uniform sample of at most `capacity` rows of a stream (Algorithm R), seeded."""
+
+    def __init__(self, capacity: int, dim: int, seed: int = 0):
+        self.capacity, self.dim = int(capacity), dim
+        self.seen = 0
+        self.rows = torch.zeros(self.capacity, dim, dtype=torch.float32)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def samples(self) -> torch.Tensor:
+        return self.rows[:min(self.seen, self.capacity)]
+
+    def add(self, rows: torch.Tensor) -> None:
+        """Offer rows [m,d] in order."""
+        rows = rows.reshape(-1, self.dim)
+        self.add_indexed(rows.shape[0], lambda idx: rows[idx])
+
+    def add_from(self, hidden: torch.Tensor, mask: torch.Tensor) -> None:
+        """Offer the real-token rows of hidden [B,T,d] (mask [B,T]) in order; only kept rows are read."""
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        real = torch.nonzero(mask.reshape(-1).to(flat.device) != 0).squeeze(1)
+        self.add_indexed(int(real.numel()), lambda idx: flat[real[idx.to(real.device)]])
+
+    def add_indexed(self, m: int, fetch) -> None:
+        """Offer m rows; `fetch(indices)` returns the rows [k,d] at those positions of the offer."""
+        if m <= 0 or self.capacity <= 0:
+            self.seen += max(m, 0)
+            return
+        pos = torch.arange(m, dtype=torch.int64)
+        index = self.seen + pos                                   # 0-based position in the stream
+        # Algorithm R: row i < n fills slot i; later rows take slot j ~ U{0..i} if j < n.
+        u = torch.rand(m, generator=self.generator, dtype=torch.float64)
+        slot = torch.where(index < self.capacity, index, (u * (index + 1).double()).floor().long())
+        keep = slot < self.capacity
+        if keep.any():
+            # rows later in the stream overwrite earlier ones in the same slot
+            last = torch.full((self.capacity,), -1, dtype=torch.int64)
+            last.scatter_reduce_(0, slot[keep], pos[keep], reduce="amax")
+            slots = torch.nonzero(last >= 0).squeeze(1)
+            self.rows[slots] = fetch(last[slots]).detach().to("cpu", torch.float32)
+        self.seen += m
+
+    def merge(self, other: "Reservoir") -> "Reservoir":
+        """A uniform sample of the union of both streams, from the two uniform samples.
+
+        Slot by slot, the next row comes from this stream with probability (its rows not yet
+        drawn) / (rows of both not yet drawn): sampling without replacement from the union.
+        """
+        if other.dim != self.dim:
+            raise ValueError(f"cannot merge reservoirs of width {other.dim} and {self.dim}")
+        mine = self.samples[torch.randperm(self.samples.shape[0], generator=self.generator)]
+        theirs = other.samples[torch.randperm(other.samples.shape[0], generator=self.generator)]
+        left_a, left_b = self.seen, other.seen
+        take = min(self.capacity, left_a + left_b)
+        u = torch.rand(take, generator=self.generator, dtype=torch.float64).tolist()
+        picked, ia, ib = [], 0, 0
+        for draw in u:
+            if draw * (left_a + left_b) < left_a:
+                picked.append(mine[ia]); ia += 1; left_a -= 1
+            else:
+                picked.append(theirs[ib]); ib += 1; left_b -= 1
+        rows = torch.zeros(self.capacity, self.dim, dtype=torch.float32)
+        if picked:
+            rows[:len(picked)] = torch.stack(picked)
+        self.rows, self.seen = rows, self.seen + other.seen
+        return self
+
+
+# ---- per-layer statistics ---------------------------------------------------------------------
+
+@dataclass
+class LayerStats:
+    """What priors and metrics read for one layer: float32 mean, covariance and samples."""
+    layer: int
+    mean: torch.Tensor        # [d]
+    cov: torch.Tensor         # [d,d] unbiased; shrunk (Ledoit–Wolf) when count <= d
+    samples: torch.Tensor     # [n,d]
+    count: float
+    shrunk_cov: torch.Tensor  # [d,d] always Ledoit–Wolf shrunk: use for Mahalanobis distances
+    pooled: torch.Tensor | None = None
+    _tril: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def dim(self) -> int:
+        return self.mean.shape[0]
+
+    def scale_tril(self) -> torch.Tensor:
+        """Cholesky factor of the shrunk covariance, float32."""
+        if self._tril is None:
+            from .priors import psd_cholesky
+            self._tril = psd_cholesky(self.shrunk_cov.double()).float()
+        return self._tril
+
+    def whiten(self, x: torch.Tensor) -> torch.Tensor:
+        """L⁻¹(x − mean) for x [..., d], differentiable."""
+        tril = self.scale_tril().to(x.device, x.dtype)
+        xc = (x - self.mean.to(x.device, x.dtype)).reshape(-1, self.dim)
+        z = torch.linalg.solve_triangular(tril, xc.T, upper=False).T
+        return z.reshape(x.shape)
+
+    def mahalanobis(self, x: torch.Tensor) -> torch.Tensor:
+        """Mahalanobis distance of each row of x [..., d] under N(mean, shrunk_cov), shape [...]."""
+        return self.whiten(x).norm(dim=-1)
+
+
+def layer_stats(layer: int, gaussian: RunningGaussian, reservoir: Reservoir,
+                pooled: torch.Tensor | None = None) -> LayerStats:
+    samples = reservoir.samples.clone()
+    shrunk = gaussian.shrunk_covariance(samples)
+    cov = shrunk if gaussian.count <= gaussian.dim else gaussian.covariance()
+    return LayerStats(layer=layer, mean=gaussian.mean.float(), cov=cov.float(), samples=samples,
+                      count=gaussian.count, shrunk_cov=shrunk.float(), pooled=pooled)
+
+
+class Stats:
+    """Activation statistics of one model on one text source, per layer."""
+
+    def __init__(self, dim: int, layers: list[int], samples: int, seed: int = 0, meta: dict | None = None):
+        self.dim = dim
+        self.gaussians = {l: RunningGaussian(dim) for l in layers}
+        # each layer's reservoir has its own seeded stream, independent of which other layers ran
+        self.reservoirs = {l: Reservoir(samples, dim, seed=seed * 1_000_003 + l) for l in layers}
+        self.pooled_parts: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
+        self.meta = dict(meta or {})
+        self._layer_cache: dict[int, LayerStats] = {}
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.gaussians)
+
+    def pooled(self, layer: int) -> torch.Tensor:
+        parts = self.pooled_parts[layer]
+        if len(parts) != 1:
+            self.pooled_parts[layer] = [torch.cat(parts) if parts else torch.zeros(0, self.dim)]
+        return self.pooled_parts[layer][0]
+
+    def layer(self, layer: int) -> LayerStats:
+        if layer not in self.gaussians:
+            raise EptkUsageError(f"no statistics for layer {layer}; captured layers: "
+                                 f"{', '.join(map(str, self.layers))}")
+        if layer not in self._layer_cache:
+            self._layer_cache[layer] = layer_stats(layer, self.gaussians[layer], self.reservoirs[layer],
+                                                   self.pooled(layer))
+        return self._layer_cache[layer]
+
+    def merge(self, other: "Stats") -> "Stats":
+        """Merge another capture of the same layers: Gaussians exactly, reservoirs as a uniform sample of both."""
+        if other.dim != self.dim or other.layers != self.layers:
+            raise ValueError("cannot merge statistics of different widths or layers")
+        for l in self.layers:
+            self.gaussians[l].merge(other.gaussians[l])
+            self.reservoirs[l].merge(other.reservoirs[l])
+            self.pooled_parts[l].append(other.pooled(l))
+        self._layer_cache.clear()
+        return self
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for l in self.layers:
+            g, r = self.gaussians[l], self.reservoirs[l]
+            out[f"layer{l}.mean"] = g.mean.float()
+            out[f"layer{l}.cov"] = g.covariance().float()
+            out[f"layer{l}.count"] = torch.tensor([g.count], dtype=torch.float64)
+            out[f"layer{l}.samples"] = r.samples.float().contiguous()
+            out[f"layer{l}.seen"] = torch.tensor([r.seen], dtype=torch.int64)
+            out[f"layer{l}.pooled"] = self.pooled(l).float().contiguous()
+        return out
+
+    def save(self, folder) -> Path:
+        """Write stats.safetensors and meta.json into folder (each file atomically)."""
+        from .io import save_tensors_atomic, write_json_atomic
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = dict(self.meta)
+        meta.setdefault("format", FORMAT)
+        meta.setdefault("hidden_size", self.dim)
+        meta["layers"] = self.layers
+        meta.setdefault("excluded", EXCLUDED)
+        meta.setdefault("eptk_version", eptk_version())
+        meta["tokens"] = {str(l): self.gaussians[l].count for l in self.layers}
+        self.meta = meta
+        save_tensors_atomic(folder / "stats.safetensors", self.tensors(), metadata={"format": FORMAT})
+        write_json_atomic(folder / "meta.json", meta)
+        return folder
+
+    @classmethod
+    def load(cls, folder, model_name: str | None = None, hidden_size: int | None = None) -> "Stats":
+        """Read a folder written by `save`; refuses stats of another model when model_name is given."""
+        from .io import load_tensors, read_json
+
+        folder = Path(folder)
+        meta = read_json(folder / "meta.json", "activation statistics metadata")
+        if not isinstance(meta, dict) or not isinstance(meta.get("layers"), list):
+            raise EptkUsageError(f"{folder / 'meta.json'} is not eptk activation-statistics metadata "
+                                 f"(no 'layers' list)")
+        if model_name is not None or hidden_size is not None:
+            check_model(meta, model_name, hidden_size)
+        tensors = load_tensors(folder / "stats.safetensors", "activation statistics")
+        layers = [int(l) for l in meta["layers"]]
+        required = ("mean", "cov", "count", "samples")
+        missing = [f"layer{l}.{k}" for l in layers for k in required if f"layer{l}.{k}" not in tensors]
+        if missing:
+            raise EptkUsageError(f"{folder / 'stats.safetensors'} lacks {', '.join(missing[:4])}"
+                                 f"{' ...' if len(missing) > 4 else ''}; recapture with `eptk capture`")
+        dim = int(tensors[f"layer{layers[0]}.mean"].shape[0]) if layers else int(meta.get("hidden_size", 0))
+        samples = int(meta.get("samples", 0))
+        stats = cls(dim, layers, samples, seed=int(meta.get("seed", 0)), meta=meta)
+        for l in layers:
+            mean, cov = tensors[f"layer{l}.mean"], tensors[f"layer{l}.cov"]
+            if tuple(mean.shape) != (dim,) or tuple(cov.shape) != (dim, dim):
+                raise EptkUsageError(f"{folder / 'stats.safetensors'}: layer{l} has mean {tuple(mean.shape)} "
+                                     f"and cov {tuple(cov.shape)}, expected ({dim},) and ({dim}, {dim})")
+            count = float(tensors[f"layer{l}.count"].reshape(-1)[0])
+            stats.gaussians[l] = RunningGaussian.from_moments(count, mean, cov)
+            rows = tensors[f"layer{l}.samples"].float()
+            res = Reservoir(max(samples, rows.shape[0]), dim, seed=int(meta.get("seed", 0)) * 1_000_003 + l)
+            res.rows[:rows.shape[0]] = rows
+            seen = tensors.get(f"layer{l}.seen")
+            res.seen = int(seen.reshape(-1)[0]) if seen is not None else rows.shape[0]
+            stats.reservoirs[l] = res
+            pooled = tensors.get(f"layer{l}.pooled")
+            stats.pooled_parts[l] = [pooled.float() if pooled is not None else torch.zeros(0, dim)]
+        return stats
+
+
+def check_model(meta: dict, model_name: str | None, hidden_size: int | None = None) -> None:
+    """Refuse statistics captured from another model (or one of another width)."""
+    theirs = meta.get("model")
+    if model_name is not None and theirs is not None and theirs != model_name:
+        raise EptkUsageError(f"activation statistics were captured from model {theirs!r}, not {model_name!r}; "
+                             f"capture them for {model_name!r} with `eptk capture --model {model_name}`")
+    width = meta.get("hidden_size")
+    if hidden_size is not None and width is not None and int(width) != int(hidden_size):
+        raise EptkUsageError(f"activation statistics have width {width} (model {theirs!r}) but model "
+                             f"{model_name!r} has hidden size {hidden_size}")
+
+
+def eptk_version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("eptk")
+    except Exception:
+        return "unknown"

@@ -1,0 +1,138 @@
+"""The CLI end to end on the tiny model: a run directory, load_run, eval/generate, bad input, resume, rerun."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+TINY = ["--model", "tiny", "--steps", "4", "--batch-size", "4", "--eval-size", "4", "--test-size", "4",
+        "--quiet", "--train-size", "64"]
+
+
+def tensors(path):
+    from safetensors.torch import load_file
+    return load_file(str(path))
+
+
+@pytest.fixture(scope="module")
+def deep_run(tmp_path_factory):
+    from eptk.cli.main import main
+    out = tmp_path_factory.mktemp("runs") / "deep"
+    assert main(["tune", *TINY, "--method", "deep", "--layers", "last:2", "--out", str(out)]) == 0
+    return out
+
+
+def test_run_directory_format(deep_run):
+    names = {p.name for p in deep_run.iterdir()}
+    assert {"config.json", "prior.safetensors", "posterior.safetensors", "metrics.jsonl", "eval.json",
+            "checkpoint"} <= names
+    config = json.loads((deep_run / "config.json").read_text())
+    for key in ("model", "task", "method", "prior", "seed", "tokens", "layers", "versions", "lr", "steps"):
+        assert key in config
+    assert config["layers"] == [2, 3]
+    post = tensors(deep_run / "posterior.safetensors")
+    assert set(post) == {"soft", "deep.2", "deep.3"} and post["soft"].shape == (20, 64)
+    prior = tensors(deep_run / "prior.safetensors")
+    assert not torch.equal(prior["soft"], post["soft"]), "training moved the prompt"
+    rows = [json.loads(l) for l in (deep_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+    result = json.loads((deep_run / "eval.json").read_text())
+    assert {"baseline", "tuned", "prefix_mass"} <= set(result)
+    assert len(result["prefix_mass"]) == 4 and all(0 <= m <= 1 for h in result["prefix_mass"].values() for m in h)
+
+
+def test_load_run_is_callable_like_hf(deep_run):
+    import eptk
+    tuned = eptk.load_run(deep_run)
+    enc = tuned.tokenizer(["12+34="], return_tensors="pt")
+    out = tuned(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+    assert out.logits.shape == (1, enc["input_ids"].shape[1], len(tuned.tokenizer))
+    gen = tuned.generate(enc["input_ids"], enc["attention_mask"], max_new_tokens=3)
+    assert gen.shape[1] <= enc["input_ids"].shape[1] + 3
+    assert tuned.config["method"] == "deep" and tuned.model is not None
+
+
+def test_eval_and_generate_commands(deep_run, run_cli):
+    code, out, err = run_cli("eval", deep_run, "--size", "4")
+    assert code == 0, err
+    assert json.loads(out)["tuned"]["n"] == 4
+    code, out, err = run_cli("generate", deep_run, "12+34=", "--max-new-tokens", "3")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("method", ["soft", "prefix"])
+def test_other_methods_run(tmp_path, run_cli, method):
+    code, out, err = run_cli("tune", *TINY, "--method", method, "--out", tmp_path / method)
+    assert code == 0, err
+    assert "tuned" in out
+
+
+def test_same_seed_same_posterior(tmp_path, run_cli):
+    for name in ("a", "b"):
+        assert run_cli("tune", *TINY, "--method", "soft", "--out", tmp_path / name)[0] == 0
+    a, b = tensors(tmp_path / "a/posterior.safetensors"), tensors(tmp_path / "b/posterior.safetensors")
+    assert torch.equal(a["soft"], b["soft"])
+
+
+def test_rerun_from_config(tmp_path, deep_run, run_cli):
+    code, _, err = run_cli("tune", "--config", deep_run / "config.json", "--out", tmp_path / "again", "--quiet")
+    assert code == 0, err
+    a, b = tensors(deep_run / "posterior.safetensors"), tensors(tmp_path / "again/posterior.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_posterior_as_prior(tmp_path, deep_run, run_cli):
+    code, _, err = run_cli("tune", *TINY, "--method", "deep", "--layers", "last:2", "--prior",
+                           f"posterior:{deep_run}", "--out", tmp_path / "next", "--prior-weight", "1")
+    assert code == 0, err
+    prior = tensors(tmp_path / "next/prior.safetensors")
+    post = tensors(deep_run / "posterior.safetensors")
+    assert all(torch.equal(prior[k], post[k]) for k in post)
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "eptk.cli", *map(str, args)], capture_output=True, text=True,
+                          env=dict(os.environ, **(env or {})), timeout=300)
+
+
+def test_kill_and_resume_gives_the_same_posterior(tmp_path):
+    """SIGKILL after a checkpoint, resume, and end bitwise where an uninterrupted run ends."""
+    args = [*TINY, "--method", "deep", "--layers", "last:2", "--steps", "8", "--checkpoint-every", "2"]
+    assert _cli("tune", *args, "--out", tmp_path / "whole").returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "eptk.cli", "tune", *args, "--out", str(tmp_path / "cut")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "cut/checkpoint/latest"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if latest.exists() and latest.read_text().strip() >= "step-00000004":
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "cut/posterior.safetensors").exists(), "the run was killed before it finished"
+    done = _cli("tune", "--resume", tmp_path / "cut", "--quiet")
+    assert done.returncode == 0, done.stderr
+    a, b = tensors(tmp_path / "whole/posterior.safetensors"), tensors(tmp_path / "cut/posterior.safetensors")
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(l)["step"] for l in (tmp_path / "cut/metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(l)]
+    assert steps == list(range(1, 9)), "no step logged twice or lost"
+
+
+def test_sigterm_writes_a_checkpoint(tmp_path):
+    args = [*TINY, "--method", "soft", "--steps", "400", "--checkpoint-every", "0", "--out", str(tmp_path / "t")]
+    proc = subprocess.Popen([sys.executable, "-m", "eptk.cli", "tune", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "t/metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "SIGTERM" in err and "Traceback" not in err
+    assert (tmp_path / "t/checkpoint/latest").exists()

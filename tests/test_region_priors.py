@@ -1,0 +1,177 @@
+"""Priors placed relative to captured activations, built end to end through eptk.priors.build_prior:
+region:data, region:new (its three guarantees, on the tiny model and on SmolLM2), region:between
+and the exclusion sampler."""
+import logging
+import math
+
+import pytest
+import torch
+
+from eptk.capture import StatsProvider, capture_task
+from eptk.errors import EptkUsageError
+from eptk.models import load_model
+from eptk.priors import ParamInfo, PriorContext, build_prior, parse_spec
+from eptk.region_priors import KNN_K, NORM_BAND, Between, Exclusion
+
+P = 8
+
+
+@pytest.fixture(scope="module")
+def tiny_ctx(tmp_path_factory):
+    loaded = load_model("tiny")
+    provider = StatsProvider(loaded, "tiny", "arith", samples=512, seed=0, n_examples=48, progress=False,
+                             root=tmp_path_factory.mktemp("stats"))
+    return PriorContext(task="arith", model="tiny", seed=0, stats=provider)
+
+
+def prompt_params(layers, width=64):
+    """soft (layer 0) and deep.<l> params, like the trainer passes them."""
+    params = {}
+    for l in layers:
+        name = "soft" if l == 0 else f"deep.{l}"
+        params[name] = ParamInfo(name, (P, width), l)
+    return params
+
+
+def check_log_prob(prior, tensors):
+    x = {k: v.clone().requires_grad_(True) for k, v in tensors.items()}
+    lp = prior.log_prob(x)
+    lp.backward()
+    assert torch.isfinite(lp)
+    for v in x.values():
+        assert torch.isfinite(v.grad).all()
+    return float(lp)
+
+
+# ---- region:data ----------------------------------------------------------------------------------
+
+def test_region_data_fits_each_layer(tiny_ctx):
+    prior = build_prior("region:data", tiny_ctx, prompt_params([0, 2, 4]))
+    for name, dist in prior.dists.items():
+        layer = 0 if name == "soft" else int(name.split(".")[1])
+        ls = tiny_ctx.stats("arith", layer)
+        assert torch.equal(dist.mean, ls.mean)
+    sample = prior.sample(torch.Generator().manual_seed(0))
+    assert {k: tuple(v.shape) for k, v in sample.items()} == {k: (P, 64) for k in prior.dists}
+    check_log_prob(prior, sample)
+    other = build_prior("region:data:fill", tiny_ctx, prompt_params([2]))
+    assert not torch.equal(other.dists["deep.2"].mean, prior.dists["deep.2"].mean)
+
+
+@pytest.mark.parametrize("spec,match", [("region:data:", "region:data:arith"),
+                                        ("region:between:arith", "region:between:arith,qa"),
+                                        ("region:between", "two tasks"),
+                                        ("exclusion:0.5", "greater than 1"), ("exclusion:x", "exclusion:5"),
+                                        ("region:nowhere", "region:new")])
+def test_bad_specs_name_the_valid_form(tiny_ctx, spec, match):
+    with pytest.raises(EptkUsageError, match=match):
+        build_prior(spec, tiny_ctx, prompt_params([0]))
+
+
+@pytest.mark.parametrize("spec", ["region:data", "region:new", "region:between:arith,fill", "exclusion"])
+def test_prefix_tensors_are_refused(tiny_ctx, spec):
+    params = {"prefix.0.key": ParamInfo("prefix.0.key", (2, P, 16), 0)}
+    with pytest.raises(EptkUsageError, match="prefix tensors are keys/values"):
+        build_prior(spec, tiny_ctx, params)
+
+
+def test_region_priors_need_stats():
+    assert parse_spec("region:new")[0].needs_stats and parse_spec("exclusion:3")[0].needs_stats
+    with pytest.raises(EptkUsageError, match="activation statistics"):
+        build_prior("region:data", PriorContext(task="arith"), prompt_params([0]))
+
+
+# ---- region:new -----------------------------------------------------------------------------------
+
+def assert_outside_data(x, ls):
+    """The three region:new guarantees, recomputed from the LayerStats with plain torch."""
+    data = ls.samples.double()
+    x = x.double()
+    prec = torch.linalg.inv(ls.shrunk_cov.double())
+
+    def maha(v):
+        c = v - ls.mean.double()
+        return ((c @ prec) * c).sum(1).sqrt()
+
+    worst_data = maha(data).max()
+    assert maha(x).min() > worst_data, f"layer {ls.layer}: Mahalanobis {maha(x).min():.4g} <= data's {worst_data:.4g}"
+    lo, hi = torch.quantile(data.norm(dim=1), torch.tensor(NORM_BAND, dtype=torch.float64))
+    norms = x.norm(dim=1)
+    assert (norms >= lo).all() and (norms <= hi).all(), f"layer {ls.layer}: norms {norms} outside [{lo}, {hi}]"
+    inner = torch.cdist(data, data).sort(dim=1).values[:, KNN_K].max()     # column 0 is the point itself
+    outer = torch.cdist(x, data).sort(dim=1).values[:, KNN_K - 1]
+    assert outer.min() > inner, f"layer {ls.layer}: kNN distance {outer.min():.4g} <= data's radius {inner:.4g}"
+
+
+def test_region_new_is_outside_the_data_on_the_tiny_model(tiny_ctx):
+    prior = build_prior("region:new", tiny_ctx, prompt_params([0, 1, 2, 3, 4]))
+    for seed in (0, 1):
+        sample = prior.sample(torch.Generator().manual_seed(seed))
+        for name, x in sample.items():
+            layer = 0 if name == "soft" else int(name.split(".")[1])
+            assert_outside_data(x, tiny_ctx.stats("arith", layer))
+    again = build_prior("region:new", tiny_ctx, prompt_params([0, 1, 2, 3, 4])).sample(torch.Generator().manual_seed(1))
+    assert all(torch.equal(again[k], sample[k]) for k in sample)        # seeded
+    lp_new = check_log_prob(prior, sample)
+    data_rows = {k: tiny_ctx.stats("arith", 0 if k == "soft" else int(k[5:])).samples[:P] for k in sample}
+    assert lp_new > float(prior.log_prob(data_rows))                      # denser in the new region than on data
+
+
+@pytest.mark.slow
+def test_region_new_is_outside_the_data_on_smollm2():
+    loaded = load_model("smollm2")
+    layers = [0, 28, 29]
+    stats = capture_task(loaded, "smollm2", "arith", layers, samples=2048, seed=0, n_examples=24, progress=False)
+    ctx = PriorContext(task="arith", model="smollm2", seed=0, stats=lambda task, layer: stats.layer(layer))
+    prior = build_prior("region:new", ctx, prompt_params(layers, width=576) | {
+        "soft": ParamInfo("soft", (20, 576), 0)})
+    sample = prior.sample(torch.Generator().manual_seed(0))
+    assert sample["soft"].shape == (20, 576)
+    for name, x in sample.items():
+        assert_outside_data(x, stats.layer(0 if name == "soft" else int(name.split(".")[1])))
+    check_log_prob(prior, sample)
+
+
+# ---- region:between -------------------------------------------------------------------------------
+
+def test_region_between_lies_on_segments(tiny_ctx):
+    prior = build_prior("region:between:arith,fill", tiny_ctx, prompt_params([0, 3]))
+    for name, dist in prior.dists.items():
+        assert isinstance(dist, Between)
+        x, alpha, a, b = dist.sample_with_parts(torch.Generator().manual_seed(4))
+        assert ((alpha >= 0) & (alpha <= 1)).all() and alpha.shape == (P, 1)
+        torch.testing.assert_close(x, alpha * a + (1 - alpha) * b)
+        torch.testing.assert_close(dist.sample(torch.Generator().manual_seed(4)), x)   # same draws
+    check_log_prob(prior, prior.sample(torch.Generator().manual_seed(5)))
+
+
+def test_region_between_log_density_has_the_interpolation_moments(tiny_ctx):
+    a, b = tiny_ctx.stats("arith", 2), tiny_ctx.stats("fill", 2)
+    dist = Between((20000, 64), a, b)
+    x = dist.sample(torch.Generator().manual_seed(0)).double()
+    ends = (a.mean - b.mean).norm()
+    assert (x.mean(0) - 0.5 * (a.mean + b.mean).double()).norm() < 0.05 * ends
+    want = dist.moments.scale_tril.double() @ dist.moments.scale_tril.double().T
+    assert (torch.cov(x.T) - want).norm() < 0.05 * want.norm()
+
+
+# ---- exclusion ------------------------------------------------------------------------------------
+
+def test_exclusion_rejects_the_core_and_reports_acceptance(tiny_ctx, caplog):
+    with caplog.at_level(logging.INFO, logger="eptk.region_priors"):
+        prior = build_prior("exclusion", tiny_ctx, {"deep.2": ParamInfo("deep.2", (512, 64), 2)})
+    dist = prior.dists["deep.2"]
+    assert isinstance(dist, Exclusion) and 0 < dist.acceptance_rate < 1
+    assert "acceptance rate" in caplog.text
+    x = dist.sample(torch.Generator().manual_seed(0))
+    data = build_prior("region:data", tiny_ctx, {"deep.2": ParamInfo("deep.2", (512, 64), 2)}).dists["deep.2"]
+    y = data.sample(torch.Generator().manual_seed(0))
+    d2_x, d2_y = dist.mahalanobis2(x), dist.mahalanobis2(y)
+    core = 2 * math.log(5) / (1 - 1 / dist.c_dim)                       # accepted only outside D² > core
+    assert d2_x.min() > core and (d2_y < core).float().mean() > 0.3
+    assert d2_x.mean() > d2_y.mean() and d2_x.median() > d2_y.quantile(0.75)
+    assert 0 < dist.acceptance_rate < 1 and dist.proposed > 4096        # sampling updated the rate
+    lp_out = check_log_prob(prior, {"deep.2": x})
+    centre = dist.mean.expand(512, 64).clone()
+    lp_centre = check_log_prob(prior, {"deep.2": centre})
+    assert lp_centre < lp_out                                           # finite, but the core is penalized

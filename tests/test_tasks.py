@@ -1,0 +1,65 @@
+import json
+
+import pytest
+
+from eptk.errors import EptkUsageError
+from eptk.tasks import encode_batch, load_task, normalize_answer, token_f1
+
+
+@pytest.mark.parametrize("spec", ["arith", "arith:+-*:2", "qa", "fill"])
+def test_generated_splits_are_disjoint_and_seeded(spec):
+    task = load_task(spec, seed=0)
+    splits = {s: task.examples(s, 150) for s in ("train", "validation", "test")}
+    prompts = {s: {e.prompt for e in rows} for s, rows in splits.items()}
+    assert all(len(rows) == 150 for rows in splits.values())
+    assert not prompts["train"] & prompts["test"] and not prompts["train"] & prompts["validation"]
+    assert not prompts["validation"] & prompts["test"]
+    assert task.examples("test", 20) == load_task(spec, seed=0).examples("test", 20)
+
+
+def test_arith_answers_are_right():
+    for ex in load_task("arith:+-*:2").examples("train", 50):
+        assert str(eval(ex.prompt.rstrip("="))) == ex.answer
+
+
+def test_qa_answers_are_extractive():
+    for ex in load_task("qa").examples("train", 30):
+        assert ex.answer.strip() in ex.prompt
+
+
+def test_labels_cover_only_the_answer(tiny_models):
+    tok = tiny_models["llama"].tokenizer
+    ex = load_task("arith").examples("train", 2)
+    enc = encode_batch(tok, ex)
+    for i, e in enumerate(ex):
+        labelled = enc["labels"][i][enc["labels"][i] != -100].tolist()
+        assert labelled == tok(e.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+
+def test_squad_normalization():
+    assert normalize_answer("The  Paris!") == "paris"
+    assert token_f1("in Paris", "Paris") == pytest.approx(2 / 3)
+    assert normalize_answer("-12") == "-12"
+
+
+def test_jsonl_task(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": f"q{i}", "answer": str(i)}) for i in range(50)))
+    task = load_task(f"jsonl:{path}")
+    sizes = [len(task.examples(s)) for s in ("train", "validation", "test")]
+    assert sum(sizes) == 50 and min(sizes) >= 1
+
+
+@pytest.mark.parametrize("content,message", [("{bad json", "bad JSON"), ('{"prompt": "x"}', "answer"),
+                                             ("", "no rows"), ('["a", "b"]', "prompt")])
+def test_broken_jsonl(tmp_path, content, message):
+    path = tmp_path / "t.jsonl"
+    path.write_text(content)
+    with pytest.raises(EptkUsageError, match=message):
+        load_task(f"jsonl:{path}")
+
+
+@pytest.mark.parametrize("bad", ["nope", "arith:/", "arith:+:9", "arith:+:x", "jsonl:/no/such/file"])
+def test_bad_task_specs(bad):
+    with pytest.raises(EptkUsageError):
+        load_task(bad)
