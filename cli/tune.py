@@ -87,6 +87,9 @@ def _run_config(path: Path) -> dict:
 
 
 def _print_eval(run: Path) -> None:
+    import os
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
     path = Path(run) / "eval.json"
     if not path.exists():
         return

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -66,7 +65,7 @@ _BLOCK_COLUMNS = {
     "ref_kind": "reference for norms and PCA: `vocabulary`, `data` (captured activations) or empty",
     "ref_norm_p50": "median norm of the reference rows",
     "data_task": "task of the activation statistics used for the region metrics (empty when none matched)",
-    "n_data": "captured data samples used for the region metrics",
+    "n_data": "captured data samples used for kNN, MMD and energy (at most --max-data; Mahalanobis uses all)",
     "shrinkage": "Ledoit–Wolf shrinkage of the data covariance used for Mahalanobis distances",
     "region_radius": "Mahalanobis radius of the data's 99% region (see region_radius_kind)",
     "region_radius_kind": "`empirical` (99th percentile of the data samples' own distances) or `chi2` (√χ²_d(0.99), no samples)",
@@ -124,14 +123,12 @@ def _markdown_table(columns: Mapping[str, str]) -> str:
 SUMMARY_COLUMNS_MARKDOWN = (
     "`summary.csv` / `summary.json` (one row per run × prompt block; `prior_*` columns describe the "
     "prior sample, `post_*` the tuned posterior with the same meaning; empty / null = not measurable)\n\n"
-    + _markdown_table({**_RUN_COLUMNS, **_BLOCK_COLUMNS, **{f"prior_/post_{k}": v for k, v in _VECTOR_COLUMNS.items()}})
+    + _markdown_table({**_RUN_COLUMNS, **_BLOCK_COLUMNS, **{f"prior_{k}`, `post_{k}": v for k, v in _VECTOR_COLUMNS.items()}})
     + "\n\n`tasks.csv` (one row per model × layer, with two or more `--stats` tasks)\n\n"
     + _markdown_table(TASK_COLUMNS)
     + "\n\n`frechet.csv` (one row per model × layer × task pair)\n\n"
     + _markdown_table(FRECHET_COLUMNS)
 )
-
-NAN = float("nan")
 
 # ---------------------------------------------------------------------------------------------
 # inputs: vocabularies, activation statistics, runs
@@ -337,6 +334,8 @@ def read_run(path: Path) -> RunData:
     """Everything a run directory holds so far; missing or unreadable parts become notes."""
     path = Path(path)
     config = read_json(path / "config.json", "run config")
+    if not isinstance(config, dict):
+        raise EptkUsageError(f"run config {path / 'config.json'} is not a JSON object")
     notes = []
     tensors = {}
     for which in ("prior", "posterior"):
@@ -353,9 +352,11 @@ def read_run(path: Path) -> RunData:
             evaluation = read_json(path / "eval.json", "eval")
         except EptkUsageError as exc:
             notes.append(str(exc))
+        if not isinstance(evaluation, dict):
+            evaluation = None
     name = str(config.get("name") or path.name)
-    return RunData(path, name, config, tensors["prior"], tensors["posterior"],
-                   read_jsonl(path / "metrics.jsonl"), evaluation, notes)
+    logged = [r for r in read_jsonl(path / "metrics.jsonl") if isinstance(r, dict)]
+    return RunData(path, name, config, tensors["prior"], tensors["posterior"], logged, evaluation, notes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,7 +399,7 @@ def _num(x):
 
 def _outcome(run: RunData) -> dict:
     ev = run.eval or {}
-    base, tuned = ev.get("baseline") or {}, ev.get("tuned") or {}
+    base, tuned = (ev.get(k) if isinstance(ev.get(k), dict) else {} for k in ("baseline", "tuned"))
     val = [(r.get("step"), r.get("val_loss")) for r in run.metrics if _num(r.get("val_loss")) is not None]
     steps = [r.get("step") for r in run.metrics if r.get("step") is not None]
     losses = [v for _, v in val]
@@ -657,11 +658,10 @@ def findings(rows: list[dict]) -> list[dict]:
         first = rs[0]
         has_post = any(_num(r.get("post_norm_mean")) is not None for r in rs)
         which = "post" if has_post else "prior"
-        metric = first.get("metric")
         out.append({
             "run": name, "status": first["status"], "method": str(first.get("method") or "–"),
             "prior": str(first.get("prior") or "–"), "layers": _layers_text(rs),
-            "tuned": _fmt(first.get("tuned_score")) + (f" {metric}" if metric and _num(first.get("tuned_score")) is not None else ""),
+            "tuned": _fmt(first.get("tuned_score")),
             "baseline": _fmt(first.get("baseline_score")),
             "displacement": _per_block(rs, "disp_l2_rel"),
             "collapsed": _per_block(rs, f"{which}_collapsed_share", only_layer0=True),

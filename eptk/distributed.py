@@ -2,6 +2,8 @@
 
 Each rank takes every world-th example of each global batch; the loss is normalized by the global
 batch's answer tokens, so summing the ranks' gradients gives exactly the single-process gradient.
+Only rank 0 touches the run directory: it reads the checkpoint on resume and broadcasts the step,
+the prompt parameters and the optimizer state; it alone logs, evaluates and writes.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ class Distributed:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # this object initialized the process group (and closes it)
 
     @classmethod
     def from_env(cls) -> "Distributed":
@@ -23,11 +26,18 @@ class Distributed:
         if world <= 1:
             return cls()
         import torch.distributed as dist
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        owns = False
         if not dist.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            if torch.cuda.is_available():
+                torch.cuda.set_device(local_rank)
+                # NCCL for the CUDA tensors, gloo for the small CPU ones (scalars, the step, a CPU run).
+                backend = "cuda:nccl,cpu:gloo"
+            else:
+                backend = "gloo"
             dist.init_process_group(backend)
-        return cls(rank=dist.get_rank(), world=dist.get_world_size(),
-                   local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+            owns = True
+        return cls(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank, owns_group=owns)
 
     @property
     def is_main(self) -> bool:
@@ -58,13 +68,41 @@ class Distributed:
             for p in params:
                 dist.broadcast(p.data, src=0)
 
-    def sum_scalar(self, value: float) -> float:
+    def broadcast_optimizer_state(self, optimizer, params) -> None:
+        """Give every rank rank 0's Adam moments and step counts (rank 0 alone read the checkpoint)."""
         if self.world == 1:
-            return value
+            return
         import torch.distributed as dist
-        t = torch.tensor([value], dtype=torch.float64)
+        for p in params:
+            state = optimizer.state[p]
+            keys = ("exp_avg", "exp_avg_sq", "step")
+            has = self.broadcast_int(int(all(k in state for k in keys)) if self.is_main else 0)
+            if not has:
+                optimizer.state.pop(p, None)
+                continue
+            if not self.is_main:
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            for key in ("exp_avg", "exp_avg_sq"):
+                dist.broadcast(state[key], src=0)
+            step = torch.tensor([float(state["step"]) if self.is_main else 0.0], dtype=torch.float64)
+            dist.broadcast(step, src=0)
+            if self.is_main:
+                continue
+            state["step"] = torch.tensor(float(step[0]), dtype=torch.float32)
+
+    def sum_scalar(self, value: float) -> float:
+        return self.sum_values([value])[0]
+
+    def sum_values(self, values) -> list[float]:
+        """Sum a few floats over the ranks (one collective)."""
+        values = [float(v) for v in values]
+        if self.world == 1:
+            return values
+        import torch.distributed as dist
+        t = torch.tensor(values, dtype=torch.float64)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return float(t)
+        return [float(x) for x in t]
 
     def broadcast_int(self, value: int) -> int:
         if self.world == 1:
@@ -73,3 +111,20 @@ class Distributed:
         t = torch.tensor([value], dtype=torch.long)
         dist.broadcast(t, src=0)
         return int(t)
+
+    def broadcast_error(self, message: str | None) -> str | None:
+        """Rank 0's error message (or None) on every rank, so that all ranks fail together."""
+        if self.world == 1:
+            return message
+        import torch.distributed as dist
+        box = [message if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def close(self) -> None:
+        """Leave the process group this object created (ranks do not wait for rank 0's evaluation)."""
+        if self.owns_group:
+            import torch.distributed as dist
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            self.owns_group = False

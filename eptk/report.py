@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import math
+import re
 from html import escape
 from pathlib import Path
 
@@ -58,6 +59,11 @@ def _table(rows: list[dict], columns, header_titles: dict | None = None) -> str:
             cells.append(f'<td class="num">{text}</td>' if numeric else f"<td>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+
+
+def _inline_code(text: str) -> str:
+    """Escape `text`, turning its `backticked` spans (the column docs are Markdown) into <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escape(text))
 
 
 def png_data_uri(path) -> str:
@@ -124,7 +130,7 @@ def render_report(*, findings: list[dict], findings_columns, rows: list[dict], c
     if neigh:
         html.append("<h2>Vocabulary neighbours</h2>" + neigh)
     html.append("<h2>Columns</h2><div class='scroll'><table><thead><tr><th>column</th><th>meaning</th></tr></thead><tbody>"
-                + "".join(f"<tr><td><code>{escape(k)}</code></td><td>{escape(v)}</td></tr>" for k, v in columns.items())
+                + "".join(f"<tr><td><code>{escape(k)}</code></td><td>{_inline_code(v)}</td></tr>" for k, v in columns.items())
                 + "</tbody></table></div>")
     html.append("</body></html>")
     return "\n".join(html)

@@ -185,7 +185,16 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
     rates = {k: d.acceptance_rate for k, d in prior.dists.items() if hasattr(d, "acceptance_rate")}
     if rates:
         resolved["prior_acceptance_rate"] = rates
-    run = prepare_out_dir(out, resolved, overwrite=overwrite, resume=resume) if dist.is_main else None
+    run, error = None, None
+    if dist.is_main:
+        try:
+            run = prepare_out_dir(out, resolved, overwrite=overwrite, resume=resume)
+        except EptkUsageError as exc:
+            error = str(exc)
+    error = dist.broadcast_error(error)  # every rank fails with rank 0's message instead of waiting for it
+    if error is not None:
+        dist.close()
+        raise EptkUsageError(error)
     try:
         if run is not None and not resume:
             run.write_config(resolved)
@@ -194,6 +203,7 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
     finally:
         if run is not None:
             run.release()
+        dist.close()
 
 
 def _train(cfg, run, out, task, loaded, shapes, prompted, prior, resume, progress, device, dist):
@@ -208,6 +218,8 @@ def _train(cfg, run, out, task, loaded, shapes, prompted, prior, resume, progres
     start = 0
     if resume:
         start = _restore(run, prompted, optimizer, shapes, dist)
+        if start > 0:
+            dist.broadcast_optimizer_state(optimizer, trainable)
     dist.broadcast_params(trainable)
     use_amp = device.type == "cuda"
     stop_flag = {"signal": None}
@@ -223,7 +235,7 @@ def _train(cfg, run, out, task, loaded, shapes, prompted, prior, resume, progres
             batch = [train[i] for i in idx.tolist()]
             total_tokens = max(1, int(encode_batch(tok, batch)["labels"][:, 1:].ne(-100).sum()))  # global batch
             optimizer.zero_grad(set_to_none=True)
-            loss_sum = 0.0
+            loss_sum, step_tokens = 0.0, 0
             for micro in range(cfg.grad_accum):
                 part = batch[micro * cfg.batch_size:(micro + 1) * cfg.batch_size]
                 local = dist.shard(part)
@@ -235,14 +247,18 @@ def _train(cfg, run, out, task, loaded, shapes, prompted, prior, resume, progres
                 loss = out_.loss_sum / total_tokens
                 loss.backward()
                 loss_sum += float(out_.loss_sum)
-                tokens_seen += int(enc["attention_mask"].sum())
+                step_tokens += int(enc["attention_mask"].sum())
             if cfg.prior_weight > 0:
                 # MAP: -lambda * log p(theta) / n, n = training examples
                 map_term = -cfg.prior_weight * prior.log_prob({n: prompted.param(n) for n in shapes}) / len(train)
                 if dist.is_main:
                     map_term.backward()
             dist.all_reduce_grads(trainable)
-            loss_value = dist.sum_scalar(loss_sum) / total_tokens
+            # One collective for the loss, the tokens and a stop request: all ranks stop at the same step.
+            loss_total, step_tokens, stops = dist.sum_values([loss_sum, step_tokens, stop_flag["signal"] is not None])
+            loss_value = loss_total / total_tokens
+            tokens_seen += int(step_tokens)
+            stopping = stops > 0  # a single process looks again at the end of the step
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.clip if cfg.clip > 0 else float("inf"))
             if not (math.isfinite(loss_value) and math.isfinite(float(grad_norm))):
                 if cfg.nan_policy == "stop":
@@ -260,11 +276,13 @@ def _train(cfg, run, out, task, loaded, shapes, prompted, prior, resume, progres
                 run.log(row)
             bar.update(loss_value, row["tokens_per_s"], row.get("val_loss"))
             last = step + 1 == cfg.steps
+            if dist.world == 1:
+                stopping = stop_flag["signal"] is not None
             if run is not None and ((cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or last
-                                    or stop_flag["signal"]):
+                                    or stopping):
                 _checkpoint(run, step + 1, prompted, optimizer, shapes)
-            if stop_flag["signal"]:
-                raise Stop(stop_flag["signal"], step + 1, out)
+            if stopping:
+                raise Stop(stop_flag["signal"] or "SIGTERM", step + 1, out)
     finally:
         bar.close()
         _restore_signal_handlers(handlers)

