@@ -61,19 +61,40 @@ def device_name() -> str:
     return torch.cuda.get_device_name() if GPU else f"cpu ({platform.processor() or platform.machine()})"
 
 
+def smollm2_architecture(dtype: torch.dtype):
+    """SmolLM2-135M's architecture with random weights (where the real weights are not installed:
+    capture throughput does not depend on the weights)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from eptk.models import LoadedModel, build_tiny_tokenizer
+
+    config = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, head_dim=64, vocab_size=49152, max_position_embeddings=8192,
+                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                         rope_theta=100000.0)
+    config._attn_implementation = "sdpa"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.to(DEVICE).eval().requires_grad_(False)
+    return LoadedModel(model=model, tokenizer=build_tiny_tokenizer(), name="smollm2-architecture",
+                       source="random weights, SmolLM2-135M architecture")
+
+
 def load(setting: Setting):
-    """The model for a setting, SmolLM2 if installed (the tiny model otherwise, same layer count cut)."""
+    """The model for a setting: SmolLM2 if installed, else its architecture with random weights."""
     from eptk.errors import EptkUsageError
     from eptk.models import load_model
 
     key = (setting.model, setting.dtype)
     if key not in _models:
+        dtype = getattr(torch, setting.dtype)
         try:
-            _models[key] = load_model(setting.model, device=DEVICE, dtype=getattr(torch, setting.dtype))
+            _models[key] = load_model(setting.model, device=DEVICE, dtype=dtype)
         except EptkUsageError:
-            if GPU:
+            if setting.model != "smollm2":
                 raise
-            _models[key] = load_model("tiny")
+            _models[key] = smollm2_architecture(dtype)
     return _models[key]
 
 
@@ -206,6 +227,40 @@ def test_capture(benchmark, setting, provider):
     benchmark.extra_info.update(describe(provider, setting, timing, _medians))
 
 
+KERNEL_SHAPES = [(16, 512, 576), (8, 2048, 2048), (64, 128, 576)] if GPU else [(2, 64, 96)]
+KERNEL_PROVIDERS = ["triton", "torch"] if GPU else ["torch"]
+
+
+def kernel_setup(provider: str, shape: tuple, dtype: torch.dtype = torch.bfloat16 if GPU else torch.float32):
+    """One capture_stats call on a right-padded [B,T,d] batch (three quarters real tokens)."""
+    from eptk.kernels import capture_stats
+
+    B, T, d = shape
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    hidden = torch.randn(B, T, d, device=DEVICE, dtype=dtype, generator=gen)
+    mask = torch.arange(T, device=DEVICE).unsqueeze(0) < (3 * T // 4)
+    mask = mask.expand(B, T).contiguous()
+    return lambda: capture_stats(hidden, mask, backend=provider)
+
+
+@pytest.mark.parametrize("shape", KERNEL_SHAPES, ids=lambda s: "B={}-T={}-d={}".format(*s))
+@pytest.mark.parametrize("provider", KERNEL_PROVIDERS)
+def test_capture_stats_kernel(benchmark, shape, provider):
+    benchmark.group = "capture_stats B={} T={} d={}".format(*shape)
+    step = kernel_setup(provider, shape)
+
+    def timed():
+        step()
+        _sync()
+    benchmark.pedantic(timed, rounds=10 if GPU else 3, warmup_rounds=1)
+    B, T, d = shape
+    ms = benchmark.stats.stats.median * 1e3
+    benchmark.extra_info.update({"device": device_name(), "provider": provider, "B": B, "T": T, "d": d, "ms": ms,
+                                 "gram_tflops": 2 * B * T * d * d / 2 / ms / 1e9,   # upper triangle
+                                 "read_gb_s": B * T * d * (2 if GPU else 4) / ms / 1e6,
+                                 "peak_bytes": peak_bytes(step)})
+
+
 def test_eptk_and_hidden_states_agree():
     """Both providers compute the same statistics (the benchmark compares equal work)."""
     setting = (GPU_SETTINGS if GPU else CPU_SETTINGS)[-1]
@@ -235,6 +290,15 @@ def main() -> None:
                   f"{info.get('tokens_per_s', 0):12.0f} tok/s  peak {info.get('peak_bytes', 0) / 2**20:9.1f} MiB"
                   f"  overhead {info.get('overhead', 1):5.2f}  eptk_speedup {info.get('eptk_speedup', float('nan')):5.2f}",
                   flush=True)
+    for shape in KERNEL_SHAPES:
+        base = None
+        for provider in KERNEL_PROVIDERS:
+            info = {"bench": "capture_stats", "device": device_name(), "provider": provider,
+                    "shape": list(shape), **measure(kernel_setup(provider, shape), 20 if GPU else 3)}
+            base = base or info["ms"]
+            rows.append(info)
+            print(f"capture_stats B,T,d={shape!s:18s} {provider:8s} {info['ms']:8.3f} ms  "
+                  f"peak {info['peak_bytes'] / 2**20:8.1f} MiB  vs first {info['ms'] / base:5.2f}", flush=True)
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
     slug = "".join(c if c.isalnum() else "-" for c in device_name()).strip("-").lower()

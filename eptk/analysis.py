@@ -66,7 +66,7 @@ _BLOCK_COLUMNS = {
     "ref_norm_p50": "median norm of the reference rows",
     "data_task": "task of the activation statistics used for the region metrics (empty when none matched)",
     "n_data": "captured data samples used for kNN, MMD and energy (at most --max-data; Mahalanobis uses all)",
-    "shrinkage": "Ledoit–Wolf shrinkage of the data covariance used for Mahalanobis distances",
+    "shrinkage": "Ledoit–Wolf intensity of the covariance shrinkage used for Mahalanobis distances (the same shrunk covariance as the region priors, eptk.stats)",
     "region_radius": "Mahalanobis radius of the data's 99% region (see region_radius_kind)",
     "region_radius_kind": "`empirical` (99th percentile of the data samples' own distances) or `chi2` (√χ²_d(0.99), no samples)",
 }
@@ -209,12 +209,18 @@ class _VocabCache:
         return self.thresholds[model]
 
 
-@dataclass
 class ActivationStats:
-    """One `eptk capture` folder: per layer `mean`, `cov`, `count`, `samples`."""
-    path: Path
-    meta: dict
-    layers: dict[int, dict[str, torch.Tensor]]
+    """One `eptk capture` folder, read by `eptk.stats.Stats.load`, with the analysis' per-layer
+    caches (the data Gaussian and the comparison sample are built once and shared by all runs)."""
+
+    def __init__(self, path, stats):
+        self.path, self.stats = Path(path), stats
+        self._gaussians: dict[int, M.DataGaussian] = {}
+        self._samples: dict[tuple, M.DataSample | None] = {}
+
+    @property
+    def meta(self) -> dict:
+        return self.stats.meta
 
     @property
     def task(self) -> str:
@@ -224,38 +230,55 @@ class ActivationStats:
     def model(self) -> str | None:
         return self.meta.get("model")
 
+    @property
+    def layers(self) -> list[int]:
+        return self.stats.layers
+
+    @property
+    def dim(self) -> int:
+        return self.stats.dim
+
+    def mean(self, layer: int) -> torch.Tensor:
+        return self.stats.layer(layer).mean
+
+    def covariance(self, layer: int) -> torch.Tensor:
+        """The unbiased (unshrunk) covariance."""
+        return self.stats.gaussians[layer].covariance()
+
+    def samples(self, layer: int) -> torch.Tensor:
+        return self.stats.layer(layer).samples
+
     def gaussian(self, layer: int) -> M.DataGaussian:
-        """The layer's data Gaussian (shrunk covariance), built once."""
-        cache = self.__dict__.setdefault("_gaussians", {})
-        if layer not in cache:
-            t = self.layers[layer]
-            cache[layer] = M.DataGaussian(t["mean"], t["cov"], t.get("samples"))
-        return cache[layer]
+        """The layer's data Gaussian with the covariance shrunk exactly as eptk.stats shrinks it for
+        the region priors (Ledoit–Wolf from the reservoir and the token count), so `inside_share`
+        and a `region:new` prior agree on where the data ends."""
+        if layer not in self._gaussians:
+            ls = self.stats.layer(layer)
+            raw = self.covariance(layer)
+            target = raw.diagonal().mean() * torch.eye(raw.shape[0], dtype=raw.dtype)
+            spread = (raw - target).norm()
+            # shrunk − μI = (1 − δ)(S − μI): recover δ for the report
+            delta = 1.0 if spread <= 0 else 1.0 - ((ls.shrunk_cov.double() - target).norm() / spread).item()
+            self._gaussians[layer] = M.DataGaussian(ls.mean, raw, ls.samples, shrinkage=min(max(delta, 0.0), 1.0))
+        return self._gaussians[layer]
 
     def sample(self, layer: int, max_n: int, seed: int) -> M.DataSample | None:
         """The layer's captured samples (subsampled to max_n) for kNN / MMD / energy, built once."""
-        cache = self.__dict__.setdefault("_samples", {})
         key = (layer, max_n, seed)
-        if key not in cache:
-            samples = self.layers[layer].get("samples")
-            ok = samples is not None and samples.shape[0] >= 2
-            cache[key] = M.DataSample(samples, max_n=max_n, seed=seed) if ok else None
-        return cache[key]
+        if key not in self._samples:
+            samples = self.samples(layer)
+            self._samples[key] = M.DataSample(samples, max_n=max_n, seed=seed) if samples.shape[0] >= 2 else None
+        return self._samples[key]
 
 
 def load_stats(path) -> ActivationStats:
-    """Read an activation-statistics folder (stats.safetensors + meta.json)."""
+    """Read an activation-statistics folder (stats.safetensors + meta.json, see eptk.stats)."""
+    from .stats import Stats
+
     path = Path(path)
-    if not (path / "stats.safetensors").is_file():
-        raise EptkUsageError(f"--stats {path}: not a statistics folder (it must hold stats.safetensors and meta.json)")
-    meta = read_json(path / "meta.json", "statistics meta") if (path / "meta.json").is_file() else {}
-    layers: dict[int, dict[str, torch.Tensor]] = {}
-    for key, tensor in load_tensors(path / "stats.safetensors", "activation statistics").items():
-        match = re.fullmatch(r"layer(\d+)\.(mean|cov|count|samples)", key)
-        if match:
-            layers.setdefault(int(match.group(1)), {})[match.group(2)] = tensor.float()
-    layers = {l: t for l, t in layers.items() if "mean" in t and "cov" in t}
-    return ActivationStats(path, meta, dict(sorted(layers.items())))
+    if not (path / "stats.safetensors").is_file() or not (path / "meta.json").is_file():
+        raise EptkUsageError(f"--stats {path}: not an `eptk capture` folder (it must hold stats.safetensors and meta.json)")
+    return ActivationStats(path, Stats.load(path))
 
 
 @dataclass
@@ -503,19 +526,18 @@ def analyze_run(run: RunData, *, vocabs: _VocabCache, stats: Sequence[Activation
                 threshold = vocabs.threshold(cfg.get("model"), vocab, opts.collapse_quantile, opts.seed)
                 reference, ref_kind = vocab.embeddings, "vocabulary"
         if matched is not None and block.space in ("embedding", "activation") and block.layer in matched.layers:
-            layer = matched.layers[block.layer]
-            if layer["mean"].shape[-1] == dim:
-                full = layer.get("samples")
+            if matched.dim == dim:
+                full = matched.samples(block.layer)
                 data = matched.gaussian(block.layer)
                 sample = matched.sample(block.layer, opts.max_data, opts.seed)
                 region = data.radius(opts.region_quantile)
                 row.update(data_task=matched.task, n_data=0 if sample is None else sample.n,
                            shrinkage=data.shrinkage, region_radius=region[0], region_radius_kind=region[1])
-                if reference is None and full is not None:
+                if reference is None and full.shape[0] > 0:
                     reference, ref_kind = full, "data"
             else:
-                run.notes.append(f"{block.name}: statistics of layer {block.layer} have dimension "
-                                 f"{layer['mean'].shape[-1]}, the prompt {dim}: region metrics skipped")
+                run.notes.append(f"{block.name}: statistics in {matched.path} have dimension {matched.dim}, "
+                                 f"the prompt {dim}: region metrics skipped")
         elif matched is not None and block.space in ("embedding", "activation"):
             run.notes.append(f"{block.name}: no captured statistics for layer {block.layer} in {matched.path}")
         row.update(collapse_threshold=threshold, ref_kind=ref_kind)
@@ -580,28 +602,29 @@ def task_cluster_metrics(stats: Sequence[ActivationStats], *, max_per_task: int 
             continue
         tasks = sorted(by_task)
         common = sorted(set.intersection(*(set(by_task[t].layers) for t in tasks)))
+        if len({by_task[t].dim for t in tasks}) != 1:
+            continue
         for layer in common:
-            layers = [by_task[t].layers[layer] for t in tasks]
-            if len({l["mean"].shape[-1] for l in layers}) != 1:
-                continue
             for i, a in enumerate(tasks):
                 for b in tasks[i + 1:]:
-                    la, lb = by_task[a].layers[layer], by_task[b].layers[layer]
+                    sa, sb = by_task[a], by_task[b]
                     frechet_rows.append({"model": model, "layer": layer, "task_a": a, "task_b": b,
-                                         "frechet": M.frechet_distance(la["mean"], la["cov"], lb["mean"], lb["cov"])})
-            samples = [l.get("samples") for l in layers]
-            if any(s is None or s.shape[0] < 2 for s in samples):
+                                         "frechet": M.frechet_distance(sa.mean(layer), sa.covariance(layer),
+                                                                       sb.mean(layer), sb.covariance(layer))})
+            samples = [by_task[t].samples(layer) for t in tasks]
+            if any(x.shape[0] < 2 for x in samples):
                 continue
-            n = min(max_per_task, *(s.shape[0] for s in samples))
-            xs = [_subsample_rows(s, n, seed) for s in samples]
+            n = min(max_per_task, *(x.shape[0] for x in samples))
+            xs = [_subsample_rows(x, n, seed) for x in samples]
             x = torch.cat(xs)
-            labels = [t for t, s in zip(tasks, xs) for _ in range(s.shape[0])]
+            labels = [t for t, part in zip(tasks, xs) for _ in range(part.shape[0])]
             task_rows.append({"model": model, "layer": layer, "tasks": ";".join(tasks), "n_per_task": n,
                               "silhouette": M.silhouette(x, labels), "nc1": M.nc1(x, labels)})
             pca = M.pca_2d(x, seed=seed)
             panels.append({"title": f"layer {layer}" + (f" ({model})" if len(groups) > 1 else ""),
                            "explained": pca["explained"],
-                           "groups": {t: ((s.double() - pca["mean"]) @ pca["components"].T).numpy() for t, s in zip(tasks, xs)}})
+                           "groups": {t: ((part.double() - pca["mean"]) @ pca["components"].T).numpy()
+                                      for t, part in zip(tasks, xs)}})
     return task_rows, frechet_rows, panels
 
 

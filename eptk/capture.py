@@ -157,19 +157,22 @@ def capture(loaded: LoadedModel, texts_or_batches, layers: list[int], samples: i
     batches = list(_batches(tokenizer, texts_or_batches, batch_size, max_length))
     sequences = 0
 
+    # Inside the hooks nothing waits for the device: statistics merge where they are computed
+    # (float64 on the GPU when capturing there); the index tensors come from the host per batch.
     def on_hidden(l, hidden):
         st = kernels.capture_stats(hidden, real, backend=backend)
         stats.gaussians[l].update(st.count, st.sum, st.gram)
-        stats.reservoirs[l].add_from(hidden, real)
-        stats.pooled_parts[l].append(st.pooled[has_tokens].float().cpu())
+        stats.reservoirs[l].add_from(hidden, index=token_index)
+        stats.pooled_parts[l].append(st.pooled.index_select(0, seq_index).float())
 
     with _progress(progress, "capturing activations", len(batches)) as advance:
         for batch in batches:
             input_ids = batch["input_ids"].to(device)
             attention_mask = batch["attention_mask"].to(device)
             real = real_tokens(tokenizer, input_ids, attention_mask)
-            has_tokens = real.any(1)
-            sequences += int(has_tokens.sum())
+            token_index = torch.nonzero(real.reshape(-1)).squeeze(1)      # one host sync per batch
+            seq_index = torch.nonzero(real.any(1)).squeeze(1)
+            sequences += int(seq_index.numel())
             run_to_layers(model, input_ids, attention_mask, layers, on_hidden)
             advance()
 

@@ -242,7 +242,7 @@ def import_peft(folder, out, *, model: str | None = None, task: str | None = Non
     assert {k: tuple(v.shape) for k, v in tensors.items()} == shapes
     config = {
         "model": str(name), "task": task, "method": method, "prior": "imported", "prior_weight": 0.0,
-        "tokens": P, "layers": [], "layers_spec": "all", "soft": True, "seed": 0, "steps": 0,
+        "tokens": P, "layers": [], "layers_spec": "all", "soft": True, "seed": 0,
         "trust_remote_code": bool(trust_remote_code), "out": str(out), "name": out.name, **dims,
         "parameters": sum(int(t.numel()) for t in tensors.values()),
         "imported_from": str(folder.resolve()), "peft_type": adapter["peft_type"],

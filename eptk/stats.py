@@ -22,6 +22,7 @@ decoder layer l, L = the output of the last decoder layer before the final norm.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,58 +38,80 @@ EXCLUDED = "padding and BOS tokens are excluded"
 # ---- streaming Gaussian ------------------------------------------------------------------------
 
 class RunningGaussian:
-    """Mean and covariance of a stream of d-vectors, merged batch by batch in float64."""
+    """Mean and covariance of a stream of d-vectors, merged batch by batch in float64.
 
-    def __init__(self, dim: int):
+    The state lives on the device of the first batch (a GPU capture merges on the GPU, with no host
+    synchronization per batch); `cpu()` moves it. `count` reads the token count as a float.
+    """
+
+    def __init__(self, dim: int, device=None):
         self.dim = dim
-        self.count = 0.0
-        self.mean = torch.zeros(dim, dtype=torch.float64)
-        self.m2 = torch.zeros(dim, dim, dtype=torch.float64)   # Σ (x - mean)(x - mean)ᵀ
+        device = torch.device("cpu") if device is None else torch.device(device)
+        self._count = torch.zeros((), dtype=torch.float64, device=device)
+        self.mean = torch.zeros(dim, dtype=torch.float64, device=device)
+        self.m2 = torch.zeros(dim, dim, dtype=torch.float64, device=device)   # Σ (x - mean)(x - mean)ᵀ
+        self._placed = device is not None and device.type != "cpu"
+
+    @property
+    def count(self) -> float:
+        return float(self._count)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def _place(self, device: torch.device) -> None:
+        """Follow the first batch onto its device while still empty."""
+        if device != self.device and not self._placed:
+            self._count, self.mean, self.m2 = (t.to(device) for t in (self._count, self.mean, self.m2))
+        self._placed = True
 
     def update(self, count, total, gram) -> "RunningGaussian":
-        """Merge a batch given by its count, Σx [d] and Σxxᵀ [d,d] (any dtype or device).
+        """Merge a batch given by its count, Σx [d] and Σxxᵀ [d,d] (any dtype or device; a count of 0 is a no-op).
 
         The batch's own scatter is gram - n·m·mᵀ in float64; with float32 sums that subtraction
         keeps float32's relative precision of Σxxᵀ, enough for covariances of activations.
         """
-        n = float(count)
-        if n <= 0:
-            return self
-        total = total.detach().to("cpu", torch.float64)
-        gram = gram.detach().to("cpu", torch.float64)
-        mean = total / n
+        self._place(total.device)
+        dev = self.device
+        n = torch.as_tensor(count, dtype=torch.float64).to(dev)
+        total = total.detach().to(dev, torch.float64)
+        gram = gram.detach().to(dev, torch.float64)
+        mean = total / n.clamp_min(1.0)
         m2 = gram - n * torch.outer(mean, mean)
         return self._merge(n, mean, 0.5 * (m2 + m2.T))
 
     def add(self, rows: torch.Tensor) -> "RunningGaussian":
         """Merge the rows [m,d] of a batch directly (float64)."""
-        x = rows.detach().to("cpu", torch.float64).reshape(-1, self.dim)
+        self._place(rows.device)
+        x = rows.detach().to(self.device, torch.float64).reshape(-1, self.dim)
         if x.shape[0] == 0:
             return self
         mean = x.mean(0)
         xc = x - mean
-        return self._merge(float(x.shape[0]), mean, xc.T @ xc)
+        return self._merge(torch.tensor(float(x.shape[0]), dtype=torch.float64, device=self.device), mean, xc.T @ xc)
 
     def merge(self, other: "RunningGaussian") -> "RunningGaussian":
         """Merge another RunningGaussian into this one (Chan et al.'s pairwise update)."""
         if other.dim != self.dim:
             raise ValueError(f"cannot merge Gaussians of width {other.dim} and {self.dim}")
-        if other.count <= 0:
-            return self
-        return self._merge(other.count, other.mean.clone(), other.m2.clone())
+        self._place(other.device)
+        dev = self.device
+        return self._merge(other._count.to(dev), other.mean.to(dev).clone(), other.m2.to(dev).clone())
 
-    def _merge(self, n_b: float, mean_b: torch.Tensor, m2_b: torch.Tensor) -> "RunningGaussian":
-        n_a = self.count
+    def _merge(self, n_b: torch.Tensor, mean_b: torch.Tensor, m2_b: torch.Tensor) -> "RunningGaussian":
+        n_a = self._count
         n = n_a + n_b
+        share = n_b / n.clamp_min(1.0)          # 0 when the batch is empty, no division by zero
         delta = mean_b - self.mean
-        self.mean = self.mean + delta * (n_b / n)
-        self.m2 = self.m2 + m2_b + torch.outer(delta, delta) * (n_a * n_b / n)
-        self.count = n
+        self.mean = self.mean + delta * share
+        self.m2 = self.m2 + m2_b + torch.outer(delta, delta) * (n_a * share)
+        self._count = n
         return self
 
     def covariance(self) -> torch.Tensor:
         """Unbiased covariance [d,d], float64."""
-        return self.m2 / max(self.count - 1.0, 1.0)
+        return self.m2 / (self._count - 1.0).clamp_min(1.0)
 
     def shrunk_covariance(self, samples: torch.Tensor | None = None) -> torch.Tensor:
         """Ledoit–Wolf shrinkage of the covariance toward the scaled identity, float64, positive definite.
@@ -97,14 +120,18 @@ class RunningGaussian:
         estimated from `samples` (rows of a uniform sample of the same data, e.g. the reservoir).
         Without samples the OAS intensity (Chen et al. 2010), which needs only S, n and d, is used.
         """
-        return shrink_covariance(self.covariance(), self.count, self.mean, samples)
+        return shrink_covariance(self.covariance().cpu(), self.count, self.mean.cpu(), samples)
+
+    def cpu(self) -> "RunningGaussian":
+        self._count, self.mean, self.m2 = self._count.cpu(), self.mean.cpu(), self.m2.cpu()
+        return self
 
     @classmethod
     def from_moments(cls, count: float, mean: torch.Tensor, cov: torch.Tensor) -> "RunningGaussian":
         g = cls(mean.shape[0])
-        g.count = float(count)
+        g._count = torch.tensor(float(count), dtype=torch.float64)
         g.mean = mean.detach().to("cpu", torch.float64).clone()
-        g.m2 = cov.detach().to("cpu", torch.float64) * max(g.count - 1.0, 1.0) if g.count > 0 else g.m2
+        g.m2 = cov.detach().to("cpu", torch.float64) * max(float(count) - 1.0, 1.0) if count > 0 else g.m2
         return g
 
 
@@ -142,31 +169,44 @@ def shrink_covariance(cov: torch.Tensor, count: float, mean: torch.Tensor | None
 # ---- reservoir -----------------------------------------------------------------------------------
 
 class Reservoir:
-    """A uniform sample of at most `capacity` rows of a stream (Algorithm R), seeded."""
+    """A uniform sample of at most `capacity` rows of a stream (Algorithm R), seeded.
+
+    The slots are drawn on the CPU from a seeded generator (so a capture samples the same tokens
+    on any device); the rows live on the device of the first rows offered.
+    """
 
     def __init__(self, capacity: int, dim: int, seed: int = 0):
         self.capacity, self.dim = int(capacity), dim
         self.seen = 0
         self.rows = torch.zeros(self.capacity, dim, dtype=torch.float32)
         self.generator = torch.Generator().manual_seed(seed)
+        self._placed = False
 
     @property
     def samples(self) -> torch.Tensor:
-        return self.rows[:min(self.seen, self.capacity)]
+        """The kept rows [min(seen, capacity), d], on the CPU."""
+        return self.rows[:min(self.seen, self.capacity)].cpu()
 
     def add(self, rows: torch.Tensor) -> None:
         """Offer rows [m,d] in order."""
         rows = rows.reshape(-1, self.dim)
-        self.add_indexed(rows.shape[0], lambda idx: rows[idx])
+        self.add_indexed(rows.shape[0], lambda idx: rows[idx.to(rows.device)], rows.device)
 
-    def add_from(self, hidden: torch.Tensor, mask: torch.Tensor) -> None:
-        """Offer the real-token rows of hidden [B,T,d] (mask [B,T]) in order; only kept rows are read."""
+    def add_from(self, hidden: torch.Tensor, mask: torch.Tensor | None = None,
+                 index: torch.Tensor | None = None) -> None:
+        """Offer the real-token rows of hidden [B,T,d] in order: those where mask [B,T] is nonzero,
+        or the flat row positions `index` (precomputed once per batch: no host sync per call)."""
         flat = hidden.reshape(-1, hidden.shape[-1])
-        real = torch.nonzero(mask.reshape(-1).to(flat.device) != 0).squeeze(1)
-        self.add_indexed(int(real.numel()), lambda idx: flat[real[idx.to(real.device)]])
+        if index is None:
+            index = torch.nonzero(mask.reshape(-1).to(flat.device) != 0).squeeze(1)
+        self.add_indexed(int(index.numel()), lambda idx: flat[index[idx.to(index.device, non_blocking=True)]],
+                         flat.device)
 
-    def add_indexed(self, m: int, fetch) -> None:
+    def add_indexed(self, m: int, fetch, device=None) -> None:
         """Offer m rows; `fetch(indices)` returns the rows [k,d] at those positions of the offer."""
+        if not self._placed and device is not None:
+            self.rows = self.rows.to(device)
+            self._placed = True
         if m <= 0 or self.capacity <= 0:
             self.seen += max(m, 0)
             return
@@ -181,7 +221,8 @@ class Reservoir:
             last = torch.full((self.capacity,), -1, dtype=torch.int64)
             last.scatter_reduce_(0, slot[keep], pos[keep], reduce="amax")
             slots = torch.nonzero(last >= 0).squeeze(1)
-            self.rows[slots] = fetch(last[slots]).detach().to("cpu", torch.float32)
+            kept = fetch(last[slots]).detach().to(self.rows.device, torch.float32)
+            self.rows[slots.to(self.rows.device, non_blocking=True)] = kept
         self.seen += m
 
     def merge(self, other: "Reservoir") -> "Reservoir":
@@ -206,7 +247,7 @@ class Reservoir:
         rows = torch.zeros(self.capacity, self.dim, dtype=torch.float32)
         if picked:
             rows[:len(picked)] = torch.stack(picked)
-        self.rows, self.seen = rows, self.seen + other.seen
+        self.rows, self.seen = rows.to(self.rows.device), self.seen + other.seen
         return self
 
 
@@ -251,8 +292,8 @@ def layer_stats(layer: int, gaussian: RunningGaussian, reservoir: Reservoir,
                 pooled: torch.Tensor | None = None) -> LayerStats:
     samples = reservoir.samples.clone()
     shrunk = gaussian.shrunk_covariance(samples)
-    cov = shrunk if gaussian.count <= gaussian.dim else gaussian.covariance()
-    return LayerStats(layer=layer, mean=gaussian.mean.float(), cov=cov.float(), samples=samples,
+    cov = shrunk if gaussian.count <= gaussian.dim else gaussian.covariance().cpu()
+    return LayerStats(layer=layer, mean=gaussian.mean.cpu().float(), cov=cov.float(), samples=samples,
                       count=gaussian.count, shrunk_cov=shrunk.float(), pooled=pooled)
 
 
@@ -274,8 +315,8 @@ class Stats:
 
     def pooled(self, layer: int) -> torch.Tensor:
         parts = self.pooled_parts[layer]
-        if len(parts) != 1:
-            self.pooled_parts[layer] = [torch.cat(parts) if parts else torch.zeros(0, self.dim)]
+        if len(parts) != 1 or parts[0].device.type != "cpu":
+            self.pooled_parts[layer] = [torch.cat([p.cpu() for p in parts]) if parts else torch.zeros(0, self.dim)]
         return self.pooled_parts[layer][0]
 
     def layer(self, layer: int) -> LayerStats:
@@ -302,8 +343,8 @@ class Stats:
         out = {}
         for l in self.layers:
             g, r = self.gaussians[l], self.reservoirs[l]
-            out[f"layer{l}.mean"] = g.mean.float()
-            out[f"layer{l}.cov"] = g.covariance().float()
+            out[f"layer{l}.mean"] = g.mean.cpu().float()
+            out[f"layer{l}.cov"] = g.covariance().cpu().float()
             out[f"layer{l}.count"] = torch.tensor([g.count], dtype=torch.float64)
             out[f"layer{l}.samples"] = r.samples.float().contiguous()
             out[f"layer{l}.seen"] = torch.tensor([r.seen], dtype=torch.int64)
@@ -380,6 +421,7 @@ def check_model(meta: dict, model_name: str | None, hidden_size: int | None = No
                              f"{model_name!r} has hidden size {hidden_size}")
 
 
+@functools.lru_cache(maxsize=None)
 def eptk_version() -> str:
     try:
         from importlib.metadata import version

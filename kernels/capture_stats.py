@@ -20,6 +20,7 @@ the partial Gram matrices are summed by torch (deterministic).
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -81,11 +82,16 @@ def _blocks(T: int, d: int) -> tuple[int, int]:
     return block_t, block_d
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def _splits(B: int, tiles: int, device: torch.device) -> int:
     """Sequence splits so that the grid has about two programs per SM (1 in the interpreter)."""
     if _interpreting() or device.type != "cuda":
         return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     upper = tiles * (tiles + 1) // 2
     return max(1, min(B, -(-2 * sms // upper)))
 

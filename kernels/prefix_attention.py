@@ -402,9 +402,11 @@ def _cfg(block_m, block_n, warps, stages):
                          num_stages=stages)
 
 
+# Every config below compiles for sm_90 without register spills (checked with ptxas -v, bf16,
+# D = 128 and D = 256); the first of each list is the fixed config used without autotuning.
 _FWD_CONFIGS = {
     (False, "default"): [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(64, 64, 4, 3),
-                         _cfg(128, 64, 4, 4)],
+                         _cfg(128, 64, 8, 4)],
     (False, "d256"): [_cfg(64, 64, 8, 2), _cfg(64, 32, 4, 2)],
     (False, "fp32"): [_cfg(32, 32, 4, 2)],
     (True, "default"): [_cfg(16, 64, 4, 3), _cfg(16, 128, 4, 3)],
@@ -413,12 +415,12 @@ _FWD_CONFIGS = {
 }
 # dK/dV: BLOCK_N keys stay resident while BLOCK_M rows stream. dQ: BLOCK_M rows stay resident.
 _DKDV_CONFIGS = {
-    "default": [_cfg(32, 128, 4, 3), _cfg(64, 64, 4, 3), _cfg(64, 128, 8, 2)],
-    "d256": [_cfg(32, 64, 8, 2), _cfg(32, 32, 4, 2)],
+    "default": [_cfg(32, 128, 8, 3), _cfg(32, 64, 4, 3), _cfg(64, 64, 8, 3)],
+    "d256": [_cfg(32, 32, 8, 2)],
     "fp32": [_cfg(32, 32, 4, 2)],
 }
 _DQ_CONFIGS = {
-    "default": [_cfg(128, 32, 4, 3), _cfg(64, 64, 4, 3), _cfg(128, 64, 8, 2)],
+    "default": [_cfg(64, 64, 4, 3), _cfg(128, 64, 8, 3), _cfg(128, 32, 8, 3)],
     "d256": [_cfg(64, 32, 8, 2), _cfg(32, 32, 4, 2)],
     "fp32": [_cfg(32, 32, 4, 2)],
 }

@@ -266,3 +266,25 @@ def test_cli_capture_writes_the_stats_files(run_cli, tmp_path):
     assert back.layers == [0, 4] and back.meta["task"] == "arith" and back.meta["examples"] == 8
     code, out, err = run_cli("capture", "--model", "tiny", "--layers", "0,9", "--out", tmp_path / "t", "--quiet")
     assert code == 2 and "0..4" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or __import__("os").environ.get("TRITON_INTERPRET") == "1",
+                    reason="needs a CUDA device and TRITON_INTERPRET unset or 0")
+def test_capture_on_gpu_matches_the_cpu_capture():
+    """The CUDA path (Triton capture_stats, float64 merges on the GPU) equals the CPU capture."""
+    cpu = load_model("tiny")
+    gpu = load_model("tiny", device="cuda")
+    texts = TEXTS * 5
+    want = capture(cpu, texts, [0, 2, 4], samples=32, seed=3, batch_size=4, progress=False)
+    got = capture(gpu, texts, [0, 2, 4], samples=32, seed=3, batch_size=4, progress=False, backend="triton")
+    for l in (0, 2, 4):
+        assert got.gaussians[l].count == want.gaussians[l].count
+        torch.testing.assert_close(got.layer(l).mean, want.layer(l).mean, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got.layer(l).cov, want.layer(l).cov, rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(got.layer(l).samples, want.layer(l).samples, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got.pooled(l), want.pooled(l), rtol=1e-4, atol=1e-5)
+    half = load_model("tiny", device="cuda")
+    half.model.to(torch.bfloat16)
+    bf16 = capture(half, texts, [0, 4], samples=32, seed=3, progress=False)
+    assert (bf16.layer(4).mean - want.layer(4).mean).abs().max() < 0.05 * want.layer(4).mean.abs().max() + 1e-2

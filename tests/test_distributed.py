@@ -93,5 +93,4 @@ def test_rank0_usage_error_stops_every_rank(tmp_path, single):
     """rank 0 alone checks --out; the other ranks must fail with it, not wait in a collective."""
     done = _torchrun("tune", *TINY, "--quiet", "--out", single)  # already a run, no --overwrite
     assert done.returncode != 0
-    assert "already holds a run" in done.stderr
-    assert "Traceback" not in done.stderr.split("torch.distributed.elastic")[0]
+    assert done.stderr.count("error: --out") == 2, done.stderr[-3000:]  # both ranks, with rank 0's message
