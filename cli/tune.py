@@ -83,7 +83,10 @@ def _run_config(path: Path) -> dict:
 
     if not is_run(path):
         raise EptkUsageError(f"--resume {path}: not a run directory (no config.json)")
-    return _layers_spec(RunDir(path).config())
+    config = RunDir(path).config()
+    if config.get("prior") == "imported":
+        raise EptkUsageError(f"--resume {path}: this run was imported from a PEFT adapter and has no training state")
+    return _layers_spec(config)
 
 
 def _print_eval(run: Path) -> None:

@@ -30,7 +30,7 @@ from .io import load_tensors, read_json, read_jsonl, write_json_atomic, write_te
 _RUN_COLUMNS = {
     "run": "run name (config `name`, else the directory name; made unique)",
     "path": "run directory",
-    "status": "`complete` (eval.json present) or `in progress`",
+    "status": "`complete` (eval.json present), `imported` (from a PEFT adapter) or `in progress`",
     "model": "config `model`",
     "task": "config `task`",
     "method": "config `method` (soft, deep, prefix)",
@@ -498,7 +498,7 @@ def analyze_run(run: RunData, *, vocabs: _VocabCache, stats: Sequence[Activation
     pca_cache = {} if pca_cache is None else pca_cache
     cfg = run.config
     base = {
-        "run": run.name, "path": str(run.path), "status": "complete" if run.complete else "in progress",
+        "run": run.name, "path": str(run.path), "status": _status(run),
         "model": cfg.get("model"), "task": cfg.get("task"), "method": cfg.get("method"), "prior": cfg.get("prior"),
         "prior_weight": cfg.get("prior_weight"), "tokens": cfg.get("tokens"),
         "layers": ";".join(str(l) for l in cfg.get("layers") or []), "lr": cfg.get("lr"), "steps": cfg.get("steps"),
@@ -886,3 +886,9 @@ def _make_plots(folder: Path, rows, run_panels, curves, prefix_masses, cluster_p
             figures.append({"path": path, "title": f"{name}: attention mass on the prompt",
                             "caption": "Mean softmax probability on the prompt slots, layer × head."})
     return figures
+
+
+def _status(run) -> str:
+    if run.complete:
+        return "complete"
+    return "imported" if run.config.get("prior") == "imported" else "in progress"

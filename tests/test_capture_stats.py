@@ -92,6 +92,15 @@ def test_half_inputs_interpreter(dtype):
 
 
 @interpreter
+def test_dispatcher_survives_the_triton_path():
+    """Importing kernels/capture_stats.py must not leave the package attribute pointing at the module."""
+    import eptk.kernels
+    capture_stats(torch.randn(1, 2, 16), torch.ones(1, 2), backend="triton")
+    assert callable(eptk.kernels.capture_stats)
+    eptk.kernels.capture_stats(torch.randn(1, 2, 16), torch.ones(1, 2), backend="triton")
+
+
+@interpreter
 def test_strided_hidden_and_integer_mask():
     base = torch.randn(40, 9, 3)
     hidden = base.permute(2, 1, 0)                      # [3, 9, 40], not contiguous

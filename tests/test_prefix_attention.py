@@ -232,6 +232,24 @@ def test_mass_is_not_differentiable_and_optional():
 
 
 @_interpreter
+def test_strided_inputs_and_prefix_of_another_dtype():
+    """Transposed views are read correctly; a float64 prefix is cast to q's dtype, and its
+    gradient comes back in float64."""
+    tensors, mask = make_inputs(2, 4, 2, 7, 11, 3, 16, pad="right", seed=8)
+    q, k, v, pk, pv = tensors
+    q_view = q.transpose(1, 2).contiguous().transpose(1, 2)  # same values, other strides
+    pk64, pv64 = pk.double().requires_grad_(), pv.double().requires_grad_()
+    dout = torch.randn(q.shape)
+    out = prefix_attention_triton(q_view, k, v, pk64, pv64, key_padding_mask=mask)
+    gpk, gpv = torch.autograd.grad(out, (pk64, pv64), dout)
+    assert out.dtype == torch.float32 and gpk.dtype == torch.float64
+    r_out, _, r_grads = reference_f64(tensors, mask, dout)
+    assert_close("out", out, r_out, 2e-5, 1e-4)
+    assert_close("grad prefix_k", gpk, r_grads[3], 2e-5, 1e-4)
+    assert_close("grad prefix_v", gpv, r_grads[4], 2e-5, 1e-4)
+
+
+@_interpreter
 def test_deterministic():
     tensors, mask = make_inputs(2, 4, 2, 9, 20, 18, 16, pad="right", seed=4)
     dout = torch.randn(tensors[0].shape)
