@@ -3,9 +3,10 @@
 
 Providers (one right-padded batch of B sequences of up to T tokens, statistics of `layers`):
   forward         the decoder layers up to the last requested one, no statistics (the floor)
-  eptk            eptk.capture.capture: pre-hooks hand each layer to eptk.kernels.capture_stats
-                  (Triton on CUDA) + RunningGaussian + reservoir, the forward stops after the
-                  last requested layer
+  eptk            eptk.capture.Capturer.add (what `eptk capture` runs per batch): pre-hooks hand
+                  each layer to eptk.kernels.capture_stats (Triton on CUDA), a float64
+                  RunningGaussian merge and a 2048-row reservoir, and the forward stops after
+                  the last requested layer
   hidden-states   model(..., output_hidden_states=True) (every layer + final norm + LM head), then
                   per layer x[mask] -> count, Σx, xᵀx, per-sequence means and the same
                   RunningGaussian update in PyTorch
@@ -116,7 +117,7 @@ def layers_for(loaded, setting: Setting) -> list[int]:
 
 def setup(provider: str, setting: Setting):
     """A zero-argument callable that captures (or just runs) one batch with `provider`."""
-    from eptk.capture import capture, real_tokens, run_to_layers
+    from eptk.capture import Capturer, real_tokens, run_to_layers
     from eptk.stats import RunningGaussian
 
     loaded = load(setting)
@@ -128,12 +129,13 @@ def setup(provider: str, setting: Setting):
     if provider == "forward":
         return lambda: run_to_layers(model, ids, mask, layers, lambda l, h: None)
     if provider == "eptk":
-        return lambda: capture(loaded, [batch], layers, samples=256, progress=False)
+        capturer = Capturer(loaded, layers, samples=2048)       # steady state: one batch more per step
+        return lambda: capturer.add(ids, mask) or capturer.stats
     if provider == "hidden-states":
         d = model.config.hidden_size
+        gaussians = {l: RunningGaussian(d, DEVICE) for l in layers}
 
         def step():
-            gaussians = {l: RunningGaussian(d) for l in layers}
             with torch.inference_mode():
                 out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
                 real = real_tokens(loaded.tokenizer, ids, mask)
@@ -222,6 +224,8 @@ def test_capture(benchmark, setting, provider):
         step()
         _sync()
     benchmark.pedantic(timed, rounds=5 if GPU else 2, warmup_rounds=1)
+    if benchmark.stats is None:              # --benchmark-disable: the step ran once, nothing to report
+        return
     timing = {"ms": benchmark.stats.stats.median * 1e3, "ms_min": benchmark.stats.stats.min * 1e3,
               "peak_bytes": peak_bytes(step)}
     benchmark.extra_info.update(describe(provider, setting, timing, _medians))
@@ -253,6 +257,8 @@ def test_capture_stats_kernel(benchmark, shape, provider):
         step()
         _sync()
     benchmark.pedantic(timed, rounds=10 if GPU else 3, warmup_rounds=1)
+    if benchmark.stats is None:
+        return
     B, T, d = shape
     ms = benchmark.stats.stats.median * 1e3
     benchmark.extra_info.update({"device": device_name(), "provider": provider, "B": B, "T": T, "d": d, "ms": ms,
@@ -275,8 +281,27 @@ def test_eptk_and_hidden_states_agree():
         assert torch.allclose(mean, ref, rtol=2e-2, atol=2e-2 * float(ref.abs().max())), l
 
 
+def profile(setting: Setting, provider: str = "eptk", rows: int = 25) -> None:
+    """Where one step's time goes (torch profiler table), for `--profile`."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    step = setup(provider, setting)
+    step()
+    _sync()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if GPU else [])
+    with torch_profile(activities=activities) as prof:
+        step()
+        _sync()
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=rows))
+
+
 def main() -> None:
+    import sys
+
     settings = GPU_SETTINGS if GPU else CPU_SETTINGS
+    if "--profile" in sys.argv:
+        profile(settings[0])
     medians, rows = {}, []
     for setting in settings:
         for provider in PROVIDERS:

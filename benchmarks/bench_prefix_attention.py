@@ -16,9 +16,9 @@ the reference providers run, at small sizes, so the suite is exercised quickly.
 from __future__ import annotations
 
 import math
-import platform
-import re
+import sys
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from eptk.kernels import prefix_attention, prefix_attention_reference
 
-GPU = torch.cuda.is_available()
-DEVICE = "cuda" if GPU else "cpu"
+sys.path.insert(0, str(Path(__file__).parent))
+from common import DEVICE, GPU, device_name, peak_bytes  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -57,14 +57,6 @@ CPU_SWEEPS = {"T": [32, 128], "P": [4, 32], "B": [1, 4]}
 PROVIDERS = ["eptk-triton", "reference", "sdpa-mask", "sdpa-causal", "flex"]
 GPU_ONLY = {"eptk-triton", "flex"}
 MODES = ["forward", "backward", "forward+backward"]
-
-
-def device_name() -> str:
-    return torch.cuda.get_device_name() if GPU else (platform.processor() or "cpu")
-
-
-def slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def forward_flops(shape: Shape) -> float:
@@ -177,19 +169,14 @@ def setup(provider: str, mode: str, shape: Shape, fn=None):
 
 
 def measure(step) -> dict:
-    """Median / p20 / p80 milliseconds (triton.testing.do_bench) and the peak memory one step
-    allocates beyond what was live before it. GPU only."""
+    """GPU: median / p20 / p80 milliseconds (triton.testing.do_bench) and the peak memory one step
+    allocates beyond what was live before it (benchmarks/common.py)."""
     import triton.testing
 
     step()  # compile / warm up outside both measurements
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    live = torch.cuda.memory_allocated()
-    step()
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() - live
+    peak = peak_bytes(step)
     median, p20, p80 = triton.testing.do_bench(step, quantiles=[0.5, 0.2, 0.8])
-    return {"ms": median, "ms_p20": p20, "ms_p80": p80, "peak_bytes": int(peak)}
+    return {"ms": median, "ms_p20": p20, "ms_p80": p80, "peak_bytes": peak}
 
 
 # ----------------------------------------------------------------------------- pytest-benchmark
@@ -237,6 +224,7 @@ def _run_row(benchmark, provider, mode, shape, axis):
         benchmark.extra_info.update(info)
         benchmark.pedantic(timed, rounds=10, warmup_rounds=1)
     else:
+        info["peak_bytes"] = peak_bytes(step)  # torch profiler's CPU allocation timeline
         benchmark.extra_info.update(info)
         benchmark.pedantic(step, rounds=3, warmup_rounds=1)
 

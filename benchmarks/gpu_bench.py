@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_prefix_attention import (DECODE, TARGET, _concat, device_name,  # noqa: E402
-                                    eptk_triton, forward_flops, make_inputs, measure,
-                                    provider_fn, reference, setup, slug)
+from bench_prefix_attention import (DECODE, TARGET, _concat, eptk_triton,  # noqa: E402
+                                    forward_flops, make_inputs, measure, provider_fn, reference,
+                                    setup)
+from common import device_name, slug  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BWD_FLOP_FACTOR = 3.5  # forward: 2 matmuls; backward: 5 (QK^T again, dV, dP, dK, dQ)
@@ -210,7 +211,7 @@ def main():
     for mode in ("forward", "forward+backward"):
         bench_row(run, "eptk-triton", mode, TARGET)
     try:
-        module = importlib.import_module("eptk.kernels.prefix_attention")
+        module = importlib.import_module("eptk.kernels.prefix_attention_triton")
         run.notes["autotuned"] = {name: str(getattr(getattr(module, name), "best_config", None))
                                   for name in ("_fwd_tuned", "_dkdv_tuned", "_dq_tuned")}
     except Exception as exc:

@@ -141,50 +141,69 @@ def _batches(tokenizer, texts_or_batches, batch_size: int, max_length: int | Non
         yield from items
 
 
+class Capturer:
+    """Accumulates the statistics of the requested layers batch by batch (`capture` drives it).
+
+    Statistics live on the model's device: capture_stats runs there (Triton on CUDA), the Gaussians
+    merge there in float64, the reservoirs keep their rows there. Inside the hooks nothing waits for
+    the device; the host syncs once per batch, for the real-token index.
+    """
+
+    def __init__(self, loaded: LoadedModel, layers: list[int], samples: int = 2048, seed: int = 0,
+                 backend: str = "auto"):
+        self.loaded, self.backend = loaded, backend
+        self.layers = check_layers(loaded.model, layers)
+        self.dims = model_dims(loaded.model)
+        self.device = _device(loaded.model)
+        self.samples, self.seed = samples, seed
+        self.stats = Stats(self.dims["hidden_size"], self.layers, samples, seed=seed, device=self.device)
+        self.sequences = 0
+
+    def add(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        from . import kernels
+
+        stats = self.stats
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        real = real_tokens(self.loaded.tokenizer, input_ids, attention_mask)
+        token_index = torch.nonzero(real.reshape(-1)).squeeze(1)          # the one host sync
+        seq_index = torch.nonzero(real.any(1)).squeeze(1)
+        self.sequences += int(seq_index.numel())
+
+        def on_hidden(l, hidden):
+            st = kernels.capture_stats(hidden, real, backend=self.backend)
+            stats.gaussians[l].update(st.count, st.sum, st.gram)
+            stats.reservoirs[l].add_from(hidden, index=token_index)
+            stats.pooled_parts[l].append(st.pooled.index_select(0, seq_index).float())
+
+        run_to_layers(self.loaded.model, input_ids, attention_mask, self.layers, on_hidden)
+
+    def finish(self, meta: dict | None = None) -> Stats:
+        loaded, dims, stats = self.loaded, self.dims, self.stats
+        stats.meta = {"format": FORMAT, "model": loaded.name, "model_source": loaded.source,
+                      "hidden_size": dims["hidden_size"], "num_layers": dims["num_layers"], "task": None,
+                      "layers": self.layers, "samples": self.samples, "seed": self.seed,
+                      "sequences": self.sequences, "excluded": EXCLUDED,
+                      "bos_token_id": getattr(loaded.tokenizer, "bos_token_id", None),
+                      "layer_index": "0 = token embeddings, l = input of decoder layer l, "
+                                     f"{dims['num_layers']} = last layer output before the final norm",
+                      "eptk_version": eptk_version(), **(meta or {})}
+        stats.meta["tokens"] = {str(l): stats.gaussians[l].count for l in self.layers}
+        return stats
+
+
 def capture(loaded: LoadedModel, texts_or_batches, layers: list[int], samples: int = 2048, seed: int = 0,
             batch_size: int = 16, progress: bool = True, max_length: int | None = None,
             meta: dict | None = None, backend: str = "auto") -> Stats:
     """Statistics of the requested layers over texts (list[str]) or batches (dicts with input_ids,
     attention_mask). Each layer gets a RunningGaussian, a seeded reservoir of `samples` token
     activations, and every sequence's mean activation."""
-    from . import kernels
-
-    model, tokenizer = loaded.model, loaded.tokenizer
-    layers = check_layers(model, layers)
-    dims = model_dims(model)
-    stats = Stats(dims["hidden_size"], layers, samples, seed=seed)
-    device = _device(model)
-    batches = list(_batches(tokenizer, texts_or_batches, batch_size, max_length))
-    sequences = 0
-
-    # Inside the hooks nothing waits for the device: statistics merge where they are computed
-    # (float64 on the GPU when capturing there); the index tensors come from the host per batch.
-    def on_hidden(l, hidden):
-        st = kernels.capture_stats(hidden, real, backend=backend)
-        stats.gaussians[l].update(st.count, st.sum, st.gram)
-        stats.reservoirs[l].add_from(hidden, index=token_index)
-        stats.pooled_parts[l].append(st.pooled.index_select(0, seq_index).float())
-
+    capturer = Capturer(loaded, layers, samples=samples, seed=seed, backend=backend)
+    batches = list(_batches(loaded.tokenizer, texts_or_batches, batch_size, max_length))
     with _progress(progress, "capturing activations", len(batches)) as advance:
         for batch in batches:
-            input_ids = batch["input_ids"].to(device)
-            attention_mask = batch["attention_mask"].to(device)
-            real = real_tokens(tokenizer, input_ids, attention_mask)
-            token_index = torch.nonzero(real.reshape(-1)).squeeze(1)      # one host sync per batch
-            seq_index = torch.nonzero(real.any(1)).squeeze(1)
-            sequences += int(seq_index.numel())
-            run_to_layers(model, input_ids, attention_mask, layers, on_hidden)
+            capturer.add(batch["input_ids"], batch["attention_mask"])
             advance()
-
-    stats.meta = {"format": FORMAT, "model": loaded.name, "model_source": loaded.source,
-                  "hidden_size": dims["hidden_size"], "num_layers": dims["num_layers"], "task": None,
-                  "layers": layers, "samples": samples, "seed": seed, "sequences": sequences,
-                  "excluded": EXCLUDED, "bos_token_id": getattr(tokenizer, "bos_token_id", None),
-                  "layer_index": "0 = token embeddings, l = input of decoder layer l, "
-                                 f"{dims['num_layers']} = last layer output before the final norm",
-                  "eptk_version": eptk_version(), **(meta or {})}
-    stats.meta["tokens"] = {str(l): stats.gaussians[l].count for l in layers}
-    return stats
+    return capturer.finish(meta)
 
 
 @contextmanager

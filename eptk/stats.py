@@ -175,12 +175,12 @@ class Reservoir:
     on any device); the rows live on the device of the first rows offered.
     """
 
-    def __init__(self, capacity: int, dim: int, seed: int = 0):
+    def __init__(self, capacity: int, dim: int, seed: int = 0, device=None):
         self.capacity, self.dim = int(capacity), dim
         self.seen = 0
-        self.rows = torch.zeros(self.capacity, dim, dtype=torch.float32)
+        self.rows = torch.zeros(self.capacity, dim, dtype=torch.float32, device=device)
         self.generator = torch.Generator().manual_seed(seed)
-        self._placed = False
+        self._placed = device is not None
 
     @property
     def samples(self) -> torch.Tensor:
@@ -300,11 +300,12 @@ def layer_stats(layer: int, gaussian: RunningGaussian, reservoir: Reservoir,
 class Stats:
     """Activation statistics of one model on one text source, per layer."""
 
-    def __init__(self, dim: int, layers: list[int], samples: int, seed: int = 0, meta: dict | None = None):
+    def __init__(self, dim: int, layers: list[int], samples: int, seed: int = 0, meta: dict | None = None,
+                 device=None):
         self.dim = dim
-        self.gaussians = {l: RunningGaussian(dim) for l in layers}
+        self.gaussians = {l: RunningGaussian(dim, device) for l in layers}
         # each layer's reservoir has its own seeded stream, independent of which other layers ran
-        self.reservoirs = {l: Reservoir(samples, dim, seed=seed * 1_000_003 + l) for l in layers}
+        self.reservoirs = {l: Reservoir(samples, dim, seed=seed * 1_000_003 + l, device=device) for l in layers}
         self.pooled_parts: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
         self.meta = dict(meta or {})
         self._layer_cache: dict[int, LayerStats] = {}

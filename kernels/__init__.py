@@ -39,7 +39,7 @@ def prefix_attention(q, k, v, prefix_k, prefix_v, *, key_padding_mask=None, scal
                      return_prefix_mass=False, backend="auto"):
     """Attention over [shared prefix ; sequence]; see kernels/reference.py for the exact function."""
     if use_triton(backend, q):
-        from .prefix_attention import prefix_attention_triton
+        from .prefix_attention_triton import prefix_attention_triton
         return prefix_attention_triton(q, k, v, prefix_k, prefix_v, key_padding_mask=key_padding_mask,
                                        scale=scale, return_prefix_mass=return_prefix_mass)
     return prefix_attention_reference(q, k, v, prefix_k, prefix_v, key_padding_mask=key_padding_mask,

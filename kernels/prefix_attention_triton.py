@@ -17,6 +17,9 @@ splits the keys over programs (flash-decoding) and merges the partial results in
 Backward: delta = rowsum(dO * O); a dK/dV kernel keeps one key block resident and walks the rows
 of the group (prefix key blocks walk every row of every query and write a per-batch partial that
 torch sums: deterministic, no atomics); a dQ kernel walks the key blocks like the forward.
+
+Configs are autotuned on GPU from short lists (EPTK_AUTOTUNE=0: the first of each list); under
+TRITON_INTERPRET=1 the kernels run on CPU with 16 x 16 blocks.
 """
 from __future__ import annotations
 
@@ -462,17 +465,16 @@ _dq_tuned = triton.autotune(_all(_DQ_CONFIGS), key=["BLOCK_D", "G"],
                             prune_configs_by={"early_config_prune": _pick_dq})(_bwd_dq_kernel)
 
 
-def _launch(kernel, tuned, table_config, grid, *args, **kwargs):
-    """Autotuned on GPU; one fixed config when autotuning is off or under the interpreter."""
+def _launch(kernel, tuned, fixed, grid, *args, **kwargs):
+    """Autotuned on GPU; the `fixed` config with EPTK_AUTOTUNE=0; small blocks when interpreted."""
     if _autotuning():
         tuned[grid](*args, **kwargs)
-        return
-    if _interpreting():
+    elif _interpreting():
         _interpreter_index_shim()
-    cfg = INTERPRET_BLOCKS if _interpreting() else table_config.kwargs
-    opts = {} if _interpreting() else {"num_warps": table_config.num_warps,
-                                       "num_stages": table_config.num_stages}
-    kernel[grid](*args, **kwargs, **cfg, **opts)
+        kernel[grid](*args, **kwargs, **INTERPRET_BLOCKS)
+    else:
+        kernel[grid](*args, **kwargs, **fixed.kwargs, num_warps=fixed.num_warps,
+                     num_stages=fixed.num_stages)
 
 
 # ----------------------------------------------------------------------------- launchers
