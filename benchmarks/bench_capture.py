@@ -311,9 +311,10 @@ def main() -> None:
                 info = {"provider": provider, **asdict(setting), "error": "out of memory"}
                 torch.cuda.empty_cache()
             rows.append(info)
-            print(f"{setting.label:48s} {provider:14s} {info.get('ms', float('nan')):9.2f} ms "
+            nan = float("nan")
+            print(f"{setting.label:48s} {provider:14s} {info.get('ms', nan):9.2f} ms "
                   f"{info.get('tokens_per_s', 0):12.0f} tok/s  peak {info.get('peak_bytes', 0) / 2**20:9.1f} MiB"
-                  f"  overhead {info.get('overhead', 1):5.2f}  eptk_speedup {info.get('eptk_speedup', float('nan')):5.2f}",
+                  f"  overhead {info.get('overhead', 1):5.2f}  eptk_speedup {info.get('eptk_speedup', nan):5.2f}",
                   flush=True)
     for shape in KERNEL_SHAPES:
         base = None

@@ -7,7 +7,7 @@
 set -u
 cd "$(dirname "$0")/.."
 started=$(date +%s)
-deadline=$((started + ${GPU_CHECK_DEADLINE_S:-450}))
+deadline=$((started + ${GPU_CHECK_DEADLINE_S:-540}))
 declare -A status
 log_dir=$(mktemp -d)
 
@@ -25,7 +25,7 @@ stage() {  # stage NAME LIMIT_S COMMAND... : run guarded and time-limited, remem
     status[$name]=$?
 }
 
-stage install 90 pip install --no-deps --no-build-isolation -e . -q
+stage install 90 python -m pip install --no-deps --no-build-isolation -e . -q
 stage device 20 nvidia-smi -L
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 
@@ -36,7 +36,7 @@ export TRITON_INTERPRET=0 EPTK_AUTOTUNE=0
 shards=("gpu and ragged"
         "gpu and (decode or D256 or P0)"
         "gpu and not ragged and not decode and not D256 and not P0")
-limit=$(left 210)
+limit=$(left ${GPU_TESTS_S:-210})
 echo "=== gpu tests, ${#shards[@]} shards ($(($(date +%s) - started)) s elapsed, limit ${limit} s)"
 pids=()
 for i in "${!shards[@]}"; do
@@ -52,16 +52,24 @@ for i in "${!pids[@]}"; do
 done
 
 # GPU tests of other modules, where there are any (exit 5 = none collected, not a failure).
-stage other-gpu-tests 60 python -m pytest -x -q -p no:cacheprovider -m gpu tests \
+stage other-gpu-tests ${GPU_OTHER_S:-60} python -m pytest -x -q -p no:cacheprovider -m gpu tests \
     --ignore=tests/test_prefix_attention.py
 [[ ${status[other-gpu-tests]} == 5 ]] && status[other-gpu-tests]=0
 unset EPTK_AUTOTUNE
 
 # The driver stops starting stages 30 s before its own limit, so it always writes its results.
-bench_limit=$(left 300)
+bench_limit=$(left ${GPU_BENCH_S:-230})
 bench_budget=$((bench_limit > 60 ? bench_limit - 30 : bench_limit / 2))
 stage benchmark "${bench_limit}" python benchmarks/gpu_bench.py --budget-s "${bench_budget}" \
-    --flex-limit-s 120
+    --flex-limit-s ${FLEX_LIMIT_S:-90}
+
+# End to end: one optimizer step of eptk soft / deep / prefix against PEFT on SmolLM2- and
+# Llama-3.2-1B-shaped models (bf16), then a tiny deep run through the Triton kernel, then capture.
+stage tune-step ${TUNE_STEP_S:-110} python benchmarks/bench_tune_step.py benchmarks/results
+if [[ -n "${OUT:-}" ]]; then cp benchmarks/results/tune-step-*.md "$OUT"/ 2>/dev/null; fi
+stage e2e-tune ${E2E_S:-60} python -m eptk.cli tune --model tiny --method deep --layers all --steps 3 \
+    --batch-size 4 --test-size 8 --eval-size 8 --backend triton --quiet --out "${log_dir}/e2e" --overwrite
+stage capture-bench ${CAPTURE_S:-40} python benchmarks/bench_capture.py
 
 echo "=== stages ($(($(date +%s) - started)) s in all)"
 failed=0

@@ -21,7 +21,7 @@ def main(argv=None) -> int:
 
     _quiet_libraries()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # a command's `raise typer.Exit(n)` comes back as n
     except EptkUsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return _exit(2)
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
         first = str(exc).splitlines()[0] if str(exc) else ""
         print(f"internal error: {type(exc).__name__}: {first} (set EPTK_DEBUG=1 for the traceback)", file=sys.stderr)
         return _exit(1)
-    return _exit(0)
+    return _exit(code if isinstance(code, int) else 0)
 
 
 def _exit(code: int) -> int:

@@ -305,22 +305,24 @@ def ensure_stats(loaded: LoadedModel, model_name: str, task_spec: str, layers: l
     layers = check_layers(loaded.model, layers)
     hidden = model_dims(loaded.model)["hidden_size"]
     folder = stats_folder(loaded, model_name, task_spec, layers, samples, seed, n_examples, root)
+    broken = False
     if folder.is_dir():
         try:
             return Stats.load(folder, model_name=model_name, hidden_size=hidden)
         except EptkUsageError as exc:
             log.warning("recapturing: cached statistics in %s are unreadable (%s)", folder, exc)
+            broken = True
     stats = capture_task(loaded, model_name, task_spec, layers, samples, seed, n_examples, batch_size, progress)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         stats.save(tmp)
-        if folder.is_dir():
-            shutil.rmtree(folder, ignore_errors=True)   # only an unreadable copy gets here
+        if broken:
+            shutil.rmtree(folder, ignore_errors=True)
         try:
             os.replace(tmp, folder)
         except OSError:
-            pass   # another process stored the same statistics first; ours are equal
+            pass   # another process (a DDP rank) stored the same statistics first; ours are equal
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("activation statistics of %s on %s stored in %s", model_name, task_spec, folder)

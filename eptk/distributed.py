@@ -30,7 +30,8 @@ class Distributed:
         owns = False
         if not dist.is_initialized():
             if torch.cuda.is_available():
-                torch.cuda.set_device(local_rank)
+                if local_rank < torch.cuda.device_count():  # more ranks than GPUs: a --device cpu run
+                    torch.cuda.set_device(local_rank)
                 # NCCL for the CUDA tensors, gloo for the small CPU ones (scalars, the step, a CPU run).
                 backend = "cuda:nccl,cpu:gloo"
             else:

@@ -295,7 +295,7 @@ class Exclusion(Distribution):
             self.proposed += n
             self.accepted += int(accept.sum())
             self.acceptance_rate = self.accepted / self.proposed
-            x = self.mean.double() + math.sqrt(self.c_dim) * g[accept] @ self.scale_tril.double().T
+            x = self.mean.double().cpu() + math.sqrt(self.c_dim) * g[accept] @ self.scale_tril.double().cpu().T
             out.append(x)
             have += x.shape[0]
             if calibrate:

@@ -74,12 +74,10 @@ class RunningGaussian:
         """
         self._place(total.device)
         dev = self.device
-        n = torch.as_tensor(count, dtype=torch.float64).to(dev)
-        total = total.detach().to(dev, torch.float64)
-        gram = gram.detach().to(dev, torch.float64)
-        mean = total / n.clamp_min(1.0)
-        m2 = gram - n * torch.outer(mean, mean)
-        return self._merge(n, mean, 0.5 * (m2 + m2.T))
+        n = torch.as_tensor(count).to(dev, torch.float64)
+        mean = total.detach().to(dev, torch.float64) / n.clamp_min(1.0)
+        m2 = torch.addr(gram.detach().to(dev, torch.float64), mean * -n, mean)   # gram − n·m·mᵀ
+        return self._merge(n, mean, m2)
 
     def add(self, rows: torch.Tensor) -> "RunningGaussian":
         """Merge the rows [m,d] of a batch directly (float64)."""
@@ -105,7 +103,7 @@ class RunningGaussian:
         share = n_b / n.clamp_min(1.0)          # 0 when the batch is empty, no division by zero
         delta = mean_b - self.mean
         self.mean = self.mean + delta * share
-        self.m2 = self.m2 + m2_b + torch.outer(delta, delta) * (n_a * share)
+        self.m2 = torch.addr(self.m2 + m2_b, delta * (n_a * share), delta)   # + δδᵀ·n_a·n_b/n
         self._count = n
         return self
 

@@ -448,6 +448,7 @@ def run_sweep(sweep: Sweep, out=None, *, jobs: int | None = None, shard: tuple[i
     from .io import write_json_atomic
     write_json_atomic(out / summary_name(shard), summary)
     if interrupted is not None:
+        console.print(f"sweep interrupted; rerun the same command to continue (summary: {out / summary_name(shard)})")
         raise KeyboardInterrupt from None
     return summary
 
@@ -489,7 +490,7 @@ def _analyze(out: Path, shard, runs: list[dict], logs: Path, env: dict, console)
         return {"status": "skipped", "reason": "no complete run"}
     target = out / "analysis"
     cmd = [sys.executable, "-m", "eptk.cli", "analyze", str(out), "--out", str(target)]
-    console.print(f"analyze: {' '.join(cmd[2:])}")
+    console.print(f"analyze: eptk {' '.join(cmd[3:])}")
     t0 = time.time()
     with open(logs / "analyze.out", "w", encoding="utf-8") as o, open(logs / "analyze.err", "w", encoding="utf-8") as e:
         try:

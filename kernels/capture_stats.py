@@ -15,8 +15,8 @@ accumulator (this equals upcasting first, at tensor-core speed).
 The diagonal programs (i = j) also sum their panel over each sequence's rows: that is Σx of the
 sequence for columns i, from which the host forms the pooled means and the total Σx ([B,d], cheap).
 Rows are visited sequence by sequence so those sums need no atomics; a chunk whose mask is all
-padding is skipped. With few tiles (small d) the sequences are split over a third grid axis and
-the partial Gram matrices are summed by torch (deterministic).
+padding is skipped. When the tiles alone do not fill the GPU (d up to ~1500) the sequences are
+split over a third grid axis and the partial Gram matrices are summed by torch (deterministic).
 """
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def capture_stats_triton(hidden: torch.Tensor, mask: torch.Tensor) -> CaptureSta
     if hidden.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         hidden = hidden.float()
     if _interpreting():
-        from .prefix_attention import _interpreter_index_shim  # the interpreter's loop-bound fix, one home
+        from .prefix_attention_triton import _interpreter_index_shim  # the loop-bound fix, one home
         _interpreter_index_shim()
     block_t, block_d = _blocks(T, d)
     tiles = triton.cdiv(d, block_d)
@@ -134,7 +134,7 @@ def capture_stats_triton(hidden: torch.Tensor, mask: torch.Tensor) -> CaptureSta
     # the interpreter's bf16 tl.dot is wrong (Triton 3.6): upcast there; on the GPU it is exact
     upcast = hidden.dtype == torch.float32 or (_interpreting() and hidden.dtype == torch.bfloat16)
     gram = torch.empty((splits, d, d), dtype=torch.float32, device=device)
-    seq_sum = torch.zeros((B, d), dtype=torch.float32, device=device)
+    seq_sum = torch.empty((B, d), dtype=torch.float32, device=device)   # every entry written by a diagonal tile
     _capture_stats_kernel[(tiles, tiles, splits)](
         hidden, real.to(torch.uint8).contiguous(), gram, seq_sum,
         B, T, d, per_split, hidden.stride(0), hidden.stride(1), hidden.stride(2),
