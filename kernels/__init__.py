@@ -49,7 +49,7 @@ def prefix_attention(q, k, v, prefix_k, prefix_v, *, key_padding_mask=None, scal
 def capture_stats(hidden, mask, *, backend="auto") -> CaptureStats:
     """pooled [B,d], count, sum [d], gram [d,d] over the real tokens of hidden [B,T,d], in float32."""
     if use_triton(backend, hidden):
-        from .capture_stats import capture_stats_triton
+        from .capture_stats_triton import capture_stats_triton
         return capture_stats_triton(hidden, mask)
     return capture_stats_reference(hidden, mask)
 

@@ -30,6 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._interpreter import interpreter_index_shim as _interpreter_index_shim
+
 LOG2E = 1.4426950408889634
 KEYS_PER_SPLIT_ALIGN = 256  # a multiple of every BLOCK_N, so split boundaries are block boundaries
 
@@ -40,26 +42,6 @@ def _interpreting() -> bool:
 
 def _autotuning() -> bool:
     return not _interpreting() and os.environ.get("EPTK_AUTOTUNE", "1") != "0"
-
-
-def _interpreter_index_shim() -> None:
-    """Let the Triton 3.6 interpreter run `range(lo, hi)` with bounds derived from program ids.
-
-    The interpreter keeps scalars as 1-element arrays and converts loop bounds with int(array),
-    which NumPy >= 2.4 refuses for arrays that are not 0-dimensional. Interpreter only; idempotent.
-    """
-    from triton.runtime import interpreter
-
-    original = interpreter._patch_lang_tensor
-    if getattr(original, "_eptk_shim", False):
-        return
-
-    def patch(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    patch._eptk_shim = True
-    interpreter._patch_lang_tensor = patch
 
 
 # ----------------------------------------------------------------------------- shared helpers

@@ -93,7 +93,7 @@ def test_half_inputs_interpreter(dtype):
 
 @interpreter
 def test_dispatcher_survives_the_triton_path():
-    """Importing kernels/capture_stats.py must not leave the package attribute pointing at the module."""
+    """Importing kernels/capture_stats_triton.py must not leave the package attribute pointing at the module."""
     import eptk.kernels
     capture_stats(torch.randn(1, 2, 16), torch.ones(1, 2), backend="triton")
     assert callable(eptk.kernels.capture_stats)

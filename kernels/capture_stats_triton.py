@@ -22,24 +22,13 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 
 import torch
 import triton
 import triton.language as tl
 
+from ._interpreter import interpreter_index_shim
 from .reference import CaptureStats
-
-
-# The package's dispatcher `eptk.kernels.capture_stats` (a function) is still bound when this module
-# runs; importing this module then rebinds that package attribute to the module itself. Calls keep it.
-_DISPATCHER = getattr(sys.modules.get(__package__), "capture_stats", None)
-
-
-def _keep_dispatcher() -> None:
-    package = sys.modules.get(__package__)
-    if callable(_DISPATCHER) and package is not None and getattr(package, "capture_stats", None) is not _DISPATCHER:
-        package.capture_stats = _DISPATCHER
 
 
 def _interpreting() -> bool:
@@ -110,7 +99,6 @@ def _splits(B: int, tiles: int, device: torch.device) -> int:
 
 def capture_stats_triton(hidden: torch.Tensor, mask: torch.Tensor) -> CaptureStats:
     """hidden [B,T,d] (any float dtype, any strides), mask [B,T] (nonzero = real) -> CaptureStats, float32."""
-    _keep_dispatcher()
     if hidden.dim() != 3 or tuple(mask.shape) != tuple(hidden.shape[:2]):
         raise ValueError(f"capture_stats needs hidden [B,T,d] and mask [B,T]; got {tuple(hidden.shape)} "
                          f"and {tuple(mask.shape)}")
@@ -125,8 +113,7 @@ def capture_stats_triton(hidden: torch.Tensor, mask: torch.Tensor) -> CaptureSta
     if hidden.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         hidden = hidden.float()
     if _interpreting():
-        from .prefix_attention_triton import _interpreter_index_shim  # the loop-bound fix, one home
-        _interpreter_index_shim()
+        interpreter_index_shim()
     block_t, block_d = _blocks(T, d)
     tiles = triton.cdiv(d, block_d)
     splits = _splits(B, tiles, device)
