@@ -22,17 +22,15 @@ model when SmolLM2 is not installed), so the suite runs in well under a minute.
 from __future__ import annotations
 
 import json
-import platform
-import statistics
-import time
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
-GPU = torch.cuda.is_available()
-DEVICE = "cuda" if GPU else "cpu"
+sys.path.insert(0, str(Path(__file__).parent))
+from common import DEVICE, GPU, device_name, measure, sync as _sync  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -58,8 +56,6 @@ PROVIDERS = ["forward", "eptk", "hidden-states"]   # forward first: the others' 
 _models: dict[tuple, object] = {}
 
 
-def device_name() -> str:
-    return torch.cuda.get_device_name() if GPU else f"cpu ({platform.processor() or platform.machine()})"
 
 
 def smollm2_architecture(dtype: torch.dtype):
@@ -151,47 +147,12 @@ def setup(provider: str, setting: Setting):
     raise ValueError(f"unknown provider {provider!r}")
 
 
-def _sync():
-    if GPU:
-        torch.cuda.synchronize()
 
 
-def cpu_peak_bytes(step) -> int:
-    """Peak bytes of torch CPU tensors allocated during one step (the profiler's allocation timeline)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    running = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        running += event.self_cpu_memory_usage
-        peak = max(peak, running)
-    return int(peak)
 
 
-def peak_bytes(step) -> int:
-    """Peak memory one step allocates beyond what was live before it."""
-    if not GPU:
-        return cpu_peak_bytes(step)
-    _sync()
-    torch.cuda.reset_peak_memory_stats()
-    live = torch.cuda.memory_allocated()
-    step()
-    _sync()
-    return int(torch.cuda.max_memory_allocated() - live)
 
 
-def measure(step, rounds: int = 5) -> dict:
-    """Median / min milliseconds over `rounds` steps (after a warm-up) and the peak memory of one."""
-    step()                                   # warm up (Triton compilation, lazy inits)
-    _sync()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        step()
-        _sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"ms": statistics.median(times), "ms_min": min(times), "peak_bytes": peak_bytes(step)}
 
 
 def describe(provider: str, setting: Setting, timing: dict, medians: dict) -> dict:

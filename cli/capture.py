@@ -49,5 +49,5 @@ def capture(
         folder = stats.save(out)
     tokens = int(stats.gaussians[chosen[0]].count)
     Console().print(f"activation statistics of {model} on {task}: layers {layers} ({len(chosen)}), "
-                    f"{stats.meta.get('sequences', '?')} sequences, {tokens} tokens (padding and BOS excluded)\n"
+                    f"{stats.meta.get('sequences', '?')} sequences, {tokens} tokens (padding, BOS, first tokens and massive activations excluded)\n"
                     f"written to {folder}")

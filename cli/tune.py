@@ -40,6 +40,8 @@ def tune(
     backend: str = typer.Option(D.backend, help="prefix-attention kernel: auto (Triton on CUDA), triton, torch"),
     device: str = typer.Option(D.device, help="auto, cpu, cuda, cuda:N"),
     nan_policy: str = typer.Option(D.nan_policy, help="stop or skip on a non-finite loss/gradient"),
+    lr_scale: str = typer.Option(D.lr_scale, help="prior: each tensor's lr × its prior sample's RMS / the soft "
+                                 "prompt's (deep vectors move at their layer's scale); none: one lr"),
     stats_samples: int = typer.Option(D.stats_samples, help="reservoir size for region priors' captured stats"),
     trust_remote_code: bool = typer.Option(False, help="allow a hub model's own code (off unless asked)"),
     overwrite: bool = typer.Option(False, help="replace an existing run at --out"),
@@ -64,6 +66,7 @@ def tune(
                          clip=clip, eval_every=eval_every, eval_size=eval_size, test_size=test_size,
                          train_size=train_size, checkpoint_every=checkpoint_every, seed=seed,
                          out=str(out) if out else "", backend=backend, device=device, nan_policy=nan_policy,
+                         lr_scale=lr_scale,
                          trust_remote_code=trust_remote_code, stats_samples=stats_samples)
     run = run_tune(cfg, resume=resume is not None, overwrite=overwrite, progress=not quiet)
     _print_eval(run)

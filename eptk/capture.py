@@ -10,8 +10,13 @@ Layer index l (the one `ParamInfo.layer`, `deep.<l>` and stats files use):
          embedding lookup; for GPT-2 it is token + position embeddings (what block 0 reads).
   l      the hidden state entering decoder layer l (a pre-hook on layer l).
   L      the output of the last decoder layer, before the final norm (a hook on layer L-1).
-Padding (attention_mask = 0) and BOS tokens (input_ids == tokenizer.bos_token_id, when the
-tokenizer has one; some tokenizers use that id for EOS too) are excluded from every statistic.
+Padding (attention_mask = 0), BOS tokens (input_ids == tokenizer.bos_token_id, when the
+tokenizer has one; some tokenizers use that id for EOS too) and the first real token of every
+sequence are excluded from every statistic: the first position is the attention sink whose massive
+activations (norms 100x the rest in SmolLM2's middle layers) dominate any statistic whether or not
+it is a BOS token, and in a prompted run that position belongs to the first slot, not to a token.
+At each layer, tokens whose hidden norm exceeds MASSIVE (10) times their batch's median are left out
+too (massive activations; their count per layer is in meta.json).
 """
 from __future__ import annotations
 
@@ -113,12 +118,29 @@ def run_to_layers(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
 
 
 def real_tokens(tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B,T] bool: not padding and not BOS."""
+    """[B,T] bool: not padding, not BOS, not the first real token (the attention sink)."""
     real = attention_mask.bool()
+    first = real.long().cumsum(-1) == 1
+    real = real & ~first
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is not None:
         real = real & (input_ids != bos)
     return real
+
+
+MASSIVE = 10.0  # a token whose hidden norm exceeds this many times its batch's median is a massive activation
+
+
+def without_massive(hidden: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """`real` minus the tokens with massive activations at this layer (norm > MASSIVE x the batch median).
+
+    A few tokens per sequence carry activations 100x the rest in the middle layers of many LMs (Sun et
+    al. 2024); left in, they set the mean, the covariance's top eigenvalues and the norm percentiles,
+    and the data region no longer describes the ordinary tokens a prompt sits among."""
+    if not bool(real.any()):
+        return real
+    norms = hidden.detach().float().norm(dim=-1)
+    return real & (norms <= MASSIVE * norms[real].median())
 
 
 def _device(model) -> torch.device:
@@ -158,6 +180,7 @@ class Capturer:
         self.samples, self.seed = samples, seed
         self.stats = Stats(self.dims["hidden_size"], self.layers, samples, seed=seed, device=self.device)
         self.sequences = 0
+        self.massive: dict[int, int] = {}
 
     def add(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         from . import kernels
@@ -170,9 +193,13 @@ class Capturer:
         self.sequences += int(seq_index.numel())
 
         def on_hidden(l, hidden):
-            st = kernels.capture_stats(hidden, real, backend=self.backend)
+            keep = without_massive(hidden, real)
+            dropped = int((real & ~keep).sum())
+            self.massive[l] = self.massive.get(l, 0) + dropped
+            index = token_index if dropped == 0 else torch.nonzero(keep.reshape(-1)).squeeze(1)
+            st = kernels.capture_stats(hidden, keep, backend=self.backend)
             stats.gaussians[l].update(st.count, st.sum, st.gram)
-            stats.reservoirs[l].add_from(hidden, index=token_index)
+            stats.reservoirs[l].add_from(hidden, index=index)
             stats.pooled_parts[l].append(st.pooled.index_select(0, seq_index).float())
 
         run_to_layers(self.loaded.model, input_ids, attention_mask, self.layers, on_hidden)
@@ -188,6 +215,7 @@ class Capturer:
                                      f"{dims['num_layers']} = last layer output before the final norm",
                       "eptk_version": eptk_version(), **(meta or {})}
         stats.meta["tokens"] = {str(l): stats.gaussians[l].count for l in self.layers}
+        stats.meta["massive_excluded"] = {str(l): self.massive.get(l, 0) for l in self.layers}
         return stats
 
 

@@ -152,7 +152,7 @@ class Normal(Distribution):
         self.mean = torch.zeros(self.shape) if mean is None else mean.float()
 
     def sample(self, generator):
-        return self.mean + self.std * torch.randn(self.shape, generator=generator)
+        return self.mean.cpu() + self.std * torch.randn(self.shape, generator=generator)
 
     def log_prob(self, x):
         z = (x - self.mean.to(x.device)) / self.std
@@ -187,7 +187,7 @@ class RowMixture(Distribution):
             idx = torch.randperm(self.centres.shape[0], generator=generator)[:n]
             if idx.numel() < n:
                 idx = torch.randint(self.centres.shape[0], (n,), generator=generator)
-        return self.centres[idx].clone().reshape(self.shape)
+        return self.centres.cpu()[idx].clone().reshape(self.shape)
 
     def log_prob(self, x):
         rows = x.reshape(-1, self.centres.shape[1])
@@ -220,8 +220,8 @@ class Gaussian(Distribution):
 
     def sample(self, generator):
         rows = self.shape[0] if len(self.shape) == 2 else int(torch.tensor(self.shape[:-1]).prod())
-        z = torch.randn(rows, self.mean.shape[0], generator=generator)
-        return (self.mean + z @ self.scale_tril.T).reshape(self.shape)
+        z = torch.randn(rows, self.mean.shape[0], generator=generator)  # CPU generator: sample on the CPU
+        return (self.mean.cpu() + z @ self.scale_tril.cpu().T).reshape(self.shape)
 
     def log_prob(self, x):
         return self._mvn(x.device).log_prob(x.reshape(-1, self.mean.shape[0])).sum()
@@ -340,7 +340,7 @@ class PosteriorPrior(Normal):
         self.noise = std
 
     def sample(self, generator):
-        return self.mean + self.noise * torch.randn(self.shape, generator=generator)
+        return self.mean.cpu() + self.noise * torch.randn(self.shape, generator=generator)
 
 
 _POSTERIOR_CACHE: dict[str, dict] = {}

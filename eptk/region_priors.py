@@ -22,6 +22,8 @@ from .stats import LayerStats
 log = logging.getLogger(__name__)
 
 KNN_K = 5           # region:new: the k of the kNN radius
+KNN_QUANTILE = 0.95  # region:new: the kNN radius is this quantile of the data points' own k-NN distances
+                     # (the max is set by a handful of outlier tokens far outside the norm band)
 MARGIN = 0.05       # region:new: samples clear each bound by 5%
 NORM_BAND = (0.05, 0.95)
 POOL_ROWS = 256     # region:new: drawn points whose kernel mixture is the log-density
@@ -72,7 +74,7 @@ class NewRegionBounds:
     mahalanobis: float   # the largest Mahalanobis distance of a captured data point (shrunk covariance)
     norm_lo: float       # the data's 5th percentile of norms
     norm_hi: float       # the data's 95th percentile of norms
-    knn_radius: float    # max over data points of the distance to their k-th nearest other data point
+    knn_radius: float    # KNN_QUANTILE of the data points' distances to their k-th nearest other data point
     k: int
 
 
@@ -92,7 +94,8 @@ def new_region_bounds(stats: LayerStats, k: int = KNN_K) -> NewRegionBounds:
     norms = data.norm(dim=1)
     lo, hi = torch.quantile(norms, torch.tensor(NORM_BAND, dtype=torch.float64)).tolist()
     return NewRegionBounds(mahalanobis=float(stats.mahalanobis(data).max()), norm_lo=lo, norm_hi=hi,
-                           knn_radius=float(knn_distance(data, data, k, exclude_self=True).max()), k=k)
+                           knn_radius=float(torch.quantile(knn_distance(data, data, k, exclude_self=True),
+                                                           KNN_QUANTILE)), k=k)
 
 
 class NewRegion(RowMixture):
@@ -190,7 +193,7 @@ class NewRegion(RowMixture):
 
 
 @register_prior("region:new", "[:task]", "outside the data: Mahalanobis beyond every captured data point, norm in "
-                "the data's 5-95% norm range, k=5 nearest-neighbour distance beyond the data's own kNN radius",
+                "the data's 5-95% norm range, k=5 nearest-neighbour distance beyond the data's own kNN radius (95th percentile)",
                 parse=_parse_task("region:new"), needs_stats=True)
 def _region_new(args, ctx, param):
     stats = layer_stats_for("region:new", ctx, param, args["task"])

@@ -31,8 +31,9 @@ import torch
 
 from .errors import EptkUsageError
 
-FORMAT = "eptk-stats/1"
-EXCLUDED = "padding and BOS tokens are excluded"
+FORMAT = "eptk-stats/3"
+EXCLUDED = ("padding, BOS tokens, the first real token of each sequence (the attention sink) and, per "
+            "layer, tokens whose norm exceeds 10x their batch's median (massive activations) are excluded")
 
 
 # ---- streaming Gaussian ------------------------------------------------------------------------

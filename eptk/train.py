@@ -26,6 +26,7 @@ from .tasks import encode_batch, load_task
 
 SCHEDULES = ("cosine", "linear", "constant")
 NAN_POLICIES = ("stop", "skip")
+LR_SCALES = ("prior", "none")
 
 
 @dataclass
@@ -56,6 +57,7 @@ class TuneConfig:
     backend: str = "auto"
     device: str = "auto"
     nan_policy: str = "stop"
+    lr_scale: str = "prior"
     trust_remote_code: bool = False
     stats_samples: int = 2048
     extra: dict = field(default_factory=dict)
@@ -79,6 +81,8 @@ class TuneConfig:
                 raise EptkUsageError(f"--{name} must be a non-negative number (got {value})")
         if self.schedule not in SCHEDULES:
             raise EptkUsageError(f"unknown schedule {self.schedule!r}; valid: {choices(SCHEDULES)}")
+        if self.lr_scale not in LR_SCALES:
+            raise EptkUsageError(f"unknown --lr-scale {self.lr_scale!r}; valid: {choices(LR_SCALES)}")
         if self.nan_policy not in NAN_POLICIES:
             raise EptkUsageError(f"unknown --nan-policy {self.nan_policy!r}; valid: {choices(NAN_POLICIES)}")
         from eptk.kernels import BACKENDS
@@ -182,6 +186,7 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
     prompted = PromptedModel(loaded.model, loaded.tokenizer, cfg.method, cfg.tokens, layers, cfg.soft, init,
                              cfg.backend)
     prior.to(device)
+    resolved["lr_scales"] = lr_scales(init, cfg.lr_scale)
     rates = {k: d.acceptance_rate for k, d in prior.dists.items() if hasattr(d, "acceptance_rate")}
     if rates:
         resolved["prior_acceptance_rate"] = rates
@@ -199,18 +204,31 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
         if run is not None and not resume:
             run.write_config(resolved)
             run.write_prior(init)
-        return _train(cfg, run, out, task, loaded, shapes, prompted, prior, resume, progress, device, dist)
+        return _train(cfg, run, out, task, loaded, shapes, prompted, prior, resume, progress, device, dist,
+                      resolved["lr_scales"])
     finally:
         if run is not None:
             run.release()
         dist.close()
 
 
-def _train(cfg, run, out, task, loaded, shapes, prompted, prior, resume, progress, device, dist):
+def lr_scales(init: dict[str, torch.Tensor], mode: str) -> dict[str, float]:
+    """Per-tensor learning-rate multipliers. "prior": RMS of the tensor's prior sample over the RMS of the
+    layer-0 (soft) sample, so that a deep vector living at activation scale 500 moves the same share of
+    its scale per Adam step as a token-embedding-scale one; "none": 1 everywhere."""
+    rms = {name: float(t.float().pow(2).mean().sqrt()) for name, t in init.items()}
+    ref = rms.get("soft") or next(iter(rms.values()), 0.0)
+    if mode == "none" or not ref:
+        return {name: 1.0 for name in init}
+    return {name: (value / ref if value > 0 else 1.0) for name, value in rms.items()}
+
+
+def _train(cfg, run, out, task, loaded, shapes, prompted, prior, resume, progress, device, dist, scales):
     tok = loaded.tokenizer
 
     trainable = [prompted.param(n) for n in shapes]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW([{"params": [prompted.param(n)], "lr_scale": scales[n]} for n in shapes],
+                                  lr=cfg.lr, weight_decay=cfg.weight_decay)
     train = task.examples("train", cfg.train_size)
     val = task.examples("validation", cfg.eval_size)
     if not train:
@@ -230,7 +248,7 @@ def _train(cfg, run, out, task, loaded, shapes, prompted, prior, resume, progres
     try:
         for step in range(start, cfg.steps):
             for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * lr_factor(step, cfg)
+                group["lr"] = cfg.lr * group["lr_scale"] * lr_factor(step, cfg)
             idx = batch_indices(cfg.seed, step, len(train), cfg.batch_size * cfg.grad_accum)
             batch = [train[i] for i in idx.tolist()]
             total_tokens = max(1, int(encode_batch(tok, batch)["labels"][:, 1:].ne(-100).sum()))  # global batch

@@ -11,7 +11,7 @@ from eptk.capture import StatsProvider, capture_task
 from eptk.errors import EptkUsageError
 from eptk.models import load_model
 from eptk.priors import ParamInfo, PriorContext, build_prior, parse_spec
-from eptk.region_priors import KNN_K, NORM_BAND, Between, Exclusion
+from eptk.region_priors import KNN_K, KNN_QUANTILE, NORM_BAND, Between, Exclusion
 
 P = 8
 
@@ -98,7 +98,7 @@ def assert_outside_data(x, ls):
     lo, hi = torch.quantile(data.norm(dim=1), torch.tensor(NORM_BAND, dtype=torch.float64))
     norms = x.norm(dim=1)
     assert (norms >= lo).all() and (norms <= hi).all(), f"layer {ls.layer}: norms {norms} outside [{lo}, {hi}]"
-    inner = torch.cdist(data, data).sort(dim=1).values[:, KNN_K].max()     # column 0 is the point itself
+    inner = torch.quantile(torch.cdist(data, data).sort(dim=1).values[:, KNN_K], KNN_QUANTILE)  # column 0: itself
     outer = torch.cdist(x, data).sort(dim=1).values[:, KNN_K - 1]
     assert outer.min() > inner, f"layer {ls.layer}: kNN distance {outer.min():.4g} <= data's radius {inner:.4g}"
 
