@@ -141,13 +141,15 @@ def test_capture_statistics_equal_the_real_token_states(tiny):
     stats = capture(tiny, TEXTS, [0, 2, 4], samples=1000, batch_size=3, progress=False)
     tok = tiny.tokenizer
     for l in (0, 2, 4):
-        rows = torch.cat([t.states[l] for t in trajectories(tiny, TEXTS, [l], max_new_tokens=0)])
-        assert stats.gaussians[l].count == rows.shape[0] == sum(len(tok(t)["input_ids"]) for t in TEXTS)
+        # every token but the first of each text (the attention sink)
+        rows = torch.cat([t.states[l][1:] for t in trajectories(tiny, TEXTS, [l], max_new_tokens=0)])
+        assert stats.gaussians[l].count == rows.shape[0] == sum(len(tok(t)["input_ids"]) - 1 for t in TEXTS)
         torch.testing.assert_close(stats.layer(l).mean, rows.mean(0), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(stats.gaussians[l].covariance().float(), torch.cov(rows.T), rtol=1e-3, atol=1e-6)
         assert rows.shape[0] <= 64 and torch.equal(stats.layer(l).cov, stats.layer(l).shrunk_cov)  # count <= d
         assert stats.layer(l).samples.shape == rows.shape                 # capacity > tokens: all kept
-        assert stats.pooled(l).shape == (len(TEXTS), rows.shape[1])
+        with_tokens = sum(len(tok(t)["input_ids"]) > 1 for t in TEXTS)  # a one-token text has none left
+        assert stats.pooled(l).shape == (with_tokens, rows.shape[1])
 
 
 def test_bos_and_padding_are_excluded():
@@ -162,7 +164,8 @@ def test_bos_and_padding_are_excluded():
     batch = {"input_ids": torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in ids]),
              "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids])}
     with_bos = capture(loaded, [batch], [0, 3], samples=64, progress=False)
-    plain = capture(loaded, texts, [0], samples=64, batch_size=1, progress=False)
+    # without BOS the first real token is the attention sink and is left out instead: prefix a token
+    plain = capture(loaded, ["x" + t for t in texts], [0], samples=64, batch_size=1, progress=False)
     assert with_bos.gaussians[0].count == plain.gaussians[0].count == sum(len(tok(t)["input_ids"]) for t in texts)
     torch.testing.assert_close(with_bos.layer(0).mean, plain.layer(0).mean)
     assert with_bos.layer(0).samples.abs().max() < 10 and with_bos.layer(3).mean.abs().max() < 1e3
@@ -186,7 +189,7 @@ def test_save_load_round_trip_and_refusals(tiny, tmp_path):
     stats.save(tmp_path / "s")
     back = Stats.load(tmp_path / "s", model_name="tiny", hidden_size=64)
     assert back.layers == [0, 4] and back.meta["seed"] == 5 and back.meta["model"] == "tiny"
-    assert "padding and BOS" in back.meta["excluded"] and back.meta["eptk_version"]
+    assert "BOS" in back.meta["excluded"] and back.meta["eptk_version"]
     for l in (0, 4):
         a, b = stats.layer(l), back.layer(l)
         torch.testing.assert_close(a.mean, b.mean)
@@ -288,3 +291,17 @@ def test_capture_on_gpu_matches_the_cpu_capture():
     half.model.to(torch.bfloat16)
     bf16 = capture(half, texts, [0, 4], samples=32, seed=3, progress=False)
     assert (bf16.layer(4).mean - want.layer(4).mean).abs().max() < 0.05 * want.layer(4).mean.abs().max() + 1e-2
+
+
+def test_massive_activations_are_excluded():
+    """A token whose activation norm is far above its batch's median is left out and counted."""
+    loaded = load_model("tiny")
+    tok, emb = loaded.tokenizer, loaded.model.get_input_embeddings()
+    huge = tok("q", add_special_tokens=False)["input_ids"][0]
+    with torch.no_grad():
+        emb.weight[huge] = 1e3
+    texts = ["abqcd", "efqgh", "rst"]
+    stats = capture(loaded, texts, [0], samples=64, progress=False)
+    assert stats.meta["massive_excluded"]["0"] == 2
+    assert stats.gaussians[0].count == sum(len(t) - 1 for t in texts) - 2
+    assert stats.layer(0).samples.abs().max() < 10
