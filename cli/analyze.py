@@ -22,9 +22,11 @@ def analyze(
     permutations: Annotated[int, typer.Option("--permutations", min=1, help="Permutations for the MMD and energy p-values.")] = 200,
     max_data: Annotated[int, typer.Option("--max-data", min=2, help="Captured samples per layer used for kNN, MMD and energy.")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of every subsample and permutation.")] = 0,
+    tsne: Annotated[bool, typer.Option("--tsne", help="Task-cluster maps by t-SNE (scikit-learn) instead of PCA.")] = False,
 ) -> None:
     """Analyze runs: displacement, vocabulary collapse, geometry, position against the data, task clusters."""
     from eptk.analysis import AnalysisOptions, analyze_runs
 
-    options = AnalysisOptions(top_k=top_k, knn_k=knn_k, n_perm=permutations, max_data=max_data, seed=seed)
+    options = AnalysisOptions(top_k=top_k, knn_k=knn_k, n_perm=permutations, max_data=max_data, seed=seed,
+                              cluster_projection="tsne" if tsne else "pca")
     analyze_runs(paths, out, stats=stats or (), vocab=None if no_vocab else "auto", plots=not no_plots, options=options)

@@ -396,6 +396,7 @@ class AnalysisOptions:
     region_quantile: float = 0.99
     max_data: int = 1000       # data samples per layer used for kNN / MMD / energy
     max_reference: int = 3000  # reference points drawn in PCA plots
+    cluster_projection: str = "pca"  # task-cluster maps: "pca" or "tsne" (scikit-learn)
 
 
 @dataclass
@@ -586,7 +587,8 @@ def _pca_panel(block: Block, reference, ref_kind: str, opts: AnalysisOptions, ca
             "fit_on": ref_kind or "prior + posterior"}
 
 
-def task_cluster_metrics(stats: Sequence[ActivationStats], *, max_per_task: int = 500, seed: int = 0):
+def task_cluster_metrics(stats: Sequence[ActivationStats], *, max_per_task: int = 500, seed: int = 0,
+                         projection: str = "pca"):
     """Per model and layer shared by two or more tasks: silhouette and NC1 of the task clusters
     (on up to `max_per_task` captured samples each), Fréchet distance between each task pair's
     Gaussians, and 2-D PCA maps of the samples. Returns (task_rows, frechet_rows, map_panels)."""
@@ -620,11 +622,17 @@ def task_cluster_metrics(stats: Sequence[ActivationStats], *, max_per_task: int 
             labels = [t for t, part in zip(tasks, xs) for _ in range(part.shape[0])]
             task_rows.append({"model": model, "layer": layer, "tasks": ";".join(tasks), "n_per_task": n,
                               "silhouette": M.silhouette(x, labels), "nc1": M.nc1(x, labels)})
-            pca = M.pca_2d(x, seed=seed)
-            panels.append({"title": f"layer {layer}" + (f" ({model})" if len(groups) > 1 else ""),
-                           "explained": pca["explained"],
-                           "groups": {t: ((part.double() - pca["mean"]) @ pca["components"].T).numpy()
-                                      for t, part in zip(tasks, xs)}})
+            title = f"layer {layer}" + (f" ({model})" if len(groups) > 1 else "")
+            if projection == "tsne":
+                flat = M.tsne_2d(x, seed=seed)
+                parts = torch.split(flat, [part.shape[0] for part in xs])
+                panels.append({"title": title, "explained": None,
+                               "groups": {t: part.numpy() for t, part in zip(tasks, parts)}})
+            else:
+                pca = M.pca_2d(x, seed=seed)
+                panels.append({"title": title, "explained": pca["explained"],
+                               "groups": {t: ((part.double() - pca["mean"]) @ pca["components"].T).numpy()
+                                          for t, part in zip(tasks, xs)}})
     return task_rows, frechet_rows, panels
 
 
@@ -808,7 +816,8 @@ def analyze_runs(paths: Sequence, out="analysis", *, stats: Sequence = (), vocab
     if not rows:
         raise EptkUsageError(f"no readable runs under {', '.join(str(p) for p in paths)}: a run directory holds config.json")
 
-    task_rows, frechet_rows, cluster_panels = task_cluster_metrics(loaded_stats, seed=opts.seed)
+    task_rows, frechet_rows, cluster_panels = task_cluster_metrics(loaded_stats, seed=opts.seed,
+                                                                   projection=opts.cluster_projection)
     if loaded_stats and not task_rows and not frechet_rows:
         notes.append("task cluster metrics need statistics of two or more tasks of one model")
 

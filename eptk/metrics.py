@@ -534,3 +534,15 @@ def trajectory_localization(trajectory, vocab, *, n_random: int = 1000, seed: in
     res = mannwhitneyu(steps, rand, alternative="less")
     return {"median_step": float(np.median(steps)), "median_random_step": float(np.median(rand)),
             "u": float(res.statistic), "p": float(res.pvalue)}
+
+
+def tsne_2d(x: torch.Tensor, seed: int = 0, perplexity: float = 30.0) -> torch.Tensor:
+    """A 2-D t-SNE embedding of the rows of x (scikit-learn; perplexity capped below the row count).
+
+    Unlike PCA, distances between far clusters in the map carry no meaning; use it to see whether
+    clusters separate at all, and the silhouette / NC1 columns for how much."""
+    from sklearn.manifold import TSNE
+
+    n = x.shape[0]
+    tsne = TSNE(n_components=2, perplexity=min(perplexity, max(2.0, (n - 1) / 3)), init="pca", random_state=seed)
+    return torch.from_numpy(tsne.fit_transform(x.double().numpy())).double()

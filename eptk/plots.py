@@ -33,6 +33,11 @@ def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
 
 
 def _axis_labels(ax, explained) -> None:
+    if explained is None:  # a t-SNE map: its axes carry no variance
+        ax.set_xlabel("t-SNE 1")
+        ax.set_ylabel("t-SNE 2")
+        return
+
     def pct(v):
         return "?" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
 
@@ -152,7 +157,8 @@ def plot_task_clusters(panels: list[dict], path, *, max_panels: int = 12) -> Pat
         _axis_labels(ax, panel["explained"])
         ax.tick_params(labelsize=7)
         _opaque_legend(ax.legend(fontsize=7, markerscale=3))
-    fig.suptitle("Task activations per layer (PCA of the pooled samples)", fontsize=12)
+    method = "t-SNE" if panels and panels[0]["explained"] is None else "PCA"
+    fig.suptitle(f"Task activations per layer ({method} of the captured samples)", fontsize=12)
     return _save(fig, path)
 
 

@@ -261,3 +261,13 @@ def test_cli_no_runs_exits_2(tmp_path):
                            "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "no runs found under" in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_task_cluster_maps_by_tsne(world, tmp_path):
+    """--tsne draws the task-cluster maps by t-SNE; the cluster numbers do not change."""
+    from eptk.analysis import AnalysisOptions, analyze_runs
+    out = tmp_path / "tsne"
+    result = analyze_runs([world["runs"]], out, stats=world["stats"], vocab=None, plots=True,
+                          options=AnalysisOptions(n_perm=20, cluster_projection="tsne"), progress=False)
+    assert (out / "plots" / "task_clusters.png").is_file()
+    assert [r["silhouette"] for r in result.task_rows] == [r["silhouette"] for r in world["result"].task_rows]
