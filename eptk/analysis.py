@@ -770,6 +770,7 @@ def analyze_runs(paths: Sequence, out="analysis", *, stats: Sequence = (), vocab
     out = Path(out)
     run_dirs = find_runs(paths)
     pca_cache: dict = {}
+    stats = list(stats) + _stats_named_by_runs(paths, stats)
     loaded_stats = [s if isinstance(s, ActivationStats) else load_stats(s) for s in stats]
     vocabs = _VocabCache(vocab)
     notes: list[str] = []
@@ -901,3 +902,21 @@ def _status(run) -> str:
     if run.complete:
         return "complete"
     return "imported" if run.config.get("prior") == "imported" else "in progress"
+
+
+def _stats_named_by_runs(paths, given) -> list[Path]:
+    """Statistics folders that runs recorded in config.json ("stats": {task: folder}) and that exist,
+    so the data-region metrics of region-prior runs need no --stats."""
+    known = {str(Path(g).resolve()) for g in given if not isinstance(g, ActivationStats)}
+    found = []
+    for run in find_runs(paths):
+        try:
+            config = read_json(Path(run) / "config.json", "run config")
+        except EptkUsageError:
+            continue
+        for folder in (config.get("stats") or {}).values() if isinstance(config, dict) else ():
+            key = str(Path(folder).resolve())
+            if key not in known and (Path(folder) / "stats.safetensors").is_file():
+                known.add(key)
+                found.append(Path(folder))
+    return found

@@ -371,6 +371,7 @@ class StatsProvider:
         self.samples, self.seed, self.n_examples = samples, seed, n_examples
         self.batch_size, self.progress, self.root = batch_size, progress, root
         self.num_layers = model_dims(loaded.model)["num_layers"]
+        self.folders: dict[str, str] = {}  # task -> the statistics folder used (recorded in config.json)
         self._stats: dict[str, Stats] = {}
 
     def stats(self, task: str | None = None) -> Stats:
@@ -379,9 +380,12 @@ class StatsProvider:
             raise EptkUsageError("activation statistics need a task: give --task or name one in the prior, "
                                  "e.g. region:data:arith")
         if task not in self._stats:
-            self._stats[task] = ensure_stats(self.loaded, self.model_name, task, list(range(self.num_layers + 1)),
+            layers = list(range(self.num_layers + 1))
+            self._stats[task] = ensure_stats(self.loaded, self.model_name, task, layers,
                                              samples=self.samples, seed=self.seed, n_examples=self.n_examples,
                                              batch_size=self.batch_size, progress=self.progress, root=self.root)
+            self.folders[task] = str(stats_folder(self.loaded, self.model_name, task, layers, self.samples,
+                                                  self.seed, self.n_examples, self.root))
         return self._stats[task]
 
     def __call__(self, task: str | None = None, layer: int = 0) -> LayerStats:

@@ -37,12 +37,12 @@ class TuneConfig:
     prior: str = "normal"
     prior_weight: float = 0.0
     tokens: int = 20
-    layers: str = "all"
+    layers: str = "last:3"
     soft: bool = True
     steps: int = 150
     batch_size: int = 16
     grad_accum: int = 1
-    lr: float = 3e-3
+    lr: float = 1e-2
     weight_decay: float = 0.0
     schedule: str = "cosine"
     warmup: int = 10
@@ -181,12 +181,17 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
     resolved["layers_spec"], resolved["layers"] = cfg.layers, layers
     # Everything that can fail on bad input happens before the run directory is touched.
     params = {name: ParamInfo(name, shape, layer_of(name)) for name, shape in shapes.items()}
-    prior = build_prior(cfg.prior, prior_context(loaded, cfg), params)
+    ctx = prior_context(loaded, cfg)
+    prior = build_prior(cfg.prior, ctx, params)
+    prior.context_stats = ctx.stats
     init = prior.sample(torch.Generator().manual_seed(cfg.seed))
     prompted = PromptedModel(loaded.model, loaded.tokenizer, cfg.method, cfg.tokens, layers, cfg.soft, init,
                              cfg.backend)
     prior.to(device)
     resolved["lr_scales"] = lr_scales(init, cfg.lr_scale)
+    ctx_stats = getattr(prior, "context_stats", None)
+    if ctx_stats is not None and ctx_stats.folders:
+        resolved["stats"] = dict(ctx_stats.folders)  # eptk analyze finds the data region here
     rates = {k: d.acceptance_rate for k, d in prior.dists.items() if hasattr(d, "acceptance_rate")}
     if rates:
         resolved["prior_acceptance_rate"] = rates

@@ -136,3 +136,21 @@ def test_sigterm_writes_a_checkpoint(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM and "SIGTERM" in err and "Traceback" not in err
     assert (tmp_path / "t/checkpoint/latest").exists()
+
+
+def test_region_prior_run_records_its_stats_for_analyze(tmp_path, run_cli, monkeypatch):
+    """A region-prior run names the statistics it used; analyze measures against them without --stats."""
+    monkeypatch.setenv("EPTK_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "region"
+    code, _, err = run_cli("tune", *TINY, "--method", "deep", "--layers", "last:2", "--prior", "region:data",
+                           "--out", out)
+    assert code == 0, err
+    config = json.loads((out / "config.json").read_text())
+    folder = Path(config["stats"]["arith"])
+    assert (folder / "stats.safetensors").is_file()
+    code, _, err = run_cli("analyze", out, "--out", tmp_path / "analysis", "--no-vocab", "--no-plots",
+                           "--permutations", "10")
+    assert code == 0, err
+    rows = json.loads((tmp_path / "analysis" / "summary.json").read_text())
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    assert any(r.get("data_task") == "arith" and r.get("post_inside_share") is not None for r in rows)
