@@ -18,7 +18,7 @@ def export(
                                                       "deep/prefix -> PREFIX_TUNING).")] = "peft",
     device: Annotated[str, typer.Option(help="Device for the slot pass of deep runs (cpu, cuda, cuda:N).")] = "cpu",
 ) -> None:
-    """Export a tuned prompt as an adapter that `PeftModel.from_pretrained(base_model, DIR)` loads."""
+    """Export a tuned prompt as an adapter that PeftModel.from_pretrained(base_model, DIR) loads."""
     from eptk.peft_io import describe, export as run_export
 
     folder = run_export(run, out, fmt, device=device)

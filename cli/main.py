@@ -4,15 +4,8 @@ from __future__ import annotations
 import os
 import sys
 
+from . import analyze, capture, export, priors, sweep, tune  # noqa: F401  (each registers its commands)
 from .app import app
-from . import tune as _tune, priors as _priors  # noqa: F401  (register commands)
-
-for _optional in ("capture", "analyze", "export", "sweep"):
-    try:
-        __import__(f"{__package__}.{_optional}")
-    except ImportError as exc:  # a command whose module is not there yet
-        if _optional not in str(exc):
-            raise
 
 
 def main(argv=None) -> int:
@@ -24,34 +17,30 @@ def main(argv=None) -> int:
         code = app(args=argv, standalone_mode=False)  # a command's `raise typer.Exit(n)` comes back as n
     except EptkUsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return _exit(2)
+        return 2
     except Stop as exc:
         print(f"eptk: {exc}", file=sys.stderr)
-        return _exit(exc.exit_code)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return _exit(130)
+        return 130
     except Exception as exc:
         # Typer may vendor its own click: recognise click's exceptions by class name.
         kinds = {cls.__name__ for cls in type(exc).__mro__}
         if "UsageError" in kinds:
             print(f"error: {exc.format_message().splitlines()[0]}", file=sys.stderr)
-            return _exit(2)
+            return 2
         if "Abort" in kinds:
             print("aborted", file=sys.stderr)
-            return _exit(130)
+            return 130
         if "Exit" in kinds:
-            return _exit(getattr(exc, "exit_code", 0))
+            return getattr(exc, "exit_code", 0)
         if os.environ.get("EPTK_DEBUG"):
             raise
         first = str(exc).splitlines()[0] if str(exc) else ""
         print(f"internal error: {type(exc).__name__}: {first} (set EPTK_DEBUG=1 for the traceback)", file=sys.stderr)
-        return _exit(1)
-    return _exit(code if isinstance(code, int) else 0)
-
-
-def _exit(code: int) -> int:
-    return code  # console scripts and __main__ pass it to sys.exit
+        return 1
+    return code if isinstance(code, int) else 0
 
 
 def _quiet_libraries() -> None:

@@ -706,7 +706,7 @@ def print_findings(table_rows: list[dict], console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or wide_console()
     table = Table(title="eptk analyze: findings", header_style="bold")
     for col in FINDINGS_COLUMNS:
         table.add_column(col, overflow="fold", justify="right" if col in ("tuned", "baseline") else "left")
@@ -766,7 +766,7 @@ def analyze_runs(paths: Sequence, out="analysis", *, stats: Sequence = (), vocab
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     opts = options or AnalysisOptions()
-    console = console or Console()
+    console = console or wide_console()
     out = Path(out)
     run_dirs = find_runs(paths)
     pca_cache: dict = {}
@@ -920,3 +920,9 @@ def _stats_named_by_runs(paths, given) -> list[Path]:
                 known.add(key)
                 found.append(Path(folder))
     return found
+
+
+def wide_console():
+    """A rich console at least 140 columns wide: the findings table has 11 columns."""
+    from rich.console import Console
+    return Console(width=max(Console().width, 140))
