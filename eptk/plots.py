@@ -32,6 +32,18 @@ def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
+def _label_once():
+    """A labeller that names each legend entry the first time only (one legend line per prior)."""
+    seen = set()
+
+    def label(name):
+        if name in seen:
+            return None
+        seen.add(name)
+        return name
+    return label
+
+
 def _axis_labels(ax, explained) -> None:
     if explained is None:  # a t-SNE map: its axes carry no variance
         ax.set_xlabel("t-SNE 1")
@@ -105,10 +117,9 @@ def plot_val_curves(curves: list[dict], path) -> Path:
     colours = _colours(c["prior"] for c in curves)
     fig = _figure(8, 5)
     ax = fig.subplots()
-    seen = set()
+    label_once = _label_once()
     for c in curves:
-        label = c["prior"] if c["prior"] not in seen else None
-        seen.add(c["prior"])
+        label = label_once(c["prior"])
         ax.plot(c["steps"], c["values"], marker="o", ms=3, lw=1.5, color=colours[c["prior"]], label=label, alpha=0.85)
         ax.annotate(c["run"], (c["steps"][-1], c["values"][-1]), fontsize=7, xytext=(3, 0), textcoords="offset points")
     ax.set_xlabel("step")
@@ -125,10 +136,9 @@ def plot_score_vs_distance(points: list[dict], path) -> Path:
     colours = _colours(p["prior"] for p in points)
     fig = _figure(7, 5)
     ax = fig.subplots()
-    seen = set()
+    label_once = _label_once()
     for p in points:
-        label = p["prior"] if p["prior"] not in seen else None
-        seen.add(p["prior"])
+        label = label_once(p["prior"])
         ax.scatter([p["distance"]], [p["score"]], s=50, color=colours[p["prior"]], label=label, zorder=3)
         ax.annotate(p["run"], (p["distance"], p["score"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
     ax.axvline(1.0, color="#666666", ls="--", lw=1, label="data 99% boundary")
