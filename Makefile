@@ -28,7 +28,9 @@ test: setup
 	$(BIN)/python -m pytest -q tests
 
 bench: setup
-	$(BIN)/python -m pytest -q benchmarks --benchmark-json=benchmarks/results/$$($(BIN)/python -c "import benchmarks.device as d; print(d.slug())" 2>/dev/null || echo cpu)-$$(date +%F).json
+	name=$$(cd benchmarks && ../$(BIN)/python -c "from common import device_name, slug; print(slug(device_name()))")-$$(date +%F); \
+	$(BIN)/python -m pytest -q benchmarks --benchmark-json=benchmarks/results/$$name.json && \
+	$(BIN)/python benchmarks/summarize.py benchmarks/results/$$name.json
 
 gpu-check:
 	bash benchmarks/gpu_check.sh
