@@ -17,7 +17,8 @@ def prefix_attention_reference(q, k, v, prefix_k, prefix_v, *, key_padding_mask=
 
     q [B,Hq,T,D]; k, v [B,Hkv,S,D] (S >= T); prefix_k, prefix_v [Hkv,P,D] shared by the batch;
     key_padding_mask [B,S] bool (True = real token). Query i sits at sequence position S-T+i and
-    sees every prefix key and the real sequence keys j <= S-T+i. Softmax runs in float32.
+    sees every prefix key and the real sequence keys j <= S-T+i. Softmax runs in float32 (float64
+    for float64 inputs).
     Returns out [B,Hq,T,D] (dtype of q) and, if asked, prefix_mass [B,Hq,T] float32.
     """
     B, Hq, T, D = q.shape
@@ -28,6 +29,7 @@ def prefix_attention_reference(q, k, v, prefix_k, prefix_v, *, key_padding_mask=
         raise ValueError(f"sequence keys S={S} must be at least the queries T={T}")
     group = Hq // Hkv
     scale = 1.0 / math.sqrt(D) if scale is None else scale
+    acc = torch.promote_types(q.dtype, torch.float32)  # float32 softmax, float64 stays float64
 
     keys = torch.cat([prefix_k.unsqueeze(0).expand(B, -1, -1, -1), k], dim=2)
     values = torch.cat([prefix_v.unsqueeze(0).expand(B, -1, -1, -1), v], dim=2)
@@ -41,12 +43,18 @@ def prefix_attention_reference(q, k, v, prefix_k, prefix_v, *, key_padding_mask=
         visible = visible & key_padding_mask.bool().unsqueeze(1)
     visible = torch.cat([visible.new_ones(B, T, P), visible], dim=2).unsqueeze(1)  # [B,1,T,P+S]
 
-    scores = torch.matmul(q.float(), keys.float().transpose(-1, -2)) * scale
+    if not return_prefix_mass and (P > 0 or key_padding_mask is None):
+        # Every row sees a key (the prefix, or its own diagonal): the fused SDPA path computes the same
+        # function as the explicit softmax below, with its float32 accumulation, faster on the CPU.
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q.to(acc), keys.to(acc), values.to(acc), attn_mask=visible, scale=scale)
+        return out.to(q.dtype)
+    scores = torch.matmul(q.to(acc), keys.to(acc).transpose(-1, -2)) * scale
     scores = scores.masked_fill(~visible, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     # A row that sees no key at all (P = 0 and fully padded) gets zeros, not NaN.
     probs = torch.nan_to_num(probs, nan=0.0)
-    out = torch.matmul(probs, values.float()).to(q.dtype)
+    out = torch.matmul(probs, values.to(acc)).to(q.dtype)
     if not return_prefix_mass:
         return out
     return out, probs[..., :P].sum(-1)

@@ -133,3 +133,22 @@ def test_layer_specs():
     for bad in ("0", "9", "last:0", "last:x", "x", ""):
         with pytest.raises(EptkUsageError):
             parse_layers(bad, 8)
+
+
+@pytest.mark.parametrize("P,pad", [(3, "left"), (3, "right"), (0, None), (1, "left")])
+def test_reference_paths_agree(P, pad):
+    """The reference's fused (SDPA) path and its explicit-softmax path compute one function (float64)."""
+    from eptk.kernels import prefix_attention_reference as ref
+    gen = torch.Generator().manual_seed(P)
+    B, Hq, Hkv, T, S, D = 2, 4, 2, 5, 7, 8
+    q = torch.randn(B, Hq, T, D, generator=gen, dtype=torch.float64)
+    k, v = (torch.randn(B, Hkv, S, D, generator=gen, dtype=torch.float64) for _ in range(2))
+    pk, pv = (torch.randn(Hkv, P, D, generator=gen, dtype=torch.float64) for _ in range(2))
+    mask = None
+    if pad:
+        mask = torch.ones(B, S, dtype=torch.bool)
+        mask[1, :2] = False if pad == "left" else True
+        mask[1, -2:] = False if pad == "right" else True
+    fused = ref(q, k, v, pk, pv, key_padding_mask=mask)
+    explicit, _ = ref(q, k, v, pk, pv, key_padding_mask=mask, return_prefix_mass=True)
+    torch.testing.assert_close(fused, explicit, rtol=1e-12, atol=1e-12)
