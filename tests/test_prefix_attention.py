@@ -370,3 +370,24 @@ class TestGPU:
         assert_relative("prefix_mass", mass, r_mass, tol)
         for name, g, r in zip(NAMES, grads, r_grads):
             assert_relative(f"grad {name}", g, r, tol)
+
+
+@_interpreter
+def test_tune_on_the_triton_backend_matches_the_reference(tmp_path):
+    """A tiny deep tune forced onto the Triton kernel (interpreter) ends where the reference backend does."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    args = ["tune", "--model", "tiny", "--method", "deep", "--layers", "all", "--steps", "2", "--batch-size", "2",
+            "--train-size", "16", "--eval-size", "2", "--test-size", "2", "--quiet"]
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    for backend in ("triton", "torch"):
+        done = subprocess.run([sys.executable, "-m", "eptk.cli", *args, "--backend", backend,
+                               "--out", str(tmp_path / backend)], env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+    a, b = load_file(str(tmp_path / "triton/posterior.safetensors")), load_file(str(tmp_path / "torch/posterior.safetensors"))
+    assert set(a) == set(b)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
