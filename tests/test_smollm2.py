@@ -13,9 +13,8 @@ pytestmark = pytest.mark.skipif(not smollm2_available(), reason="needs llm-smoll
 @pytest.mark.parametrize("method,extra", [("soft", []), ("deep", ["--layers", "last:3"])])
 def test_short_tune_lowers_the_loss(tmp_path, run_cli, method, extra):
     out = tmp_path / method
-    code, stdout, stderr = run_cli("tune", "--method", method, *extra, "--steps", "8", "--batch-size", "8",
-                                   "--lr", "3e-3", "--warmup", "2", "--test-size", "16", "--eval-size", "16",
-                                   "--quiet", "--out", out)
+    code, stdout, stderr = run_cli("tune", "--method", method, *extra, "--steps", "24", "--batch-size", "8",
+                                   "--warmup", "2", "--test-size", "16", "--eval-size", "16", "--quiet", "--out", out)
     assert code == 0, stderr
     result = json.loads((out / "eval.json").read_text())
     assert result["tuned"]["loss"] < 0.8 * result["baseline"]["loss"], result
