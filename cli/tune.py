@@ -39,6 +39,8 @@ def tune(
     out: Optional[Path] = typer.Option(None, help="run directory (default runs/<model>-<task>-<method>-<prior>-s<seed>)"),
     backend: str = typer.Option(D.backend, help="prefix-attention kernel: auto (Triton on CUDA), triton, torch"),
     device: str = typer.Option(D.device, help="auto, cpu, cuda, cuda:N"),
+    device_map: str = typer.Option(D.device_map, help="auto: spread one frozen model over the visible GPUs "
+                                   "(accelerate); single process only"),
     nan_policy: str = typer.Option(D.nan_policy, help="stop or skip on a non-finite loss/gradient"),
     lr_scale: str = typer.Option(D.lr_scale, help="prior: each tensor's lr × its prior sample's RMS / the soft "
                                  "prompt's (deep vectors move at their layer's scale); none: one lr"),
@@ -66,7 +68,7 @@ def tune(
                          clip=clip, eval_every=eval_every, eval_size=eval_size, test_size=test_size,
                          train_size=train_size, checkpoint_every=checkpoint_every, seed=seed,
                          out=str(out) if out else "", backend=backend, device=device, nan_policy=nan_policy,
-                         lr_scale=lr_scale,
+                         lr_scale=lr_scale, device_map=device_map,
                          trust_remote_code=trust_remote_code, stats_samples=stats_samples)
     run = run_tune(cfg, resume=resume is not None, overwrite=overwrite, progress=not quiet)
     _print_eval(run)

@@ -66,7 +66,8 @@ def eptk_attention(module, query, key, value, attention_mask, scaling=None, drop
         backend = state.backend
         if layer in state.prefix:
             prefix_k, prefix_v = state.prefix[layer]
-            prefix_k, prefix_v = prefix_k.to(key.dtype), prefix_v.to(value.dtype)
+            # (with --device-map a layer may sit on another device than the prompt parameters)
+            prefix_k, prefix_v = prefix_k.to(key.device, key.dtype), prefix_v.to(value.device, value.dtype)
     want_mass = isinstance(state, TokenPass) and state.record_mass
     result = prefix_attention(query, key, value, prefix_k, prefix_v, key_padding_mask=padding, scale=scaling,
                               return_prefix_mass=want_mass, backend=backend)

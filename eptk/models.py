@@ -31,7 +31,7 @@ def cache_dir() -> Path:
 
 
 def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-               trust_remote_code: bool = False, seed: int = 0) -> LoadedModel:
+               trust_remote_code: bool = False, seed: int = 0, device_map: str | None = None) -> LoadedModel:
     """Load `name` frozen in eval mode. Raises EptkUsageError for anything the user can fix."""
     if name == "tiny" or name.startswith("tiny:"):
         family = name.split(":", 1)[1] if ":" in name else "llama"
@@ -58,10 +58,28 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
         raise EptkUsageError(f"unknown model {name!r}; valid: {choices(MODEL_CHOICES)}")
     check_supported(model)
     _ensure_pad_token(tokenizer)
-    model.to(device)
+    if device_map:
+        model = _dispatch(model, device_map, dtype)
+    else:
+        model.to(device)
     model.eval()
     model.requires_grad_(False)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, source=source)
+
+
+DEVICE_MAPS = ("auto",)
+
+
+def _dispatch(model, device_map: str, dtype):
+    """Spread one frozen model over the visible GPUs (and the CPU) with accelerate: `--device-map auto`."""
+    if device_map not in DEVICE_MAPS:
+        raise EptkUsageError(f"unknown --device-map {device_map!r}; valid: {choices(DEVICE_MAPS)}")
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    if dtype is not None:
+        model.to(dtype)
+    placement = infer_auto_device_map(model, no_split_module_classes=list(model._no_split_modules or []))
+    return dispatch_model(model, device_map=placement)
 
 
 def check_supported(model) -> None:

@@ -60,6 +60,7 @@ class TuneConfig:
     lr_scale: str = "prior"
     trust_remote_code: bool = False
     stats_samples: int = 2048
+    device_map: str = ""
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -81,6 +82,9 @@ class TuneConfig:
                 raise EptkUsageError(f"--{name} must be a non-negative number (got {value})")
         if self.schedule not in SCHEDULES:
             raise EptkUsageError(f"unknown schedule {self.schedule!r}; valid: {choices(SCHEDULES)}")
+        from .models import DEVICE_MAPS
+        if self.device_map and self.device_map not in DEVICE_MAPS:
+            raise EptkUsageError(f"unknown --device-map {self.device_map!r}; valid: {choices(DEVICE_MAPS)}")
         if self.lr_scale not in LR_SCALES:
             raise EptkUsageError(f"unknown --lr-scale {self.lr_scale!r}; valid: {choices(LR_SCALES)}")
         if self.nan_policy not in NAN_POLICIES:
@@ -170,7 +174,13 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
     task = load_task(cfg.task, cfg.seed)
     device = resolve_device(cfg.device if cfg.device != "auto" else dist.default_device())
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    loaded = load_model(cfg.model, device=device, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    if cfg.device_map and dist.world > 1:
+        raise EptkUsageError("--device-map splits one process's model over GPUs; under torchrun every rank holds "
+                             "a whole copy (data parallel): use one or the other")
+    loaded = load_model(cfg.model, device=device, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
+                        device_map=cfg.device_map or None)
+    if cfg.device_map:
+        device = loaded.model.get_input_embeddings().weight.device  # batches enter where the embeddings are
     dims = model_dims(loaded.model)
     layers = parse_layers(cfg.layers, dims["num_layers"]) if cfg.method == "deep" else []
     shapes = param_shapes(cfg.method, cfg.tokens, dims, layers, cfg.soft)

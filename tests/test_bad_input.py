@@ -60,6 +60,8 @@ CASES = {
     "bad schedule": ["--schedule", "sawtooth"],
     "bad backend": ["--backend", "cuda-graphs"],
     "bad nan policy": ["--nan-policy", "ignore"],
+    "bad device map": ["--device-map", "balanced-ish"],
+    "bad lr scale": ["--lr-scale", "layerwise"],
     "non-integer tokens": ["--tokens", "many"],
     "unknown option": ["--frobnicate"],
     "jsonl missing fields": ["--task", "jsonl:{root}/missing.jsonl"],

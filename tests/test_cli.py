@@ -154,3 +154,13 @@ def test_region_prior_run_records_its_stats_for_analyze(tmp_path, run_cli, monke
     rows = json.loads((tmp_path / "analysis" / "summary.json").read_text())
     rows = rows["rows"] if isinstance(rows, dict) else rows
     assert any(r.get("data_task") == "arith" and r.get("post_inside_share") is not None for r in rows)
+
+
+def test_device_map_auto_runs_and_changes_nothing_on_one_device(tmp_path, run_cli):
+    """--device-map auto (accelerate) on a machine with one device ends where a plain run does."""
+    for name, extra in (("plain", []), ("mapped", ["--device-map", "auto"])):
+        code, _, err = run_cli("tune", *TINY, "--method", "prefix", "--out", tmp_path / name, *extra)
+        assert code == 0, err
+    a, b = tensors(tmp_path / "plain/posterior.safetensors"), tensors(tmp_path / "mapped/posterior.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "mapped/config.json").read_text())["device_map"] == "auto"
