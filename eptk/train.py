@@ -47,7 +47,7 @@ class TuneConfig:
     schedule: str = "cosine"
     warmup: int = 10
     clip: float = 1.0
-    eval_every: int = 0
+    eval_every: int = 25
     eval_size: int = 100
     test_size: int = 200
     train_size: int = 4000
