@@ -32,6 +32,16 @@ def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
+def _small_multiples(n: int, panel_width: float, panel_height: float):
+    """A figure with n axes on a grid of at most 4 columns (unused cells hidden); returns (fig, axes)."""
+    rows, cols = _grid(n)
+    fig = _figure(panel_width * cols, panel_height * rows + 0.4)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
 def _label_once():
     """A labeller that names each legend entry the first time only (one legend line per prior)."""
     seen = set()
@@ -77,12 +87,8 @@ def plot_run_pca(run: str, panels: list[dict], path, *, max_panels: int = 12) ->
     Each panel: title, reference [n, 2] or None, reference_label, prior [P, 2] or None,
     posterior [P, 2] or None, explained (2 variance shares), fit_on."""
     panels = _spread(panels, max_panels)
-    rows, cols = _grid(len(panels))
-    fig = _figure(4.2 * cols, 3.8 * rows + 0.4)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax in axes.flat[len(panels):]:
-        ax.set_visible(False)
-    for ax, panel in zip(axes.flat, panels):
+    fig, axes = _small_multiples(len(panels), 4.2, 3.8)
+    for ax, panel in zip(axes, panels):
         ref, prior, post = panel.get("reference"), panel.get("prior"), panel.get("posterior")
         if ref is not None and len(ref):
             ax.scatter(ref[:, 0], ref[:, 1], s=4, c=REFERENCE_COLOUR, alpha=0.25, linewidths=0,
@@ -155,12 +161,8 @@ def plot_task_clusters(panels: list[dict], path, *, max_panels: int = 12) -> Pat
     explained, groups {task: [n, 2]})."""
     panels = _spread(panels, max_panels)
     colours = _colours(t for p in panels for t in p["groups"])
-    rows, cols = _grid(len(panels))
-    fig = _figure(4 * cols, 3.6 * rows + 0.4)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax in axes.flat[len(panels):]:
-        ax.set_visible(False)
-    for ax, panel in zip(axes.flat, panels):
+    fig, axes = _small_multiples(len(panels), 4, 3.6)
+    for ax, panel in zip(axes, panels):
         for task, pts in panel["groups"].items():
             ax.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.4, color=colours[task], label=task, linewidths=0, rasterized=True)
         ax.set_title(panel["title"], fontsize=10)
