@@ -24,11 +24,13 @@ def answer_loss(prompted, tokenizer, examples: list[Example], batch_size: int = 
 def predict(prompted, tokenizer, examples: list[Example], max_new_tokens: int, batch_size: int = 32) -> list[str]:
     """Greedy answers (text up to EOS / the first newline), left-padded batches with the KV cache."""
     predictions = []
+    prefix = prompted.prefix()  # the slots do not depend on the batch: one slot pass for every batch
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
         enc = encode_prompts(tokenizer, [e.prompt for e in chunk])
         ids = enc["input_ids"].to(prompted.device)
-        out = prompted.generate(ids, enc["attention_mask"].to(prompted.device), max_new_tokens=max_new_tokens)
+        out = prompted.generate(ids, enc["attention_mask"].to(prompted.device), max_new_tokens=max_new_tokens,
+                                prefix=prefix)
         for row in out[:, ids.shape[1]:]:
             predictions.append(first_line(tokenizer.decode(row, skip_special_tokens=True)))
     return predictions

@@ -197,15 +197,16 @@ class PromptedModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 32, do_sample: bool = False,
-                 temperature: float = 1.0, eos_token_id=None, use_cache: bool = True, generator=None):
-        """Greedy (or sampled) continuation; returns [B, T + new] like HF generate (left padding works)."""
+                 temperature: float = 1.0, eos_token_id=None, use_cache: bool = True, generator=None, prefix=None):
+        """Greedy (or sampled) continuation; returns [B, T + new] like HF generate (left padding works).
+        `prefix` (from `self.prefix()`) spares the slot pass when generating for many batches."""
         from transformers import DynamicCache
 
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         eos = self.tokenizer.eos_token_id if eos_token_id is None else eos_token_id
         pad = self.tokenizer.pad_token_id
-        prefix = self.prefix()
+        prefix = self.prefix() if prefix is None else prefix
         ids, mask = input_ids, attention_mask
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         cache = DynamicCache(config=self.model.config) if use_cache else None

@@ -252,6 +252,14 @@ def encode_batch(tokenizer, examples: list[Example], with_answer: bool = True, e
     return _pad(rows, labels, tokenizer.pad_token_id, left=False)
 
 
+def take_rows(batch: dict, rows: list[int]) -> dict:
+    """The given rows of a right-padded batch, trimmed to their own longest row: equal to encoding
+    just those examples."""
+    index = torch.tensor(rows, dtype=torch.long)
+    width = int(batch["attention_mask"][index].sum(1).max())
+    return {k: v[index, :width] for k, v in batch.items()}
+
+
 def encode_prompts(tokenizer, prompts: list[str]) -> dict:
     """Left-padded prompts for generation."""
     rows = [tokenizer(p)["input_ids"] for p in prompts]

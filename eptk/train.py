@@ -22,7 +22,7 @@ from .models import DEFAULT_MODEL, load_model, model_dims
 from .priors import ParamInfo, PriorContext, build_prior, parse_spec
 from .prompts import METHODS, NO_PROMPT, PromptedModel, layer_of, param_shapes, parse_layers
 from .runs import prepare_out_dir
-from .tasks import encode_batch, load_task
+from .tasks import encode_batch, load_task, take_rows
 
 SCHEDULES = ("cosine", "linear", "constant")
 NAN_POLICIES = ("stop", "skip")
@@ -265,16 +265,16 @@ def _train(cfg, run, out, task, loaded, shapes, prompted, prior, resume, progres
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * group["lr_scale"] * lr_factor(step, cfg)
             idx = batch_indices(cfg.seed, step, len(train), cfg.batch_size * cfg.grad_accum)
-            batch = [train[i] for i in idx.tolist()]
-            total_tokens = max(1, int(encode_batch(tok, batch)["labels"][:, 1:].ne(-100).sum()))  # global batch
+            # Tokenize the global batch once: its answer tokens normalize the loss, its rows feed the micro-batches.
+            encoded = encode_batch(tok, [train[i] for i in idx.tolist()])
+            total_tokens = max(1, int(encoded["labels"][:, 1:].ne(-100).sum()))
             optimizer.zero_grad(set_to_none=True)
             loss_sum, step_tokens = 0.0, 0
             for micro in range(cfg.grad_accum):
-                part = batch[micro * cfg.batch_size:(micro + 1) * cfg.batch_size]
-                local = dist.shard(part)
-                if not local:
+                rows = dist.shard(list(range(micro * cfg.batch_size, (micro + 1) * cfg.batch_size)))
+                if not rows:
                     continue
-                enc = {k: v.to(device) for k, v in encode_batch(tok, local).items()}
+                enc = {k: v.to(device) for k, v in take_rows(encoded, rows).items()}
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     out_ = prompted(enc["input_ids"], enc["attention_mask"], labels=enc["labels"])
                 loss = out_.loss_sum / total_tokens

@@ -63,3 +63,15 @@ def test_broken_jsonl(tmp_path, content, message):
 def test_bad_task_specs(bad):
     with pytest.raises(EptkUsageError):
         load_task(bad)
+
+
+def test_take_rows_equals_encoding_those_examples(tiny_models):
+    """The trainer tokenizes a step's global batch once and slices micro-batches out of it."""
+    import torch
+    from eptk.tasks import take_rows
+    tok = tiny_models["llama"].tokenizer
+    examples = load_task("arith:+-*:3").examples("train", 9)
+    full = encode_batch(tok, examples)
+    for rows in ([0, 1, 2], [3, 5, 7], [8], [1, 4, 7]):
+        alone = encode_batch(tok, [examples[i] for i in rows])
+        assert all(torch.equal(take_rows(full, rows)[k], alone[k]) for k in alone), rows
