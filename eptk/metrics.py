@@ -12,6 +12,8 @@ import math
 import numpy as np
 import torch
 
+from . import linalg
+
 # ---------------------------------------------------------------------------------------------
 # helpers
 
@@ -227,33 +229,6 @@ def pca_2d(reference, *, max_n: int = 5000, seed: int = 0) -> dict:
 # position against the data's activations
 
 
-def ledoit_wolf_shrinkage(samples) -> float:
-    """The Ledoit–Wolf (2004) optimal shrinkage intensity α ∈ [0, 1] for the sample covariance
-    of `samples` towards (tr Σ / d)·I (the same estimator as scikit-learn's)."""
-    x = _rows(samples)
-    n, d = x.shape
-    if n < 2:
-        return 1.0
-    x = x - x.mean(dim=0)
-    x2 = x ** 2
-    emp_trace = x2.sum(dim=0) / n
-    mu = emp_trace.sum() / d
-    beta_ = (x2.T @ x2).sum()
-    delta_ = ((x.T @ x) ** 2).sum() / n ** 2
-    beta = (beta_ / n - delta_) / (d * n)
-    delta = (delta_ - 2 * mu * emp_trace.sum() + d * mu ** 2) / d
-    beta = torch.minimum(beta, delta)
-    return 0.0 if beta <= 0 or delta <= 0 else (beta / delta).item()
-
-
-def shrunk_covariance(cov, shrinkage: float) -> torch.Tensor:
-    """(1 − α)·Σ + α·(tr Σ / d)·I."""
-    c = _rows(cov)
-    d = c.shape[0]
-    mu = torch.trace(c) / d
-    return (1 - shrinkage) * c + shrinkage * mu * torch.eye(d, dtype=c.dtype)
-
-
 class DataGaussian:
     """The data's activations at one layer as a Gaussian with a shrunk covariance, for Mahalanobis
     distances. `mean` [d], `cov` [d, d] (from `eptk capture`); `samples` [n, d] (the reservoir of
@@ -266,24 +241,18 @@ class DataGaussian:
         cov = (cov + cov.T) / 2
         self.samples = None if samples is None else _rows(samples)
         if shrinkage is None:
-            shrinkage = ledoit_wolf_shrinkage(self.samples) if self.samples is not None and self.samples.shape[0] > 2 else 0.1
+            shrinkage = (linalg.ledoit_wolf_shrinkage(self.samples) if self.samples is not None
+                         and self.samples.shape[0] > 2 else 0.1)
         self.shrinkage = float(shrinkage)
-        cov = shrunk_covariance(cov, self.shrinkage)
-        jitter = 1e-10 * max(torch.trace(cov).item() / cov.shape[0], 1e-30)
-        eye = torch.eye(cov.shape[0], dtype=cov.dtype)
-        for _ in range(6):  # a singular covariance (shrinkage 0, too few tokens) gets a growing jitter
-            chol, info = torch.linalg.cholesky_ex(cov + jitter * eye)
-            if info == 0:
-                break
-            jitter *= 100
-        self._chol = chol
+        cov = linalg.shrink(cov, self.shrinkage)
+        # a singular covariance (shrinkage 0, too few tokens) gets a growing jitter
+        self._chol = linalg.psd_cholesky(cov, ridge=1e-10, growth=100.0, tries=6)
         self.dim = cov.shape[0]
         self._radius: dict[float, tuple[float, str]] = {}
 
     def mahalanobis(self, vectors) -> torch.Tensor:
         """√((x − μ)ᵀ Σ_shrunk⁻¹ (x − μ)) per row."""
-        z = torch.linalg.solve_triangular(self._chol, (_rows(vectors) - self.mean).T, upper=False)
-        return z.norm(dim=0)
+        return linalg.mahalanobis(_rows(vectors), self._chol, self.mean)
 
     def radius(self, quantile: float = 0.99) -> tuple[float, str]:
         """The Mahalanobis radius of the data's `quantile` region and how it was obtained:
@@ -487,17 +456,12 @@ def nc1(x, labels) -> float:
     return (torch.stack(within).mean() / between.clamp_min(1e-300)).item()
 
 
-def _sqrtm_psd(c: torch.Tensor) -> torch.Tensor:
-    lam, vec = torch.linalg.eigh((c + c.T) / 2)
-    return (vec * lam.clamp_min(0).sqrt()) @ vec.T
-
-
 def frechet_distance(mean1, cov1, mean2, cov2) -> float:
     """Fréchet (2-Wasserstein) distance² between N(μ1, Σ1) and N(μ2, Σ2):
     ‖μ1 − μ2‖² + tr(Σ1 + Σ2 − 2 (Σ1^½ Σ2 Σ1^½)^½)."""
     m1, m2 = _rows(mean1)[0], _rows(mean2)[0]
     c1, c2 = _rows(cov1), _rows(cov2)
-    s1 = _sqrtm_psd(c1)
+    s1 = linalg.sqrtm_psd(c1)
     cross = torch.linalg.eigvalsh((s1 @ c2 @ s1 + (s1 @ c2 @ s1).T) / 2).clamp_min(0).sqrt().sum()
     return ((m1 - m2).pow(2).sum() + torch.trace(c1) + torch.trace(c2) - 2 * cross).item()
 

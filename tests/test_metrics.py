@@ -89,12 +89,6 @@ def test_anisotropy_and_norms():
     assert big["norm_pctile"] == 100.0 and big["outside_share"] == 1.0
 
 
-def test_ledoit_wolf_matches_sklearn(data):
-    sklearn = pytest.importorskip("sklearn.covariance")
-    samples, _ = data
-    assert M.ledoit_wolf_shrinkage(samples) == pytest.approx(sklearn.ledoit_wolf_shrinkage(samples.numpy()), rel=1e-4)
-
-
 def test_posterior_from_the_data_gaussian_is_inside_and_far_one_is_outside(data):
     samples, mixing = data
     gauss = M.DataGaussian(samples.mean(0), torch.cov(samples.T), samples)
