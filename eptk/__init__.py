@@ -1,5 +1,5 @@
 """eptk: prompt-tuning with controlled embedding priors, collapse metrics and Triton kernels."""
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def load_run(path, **kwargs):
