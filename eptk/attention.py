@@ -24,6 +24,7 @@ class SlotPass:
     first_layer: int = 0
     kv: dict = field(default_factory=dict)  # layer -> (k [Hkv,P,D], v [Hkv,P,D])
     backend: str = "auto"
+    owner: object = None  # the prompted model running this pass (its method's hooks act only for it)
 
 
 @dataclass
@@ -37,6 +38,11 @@ class TokenPass:
 
 
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("eptk_prompt_pass", default=None)
+
+
+def current_pass():
+    """The SlotPass or TokenPass running now, or None."""
+    return _ACTIVE.get()
 
 
 @contextlib.contextmanager
@@ -109,11 +115,10 @@ def register() -> None:
 
 
 def use_eptk_attention(model) -> None:
+    """Register the functions (on first use, so that importing eptk does not import transformers) and
+    set the model's attention implementation to them."""
     register()
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(ATTN_NAME)
     else:  # older transformers
         model.config._attn_implementation = ATTN_NAME
-
-
-register()

@@ -1,9 +1,11 @@
-"""Scoring a prompted (or unprompted) model on a task split: generation scores and answer loss."""
+"""Scoring a prompted (or unprompted) model on a task split: generation scores and answer loss, and the
+baseline-and-tuned evaluation a run writes to eval.json (also what `eptk eval` prints)."""
 from __future__ import annotations
 
 import torch
 
-from .tasks import Example, Task, encode_batch, encode_prompts, first_line
+from .batches import encode_batch, encode_prompts
+from .tasks import Example, Task, first_line
 
 
 @torch.no_grad()
@@ -46,3 +48,18 @@ def score(prompted, tokenizer, task: Task, examples: list[Example], batch_size: 
     result["examples"] = [{"prompt": e.prompt, "answer": e.answer, "prediction": p}
                           for e, p in zip(examples[:keep_examples], predictions[:keep_examples])]
     return result
+
+
+def evaluate(prompted, task: Task, examples: list[Example], split: str = "test", prefix_mass: bool = True) -> dict:
+    """Scores without any prompt (the baseline) and with the tuned one; with `prefix_mass`, the attention
+    mass on the prompt per layer and head when the method reports it."""
+    tokenizer = prompted.tokenizer
+    result = {"task": task.name, "split": split, "metric": task.metric,
+              "baseline": score(prompted.baseline(), tokenizer, task, examples),
+              "tuned": score(prompted, tokenizer, task, examples)}
+    if prefix_mass and prompted.method.reports_prefix_mass:
+        batch = encode_batch(tokenizer, examples[:64])
+        mass = prompted.prefix_mass(batch["input_ids"].to(prompted.device), batch["attention_mask"].to(prompted.device))
+        result["prefix_mass"] = {f"layer{l}": [round(float(x), 6) for x in v] for l, v in sorted(mass.items())}
+    return result
+

@@ -4,25 +4,27 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import EptkUsageError
-from .io import load_tensors
+from .families import model_dims
+from .methods import method_from_config
 from .models import load_model
 from .prompts import PromptedModel
-from .runs import CONFIG, POSTERIOR, is_run, RunDir
+from .runs import CONFIG, RunDir, is_run
 
 
-def load_run(path, *, device: str = "cpu", backend: str = "auto", tensors: str = POSTERIOR) -> PromptedModel:
-    """The frozen model plus the run's posterior (or `tensors="prior.safetensors"`)."""
+def load_run(path, *, device: str = "cpu", backend: str = "auto", tensors: str = "posterior") -> PromptedModel:
+    """The frozen model plus the run's posterior (or `tensors="prior"`)."""
     path = Path(path)
     if not is_run(path):
         raise EptkUsageError(f"{path} is not a run directory (no {CONFIG})")
-    config = RunDir(path).config()
+    run = RunDir(path)
+    config = run.config()
     loaded = load_model(config["model"], device=device,
                         trust_remote_code=bool(config.get("trust_remote_code", False)))
-    values = load_tensors(path / tensors, "prompt tensors")
-    hidden = loaded.model.config.hidden_size
-    if config.get("hidden_size") not in (None, hidden):
-        raise EptkUsageError(f"run {path} was tuned with width {config.get('hidden_size')}, model has {hidden}")
-    prompted = PromptedModel(loaded.model, loaded.tokenizer, config["method"], int(config["tokens"]),
-                             config.get("layers") or [], bool(config.get("soft", True)), values, backend)
+    values = run.tensors(tensors, "prompt tensors")
+    dims = model_dims(loaded.model)
+    if config.get("hidden_size") not in (None, dims["hidden_size"]):
+        raise EptkUsageError(f"run {path} was tuned with width {config.get('hidden_size')}, model has "
+                             f"{dims['hidden_size']}")
+    prompted = PromptedModel(loaded.model, loaded.tokenizer, method_from_config(config, dims), values, backend)
     prompted.config = config
     return prompted

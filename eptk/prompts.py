@@ -1,4 +1,5 @@
-"""Soft, deep and prefix prompts over a frozen causal LM, computed in two passes.
+"""A frozen causal LM with a prompt in front, computed in two passes (the method in eptk/methods/ says
+what the prompt's tensors are and how they become each layer's prefix keys/values).
 
 The prompt is P *slots* in front of the real tokens. Under causal attention the slots never see the
 real tokens, so each step runs the slots once (batch 1, positions 0..P-1) and keeps every layer's
@@ -10,63 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attention import SlotPass, TokenPass, active, use_eptk_attention
-from .errors import EptkUsageError, choices
-from .models import decoder_layers, model_dims
-
-METHODS = ("soft", "deep", "prefix")
-NO_PROMPT = "none"  # the baseline: the frozen model alone, through the same code path
-
-
-def parse_layers(spec: str, num_layers: int) -> list[int]:
-    """`all`, `last:N` or `4,8,12` -> sorted decoder-layer indices l >= 1 for deep vectors."""
-    spec = str(spec).strip()
-    valid = f"all, last:N (1..{num_layers - 1}), or a comma list of layers in 1..{num_layers - 1}"
-    if spec == "all":
-        return list(range(1, num_layers))
-    if spec.startswith("last:"):
-        try:
-            n = int(spec[5:])
-        except ValueError:
-            raise EptkUsageError(f"bad --layers {spec!r}; valid: {valid}") from None
-        if not 1 <= n <= num_layers - 1:
-            raise EptkUsageError(f"--layers last:{n} out of range; valid: {valid}")
-        return list(range(num_layers - n, num_layers))
-    try:
-        layers = sorted({int(part) for part in spec.split(",") if part.strip()})
-    except ValueError:
-        raise EptkUsageError(f"bad --layers {spec!r}; valid: {valid}") from None
-    bad = [l for l in layers if not 1 <= l < num_layers]
-    if not layers or bad:
-        raise EptkUsageError(f"--layers {spec!r}: layer {bad[0] if bad else '?'} out of range; valid: {valid}")
-    return layers
-
-
-def param_shapes(method: str, tokens: int, dims: dict, layers: list[int], soft: bool) -> dict[str, tuple]:
-    """Names and shapes of the trainable tensors, exactly as the run-directory format names them."""
-    if method == NO_PROMPT:
-        return {}
-    if method not in METHODS:
-        raise EptkUsageError(f"unknown method {method!r}; valid: {choices(METHODS)}")
-    if tokens < 1:
-        raise EptkUsageError(f"--tokens must be at least 1 (got {tokens})")
-    d, P = dims["hidden_size"], tokens
-    if method == "prefix":
-        shape = (dims["num_kv_heads"], P, dims["head_dim"])
-        out = {}
-        for l in range(dims["num_layers"]):
-            out[f"prefix.{l}.key"] = shape
-            out[f"prefix.{l}.value"] = shape
-        return out
-    shapes = {"soft": (P, d)} if (soft or method == "soft") else {}
-    if method == "deep":
-        shapes.update({f"deep.{l}": (P, d) for l in layers})
-    return shapes
-
-
-def layer_of(name: str) -> int:
-    """The activation layer a tensor lives at: 0 for soft, l for deep.<l> and prefix.<l>.*."""
-    return 0 if name == "soft" else int(name.split(".")[1])
+from .attention import TokenPass, active, use_eptk_attention
+from .errors import EptkUsageError
+from .families import family_of
+from .methods import NoPrompt, PromptMethod
 
 
 def _key(name: str) -> str:  # ParameterDict keys cannot hold dots
@@ -79,40 +27,50 @@ class PromptedModel(nn.Module):
     Logits cover the real tokens only. `backend` picks the prefix-attention kernel.
     """
 
-    def __init__(self, model, tokenizer, method: str, tokens: int, layers: list[int] | None = None,
-                 soft: bool = True, init: dict[str, torch.Tensor] | None = None, backend: str = "auto"):
+    def __init__(self, model, tokenizer, method: PromptMethod, init: dict[str, torch.Tensor] | None = None,
+                 backend: str = "auto"):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.method = method
-        self.tokens = tokens
         self.backend = backend
-        self.dims = model_dims(model)
-        self.deep_layers = list(layers or []) if method == "deep" else []
-        self.has_soft = method == "soft" or (method == "deep" and soft)
-        if method == "deep" and not self.has_soft and not self.deep_layers:
-            raise EptkUsageError("a deep prompt without a soft prompt needs at least one layer")
-        self.shapes = param_shapes(method, tokens, self.dims, self.deep_layers, soft)
+        self.family = family_of(model)
+        self.dims = self.family.dims(model)
+        self._check_attention_layers()
+        self.specs = method.tensor_specs()
         self.params = nn.ParameterDict()
-        for name, shape in self.shapes.items():
-            value = init[name] if init is not None else torch.zeros(shape)
-            if tuple(value.shape) != tuple(shape):
-                raise EptkUsageError(f"tensor {name} has shape {tuple(value.shape)}, expected {tuple(shape)}")
+        for name, spec in self.specs.items():
+            value = init[name] if init is not None else torch.zeros(spec.shape)
+            if tuple(value.shape) != tuple(spec.shape):
+                raise EptkUsageError(f"tensor {name} has shape {tuple(value.shape)}, expected {tuple(spec.shape)}")
             self.params[_key(name)] = nn.Parameter(value.detach().clone().float())
-        self._hooks = [decoder_layers(model)[l].register_forward_pre_hook(self._replace_slots(l), with_kwargs=True)
-                       for l in self.deep_layers]
-        self._slot_state: SlotPass | None = None
+        self._hooks = method.install(self)
         use_eptk_attention(model)
         self.to(next(model.parameters()).device)
+
+    def _check_attention_layers(self) -> None:
+        """The registered attention function finds a layer's prefix by the attention module's layer_idx."""
+        for l, attn in enumerate(self.family.attention_modules(self.model)):
+            if getattr(attn, "layer_idx", None) != l:
+                raise EptkUsageError(f"{type(self.model).__name__}: the attention module of decoder layer {l} "
+                                     f"does not carry layer_idx {l}")
+
+    def baseline(self) -> "PromptedModel":
+        """The same frozen model without a prompt, through the same code path."""
+        return PromptedModel(self.model, self.tokenizer, NoPrompt(dims=self.dims), backend=self.backend)
+
+    @property
+    def tokens(self) -> int:
+        return self.method.tokens
 
     # ---- prompt tensors -----------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
         """The prompt tensors under their run-directory names (detached, float32, CPU)."""
-        return {name: self.params[_key(name)].detach().float().cpu().clone() for name in self.shapes}
+        return {name: self.params[_key(name)].detach().float().cpu().clone() for name in self.specs}
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
-            for name in self.shapes:
+            for name in self.specs:
                 self.params[_key(name)].copy_(tensors[name])
 
     def param(self, name: str) -> nn.Parameter:
@@ -122,41 +80,13 @@ class PromptedModel(nn.Module):
     def device(self):
         return next(self.model.parameters()).device
 
-    # ---- the slot pass ------------------------------------------------------------------------
-    def _replace_slots(self, layer: int):
-        def hook(module, args, kwargs):
-            if self._slot_state is None:
-                return None
-            state = self.param(f"deep.{layer}").to(self._dtype()).unsqueeze(0)
-            if args:
-                return (state,) + tuple(args[1:]), kwargs
-            kwargs = dict(kwargs, hidden_states=state)
-            return args, kwargs
-        return hook
-
-    def _dtype(self):
+    @property
+    def dtype(self):
         return next(self.model.parameters()).dtype
 
     def prefix(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        """layer -> (prefix_k, prefix_v) [Hkv,P,D]: every layer's slot keys/values."""
-        if self.method == NO_PROMPT:
-            return {}
-        if self.method == "prefix":
-            return {l: (self.param(f"prefix.{l}.key"), self.param(f"prefix.{l}.value"))
-                    for l in range(self.dims["num_layers"])}
-        first = 0 if self.has_soft else self.deep_layers[0]
-        P, d = self.tokens, self.dims["hidden_size"]
-        slots = self.param("soft") if self.has_soft else torch.zeros(P, d, device=self.device)
-        state = SlotPass(first_layer=first, backend=self.backend)
-        base = getattr(self.model, self.model.base_model_prefix)
-        self._slot_state = state
-        try:
-            with active(state):
-                base(inputs_embeds=slots.to(self._dtype()).unsqueeze(0),
-                     position_ids=torch.arange(P, device=self.device).unsqueeze(0), use_cache=False)
-        finally:
-            self._slot_state = None
-        return state.kv
+        """layer -> (prefix_k, prefix_v) [Hkv,P,D]: every layer's slot keys/values, built by the method."""
+        return self.method.prefix(self)
 
     # ---- the token pass -----------------------------------------------------------------------
     def positions(self, attention_mask: torch.Tensor, past: int = 0, length: int | None = None):
@@ -174,7 +104,7 @@ class PromptedModel(nn.Module):
             prefix = self.prefix()
         T = input_ids.shape[1]
         state = TokenPass(prefix=prefix, backend=self.backend, record_mass=record_mass)
-        base = getattr(self.model, self.model.base_model_prefix)
+        base = self.family.base_model(self.model)
         with active(state):
             out = base(input_ids=input_ids, attention_mask=attention_mask,
                        position_ids=self.positions(attention_mask, length=T),
@@ -182,7 +112,7 @@ class PromptedModel(nn.Module):
         return out, state
 
     def lm_head(self, hidden):
-        return self.model.get_output_embeddings()(hidden)
+        return self.family.logits(self.model, hidden)
 
     def forward(self, input_ids, attention_mask=None, labels=None, prefix=None, past_key_values=None,
                 use_cache=False):

@@ -1,12 +1,14 @@
 """The plain full forward over [slots ; tokens] that the two-pass design must reproduce.
 
-Soft/deep: inputs_embeds = [soft ; token embeddings], the deep layers' slot states replaced by
-pre-hooks ("prepend to each layer's input, cut from its output"). Prefix: the prefix keys/values as
-a prefilled HF cache, the way PEFT prefix tuning runs. Plain HF attention ("sdpa"), no eptk code.
+Built from the prompt's declared tensors only: key/value tensors become a prefilled HF cache (the way
+PEFT prefix tuning runs); otherwise inputs_embeds = [embedding-space tensor (or zeros) ; token
+embeddings], and each activation-space tensor replaces the slot states entering its layer through a
+pre-hook ("prepend to each layer's input, cut from its output"). Plain HF attention ("sdpa"), no eptk
+code in the forward.
 """
 import torch
 
-from eptk.models import decoder_layers
+from eptk.families import decoder_layers
 
 
 def full_forward(prompted, input_ids, attention_mask, keep_graph=False):
@@ -19,22 +21,25 @@ def full_forward(prompted, input_ids, attention_mask, keep_graph=False):
         P, B = prompted.tokens, input_ids.shape[0]
         full_mask = torch.cat([attention_mask.new_ones(B, P), attention_mask], dim=1)
         positions = (full_mask.long().cumsum(-1) - 1).clamp_min(0)
-        if prompted.method == "prefix":
+        specs = prompted.method.tensor_specs().values()
+        by_space = {space: {s.layer: s.name for s in specs if s.space == space}
+                    for space in ("embedding", "activation", "key", "value")}
+        if by_space["key"]:
             from transformers import DynamicCache
             cache = DynamicCache(config=model.config)
             for l in range(prompted.dims["num_layers"]):
-                k = grab(prompted.param(f"prefix.{l}.key")).unsqueeze(0).expand(B, -1, -1, -1)
-                v = grab(prompted.param(f"prefix.{l}.value")).unsqueeze(0).expand(B, -1, -1, -1)
+                k = grab(prompted.param(by_space["key"][l])).unsqueeze(0).expand(B, -1, -1, -1)
+                v = grab(prompted.param(by_space["value"][l])).unsqueeze(0).expand(B, -1, -1, -1)
                 cache.update(k.contiguous(), v.contiguous(), l)
             out = model(input_ids=input_ids, attention_mask=full_mask, position_ids=positions[:, P:],
                         past_key_values=cache, use_cache=True)
             return out.logits.float()
         embeds = model.get_input_embeddings()(input_ids)
-        soft = grab(prompted.param("soft")) if prompted.has_soft else torch.zeros(P, embeds.shape[-1])
+        soft = grab(prompted.param(by_space["embedding"][0])) if by_space["embedding"] else torch.zeros(P, embeds.shape[-1])
         embeds = torch.cat([soft.unsqueeze(0).expand(B, -1, -1), embeds], dim=1)
         layers = decoder_layers(model)
-        for l in prompted.deep_layers:
-            vec = grab(prompted.param(f"deep.{l}"))
+        for l, name in by_space["activation"].items():
+            vec = grab(prompted.param(name))
 
             def hook(module, args, kwargs, vec=vec):
                 hs = args[0] if args else kwargs["hidden_states"]

@@ -2,8 +2,10 @@
 import pytest
 import torch
 
-from eptk.models import model_dims
-from eptk.prompts import PromptedModel, param_shapes, parse_layers
+from eptk.families import model_dims
+from eptk.methods import NoPrompt, build_method, get_method
+from eptk.prompts import PromptedModel
+from eptk.spaces import parse_layers
 from reference_forward import full_forward
 
 TOL = 1e-4
@@ -11,10 +13,11 @@ TOL = 1e-4
 
 def make_prompted(loaded, method, layer_spec="all", tokens=5, soft=True, seed=0):
     dims = model_dims(loaded.model)
-    layers = parse_layers(layer_spec, dims["num_layers"]) if method == "deep" else []
+    layers = get_method(method).resolve_layers(layer_spec, dims["num_layers"])
+    prompt = build_method(method, tokens, dims, layers, soft)
     gen = torch.Generator().manual_seed(seed)
-    init = {k: torch.randn(s, generator=gen) * 0.5 for k, s in param_shapes(method, tokens, dims, layers, soft).items()}
-    return PromptedModel(loaded.model, loaded.tokenizer, method, tokens, layers, soft, init, backend="torch")
+    init = {k: torch.randn(s.shape, generator=gen) * 0.5 for k, s in prompt.tensor_specs().items()}
+    return PromptedModel(loaded.model, loaded.tokenizer, prompt, init, backend="torch")
 
 
 def batch(seed=0, left=False):
@@ -98,7 +101,7 @@ def test_soft_equals_hand_built_inputs_embeds(tiny_models):
 def test_cached_generation_equals_uncached(tiny_models, family, method):
     loaded = tiny_models[family]
     if method == "none":
-        prompted = PromptedModel(loaded.model, loaded.tokenizer, "none", 0, backend="torch")
+        prompted = PromptedModel(loaded.model, loaded.tokenizer, NoPrompt(dims=model_dims(loaded.model)), backend="torch")
     else:
         prompted = make_prompted(loaded, method, "last:1")
     try:

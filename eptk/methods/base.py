@@ -1,0 +1,133 @@
+"""The prompt-method interface, its registry, and the no-prompt baseline.
+
+A method is built for one model shape (`dims`) and one prompt length P. It declares its trainable
+tensors (`TensorSpec`: name, shape, layer, space), builds every layer's prefix keys/values from them
+(`prefix`), installs and removes the hooks it needs, maps itself to and from PEFT adapters, and tells
+`eptk analyze` where a tensor name lives (`locate`). `PromptedModel` runs the two passes around it.
+"""
+from __future__ import annotations
+
+import re
+from typing import ClassVar
+
+import torch
+
+from ..errors import EptkUsageError
+from ..registry import Registry
+from ..spaces import TensorSpec
+
+METHODS = Registry("method")
+
+
+def register_method(cls):
+    """Class decorator: `--method <cls.name>` builds this class."""
+    METHODS.register(cls.name, cls)
+    return cls
+
+
+class PromptMethod:
+    name: ClassVar[str] = ""
+    takes_layers: ClassVar[bool] = False        # --layers chooses the layers it puts tensors at
+    reports_prefix_mass: ClassVar[bool] = False  # eval.json records the attention mass on the prompt
+    peft_type: ClassVar[str | None] = None      # the PEFT adapter type it is imported from
+    exportable: ClassVar[bool] = True           # `eptk export --format peft` can write it
+    patterns: ClassVar[dict[str, str]] = {}      # tensor-name regex -> space; group 1, if any, is the layer
+
+    def __init__(self, tokens: int, dims: dict, layers=(), soft: bool = True):
+        if tokens < 1:
+            raise EptkUsageError(f"--tokens must be at least 1 (got {tokens})")
+        self.tokens, self.dims = int(tokens), dict(dims)
+
+    # ---- declaration ------------------------------------------------------------------------------
+    @classmethod
+    def resolve_layers(cls, spec, num_layers: int) -> list[int]:
+        """The layers a `--layers` spec gives this method (none unless it takes layers)."""
+        return []
+
+    def tensor_specs(self) -> dict[str, TensorSpec]:
+        """The trainable tensors, by run-directory name, in the order the run files list them."""
+        raise NotImplementedError
+
+    @classmethod
+    def locate(cls, name: str) -> tuple[int, str] | None:
+        """(layer, space) of a tensor this method names `name`, read from the name alone; else None."""
+        for pattern, space in cls.patterns.items():
+            if match := re.fullmatch(pattern, name):
+                return (int(match.group(1)) if match.groups() else 0), space
+        return None
+
+    @staticmethod
+    def vectors(tensor: torch.Tensor) -> torch.Tensor:
+        """A tensor as one row per slot: [P, d] as is, keys/values [Hkv, P, D] with the heads concatenated."""
+        t = tensor.float()
+        return t.permute(1, 0, 2).reshape(t.shape[1], -1) if t.ndim == 3 else t
+
+    # ---- forward ----------------------------------------------------------------------------------
+    def install(self, prompted) -> list:
+        """Register the hooks the method needs on `prompted.model`; returns their handles."""
+        return []
+
+    def prefix(self, prompted) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """layer -> (prefix_k, prefix_v) [Hkv,P,D]: what the real tokens attend to at each layer."""
+        raise NotImplementedError
+
+    # ---- PEFT -------------------------------------------------------------------------------------
+    def export_problem(self) -> str | None:
+        """Why this prompt cannot be written as a PEFT adapter, or None."""
+        return None
+
+    def to_peft(self, source) -> tuple[torch.Tensor, dict]:
+        """(prompt_embeddings, the adapter-config fields of its PEFT type). `source` gives the run's
+        `config`, `posterior()` tensors, the slot-pass `prefix()` and `where` (for messages)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_peft(cls, adapter: dict, weight: torch.Tensor, dims: dict, where: str, model: str) -> dict[str, torch.Tensor]:
+        """The run-directory tensors of a PEFT adapter of type `peft_type` for `model` of these dims."""
+        raise NotImplementedError
+
+
+class NoPrompt(PromptMethod):
+    """The baseline: the frozen model alone, through the same code path (not a `--method`)."""
+    name = "none"
+    exportable = False
+
+    def __init__(self, tokens: int = 0, dims: dict | None = None, layers=(), soft: bool = True):
+        self.tokens, self.dims = 0, dict(dims or {})
+
+    def tensor_specs(self):
+        return {}
+
+    def prefix(self, prompted):
+        return {}
+
+
+def get_method(name: str) -> type[PromptMethod]:
+    """The method class registered as `name` (a usage error naming the valid methods otherwise)."""
+    return METHODS[name]
+
+
+def build_method(name: str, tokens: int, dims: dict, layers=(), soft: bool = True) -> PromptMethod:
+    return get_method(name)(tokens, dims, layers, soft)
+
+
+def method_from_config(config: dict, dims: dict | None = None) -> PromptMethod:
+    """The method of a run's config.json, for the model dims given (default: those the config records)."""
+    dims = dims if dims is not None else {k: config.get(k) for k in
+                                          ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim")}
+    return build_method(config["method"], int(config["tokens"]), dims, config.get("layers") or [],
+                        bool(config.get("soft", True)))
+
+
+def locate(name: str) -> tuple[int, str] | None:
+    """(layer, space) of a run-directory tensor name, asking every registered method; None if none knows it."""
+    for cls in METHODS.values():
+        found = cls.locate(name)
+        if found is not None:
+            return found
+    return None
+
+
+def peft_types() -> dict[str, type[PromptMethod]]:
+    """PEFT adapter type -> the method that imports it."""
+    return {cls.peft_type: cls for cls in METHODS.values() if cls.peft_type}
