@@ -20,24 +20,19 @@ too (massive activations; their count per layer is in meta.json).
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-import os
-import shutil
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 
 from .errors import EptkUsageError
-from .models import LoadedModel, cache_dir, decoder_layers, model_dims
-from .stats import EXCLUDED, FORMAT, LayerStats, Stats, check_model, eptk_version
-
-log = logging.getLogger(__name__)
+from .families import decoder_layers, model_dims
+from .models import LoadedModel
+from .batches import encode_batch
+from .stats import EXCLUDED, FORMAT, ActivationStats
+from .version import __version__
+from .tasks import load_task
 
 
 class _StopForward(Exception):
@@ -51,26 +46,6 @@ def check_layers(model, layers: Iterable[int]) -> list[int]:
     if not out or bad:
         raise EptkUsageError(f"layers must be 0..{num_layers} for this model (0 = token embeddings, "
                              f"{num_layers} = last layer output); got {bad or 'none'}")
-    return out
-
-
-def parse_capture_layers(text: str, num_layers: int) -> list[int]:
-    """'all' -> 0..L; 'last:k' -> the last k layers L-k+1..L; else a comma list like '0,14,30'."""
-    text = (text or "").strip()
-    if text == "all":
-        return list(range(num_layers + 1))
-    try:
-        if text.startswith("last:"):
-            k = int(text[5:])
-            if k < 1:
-                raise ValueError
-            return list(range(max(num_layers - k + 1, 0), num_layers + 1))
-        out = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        out = None
-    if not out or any(not 0 <= l <= num_layers for l in out):
-        raise EptkUsageError(f"--layers {text!r}: use 'all', 'last:<k>' or a comma list of 0..{num_layers} "
-                             f"(0 = token embeddings, {num_layers} = last layer output)")
     return out
 
 
@@ -178,7 +153,7 @@ class Capturer:
         self.dims = model_dims(loaded.model)
         self.device = _device(loaded.model)
         self.samples, self.seed = samples, seed
-        self.stats = Stats(self.dims["hidden_size"], self.layers, samples, seed=seed, device=self.device)
+        self.stats = ActivationStats(self.dims["hidden_size"], self.layers, samples, seed=seed, device=self.device)
         self.sequences = 0
         self.massive: dict[int, int] = {}
 
@@ -204,7 +179,7 @@ class Capturer:
 
         run_to_layers(self.loaded.model, input_ids, attention_mask, self.layers, on_hidden)
 
-    def finish(self, meta: dict | None = None) -> Stats:
+    def finish(self, meta: dict | None = None) -> ActivationStats:
         loaded, dims, stats = self.loaded, self.dims, self.stats
         stats.meta = {"format": FORMAT, "model": loaded.name, "model_source": loaded.source,
                       "hidden_size": dims["hidden_size"], "num_layers": dims["num_layers"], "task": None,
@@ -213,7 +188,7 @@ class Capturer:
                       "bos_token_id": getattr(loaded.tokenizer, "bos_token_id", None),
                       "layer_index": "0 = token embeddings, l = input of decoder layer l, "
                                      f"{dims['num_layers']} = last layer output before the final norm",
-                      "eptk_version": eptk_version(), **(meta or {})}
+                      "eptk_version": __version__, **(meta or {})}
         stats.meta["tokens"] = {str(l): stats.gaussians[l].count for l in self.layers}
         stats.meta["massive_excluded"] = {str(l): self.massive.get(l, 0) for l in self.layers}
         return stats
@@ -221,7 +196,7 @@ class Capturer:
 
 def capture(loaded: LoadedModel, texts_or_batches, layers: list[int], samples: int = 2048, seed: int = 0,
             batch_size: int = 16, progress: bool = True, max_length: int | None = None,
-            meta: dict | None = None, backend: str = "auto") -> Stats:
+            meta: dict | None = None, backend: str = "auto") -> ActivationStats:
     """Statistics of the requested layers over texts (list[str]) or batches (dicts with input_ids,
     attention_mask). Each layer gets a RunningGaussian, a seeded reservoir of `samples` token
     activations, and every sequence's mean activation."""
@@ -287,26 +262,10 @@ def trajectories(loaded: LoadedModel, prompts: list[str], layers: list[int], max
     return out
 
 
-# ---- the statistics cache -------------------------------------------------------------------------
-
-def stats_key(model_name: str, model_source: str, task_spec: str, layers: list[int], samples: int,
-              seed: int, n_examples: int) -> str:
-    blob = json.dumps({"model": model_name, "source": model_source, "task": task_spec, "layers": sorted(layers),
-                       "samples": samples, "seed": seed, "examples": n_examples, "format": FORMAT},
-                      sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def stats_folder(loaded: LoadedModel, model_name: str, task_spec: str, layers: list[int], samples: int = 2048,
-                 seed: int = 0, n_examples: int = 512, root: Path | None = None) -> Path:
-    root = Path(root) if root is not None else cache_dir() / "stats"
-    return root / stats_key(model_name, loaded.source, task_spec, layers, samples, seed, n_examples)
-
+# ---- a task's train split -------------------------------------------------------------------------
 
 def task_batches(tokenizer, task_spec: str, seed: int, n_examples: int, batch_size: int) -> list[dict]:
     """prompt + answer (+ EOS) of the task's train examples, encoded like training encodes them."""
-    from .tasks import encode_batch, load_task
-
     examples = load_task(task_spec, seed).examples("train", n_examples)
     if not examples:
         raise EptkUsageError(f"task {task_spec!r} has no train examples to capture")
@@ -316,79 +275,10 @@ def task_batches(tokenizer, task_spec: str, seed: int, n_examples: int, batch_si
 
 def capture_task(loaded: LoadedModel, model_name: str, task_spec: str, layers: list[int], samples: int = 2048,
                  seed: int = 0, n_examples: int = 512, batch_size: int = 16, progress: bool = True,
-                 backend: str = "auto") -> Stats:
+                 backend: str = "auto") -> ActivationStats:
     """Capture the task's train split (prompt + answer) at the given layers."""
     batches = task_batches(loaded.tokenizer, task_spec, seed, n_examples, batch_size)
     stats = capture(loaded, batches, layers, samples=samples, seed=seed, progress=progress, backend=backend,
                     meta={"model": model_name, "task": task_spec, "split": "train",
                           "examples": sum(b["input_ids"].shape[0] for b in batches)})
     return stats
-
-
-def ensure_stats(loaded: LoadedModel, model_name: str, task_spec: str, layers: list[int], samples: int = 2048,
-                 seed: int = 0, n_examples: int = 512, batch_size: int = 16, progress: bool = True,
-                 root: Path | None = None) -> Stats:
-    """Cached statistics of the task at the layers: load them, or capture and store them atomically
-    under <cache>/stats/<hash of model, model source, task, layers, samples, seed, examples>."""
-    layers = check_layers(loaded.model, layers)
-    hidden = model_dims(loaded.model)["hidden_size"]
-    folder = stats_folder(loaded, model_name, task_spec, layers, samples, seed, n_examples, root)
-    broken = False
-    if folder.is_dir():
-        try:
-            return Stats.load(folder, model_name=model_name, hidden_size=hidden)
-        except EptkUsageError as exc:
-            log.warning("recapturing: cached statistics in %s are unreadable (%s)", folder, exc)
-            broken = True
-    stats = capture_task(loaded, model_name, task_spec, layers, samples, seed, n_examples, batch_size, progress)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        stats.save(tmp)
-        if broken:
-            shutil.rmtree(folder, ignore_errors=True)
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            pass   # another process (a DDP rank) stored the same statistics first; ours are equal
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    log.info("activation statistics of %s on %s stored in %s", model_name, task_spec, folder)
-    return stats
-
-
-class StatsProvider:
-    """`provider(task, layer) -> LayerStats` for `PriorContext.stats`.
-
-    On first use of a task it captures every layer 0..L in one pass over the task's train examples
-    (one forward per batch covers all layers), caches that on disk (`ensure_stats`) and in memory.
-    """
-
-    def __init__(self, loaded: LoadedModel, model_name: str, default_task: str | None, samples: int = 2048,
-                 seed: int = 0, n_examples: int = 512, batch_size: int = 16, progress: bool = True,
-                 root: Path | None = None):
-        self.loaded, self.model_name, self.default_task = loaded, model_name, default_task
-        self.samples, self.seed, self.n_examples = samples, seed, n_examples
-        self.batch_size, self.progress, self.root = batch_size, progress, root
-        self.num_layers = model_dims(loaded.model)["num_layers"]
-        self.folders: dict[str, str] = {}  # task -> the statistics folder used (recorded in config.json)
-        self._stats: dict[str, Stats] = {}
-
-    def stats(self, task: str | None = None) -> Stats:
-        task = task or self.default_task
-        if not task:
-            raise EptkUsageError("activation statistics need a task: give --task or name one in the prior, "
-                                 "e.g. region:data:arith")
-        if task not in self._stats:
-            layers = list(range(self.num_layers + 1))
-            self._stats[task] = ensure_stats(self.loaded, self.model_name, task, layers,
-                                             samples=self.samples, seed=self.seed, n_examples=self.n_examples,
-                                             batch_size=self.batch_size, progress=self.progress, root=self.root)
-            self.folders[task] = str(stats_folder(self.loaded, self.model_name, task, layers, self.samples,
-                                                  self.seed, self.n_examples, self.root))
-        return self._stats[task]
-
-    def __call__(self, task: str | None = None, layer: int = 0) -> LayerStats:
-        if not 0 <= int(layer) <= self.num_layers:
-            raise EptkUsageError(f"layer {layer} is outside 0..{self.num_layers} for model {self.model_name!r}")
-        return self.stats(task).layer(int(layer))

@@ -3,12 +3,12 @@
 A `RunningGaussian` merges per-batch sums (count, Σx, Σxxᵀ — what `eptk.kernels.capture_stats`
 returns) in float64 with the Chan–Golub–LeVeque update, so statistics of any number of batches can
 be merged, saved and loaded (the idea of baukit's runningstats). A `Reservoir` keeps a uniform
-sample of n token activations (Algorithm R, seeded). `Stats` holds both per layer, plus each
+sample of n token activations (Algorithm R, seeded). `ActivationStats` holds both per layer, plus each
 sequence's mean activation, and reads and writes the `eptk capture` format:
 
 stats.safetensors (float32 unless noted)
   layer<l>.mean     [d]     mean activation over the real tokens
-  layer<l>.cov      [d,d]   unbiased covariance (not shrunk; `LayerStats.shrunk_cov` shrinks it)
+  layer<l>.cov      [d,d]   unbiased covariance (not shrunk; `LayerActivations.shrunk_cov` shrinks it)
   layer<l>.count    [1]     float64, number of real tokens seen
   layer<l>.samples  [n,d]   a seeded uniform sample of token activations (n = min(samples, count))
   layer<l>.seen     [1]     int64, tokens offered to the reservoir (equals count)
@@ -22,16 +22,17 @@ decoder layer l, L = the output of the last decoder layer before the final norm.
 """
 from __future__ import annotations
 
-import functools
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from . import linalg
 from .errors import EptkUsageError
+from .version import __version__
 
 FORMAT = "eptk-stats/3"
+STATS_FILE, META_FILE = "stats.safetensors", "meta.json"  # an `eptk capture` folder holds these two
 EXCLUDED = ("padding, BOS tokens, the first real token of each sequence (the attention sink) and, per "
             "layer, tokens whose norm exceeds 10x their batch's median (massive activations) are excluded")
 
@@ -119,7 +120,7 @@ class RunningGaussian:
         estimated from `samples` (rows of a uniform sample of the same data, e.g. the reservoir).
         Without samples the OAS intensity (Chen et al. 2010), which needs only S, n and d, is used.
         """
-        return shrink_covariance(self.covariance().cpu(), self.count, self.mean.cpu(), samples)
+        return linalg.shrink_covariance(self.covariance().cpu(), self.count, self.mean.cpu(), samples)
 
     def cpu(self) -> "RunningGaussian":
         self._count, self.mean, self.m2 = self._count.cpu(), self.mean.cpu(), self.m2.cpu()
@@ -132,37 +133,6 @@ class RunningGaussian:
         g.mean = mean.detach().to("cpu", torch.float64).clone()
         g.m2 = cov.detach().to("cpu", torch.float64) * max(float(count) - 1.0, 1.0) if count > 0 else g.m2
         return g
-
-
-def shrink_covariance(cov: torch.Tensor, count: float, mean: torch.Tensor | None = None,
-                      samples: torch.Tensor | None = None) -> torch.Tensor:
-    """(1 - δ)·S + δ·(tr S / d)·I with the Ledoit–Wolf δ (from samples) or the OAS δ (without)."""
-    S = cov.to(torch.float64)
-    d = S.shape[0]
-    n = max(float(count), 1.0)
-    scale = float(S.diagonal().mean())
-    if not math.isfinite(scale) or scale <= 0:
-        return torch.eye(d, dtype=torch.float64) * 1e-12
-    target = scale * torch.eye(d, dtype=torch.float64)
-    dist2 = float((S - target).pow(2).sum())                  # ‖S − μI‖²_F
-    if dist2 <= 0:
-        return target
-    if samples is not None and samples.shape[0] > 0:
-        x = samples.to(torch.float64)
-        x = x - (mean.to(torch.float64) if mean is not None else x.mean(0))
-        # mean over samples of ‖x xᵀ − S‖²_F = ‖x‖⁴ − 2 xᵀSx + ‖S‖²_F, without forming d×d per row
-        norms2 = (x * x).sum(1)
-        quad = ((x @ S) * x).sum(1)
-        spread = float((norms2.pow(2) - 2 * quad).mean() + S.pow(2).sum())
-        delta = min(max(spread / n, 0.0), dist2) / dist2
-    else:
-        tr2, tr_s2 = float(S.trace()) ** 2, float((S * S).sum())
-        num = (1 - 2 / d) * tr_s2 + tr2
-        den = (n + 1 - 2 / d) * (tr_s2 - tr2 / d)
-        delta = 1.0 if den <= 0 else min(num / den, 1.0)
-    if count <= d:
-        delta = max(delta, 1e-3)   # S is singular here; keep the result clearly positive definite
-    return (1 - delta) * S + delta * target
 
 
 # ---- reservoir -----------------------------------------------------------------------------------
@@ -253,14 +223,15 @@ class Reservoir:
 # ---- per-layer statistics ---------------------------------------------------------------------
 
 @dataclass
-class LayerStats:
-    """What priors and metrics read for one layer: float32 mean, covariance and samples."""
+class LayerActivations:
+    """One layer's captured activations as priors and metrics read them: float32 moments and samples."""
     layer: int
     mean: torch.Tensor        # [d]
     cov: torch.Tensor         # [d,d] unbiased; shrunk (Ledoit–Wolf) when count <= d
     samples: torch.Tensor     # [n,d]
     count: float
     shrunk_cov: torch.Tensor  # [d,d] always Ledoit–Wolf shrunk: use for Mahalanobis distances
+    shrinkage: float = float("nan")  # the δ of shrunk_cov = (1 − δ)·cov + δ·(tr cov / d)·I
     pooled: torch.Tensor | None = None
     _tril: torch.Tensor | None = field(default=None, repr=False)
 
@@ -271,33 +242,27 @@ class LayerStats:
     def scale_tril(self) -> torch.Tensor:
         """Cholesky factor of the shrunk covariance, float32."""
         if self._tril is None:
-            from .priors import psd_cholesky
-            self._tril = psd_cholesky(self.shrunk_cov.double()).float()
+            self._tril = linalg.psd_cholesky(self.shrunk_cov.double(), error=EptkUsageError).float()
         return self._tril
-
-    def whiten(self, x: torch.Tensor) -> torch.Tensor:
-        """L⁻¹(x − mean) for x [..., d], differentiable."""
-        tril = self.scale_tril().to(x.device, x.dtype)
-        xc = (x - self.mean.to(x.device, x.dtype)).reshape(-1, self.dim)
-        z = torch.linalg.solve_triangular(tril, xc.T, upper=False).T
-        return z.reshape(x.shape)
 
     def mahalanobis(self, x: torch.Tensor) -> torch.Tensor:
         """Mahalanobis distance of each row of x [..., d] under N(mean, shrunk_cov), shape [...]."""
-        return self.whiten(x).norm(dim=-1)
+        return linalg.mahalanobis(x, self.scale_tril(), self.mean)
 
 
-def layer_stats(layer: int, gaussian: RunningGaussian, reservoir: Reservoir,
-                pooled: torch.Tensor | None = None) -> LayerStats:
+def layer_activations(layer: int, gaussian: RunningGaussian, reservoir: Reservoir,
+                      pooled: torch.Tensor | None = None) -> LayerActivations:
     samples = reservoir.samples.clone()
-    shrunk = gaussian.shrunk_covariance(samples)
-    cov = shrunk if gaussian.count <= gaussian.dim else gaussian.covariance().cpu()
-    return LayerStats(layer=layer, mean=gaussian.mean.cpu().float(), cov=cov.float(), samples=samples,
-                      count=gaussian.count, shrunk_cov=shrunk.float(), pooled=pooled)
+    raw = gaussian.covariance().cpu()
+    delta = linalg.covariance_shrinkage(raw, gaussian.count, gaussian.mean.cpu(), samples)
+    shrunk = linalg.shrink(raw, delta)
+    cov = shrunk if gaussian.count <= gaussian.dim else raw
+    return LayerActivations(layer=layer, mean=gaussian.mean.cpu().float(), cov=cov.float(), samples=samples,
+                            count=gaussian.count, shrunk_cov=shrunk.float(), shrinkage=delta, pooled=pooled)
 
 
-class Stats:
-    """Activation statistics of one model on one text source, per layer."""
+class ActivationStats:
+    """Activation statistics of one model on one text source, per layer (what `eptk capture` writes)."""
 
     def __init__(self, dim: int, layers: list[int], samples: int, seed: int = 0, meta: dict | None = None,
                  device=None):
@@ -307,7 +272,7 @@ class Stats:
         self.reservoirs = {l: Reservoir(samples, dim, seed=seed * 1_000_003 + l, device=device) for l in layers}
         self.pooled_parts: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
         self.meta = dict(meta or {})
-        self._layer_cache: dict[int, LayerStats] = {}
+        self._layer_cache: dict[int, LayerActivations] = {}
 
     @property
     def layers(self) -> list[int]:
@@ -319,16 +284,16 @@ class Stats:
             self.pooled_parts[layer] = [torch.cat([p.cpu() for p in parts]) if parts else torch.zeros(0, self.dim)]
         return self.pooled_parts[layer][0]
 
-    def layer(self, layer: int) -> LayerStats:
+    def layer(self, layer: int) -> LayerActivations:
         if layer not in self.gaussians:
             raise EptkUsageError(f"no statistics for layer {layer}; captured layers: "
                                  f"{', '.join(map(str, self.layers))}")
         if layer not in self._layer_cache:
-            self._layer_cache[layer] = layer_stats(layer, self.gaussians[layer], self.reservoirs[layer],
+            self._layer_cache[layer] = layer_activations(layer, self.gaussians[layer], self.reservoirs[layer],
                                                    self.pooled(layer))
         return self._layer_cache[layer]
 
-    def merge(self, other: "Stats") -> "Stats":
+    def merge(self, other: "ActivationStats") -> "ActivationStats":
         """Merge another capture of the same layers: Gaussians exactly, reservoirs as a uniform sample of both."""
         if other.dim != self.dim or other.layers != self.layers:
             raise ValueError("cannot merge statistics of different widths or layers")
@@ -352,7 +317,7 @@ class Stats:
         return out
 
     def save(self, folder) -> Path:
-        """Write stats.safetensors and meta.json into folder (each file atomically)."""
+        """Write STATS_FILE and META_FILE into folder (each file atomically)."""
         from .io import save_tensors_atomic, write_json_atomic
 
         folder = Path(folder)
@@ -362,31 +327,31 @@ class Stats:
         meta.setdefault("hidden_size", self.dim)
         meta["layers"] = self.layers
         meta.setdefault("excluded", EXCLUDED)
-        meta.setdefault("eptk_version", eptk_version())
+        meta.setdefault("eptk_version", __version__)
         meta["tokens"] = {str(l): self.gaussians[l].count for l in self.layers}
         self.meta = meta
-        save_tensors_atomic(folder / "stats.safetensors", self.tensors(), metadata={"format": FORMAT})
-        write_json_atomic(folder / "meta.json", meta)
+        save_tensors_atomic(folder / STATS_FILE, self.tensors(), metadata={"format": FORMAT})
+        write_json_atomic(folder / META_FILE, meta)
         return folder
 
     @classmethod
-    def load(cls, folder, model_name: str | None = None, hidden_size: int | None = None) -> "Stats":
+    def load(cls, folder, model_name: str | None = None, hidden_size: int | None = None) -> "ActivationStats":
         """Read a folder written by `save`; refuses stats of another model when model_name is given."""
         from .io import load_tensors, read_json
 
         folder = Path(folder)
-        meta = read_json(folder / "meta.json", "activation statistics metadata")
+        meta = read_json(folder / META_FILE, "activation statistics metadata")
         if not isinstance(meta, dict) or not isinstance(meta.get("layers"), list):
-            raise EptkUsageError(f"{folder / 'meta.json'} is not eptk activation-statistics metadata "
+            raise EptkUsageError(f"{folder / META_FILE} is not eptk activation-statistics metadata "
                                  f"(no 'layers' list)")
         if model_name is not None or hidden_size is not None:
             check_model(meta, model_name, hidden_size)
-        tensors = load_tensors(folder / "stats.safetensors", "activation statistics")
+        tensors = load_tensors(folder / STATS_FILE, "activation statistics")
         layers = [int(l) for l in meta["layers"]]
         required = ("mean", "cov", "count", "samples")
         missing = [f"layer{l}.{k}" for l in layers for k in required if f"layer{l}.{k}" not in tensors]
         if missing:
-            raise EptkUsageError(f"{folder / 'stats.safetensors'} lacks {', '.join(missing[:4])}"
+            raise EptkUsageError(f"{folder / STATS_FILE} lacks {', '.join(missing[:4])}"
                                  f"{' ...' if len(missing) > 4 else ''}; recapture with `eptk capture`")
         dim = int(tensors[f"layer{layers[0]}.mean"].shape[0]) if layers else int(meta.get("hidden_size", 0))
         samples = int(meta.get("samples", 0))
@@ -394,7 +359,7 @@ class Stats:
         for l in layers:
             mean, cov = tensors[f"layer{l}.mean"], tensors[f"layer{l}.cov"]
             if tuple(mean.shape) != (dim,) or tuple(cov.shape) != (dim, dim):
-                raise EptkUsageError(f"{folder / 'stats.safetensors'}: layer{l} has mean {tuple(mean.shape)} "
+                raise EptkUsageError(f"{folder / STATS_FILE}: layer{l} has mean {tuple(mean.shape)} "
                                      f"and cov {tuple(cov.shape)}, expected ({dim},) and ({dim}, {dim})")
             count = float(tensors[f"layer{l}.count"].reshape(-1)[0])
             stats.gaussians[l] = RunningGaussian.from_moments(count, mean, cov)
@@ -409,6 +374,11 @@ class Stats:
         return stats
 
 
+def is_stats_folder(path) -> bool:
+    """Whether `path` holds activation statistics (both files of an `eptk capture` folder)."""
+    return (Path(path) / STATS_FILE).is_file() and (Path(path) / META_FILE).is_file()
+
+
 def check_model(meta: dict, model_name: str | None, hidden_size: int | None = None) -> None:
     """Refuse statistics captured from another model (or one of another width)."""
     theirs = meta.get("model")
@@ -419,12 +389,3 @@ def check_model(meta: dict, model_name: str | None, hidden_size: int | None = No
     if hidden_size is not None and width is not None and int(width) != int(hidden_size):
         raise EptkUsageError(f"activation statistics have width {width} (model {theirs!r}) but model "
                              f"{model_name!r} has hidden size {hidden_size}")
-
-
-@functools.lru_cache(maxsize=None)
-def eptk_version() -> str:
-    try:
-        from importlib.metadata import version
-        return version("eptk")
-    except Exception:
-        return "unknown"

@@ -1,15 +1,18 @@
 """Activation capture: streaming statistics, reservoirs, the stats file format, hooks that stop the
-forward early, BOS/padding exclusion, the on-disk cache and the StatsProvider."""
+forward early, BOS/padding exclusion, the on-disk cache and the StatsCache."""
 import math
 
 import pytest
 import torch
 
-from eptk.capture import (StatsProvider, capture, ensure_stats, parse_capture_layers, stats_folder,
-                          trajectories)
+from eptk.capture import capture, trajectories
 from eptk.errors import EptkUsageError
-from eptk.models import decoder_layers, load_model
-from eptk.stats import Reservoir, RunningGaussian, Stats, check_model, shrink_covariance
+from eptk.families import decoder_layers
+from eptk.linalg import shrink_covariance
+from eptk.models import load_model
+from eptk.spaces import parse_layers
+from eptk.stats import ActivationStats, Reservoir, RunningGaussian, check_model
+from eptk.stats_cache import StatsCache, ensure_stats, stats_folder
 
 TEXTS = ["12+34=46", "hello world", "a", "the quick brown fox", "7*8=56", "xyz xyz xyz", "q"]
 
@@ -172,9 +175,14 @@ def test_bos_and_padding_are_excluded():
     assert "BOS" in with_bos.meta["excluded"]
 
 
+def parse_capture_layers(text, num_layers):
+    return parse_layers(text, num_layers, lowest=0, highest=num_layers)
+
+
 def test_parse_layers():
     assert parse_capture_layers("all", 4) == [0, 1, 2, 3, 4]
-    assert parse_capture_layers("last:2", 4) == [3, 4]
+    assert parse_capture_layers("last:2", 4) == [2, 3]  # the inputs of the last two layers, as in tune
+    assert parse_capture_layers("4", 4) == [4]          # the last layer's output, by name
     assert parse_capture_layers("3, 0", 4) == [0, 3]
     for bad in ("5", "x", "", "last:0", "-1"):
         with pytest.raises(EptkUsageError, match="all"):
@@ -187,7 +195,7 @@ def test_save_load_round_trip_and_refusals(tiny, tmp_path):
     stats = capture(tiny, TEXTS, [0, 4], samples=16, seed=5, batch_size=4, progress=False,
                     meta={"model": "tiny", "task": "texts"})
     stats.save(tmp_path / "s")
-    back = Stats.load(tmp_path / "s", model_name="tiny", hidden_size=64)
+    back = ActivationStats.load(tmp_path / "s", model_name="tiny", hidden_size=64)
     assert back.layers == [0, 4] and back.meta["seed"] == 5 and back.meta["model"] == "tiny"
     assert "BOS" in back.meta["excluded"] and back.meta["eptk_version"]
     for l in (0, 4):
@@ -203,17 +211,17 @@ def test_save_load_round_trip_and_refusals(tiny, tmp_path):
     assert tensors["layer4.samples"].shape == (16, 64) and float(tensors["layer4.count"]) == stats.gaussians[4].count
 
     with pytest.raises(EptkUsageError, match="'tiny'.*'smollm2'|'smollm2'.*'tiny'"):
-        Stats.load(tmp_path / "s", model_name="smollm2")
+        ActivationStats.load(tmp_path / "s", model_name="smollm2")
     with pytest.raises(EptkUsageError, match="width"):
         check_model(back.meta, "tiny", 576)
     path = tmp_path / "s" / "stats.safetensors"
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(EptkUsageError, match="safetensors"):
-        Stats.load(tmp_path / "s")
+        ActivationStats.load(tmp_path / "s")
     from eptk.io import save_tensors_atomic
     save_tensors_atomic(path, {"layer0.mean": torch.zeros(64)})
     with pytest.raises(EptkUsageError, match="layer0.cov"):
-        Stats.load(tmp_path / "s")
+        ActivationStats.load(tmp_path / "s")
 
 
 # ---- cache and provider -----------------------------------------------------------------------------
@@ -234,11 +242,11 @@ def test_ensure_stats_caches_on_disk(tiny, tmp_path, monkeypatch):
     assert folder != stats_folder(tiny, "tiny", "arith", [0, 2], 32, 2, 24, root=tmp_path)
 
 
-def test_stats_provider_captures_every_layer_once(tiny, tmp_path, monkeypatch):
+def test_stats_cache_captures_every_layer_once(tiny, tmp_path, monkeypatch):
     import eptk.capture
     real, calls = eptk.capture.capture_task, []
     monkeypatch.setattr(eptk.capture, "capture_task", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
-    provider = StatsProvider(tiny, "tiny", "arith", samples=64, seed=0, n_examples=16, progress=False,
+    provider = StatsCache(tiny, "tiny", "arith", samples=64, seed=0, n_examples=16, progress=False,
                              root=tmp_path)
     for layer in range(5):
         ls = provider(None, layer)
@@ -254,7 +262,7 @@ def test_stats_provider_captures_every_layer_once(tiny, tmp_path, monkeypatch):
     with pytest.raises(EptkUsageError, match="0..4"):
         provider(None, 5)
     with pytest.raises(EptkUsageError, match="task"):
-        StatsProvider(tiny, "tiny", None, progress=False, root=tmp_path)(None, 0)
+        StatsCache(tiny, "tiny", None, progress=False, root=tmp_path)(None, 0)
     assert not math.isnan(float(ls.cov.sum()))
 
 
@@ -265,7 +273,7 @@ def test_cli_capture_writes_the_stats_files(run_cli, tmp_path):
                              "--examples", "8", "--out", tmp_path / "s", "--quiet")
     assert code == 0, err
     assert "tokens" in out and str(tmp_path / "s") in out.replace("\n", "")
-    back = Stats.load(tmp_path / "s", model_name="tiny")
+    back = ActivationStats.load(tmp_path / "s", model_name="tiny")
     assert back.layers == [0, 4] and back.meta["task"] == "arith" and back.meta["examples"] == 8
     code, out, err = run_cli("capture", "--model", "tiny", "--layers", "0,9", "--out", tmp_path / "t", "--quiet")
     assert code == 2 and "0..4" in err and len(err.strip().splitlines()) == 1

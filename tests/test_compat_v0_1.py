@@ -49,9 +49,9 @@ def test_eval_loss_reproduces(tuned):
 
 
 def test_stats_load_with_the_same_region(expected):
-    from eptk.stats import Stats
+    from eptk.stats import ActivationStats
 
-    stats = Stats.load(STATS, model_name="tiny", hidden_size=64)
+    stats = ActivationStats.load(STATS, model_name="tiny", hidden_size=64)
     assert stats.layers == [0, 1, 2, 3, 4]
     layer = stats.layer(2)
     torch.testing.assert_close(layer.shrunk_cov, expected["layer2.shrunk_cov"])
