@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 
-from eptk.capture import StatsProvider, capture_task
+from eptk.capture import capture_task
 from eptk.errors import EptkUsageError
 from eptk.models import load_model
 from eptk.priors import ParamInfo, PriorContext, build_prior, parse_spec
-from eptk.region_priors import KNN_K, KNN_QUANTILE, NORM_BAND, Between, Exclusion
+from eptk.priors.region import KNN_K, KNN_QUANTILE, NORM_BAND, Between, Exclusion
+from eptk.stats_cache import StatsCache
 
 P = 8
 
@@ -19,7 +20,7 @@ P = 8
 @pytest.fixture(scope="module")
 def tiny_ctx(tmp_path_factory):
     loaded = load_model("tiny")
-    provider = StatsProvider(loaded, "tiny", "arith", samples=512, seed=0, n_examples=48, progress=False,
+    provider = StatsCache(loaded, "tiny", "arith", samples=512, seed=0, n_examples=48, progress=False,
                              root=tmp_path_factory.mktemp("stats"))
     return PriorContext(task="arith", model="tiny", seed=0, stats=provider)
 
@@ -70,7 +71,7 @@ def test_bad_specs_name_the_valid_form(tiny_ctx, spec, match):
 
 @pytest.mark.parametrize("spec", ["region:data", "region:new", "region:between:arith,fill", "exclusion"])
 def test_prefix_tensors_are_refused(tiny_ctx, spec):
-    params = {"prefix.0.key": ParamInfo("prefix.0.key", (2, P, 16), 0)}
+    params = {"prefix.0.key": ParamInfo("prefix.0.key", (2, P, 16), 0, "key")}
     with pytest.raises(EptkUsageError, match="prefix tensors are keys/values"):
         build_prior(spec, tiny_ctx, params)
 
@@ -84,7 +85,7 @@ def test_region_priors_need_stats():
 # ---- region:new -----------------------------------------------------------------------------------
 
 def assert_outside_data(x, ls):
-    """The three region:new guarantees, recomputed from the LayerStats with plain torch."""
+    """The three region:new guarantees, recomputed from the LayerActivations with plain torch."""
     data = ls.samples.double()
     x = x.double()
     prec = torch.linalg.inv(ls.shrunk_cov.double())
@@ -158,7 +159,7 @@ def test_region_between_log_density_has_the_interpolation_moments(tiny_ctx):
 # ---- exclusion ------------------------------------------------------------------------------------
 
 def test_exclusion_rejects_the_core_and_reports_acceptance(tiny_ctx, caplog):
-    with caplog.at_level(logging.INFO, logger="eptk.region_priors"):
+    with caplog.at_level(logging.INFO, logger="eptk.priors.region"):
         prior = build_prior("exclusion", tiny_ctx, {"deep.2": ParamInfo("deep.2", (512, 64), 2)})
     dist = prior.dists["deep.2"]
     assert isinstance(dist, Exclusion) and 0 < dist.acceptance_rate < 1

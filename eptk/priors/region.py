@@ -1,10 +1,10 @@
 """Priors placed relative to a task's captured activations: region:data, region:new, region:between,
-exclusion. Importing this module registers them (eptk.priors loads it on first use of a spec).
+exclusion.
 
-Each family reads `ctx.stats(task, layer)` (a `LayerStats`: mean, covariance, shrunk covariance and
-a reservoir sample of token activations at that layer) for the layer of each prompt tensor:
-`soft` is layer 0 (token embeddings), `deep.<l>` layer l. Prefix key/value tensors are not
-activation vectors and are refused.
+Each family reads `ctx.stats(task, layer)` (a `LayerActivations`: mean, covariance, shrunk covariance
+and a reservoir sample of token activations at that layer) for the layer of each prompt tensor:
+`soft` is layer 0 (token embeddings), `deep.<l>` layer l. Key/value tensors are not residual-stream
+vectors and are refused.
 """
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import EptkUsageError
-from .priors import (Distribution, Gaussian, ParamInfo, PriorContext, RowMixture, _check_width, _positive_float,
-                     register_prior)
-from .stats import LayerStats
+from .. import linalg
+from ..errors import EptkUsageError
+from ..stats import LayerActivations
+from .basic import Gaussian, RowMixture, scale_tril
+from .registry import Distribution, ParamInfo, PriorContext, check_width, positive_float, register_prior, rows
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +32,9 @@ POOL_ROWS = 256     # region:new: drawn points whose kernel mixture is the log-d
 
 # ---- shared --------------------------------------------------------------------------------------
 
-def _rows(shape) -> int:
-    return int(math.prod(shape[:-1]))
-
-
-def layer_stats_for(family: str, ctx: PriorContext, param: ParamInfo, task: str | None) -> LayerStats:
+def layer_stats_for(family: str, ctx: PriorContext, param: ParamInfo, task: str | None) -> LayerActivations:
     """The captured statistics at the layer of `param`, checked for width."""
-    if param.name.startswith("prefix."):
+    if not param.residual:
         raise EptkUsageError(f"prior {family!r}: region priors apply to soft and deep prompts; prefix tensors "
                              f"are keys/values, not activation vectors (use normal, uniform or xavier with "
                              f"--method prefix)")
@@ -45,7 +42,7 @@ def layer_stats_for(family: str, ctx: PriorContext, param: ParamInfo, task: str 
         raise EptkUsageError(f"prior {family!r} needs captured activation statistics of a task "
                              f"(give --task, or name one: {family}:<task>)")
     stats = ctx.stats(task or ctx.task, param.layer)
-    _check_width(family, param, stats.dim)
+    check_width(family, param, stats.dim)
     return stats
 
 
@@ -86,7 +83,7 @@ def knn_distance(x: torch.Tensor, data: torch.Tensor, k: int, exclude_self: bool
                       for chunk in x.split(1024)])
 
 
-def new_region_bounds(stats: LayerStats, k: int = KNN_K) -> NewRegionBounds:
+def new_region_bounds(stats: LayerActivations, k: int = KNN_K) -> NewRegionBounds:
     data = stats.samples.double()
     if data.shape[0] <= k:
         raise EptkUsageError(f"region:new needs more than {k} captured token activations at layer {stats.layer} "
@@ -114,7 +111,7 @@ class NewRegion(RowMixture):
     the sampler's own output, finite and differentiable everywhere, highest in the new region.
     """
 
-    def __init__(self, shape, stats: LayerStats, generator: torch.Generator, margin: float = MARGIN,
+    def __init__(self, shape, stats: LayerActivations, generator: torch.Generator, margin: float = MARGIN,
                  k: int = KNN_K):
         self.stats, self.margin, self.k = stats, margin, k
         self.bounds = new_region_bounds(stats, k)
@@ -127,18 +124,20 @@ class NewRegion(RowMixture):
     def checks(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-row booleans for the three bounds (with the margin), x [m,d]."""
         b, m = self.bounds, self.margin
-        z = torch.linalg.solve_triangular(self.tril, (x.double() - self.mean).T, upper=False).T
-        norms = x.double().norm(dim=1)
-        return {"mahalanobis": z.norm(dim=1) > b.mahalanobis * (1 + m),
-                "norm": (norms >= b.norm_lo) & (norms <= b.norm_hi),
+        far, in_band = self._mahalanobis_and_norm(x)
+        return {"mahalanobis": far, "norm": in_band,
                 "knn": knn_distance(x, self.data, self.k) > b.knn_radius * (1 + m)}
 
     def cheap_checks(self, x: torch.Tensor) -> torch.Tensor:
         """The Mahalanobis and norm bounds together (the kNN bound needs distances to every data point)."""
+        far, in_band = self._mahalanobis_and_norm(x)
+        return far & in_band
+
+    def _mahalanobis_and_norm(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, m = self.bounds, self.margin
-        z = torch.linalg.solve_triangular(self.tril, (x.double() - self.mean).T, upper=False).T
         norms = x.double().norm(dim=1)
-        return (z.norm(dim=1) > b.mahalanobis * (1 + m)) & (norms >= b.norm_lo) & (norms <= b.norm_hi)
+        far = linalg.mahalanobis(x.double(), self.tril, self.mean) > b.mahalanobis * (1 + m)
+        return far, (norms >= b.norm_lo) & (norms <= b.norm_hi)
 
     def draw(self, rows: int, generator: torch.Generator, rounds: int = 20) -> torch.Tensor:
         b, m = self.bounds, self.margin
@@ -157,7 +156,7 @@ class NewRegion(RowMixture):
             g = torch.randn(n, d, generator=generator, dtype=torch.float64)
             u = torch.linalg.solve_triangular(self.tril.T, g.T, upper=True).T
             u = u / u.norm(dim=1, keepdim=True)
-            per_unit = torch.linalg.solve_triangular(self.tril, u.T, upper=False).T.norm(dim=1, keepdim=True)
+            per_unit = linalg.mahalanobis(u, self.tril).unsqueeze(1)
             t = b.mahalanobis * (1 + m) / per_unit * steps                        # [n, S]
             path = self.mean + t.unsqueeze(-1) * u.unsqueeze(1)                   # [n, S, d]
             path = torch.cat([path, u.unsqueeze(1)], dim=1)                       # t = ∞
@@ -185,7 +184,7 @@ class NewRegion(RowMixture):
         return torch.cat(found)[:rows]
 
     def sample(self, generator):
-        return self.draw(_rows(self.shape), generator).float().reshape(self.shape)
+        return self.draw(rows(self.shape), generator).float().reshape(self.shape)
 
     def to(self, device):
         self.centres = self.centres.to(device)
@@ -210,7 +209,7 @@ class Between(Distribution):
     mean ½(μA+μB), cov ⅓ΣA + ⅓ΣB + (1/12)(μA−μB)(μA−μB)ᵀ  (E[α²] = E[(1−α)²] = ⅓, Var α = 1/12).
     """
 
-    def __init__(self, shape, a: LayerStats, b: LayerStats):
+    def __init__(self, shape, a: LayerActivations, b: LayerActivations):
         self.shape = tuple(shape)
         self.a = Gaussian(shape, a.mean, a.cov)
         self.b = Gaussian(shape, b.mean, b.cov)
@@ -220,10 +219,10 @@ class Between(Distribution):
 
     def sample_with_parts(self, generator):
         """(x, alpha [rows,1], a [rows,d], b [rows,d]) with x = alpha·a + (1−alpha)·b row by row."""
-        rows = _rows(self.shape)
-        a = self.a.sample(generator).reshape(rows, -1)
-        b = self.b.sample(generator).reshape(rows, -1)
-        alpha = torch.rand(rows, 1, generator=generator)
+        n = rows(self.shape)
+        a = self.a.sample(generator).reshape(n, -1)
+        b = self.b.sample(generator).reshape(n, -1)
+        alpha = torch.rand(n, 1, generator=generator)
         return (alpha * a + (1 - alpha) * b).reshape(self.shape), alpha, a, b
 
     def sample(self, generator):
@@ -271,10 +270,10 @@ class Exclusion(Distribution):
     """
     TAU = 0.01
 
-    def __init__(self, shape, stats: LayerStats, c: float, generator: torch.Generator):
+    def __init__(self, shape, stats: LayerActivations, c: float, generator: torch.Generator):
         self.shape, self.c = tuple(shape), float(c)
         self.mean = stats.mean.float()
-        self.scale_tril = Gaussian((1, stats.dim), stats.mean, stats.cov).scale_tril   # the region:data Gaussian
+        self.scale_tril = scale_tril(stats.cov)   # the region:data Gaussian
         d = self.mean.shape[0]
         self.c_dim = self.c ** (2.0 / d)
         self.log_det = 2 * float(self.scale_tril.double().diagonal().log().sum())
@@ -308,15 +307,12 @@ class Exclusion(Distribution):
         return torch.cat(out)[:rows]
 
     def sample(self, generator):
-        rows = _rows(self.shape)
-        x = self.draw(rows, generator).float().reshape(self.shape)
+        x = self.draw(rows(self.shape), generator).float().reshape(self.shape)
         log.info("exclusion:%g acceptance rate %.3f over %d proposals", self.c, self.acceptance_rate, self.proposed)
         return x
 
     def mahalanobis2(self, x: torch.Tensor) -> torch.Tensor:
-        tril = self.scale_tril.to(x.device, x.dtype)
-        xc = (x - self.mean.to(x.device, x.dtype)).reshape(-1, self.mean.shape[0])
-        return torch.linalg.solve_triangular(tril, xc.T, upper=False).T.pow(2).sum(1)
+        return linalg.whiten(x, self.scale_tril, self.mean).reshape(-1, self.mean.shape[0]).pow(2).sum(1)
 
     def log_prob(self, x):
         d = self.mean.shape[0]
@@ -332,7 +328,7 @@ class Exclusion(Distribution):
 
 @register_prior("exclusion", "[:c]", "the paper's Gaussian-exclusion prior around the task's data Gaussian: "
                 "propose N(mu, c^(2/d) Sigma), accept with 1 - pdf/pdf_wide; c default 5",
-                parse=_positive_float("exclusion", "c", 5.0), needs_stats=True)
+                parse=positive_float("exclusion", "c", 5.0), needs_stats=True)
 def _exclusion(args, ctx, param):
     if args["c"] <= 1:
         raise EptkUsageError(f"prior exclusion:{args['c']:g}: c must be greater than 1, e.g. exclusion:5")
