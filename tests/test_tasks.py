@@ -3,7 +3,8 @@ import json
 import pytest
 
 from eptk.errors import EptkUsageError
-from eptk.tasks import encode_batch, load_task, normalize_answer, token_f1
+from eptk.batches import encode_batch
+from eptk.tasks import load_task, normalize_answer, token_f1
 
 
 @pytest.mark.parametrize("spec", ["arith", "arith:+-*:2", "qa", "fill"])
@@ -68,7 +69,7 @@ def test_bad_task_specs(bad):
 def test_take_rows_equals_encoding_those_examples(tiny_models):
     """The trainer tokenizes a step's global batch once and slices micro-batches out of it."""
     import torch
-    from eptk.tasks import take_rows
+    from eptk.batches import take_rows
     tok = tiny_models["llama"].tokenizer
     examples = load_task("arith:+-*:3").examples("train", 9)
     full = encode_batch(tok, examples)
