@@ -11,118 +11,21 @@ import dataclasses
 import math
 import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .errors import EptkUsageError, choices
-from .evaluate import answer_loss, score
-from .models import DEFAULT_MODEL, load_model, model_dims
-from .priors import ParamInfo, PriorContext, build_prior, parse_spec
-from .prompts import METHODS, NO_PROMPT, PromptedModel, layer_of, param_shapes, parse_layers
+from .batches import encode_batch, take_rows
+from .config import TuneConfig, default_run_name, versions
+from .errors import EptkUsageError, Stop
+from .evaluate import answer_loss, evaluate
+from .families import family_of
+from .methods import get_method
+from .models import frozen_dtype, load_model, resolve_device
+from .priors import PriorContext, build_prior, parse_spec
+from .prompts import PromptedModel
 from .runs import prepare_out_dir
-from .tasks import encode_batch, load_task, take_rows
-
-SCHEDULES = ("cosine", "linear", "constant")
-NAN_POLICIES = ("stop", "skip")
-LR_SCALES = ("prior", "none")
-
-
-@dataclass
-class TuneConfig:
-    model: str = DEFAULT_MODEL
-    task: str = "arith"
-    method: str = "deep"
-    prior: str = "normal"
-    prior_weight: float = 0.0
-    tokens: int = 20
-    layers: str = "last:3"
-    soft: bool = True
-    steps: int = 150
-    batch_size: int = 16
-    grad_accum: int = 1
-    lr: float = 1e-2
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    warmup: int = 10
-    clip: float = 1.0
-    eval_every: int = 25
-    eval_size: int = 100
-    test_size: int = 200
-    train_size: int = 4000
-    checkpoint_every: int = 50
-    seed: int = 0
-    out: str = ""
-    backend: str = "auto"
-    device: str = "auto"
-    nan_policy: str = "stop"
-    lr_scale: str = "prior"
-    trust_remote_code: bool = False
-    stats_samples: int = 2048
-    device_map: str = ""
-    extra: dict = field(default_factory=dict)
-
-    def validate(self) -> None:
-        """Checks that need no model: fail before anything is loaded or written."""
-        if self.method not in METHODS:
-            raise EptkUsageError(f"unknown method {self.method!r}; valid: {choices(METHODS)}")
-        positive = {"tokens": self.tokens, "steps": self.steps, "batch-size": self.batch_size,
-                    "grad-accum": self.grad_accum}
-        for name, value in positive.items():
-            if value < 1:
-                raise EptkUsageError(f"--{name} must be at least 1 (got {value})")
-        for name, value in {"lr": self.lr}.items():
-            if not (value > 0 and math.isfinite(value)):
-                raise EptkUsageError(f"--{name} must be a positive number (got {value})")
-        nonneg = {"prior-weight": self.prior_weight, "eval-every": self.eval_every, "warmup": self.warmup,
-                  "clip": self.clip, "weight-decay": self.weight_decay, "checkpoint-every": self.checkpoint_every}
-        for name, value in nonneg.items():
-            if not (value >= 0 and math.isfinite(value)):
-                raise EptkUsageError(f"--{name} must be a non-negative number (got {value})")
-        if self.schedule not in SCHEDULES:
-            raise EptkUsageError(f"unknown schedule {self.schedule!r}; valid: {choices(SCHEDULES)}")
-        from .models import DEVICE_MAPS
-        if self.device_map and self.device_map not in DEVICE_MAPS:
-            raise EptkUsageError(f"unknown --device-map {self.device_map!r}; valid: {choices(DEVICE_MAPS)}")
-        if self.lr_scale not in LR_SCALES:
-            raise EptkUsageError(f"unknown --lr-scale {self.lr_scale!r}; valid: {choices(LR_SCALES)}")
-        if self.nan_policy not in NAN_POLICIES:
-            raise EptkUsageError(f"unknown --nan-policy {self.nan_policy!r}; valid: {choices(NAN_POLICIES)}")
-        from eptk.kernels import BACKENDS
-        if self.backend not in BACKENDS:
-            raise EptkUsageError(f"unknown --backend {self.backend!r}; valid: {choices(BACKENDS)}")
-        parse_spec(self.prior)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TuneConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise EptkUsageError(f"unknown --device {name!r}; valid: auto, cpu, cuda, cuda:N") from None
-
-
-def versions() -> dict:
-    import platform
-
-    import transformers
-
-    import eptk
-    out = {"eptk": eptk.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-           "python": platform.python_version()}
-    try:
-        import triton
-        out["triton"] = triton.__version__
-    except Exception:
-        pass
-    return out
+from .tasks import load_task
 
 
 def lr_factor(step: int, cfg: TuneConfig) -> float:
@@ -149,19 +52,10 @@ def prior_context(loaded, cfg: TuneConfig) -> PriorContext:
     family, _ = parse_spec(cfg.prior)
     stats = None
     if family.needs_stats:
-        from .capture import StatsProvider
-        stats = StatsProvider(loaded, cfg.model, cfg.task, samples=cfg.stats_samples, seed=cfg.seed)
-    emb = loaded.model.get_input_embeddings().weight.detach().float().cpu()
-    return PriorContext(embeddings=emb, tokenizer=loaded.tokenizer, task=cfg.task, model=cfg.model,
-                        seed=cfg.seed, stats=stats)
-
-
-class Stop(Exception):
-    """A signal asked the run to stop; the checkpoint is written. Exit code 128 + the signal's number."""
-    def __init__(self, signal_name: str, step: int, out):
-        super().__init__(f"stopped by {signal_name} after step {step}; checkpoint written, "
-                         f"continue with: eptk tune --resume {out}")
-        self.exit_code = 128 + int(signal.Signals[signal_name])
+        from .stats_cache import StatsCache
+        stats = StatsCache(loaded, cfg.model, cfg.task, samples=cfg.stats_samples, seed=cfg.seed)
+    return PriorContext(embeddings=family_of(loaded.model).token_embeddings(loaded.model), tokenizer=loaded.tokenizer,
+                        task=cfg.task, model=cfg.model, seed=cfg.seed, stats=stats)
 
 
 def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
@@ -172,8 +66,8 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
     dist = dist or Distributed.from_env()
     cfg.validate()
     task = load_task(cfg.task, cfg.seed)
-    device = resolve_device(cfg.device if cfg.device != "auto" else dist.default_device())
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    device = resolve_device(cfg.device, default=dist.default_device())
+    dtype = frozen_dtype(device)
     if cfg.device_map and dist.world > 1:
         raise EptkUsageError("--device-map splits one process's model over GPUs; under torchrun every rank holds "
                              "a whole copy (data parallel): use one or the other")
@@ -181,27 +75,25 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
                         device_map=cfg.device_map or None)
     if cfg.device_map:
         device = loaded.model.get_input_embeddings().weight.device  # batches enter where the embeddings are
-    dims = model_dims(loaded.model)
-    layers = parse_layers(cfg.layers, dims["num_layers"]) if cfg.method == "deep" else []
-    shapes = param_shapes(cfg.method, cfg.tokens, dims, layers, cfg.soft)
+    dims = family_of(loaded.model).dims(loaded.model)
+    method_class = get_method(cfg.method)
+    layers = method_class.resolve_layers(cfg.layers, dims["num_layers"])
+    method = method_class(cfg.tokens, dims, layers, cfg.soft)
+    specs = method.tensor_specs()
     out = Path(cfg.out or default_run_name(cfg))
     resolved = dict(dataclasses.asdict(cfg), out=str(out), layers_resolved=layers, **dims,
                     model_source=loaded.source, versions=versions(), name=out.name,
-                    parameters=sum(int(torch.tensor(s).prod()) for s in shapes.values()))
+                    parameters=sum(math.prod(spec.shape) for spec in specs.values()))
     resolved["layers_spec"], resolved["layers"] = cfg.layers, layers
     # Everything that can fail on bad input happens before the run directory is touched.
-    params = {name: ParamInfo(name, shape, layer_of(name)) for name, shape in shapes.items()}
     ctx = prior_context(loaded, cfg)
-    prior = build_prior(cfg.prior, ctx, params)
-    prior.context_stats = ctx.stats
+    prior = build_prior(cfg.prior, ctx, specs)
     init = prior.sample(torch.Generator().manual_seed(cfg.seed))
-    prompted = PromptedModel(loaded.model, loaded.tokenizer, cfg.method, cfg.tokens, layers, cfg.soft, init,
-                             cfg.backend)
+    prompted = PromptedModel(loaded.model, loaded.tokenizer, method, init, cfg.backend)
     prior.to(device)
     resolved["lr_scales"] = lr_scales(init, cfg.lr_scale)
-    ctx_stats = getattr(prior, "context_stats", None)
-    if ctx_stats is not None and ctx_stats.folders:
-        resolved["stats"] = dict(ctx_stats.folders)  # eptk analyze finds the data region here
+    if ctx.stats is not None and ctx.stats.folders:
+        resolved["stats"] = dict(ctx.stats.folders)  # eptk analyze finds the data region here
     rates = {k: d.acceptance_rate for k, d in prior.dists.items() if hasattr(d, "acceptance_rate")}
     if rates:
         resolved["prior_acceptance_rate"] = rates
@@ -219,7 +111,7 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
         if run is not None and not resume:
             run.write_config(resolved)
             run.write_prior(init)
-        return _train(cfg, run, out, task, loaded, shapes, prompted, prior, resume, progress, device, dist,
+        return _train(cfg, run, out, task, loaded, list(specs), prompted, prior, resume, progress, device, dist,
                       resolved["lr_scales"])
     finally:
         if run is not None:
@@ -238,11 +130,11 @@ def lr_scales(init: dict[str, torch.Tensor], mode: str) -> dict[str, float]:
     return {name: (value / ref if value > 0 else 1.0) for name, value in rms.items()}
 
 
-def _train(cfg, run, out, task, loaded, shapes, prompted, prior, resume, progress, device, dist, scales):
+def _train(cfg, run, out, task, loaded, names, prompted, prior, resume, progress, device, dist, scales):
     tok = loaded.tokenizer
 
-    trainable = [prompted.param(n) for n in shapes]
-    optimizer = torch.optim.AdamW([{"params": [prompted.param(n)], "lr_scale": scales[n]} for n in shapes],
+    trainable = [prompted.param(n) for n in names]
+    optimizer = torch.optim.AdamW([{"params": [prompted.param(n)], "lr_scale": scales[n]} for n in names],
                                   lr=cfg.lr, weight_decay=cfg.weight_decay)
     train = task.examples("train", cfg.train_size)
     val = task.examples("validation", cfg.eval_size)
@@ -250,7 +142,7 @@ def _train(cfg, run, out, task, loaded, shapes, prompted, prior, resume, progres
         raise EptkUsageError(f"task {cfg.task!r} has no training examples")
     start = 0
     if resume:
-        start = _restore(run, prompted, optimizer, shapes, dist)
+        start = _restore(run, prompted, optimizer, names, dist)
         if start > 0:
             dist.broadcast_optimizer_state(optimizer, trainable)
     dist.broadcast_params(trainable)
@@ -283,7 +175,7 @@ def _train(cfg, run, out, task, loaded, shapes, prompted, prior, resume, progres
                 step_tokens += int(enc["attention_mask"].sum())
             if cfg.prior_weight > 0:
                 # MAP: -lambda * log p(theta) / n, n = training examples
-                map_term = -cfg.prior_weight * prior.log_prob({n: prompted.param(n) for n in shapes}) / len(train)
+                map_term = -cfg.prior_weight * prior.log_prob({n: prompted.param(n) for n in names}) / len(train)
                 if dist.is_main:
                     map_term.backward()
             dist.all_reduce_grads(trainable)
@@ -313,7 +205,7 @@ def _train(cfg, run, out, task, loaded, shapes, prompted, prior, resume, progres
                 stopping = stop_flag["signal"] is not None
             if run is not None and ((cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or last
                                     or stopping):
-                _checkpoint(run, step + 1, prompted, optimizer, shapes)
+                _checkpoint(run, step + 1, prompted, optimizer, names)
             if stopping:
                 raise Stop(stop_flag["signal"] or "SIGTERM", step + 1, out)
     finally:
@@ -323,32 +215,16 @@ def _train(cfg, run, out, task, loaded, shapes, prompted, prior, resume, progres
         return out
     posterior = prompted.tensors()
     run.write_posterior(posterior)
-    result = evaluate_run(prompted, loaded, task, cfg, progress)
+    result = evaluate(prompted, task, task.examples("test", cfg.test_size))
     final_val = answer_loss(prompted, tok, val)
     run.log({"step": cfg.steps, "val_loss": final_val, "val_score": result["tuned"]["score"]})
     run.write_eval(result)
     return out
 
 
-def evaluate_run(prompted, loaded, task, cfg, progress=True) -> dict:
-    """Test-split scores without any prompt (baseline) and with the tuned prompt, plus prefix mass."""
-    test = task.examples("test", cfg.test_size)
-    baseline_model = PromptedModel(loaded.model, loaded.tokenizer, NO_PROMPT, 0, backend=cfg.backend)
-    result = {"task": task.name, "split": "test", "metric": task.metric,
-              "baseline": score(baseline_model, loaded.tokenizer, task, test),
-              "tuned": score(prompted, loaded.tokenizer, task, test)}
-    if prompted.method in ("deep", "prefix"):
-        from .tasks import encode_batch as enc
-        batch = enc(loaded.tokenizer, test[:64])
-        mass = prompted.prefix_mass(batch["input_ids"].to(prompted.device),
-                                    batch["attention_mask"].to(prompted.device))
-        result["prefix_mass"] = {f"layer{l}": [round(float(x), 6) for x in v] for l, v in sorted(mass.items())}
-    return result
-
-
-def _checkpoint(run, step, prompted, optimizer, shapes) -> None:
+def _checkpoint(run, step, prompted, optimizer, names) -> None:
     tensors = {f"param.{n}": t for n, t in prompted.tensors().items()}
-    for n in shapes:
+    for n in names:
         state = optimizer.state.get(prompted.param(n), {})
         for key in ("exp_avg", "exp_avg_sq"):
             if key in state:
@@ -359,15 +235,15 @@ def _checkpoint(run, step, prompted, optimizer, shapes) -> None:
     run.save_checkpoint(step, tensors, {"lr": optimizer.param_groups[0]["lr"]})
 
 
-def _restore(run, prompted, optimizer, shapes, dist) -> int:
+def _restore(run, prompted, optimizer, names, dist) -> int:
     found = run.latest_checkpoint() if run is not None else None
     if found is None:
         if run is not None:
             run.truncate_metrics(0)
         return dist.broadcast_int(0)
     tensors, state = found
-    prompted.load_tensors({n: tensors[f"param.{n}"] for n in shapes})
-    for n in shapes:
+    prompted.load_tensors({n: tensors[f"param.{n}"] for n in names})
+    for n in names:
         p = prompted.param(n)
         if f"adam.{n}.exp_avg" in tensors:
             optimizer.state[p] = {"exp_avg": tensors[f"adam.{n}.exp_avg"].to(p.device),
@@ -393,12 +269,6 @@ def _install_signal_handlers(flag):
 def _restore_signal_handlers(previous) -> None:
     for sig, handler in previous.items():
         signal.signal(sig, handler)
-
-
-def default_run_name(cfg: TuneConfig) -> str:
-    safe = lambda s: "".join(c if c.isalnum() or c in "-_." else "-" for c in str(s)).strip("-")
-    model = safe(Path(cfg.model).name if "/" in cfg.model else cfg.model)
-    return str(Path("runs") / f"{model}-{safe(cfg.task)}-{cfg.method}-{safe(cfg.prior)}-s{cfg.seed}")
 
 
 class _progress:
