@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from eptk.analysis import SUMMARY_COLUMNS, SUMMARY_COLUMNS_MARKDOWN, AnalysisOptions, analyze_runs, find_runs
+from eptk.analysis import SUMMARY_COLUMNS, SUMMARY_COLUMNS_MARKDOWN, AnalysisOptions, analyze_runs
+from eptk.runs import find_runs
 from eptk.errors import EptkUsageError
 from eptk.io import save_tensors_atomic, write_json_atomic
 

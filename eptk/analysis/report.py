@@ -9,7 +9,7 @@ import re
 from html import escape
 from pathlib import Path
 
-from .io import write_text_atomic
+from ..io import write_text_atomic
 
 KEY_COLUMNS = ("run", "block", "disp_l2_rel", "disp_cos", "nn_kept_share", "prior_collapsed_share", "post_collapsed_share",
                "post_max_cos", "post_norm_pctile", "post_anisotropy", "post_eff_rank", "prior_inside_share",
