@@ -1,0 +1,270 @@
+"""The sweep file and its grid: parsing and checking the TOML, expanding the grid into runs, and naming them.
+
+A sweep file (TOML) names grid keys — `priors`, `methods`, `layers`, `tokens`, `seeds`, `tasks`, each a
+value or a list — and fixed settings under `[fixed]` (any `eptk tune` setting: model, steps,
+batch_size, lr, ...). An optional top-level `out` is the default sweep directory.
+
+Every run lives in <out>/<name>, its name built from its grid values only (stable when the grid
+grows): `<task>-<method>[-<layers>]-<prior>-t<tokens>-s<seed>`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import TuneConfig
+from ..errors import EptkUsageError, choices
+from ..runs import RunDir, is_run
+
+# grid key in the sweep file -> the TuneConfig field it sets (file order = expansion order, seeds innermost)
+GRID_KEYS = {"tasks": "task", "methods": "method", "layers": "layers", "priors": "prior", "tokens": "tokens",
+             "seeds": "seed"}
+TOP_KEYS = (*GRID_KEYS, "fixed", "out")
+NOT_FIXED = ("out", "extra")  # TuneConfig fields a sweep does not set
+EXECUTION_ONLY = ("device", "backend")  # settings that do not change what a run computes
+
+
+@dataclass
+class SweepRun:
+    index: int
+    name: str
+    settings: dict  # TuneConfig fields the sweep sets (grid values + [fixed]); everything else: tune's defaults
+
+    def config(self) -> TuneConfig:
+        return TuneConfig(**self.settings)
+
+    def tune_args(self) -> list[str]:
+        """The `eptk tune` options that reproduce these settings."""
+        args = []
+        for key, value in self.settings.items():
+            flag = "--" + key.replace("_", "-")
+            if isinstance(value, bool):
+                args.append(flag if value else "--no-" + key.replace("_", "-"))
+            else:
+                args += [flag, str(value)]
+        return args
+
+
+@dataclass
+class Sweep:
+    path: Path
+    grid: dict  # grid key -> list of values
+    fixed: dict
+    out: str | None
+    runs: list[SweepRun] = field(default_factory=list)
+
+    def default_out(self) -> Path:
+        return Path(self.out) if self.out else Path("sweeps") / self.path.stem
+
+
+# ---- the sweep file ---------------------------------------------------------------------------------
+
+def _field_types() -> dict[str, str]:
+    return {f.name: (f.type if isinstance(f.type, str) else f.type.__name__) for f in dataclasses.fields(TuneConfig)}
+
+
+def _check_type(where: str, value, kind: str):
+    """A TOML value for a TuneConfig field of type `kind` (int, float, str, bool), or a one-line error."""
+    ok = {"int": isinstance(value, int) and not isinstance(value, bool),
+          "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+          "str": isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)),
+          "bool": isinstance(value, bool)}.get(kind, False)
+    if not ok:
+        wanted = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}.get(kind, kind)
+        raise EptkUsageError(f"{where} must be {wanted} (got {value!r})")
+    if kind == "str":
+        return str(value)
+    if kind == "float":
+        return float(value)
+    return value
+
+
+def load_sweep(path) -> Sweep:
+    """Read and check a sweep file, expand its grid. Every error is one line (EptkUsageError)."""
+    import tomllib
+
+    path = Path(path)
+    if not path.is_file():
+        raise EptkUsageError(f"sweep file {path} not found" if not path.exists() else f"sweep file {path} is not a file")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise EptkUsageError(f"sweep file {path} is not valid TOML: {str(exc).splitlines()[0]}") from None
+    unknown = [k for k in data if k not in TOP_KEYS]
+    if unknown:
+        raise EptkUsageError(f"{path}: unknown key {unknown[0]!r}; valid: {choices(TOP_KEYS)} "
+                             f"(fixed settings go under [fixed])")
+    types = _field_types()
+    settable = [k for k in types if k not in NOT_FIXED]
+
+    grid: dict[str, list] = {}
+    for key in GRID_KEYS:
+        if key not in data:
+            continue
+        raw = data[key]
+        values = raw if isinstance(raw, list) else [raw]
+        if not values:
+            raise EptkUsageError(f"{path}: empty grid: {key!r} has no values")
+        kind = types[GRID_KEYS[key]]
+        checked = []
+        for v in values:
+            v = _check_type(f"{path}: every value of {key!r}", v, kind)
+            if v not in checked:
+                checked.append(v)
+        grid[key] = checked
+
+    fixed = data.get("fixed", {})
+    if not isinstance(fixed, dict):
+        raise EptkUsageError(f"{path}: 'fixed' must be a table ([fixed] with key = value lines)")
+    fixed_checked = {}
+    for key, value in fixed.items():
+        if key not in settable:
+            hint = f" (it is a grid key: set {_grid_key_of(key)!r} at the top level)" if _grid_key_of(key) else ""
+            raise EptkUsageError(f"{path}: unknown [fixed] setting {key!r}{hint}; valid: {choices(settable)}")
+        fixed_checked[key] = _check_type(f"{path}: [fixed] {key}", value, types[key])
+    for key, target in GRID_KEYS.items():
+        if key in grid and target in fixed_checked:
+            raise EptkUsageError(f"{path}: {target!r} is set both by the grid key {key!r} and by [fixed]; keep one")
+    out = data.get("out")
+    if out is not None and not isinstance(out, str):
+        raise EptkUsageError(f"{path}: 'out' must be a string (got {out!r})")
+    if not grid:
+        raise EptkUsageError(f"{path}: empty grid: give at least one of {choices(GRID_KEYS)}")
+
+    sweep = Sweep(path=path, grid=grid, fixed=fixed_checked, out=out)
+    sweep.runs = _expand(sweep)
+    return sweep
+
+
+def _grid_key_of(name: str) -> str | None:
+    for key, target in GRID_KEYS.items():
+        if name in (key, target):
+            return key
+    return None
+
+
+def _expand(sweep: Sweep) -> list[SweepRun]:
+    defaults = TuneConfig()
+    keys = list(sweep.grid)
+    runs, seen = [], set()
+    for combo in itertools.product(*(sweep.grid[k] for k in keys)):
+        values = {GRID_KEYS[k]: v for k, v in zip(keys, combo)}
+        settings = dict(values, **sweep.fixed)
+        effective = lambda name: settings.get(name, getattr(defaults, name))  # noqa: E731
+        if not takes_layers(effective("method")) and "layers" in values:
+            del settings["layers"]  # only methods with layers get one run per layers value
+            if "layers" in sweep.fixed:
+                settings["layers"] = sweep.fixed["layers"]
+        key = json.dumps(settings, sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        runs.append(SweepRun(index=len(runs), name=_run_name(effective), settings=settings))
+    _unique_names(runs)
+    for run in runs:
+        try:
+            run.config().validate()
+        except EptkUsageError as exc:
+            raise EptkUsageError(f"{sweep.path}: run {run.name}: {exc}") from None
+    return runs
+
+
+def takes_layers(method: str) -> bool:
+    """Whether runs of this method differ by --layers (an unknown method is reported by validation)."""
+    from ..methods import METHODS
+    return method in METHODS and METHODS[method].takes_layers
+
+
+def _safe(text) -> str:
+    table = {":": "-", ",": "+", "/": "_", "\\": "_", " ": "_"}
+    out = "".join(c if c.isalnum() or c in "-_.+" else table.get(c, "-") for c in str(text))
+    return out.strip("-_.") or "x"
+
+
+def _run_name(effective) -> str:
+    method = effective("method")
+    parts = [_safe(effective("task")), _safe(method)]
+    if takes_layers(method):
+        parts.append(_safe(str(effective("layers")).replace("last:", "last")))
+    parts += [_safe(effective("prior")), f"t{effective('tokens')}", f"s{effective('seed')}"]
+    name = "-".join(parts)
+    if len(name) > 120:  # long specs (a posterior's path): keep a readable head and a stable hash
+        name = name[:100] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    return name
+
+
+def _unique_names(runs: list[SweepRun]) -> None:
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.name] = counts.get(run.name, 0) + 1
+    for run in runs:
+        if counts[run.name] > 1:  # two specs that read the same once made safe for a path
+            digest = hashlib.sha1(json.dumps(run.settings, sort_keys=True).encode()).hexdigest()[:8]
+            run.name = f"{run.name}-{digest}"
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'I/N' (0 <= I < N) -> (I, N); None -> None."""
+    if text is None:
+        return None
+    try:
+        i_text, n_text = str(text).split("/")
+        i, n = int(i_text), int(n_text)
+    except ValueError:
+        raise EptkUsageError(f"bad --shard {text!r}; valid: I/N with 0 <= I < N, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise EptkUsageError(f"bad --shard {text!r}; valid: I/N with 0 <= I < N, e.g. 0/4")
+    return i, n
+
+
+def select_shard(runs: list[SweepRun], shard: tuple[int, int] | None) -> list[SweepRun]:
+    """Every N-th run starting at I (by position in the expanded grid)."""
+    if shard is None:
+        return list(runs)
+    i, n = shard
+    return runs[i::n]
+
+
+# ---- the state of a run directory ----------------------------------------------------------------
+
+def run_state(run_dir: Path) -> str:
+    """complete (evaluated), checkpoint (resumable), partial (exists, nothing to resume), new."""
+    run = RunDir(run_dir)
+    if run.is_complete():
+        return "complete"
+    if is_run(run.path) and run.has_checkpoint():
+        return "checkpoint"
+    return "partial" if run.path.exists() else "new"
+
+
+def settings_conflict(run: SweepRun, run_dir: Path) -> str | None:
+    """Why an existing run directory is not this sweep run (other settings), or None."""
+    try:
+        config = RunDir(run_dir).config()
+    except EptkUsageError:
+        return f"{run_dir}: its config is missing or unreadable"
+    for key, want in run.settings.items():
+        if key in EXECUTION_ONLY:
+            continue
+        have = config.get("layers_spec", config.get("layers")) if key == "layers" else config.get(key)
+        if have != want:
+            return (f"{run_dir} holds a run with other settings ({key}: {have!r} there, {want!r} in the sweep); "
+                    f"delete it or choose another --out")
+    return None
+
+
+def plan(runs: list[SweepRun], out: Path) -> list[dict]:
+    """What a sweep would do with each run: skip, resume, overwrite, fresh (or conflict)."""
+    rows = []
+    for run in runs:
+        run_dir = out / run.name
+        state = run_state(run_dir)
+        action = {"complete": "skip", "checkpoint": "resume", "partial": "overwrite", "new": "fresh"}[state]
+        problem = settings_conflict(run, run_dir) if state in ("complete", "checkpoint") else None
+        rows.append({"run": run, "dir": run_dir, "state": state, "action": "conflict" if problem else action,
+                     "problem": problem})
+    return rows
