@@ -1,4 +1,5 @@
-"""`eptk capture`: activation statistics of a model on a task's train examples (thin over eptk.capture)."""
+"""`eptk capture`: activation statistics of a model on a task's train examples (argument parsing over
+eptk.commands)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,14 +7,20 @@ from typing import Optional
 
 import typer
 
+from eptk.config import TuneConfig
+from eptk.tasks import task_choices
+
 from .app import app
+
+D = TuneConfig()
 
 
 @app.command("capture")
 def capture(
-    model: str = typer.Option("smollm2", help="smollm2 (default), tiny, tiny:<family>, a local dir, a .gguf, a hub id"),
-    task: str = typer.Option("arith", help="arith[:OPS[:DIGITS]], qa, fill, squad, math, c4, hf:<name>, jsonl:<path>"),
-    layers: str = typer.Option("all", help="activation layers: all (0..L), last:N, or a comma list like 0,14,30 "
+    model: str = typer.Option(D.model, help="smollm2 (default), tiny, tiny:<family>, a local dir, a .gguf, a hub id"),
+    task: str = typer.Option(D.task, help=task_choices()),
+    layers: str = typer.Option("all", help="activation layers: all (0..L), last:N (the inputs of the last N decoder "
+                                           "layers, L-N..L-1, as in tune), or a comma list like 0,14,30 "
                                            "(0 = token embeddings, L = last layer output)"),
     samples: int = typer.Option(2048, help="token activations kept per layer (seeded reservoir)"),
     examples: int = typer.Option(512, help="train examples captured (prompt + answer)"),
@@ -25,29 +32,6 @@ def capture(
     quiet: bool = typer.Option(False, help="no progress bar"),
 ) -> None:
     """Capture per-layer activation statistics (mean, covariance, token samples) of a task."""
-    import torch
-    from rich.console import Console
+    from eptk import commands
 
-    from eptk.capture import capture_task, ensure_stats, parse_capture_layers, stats_folder
-    from eptk.errors import EptkUsageError
-    from eptk.models import load_model, model_dims
-    from eptk.train import resolve_device
-
-    if samples < 1 or examples < 1 or batch_size < 1:
-        raise EptkUsageError("--samples, --examples and --batch-size must be at least 1")
-    dev = resolve_device(device)
-    loaded = load_model(model, device=dev, dtype=torch.bfloat16 if dev.type == "cuda" else torch.float32)
-    dims = model_dims(loaded.model)
-    chosen = parse_capture_layers(layers, dims["num_layers"])
-    if out is None:
-        stats = ensure_stats(loaded, model, task, chosen, samples=samples, seed=seed, n_examples=examples,
-                             batch_size=batch_size, progress=not quiet)
-        folder = stats_folder(loaded, model, task, chosen, samples, seed, examples)
-    else:
-        stats = capture_task(loaded, model, task, chosen, samples=samples, seed=seed, n_examples=examples,
-                             batch_size=batch_size, progress=not quiet)
-        folder = stats.save(out)
-    tokens = int(stats.gaussians[chosen[0]].count)
-    Console().print(f"activation statistics of {model} on {task}: layers {layers} ({len(chosen)}), "
-                    f"{stats.meta.get('sequences', '?')} sequences, {tokens} tokens (padding, BOS, first tokens and massive activations excluded)\n"
-                    f"written to {folder}")
+    commands.capture(model, task, layers, samples, examples, seed, batch_size, out, device, progress=not quiet)

@@ -9,8 +9,7 @@ from .app import app
 
 
 def main(argv=None) -> int:
-    from eptk.errors import EptkUsageError
-    from eptk.train import Stop
+    from eptk.errors import EptkUsageError, Stop
 
     _quiet_libraries()
     try:
@@ -44,17 +43,20 @@ def main(argv=None) -> int:
 
 
 def _quiet_libraries() -> None:
+    """Errors only from transformers, no progress bars: set now if it is loaded, else when it loads (`eptk
+    --help` must not import it)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import logging
     import warnings
     warnings.filterwarnings("ignore")
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    try:
+    if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+    else:
+        os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`eptk sweep SWEEP.toml [--jobs N] [--shard I/N] [--out DIR]`: a grid of tuning runs (thin over eptk.sweep)."""
+"""`eptk sweep SWEEP.toml [--jobs N] [--shard I/N] [--out DIR]`: a grid of tuning runs (over eptk.commands)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,36 +23,8 @@ def sweep(
     quiet: bool = typer.Option(False, help="no progress bar"),
 ) -> None:
     """Run a grid of `eptk tune` runs into one directory: complete runs skipped, interrupted ones resumed."""
-    from rich.console import Console
+    from eptk import commands
 
-    from eptk.errors import EptkUsageError
-    from eptk.sweep import load_sweep, parse_shard, plan, run_sweep, select_shard, summary_name
-
-    parsed_shard = parse_shard(shard)
-    if jobs is not None and jobs < 1:
-        raise EptkUsageError(f"--jobs must be at least 1 (got {jobs})")
-    spec = load_sweep(file)
-    target = out if out is not None else spec.default_out()
-    console = Console()
-    if dry_run:
-        rows = plan(select_shard(spec.runs, parsed_shard), target)
-        for row in rows:
-            typer.echo(f"{row['run'].index:4d}  {row['action']:9s}  {row['run'].name}")
-        typer.echo(f"{len(rows)} of {len(spec.runs)} runs -> {target}")
-        return
-    summary = run_sweep(spec, target, jobs=jobs, shard=parsed_shard, analyze=analyze, progress=not quiet,
-                        console=console)
-    counts = summary["counts"]
-    parts = [f"{counts[k]} {k}" for k in ("done", "resumed", "skipped", "failed") if counts.get(k)]
-    typer.echo(f"sweep: {len(summary['runs'])} runs ({', '.join(parts) or 'none'}) -> {target}/"
-               f"{summary_name(parsed_shard)}")
-    analysis = summary.get("analysis") or {}
-    if analysis.get("status") == "done":
-        typer.echo(f"analysis: {analysis['out']}/report.html")
-    elif analysis.get("status") == "failed":
-        typer.echo(f"analysis failed (exit {analysis.get('exit_code')}); see {target}/logs/analyze.err")
-    if counts.get("failed"):
-        failed = [r["name"] for r in summary["runs"] if r["status"] == "failed"]
-        typer.echo(f"failed: {', '.join(failed)} (exit codes and stderr tails in {summary_name(parsed_shard)}; "
-                   f"rerun the same command to retry them)", err=True)
-        raise typer.Exit(1)
+    code = commands.sweep(file, jobs=jobs, shard=shard, out=out, analyze=analyze, dry_run=dry_run, progress=not quiet)
+    if code:
+        raise typer.Exit(code)

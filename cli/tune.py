@@ -1,22 +1,24 @@
-"""`eptk tune`, `eptk eval`, `eptk generate`: thin over eptk.train, eptk.evaluate and eptk.load_run."""
+"""`eptk tune`, `eptk eval`, `eptk generate`: argument parsing over eptk.commands."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from eptk.config import TuneConfig
+from eptk.tasks import task_choices
+
 from .app import app
 
-D = __import__("eptk.train", fromlist=["TuneConfig"]).TuneConfig()  # defaults live in one place
+D = TuneConfig()  # defaults live in one place
 
 
 @app.command()
 def tune(
     model: str = typer.Option(D.model, help="smollm2 (default), tiny, tiny:<family>, a local dir, a .gguf, a hub id"),
-    task: str = typer.Option(D.task, help="arith[:OPS[:DIGITS]], qa, fill, squad, math, c4, hf:<name>, jsonl:<path>"),
-    method: str = typer.Option(D.method, help="soft, deep or prefix"),
+    task: str = typer.Option(D.task, help=task_choices()),
+    method: str = typer.Option(D.method, help="soft, deep or prefix (eptk/methods/)"),
     prior: str = typer.Option(D.prior, help="prior spec family[:args]; see `eptk priors`"),
     prior_weight: float = typer.Option(D.prior_weight, help="MAP term weight: loss += -λ·log p(θ)/n"),
     tokens: int = typer.Option(D.tokens, help="prompt length P (slots)"),
@@ -52,61 +54,16 @@ def tune(
     quiet: bool = typer.Option(False, help="no progress bar"),
 ) -> None:
     """Prompt-tune a frozen causal LM from a chosen prior and write a run directory."""
-    from eptk.io import read_json
-    from eptk.train import TuneConfig, tune as run_tune
+    from eptk import commands
 
-    if resume is not None:
-        cfg = TuneConfig.from_dict(_run_config(resume))
-        cfg.out = str(resume)
-    elif config is not None:
-        cfg = TuneConfig.from_dict(_layers_spec(read_json(config, "config")))
-        cfg.out = str(out) if out is not None else cfg.out
-    else:
-        cfg = TuneConfig(model=model, task=task, method=method, prior=prior, prior_weight=prior_weight,
-                         tokens=tokens, layers=layers, soft=soft, steps=steps, batch_size=batch_size,
-                         grad_accum=grad_accum, lr=lr, weight_decay=weight_decay, schedule=schedule, warmup=warmup,
-                         clip=clip, eval_every=eval_every, eval_size=eval_size, test_size=test_size,
-                         train_size=train_size, checkpoint_every=checkpoint_every, seed=seed,
-                         out=str(out) if out else "", backend=backend, device=device, nan_policy=nan_policy,
-                         lr_scale=lr_scale, device_map=device_map,
-                         trust_remote_code=trust_remote_code, stats_samples=stats_samples)
-    run = run_tune(cfg, resume=resume is not None, overwrite=overwrite, progress=not quiet)
-    _print_eval(run)
-
-
-def _layers_spec(config: dict) -> dict:
-    """config.json stores resolved layers; rerun from the spec the user gave."""
-    config = dict(config)
-    if "layers_spec" in config:
-        config["layers"] = config["layers_spec"]
-    return config
-
-
-def _run_config(path: Path) -> dict:
-    from eptk.errors import EptkUsageError
-    from eptk.runs import RunDir, is_run
-
-    if not is_run(path):
-        raise EptkUsageError(f"--resume {path}: not a run directory (no config.json)")
-    config = RunDir(path).config()
-    if config.get("prior") == "imported":
-        raise EptkUsageError(f"--resume {path}: this run was imported from a PEFT adapter and has no training state")
-    return _layers_spec(config)
-
-
-def _print_eval(run: Path) -> None:
-    import os
-    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
-        return
-    path = Path(run) / "eval.json"
-    if not path.exists():
-        return
-    result = json.loads(path.read_text())
-    base, tuned = result["baseline"], result["tuned"]
-    metric = result["metric"]
-    typer.echo(f"{result['task']} test ({tuned['n']} examples), {metric}: baseline {base['score']:.1f} -> "
-               f"tuned {tuned['score']:.1f}   (answer loss {base['loss']:.3f} -> {tuned['loss']:.3f})")
-    typer.echo(f"run directory: {run}")
+    settings = dict(model=model, task=task, method=method, prior=prior, prior_weight=prior_weight, tokens=tokens,
+                    layers=layers, soft=soft, steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+                    weight_decay=weight_decay, schedule=schedule, warmup=warmup, clip=clip, eval_every=eval_every,
+                    eval_size=eval_size, test_size=test_size, train_size=train_size,
+                    checkpoint_every=checkpoint_every, seed=seed, out=str(out) if out else "", backend=backend,
+                    device=device, nan_policy=nan_policy, lr_scale=lr_scale, device_map=device_map,
+                    trust_remote_code=trust_remote_code, stats_samples=stats_samples)
+    commands.tune(settings, resume=resume, config=config, overwrite=overwrite, progress=not quiet)
 
 
 @app.command("eval")
@@ -118,20 +75,9 @@ def eval_command(
     backend: str = typer.Option("auto"),
 ) -> None:
     """Score a tuned run (and the no-prompt baseline) on a task split."""
-    import eptk
-    from eptk.evaluate import score
-    from eptk.prompts import NO_PROMPT, PromptedModel
-    from eptk.tasks import load_task
+    from eptk import commands
 
-    tuned = eptk.load_run(run, backend=backend)
-    spec = task or tuned.config["task"]
-    the_task = load_task(spec, int(tuned.config.get("seed", 0)))
-    examples = the_task.examples(split, size)
-    baseline = PromptedModel(tuned.model, tuned.tokenizer, NO_PROMPT, 0, backend=backend)
-    b, t = score(baseline, tuned.tokenizer, the_task, examples), score(tuned, tuned.tokenizer, the_task, examples)
-    typer.echo(json.dumps({"task": the_task.name, "split": split, "metric": the_task.metric,
-                           "baseline": {k: b[k] for k in ("score", "loss", "n")},
-                           "tuned": {k: t[k] for k in ("score", "loss", "n")}}, indent=2))
+    commands.evaluate(run, task, split, size, backend)
 
 
 @app.command()
@@ -144,12 +90,6 @@ def generate(
     seed: int = typer.Option(0),
 ) -> None:
     """Continue TEXT with the tuned prompt in front."""
-    import torch
+    from eptk import commands
 
-    import eptk
-
-    tuned = eptk.load_run(run)
-    enc = tuned.tokenizer(text, return_tensors="pt")
-    out = tuned.generate(enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens, do_sample=sample,
-                         temperature=temperature, generator=torch.Generator().manual_seed(seed))
-    typer.echo(tuned.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+    commands.generate(run, text, max_new_tokens, sample, temperature, seed)

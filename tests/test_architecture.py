@@ -1,0 +1,185 @@
+"""The package's layering, checked from the source: no import circles (function-level imports included),
+kernels/ imports nothing from eptk/, no module outside eptk/methods/ compares a method name to a string,
+only eptk/runs.py and eptk/stats.py spell the names of the files they own, and `eptk --help` loads
+neither transformers nor torch."""
+import ast
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+PACKAGES = {"eptk": ROOT / "eptk", "eptk.kernels": ROOT / "kernels", "eptk.cli": ROOT / "cli"}
+
+
+def modules() -> dict[str, Path]:
+    """module name -> file, for every module of eptk, eptk.kernels and eptk.cli."""
+    out = {}
+    for package, folder in PACKAGES.items():
+        for path in sorted(folder.rglob("*.py")):
+            parts = list(path.relative_to(folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join([package, *parts])] = path
+    return out
+
+
+MODULES = modules()
+
+
+def is_package(name: str) -> bool:
+    return MODULES[name].name == "__init__.py"
+
+
+def imports(name: str) -> set[str]:
+    """The eptk modules `name` imports anywhere in its body, resolved to modules (a name imported from a
+    package is the submodule when one exists). A package that imports all of its modules through
+    eptk.registry.import_modules imports each of them."""
+    tree = ast.parse(MODULES[name].read_text())
+    package = name if is_package(name) else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[:len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base for alias in node.names]
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "import_modules":
+            targets = [m for m in MODULES if m.rpartition(".")[0] == name]
+        found.update(t for t in targets if t in MODULES and t != name)
+    return found
+
+
+GRAPH = {name: imports(name) for name in MODULES}
+
+
+def test_no_import_circles():
+    """Tarjan's strongly connected components: any component of more than one module is a circle."""
+    index, low, stack, on_stack, circles = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in GRAPH[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    sys.setrecursionlimit(10_000)
+    for v in GRAPH:
+        if v not in index:
+            visit(v)
+    assert not circles, f"import circles: {circles}"
+
+
+def test_kernels_import_nothing_from_eptk():
+    bad = {name: sorted(t for t in targets if not t.startswith("eptk.kernels"))
+           for name, targets in GRAPH.items() if name.startswith("eptk.kernels")}
+    assert not any(bad.values()), bad
+
+
+def test_linalg_is_a_leaf():
+    assert GRAPH["eptk.linalg"] == set()
+
+
+def string_constants(node) -> list[str]:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return [s for e in node.elts for s in string_constants(e)]
+    return []
+
+
+def test_only_eptk_methods_compares_method_names():
+    """A method's behaviour lives in its class: elsewhere, `method == "deep"` (or `in ("deep", "prefix")`)
+    is a dispatch that a new method would have to find and extend."""
+    from eptk.methods import METHODS
+    offences = []
+    for module, path in MODULES.items():
+        if module.startswith("eptk.methods") or module.startswith("eptk.kernels"):
+            continue
+        source = path.read_text()
+        for node in ast.walk(ast.parse(source)):
+            if not isinstance(node, ast.Compare):
+                continue
+            sides = [node.left, *node.comparators]
+            constants = {s for side in sides for s in string_constants(side)}
+            others = " ".join(ast.get_source_segment(source, side) or "" for side in sides)
+            hits = constants & set(METHODS) or (constants & {"none"} if "method" in others else set())
+            if hits:
+                offences.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.get_source_segment(source, node)}")
+    assert not offences, "\n".join(offences)
+
+
+def test_run_and_statistics_file_names_have_one_owner():
+    owned = {"eptk.runs": ("config.json", "prior.safetensors", "posterior.safetensors", "metrics.jsonl",
+                           "eval.json", "state.json", "state.safetensors"),
+             "eptk.stats": ("stats.safetensors", "meta.json")}
+    offences = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                # a file name used as a path (prose in docstrings and messages may mention the files)
+                parts = set(node.value.strip().split("/"))
+                for owner, names in owned.items():
+                    # eptk.models reads a Hugging Face model folder's own config.json, not a run's
+                    if module not in (owner, "eptk.models") and parts & set(names):
+                        offences.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r} (owner {owner})")
+    assert not offences, "\n".join(offences)
+
+
+def test_help_loads_neither_transformers_nor_torch():
+    probe = ("import sys, time\nt0 = time.perf_counter()\nfrom eptk.cli.main import main\nmain(['--help'])\n"
+             "print('TIME', time.perf_counter() - t0)\n"
+             "print('LOADED', 'transformers' in sys.modules, 'torch' in sys.modules)")
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    wall = time.perf_counter() - t0
+    assert out.returncode == 0, out.stderr
+    loaded = next(line for line in out.stdout.splitlines() if line.startswith("LOADED"))
+    print(f"eptk --help: {wall:.2f} s in a fresh interpreter")
+    assert loaded == "LOADED False False", loaded
+
+
+def test_priors_command_does_not_load_transformers():
+    probe = ("import sys\nfrom eptk.cli.main import main\nmain(['priors'])\n"
+             "print('LOADED', 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "region:new" in out.stdout and "LOADED False" in out.stdout, out.stdout
+
+
+def test_method_help_names_every_method():
+    """The CLI help may not import the methods (torch); it names them, and this keeps the list true."""
+    from eptk.methods import METHODS
+    help_text = (ROOT / "cli" / "tune.py").read_text()
+    line = next(l for l in help_text.splitlines() if "method: str = typer.Option" in l)
+    assert all(name in line for name in METHODS), line
+
+
+def test_importing_the_library_loads_no_transformers():
+    """transformers (and the Triton it imports) load when a model is loaded or prompted, not on import:
+    the kernel tests bind Triton to its interpreter before first importing it."""
+    probe = ("import sys\nimport eptk.analysis, eptk.methods, eptk.priors, eptk.prompts, eptk.train, eptk.sweep\n"
+             "print('LOADED', 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "LOADED False" in out.stdout, out.stdout
