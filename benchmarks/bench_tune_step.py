@@ -70,7 +70,8 @@ def load(setting: Setting, role: str):
 def make_batch(setting: Setting, tokenizer, vocab: int) -> dict:
     """Arithmetic examples (~18 tokens with SmolLM2's digit tokens) or random ids with a labelled tail."""
     if setting.answer == 0:
-        from eptk.tasks import encode_batch, load_task
+        from eptk.batches import encode_batch
+        from eptk.tasks import load_task
         batch = encode_batch(tokenizer, load_task("arith:+-*:4").examples("train", setting.batch))
     else:
         gen = torch.Generator().manual_seed(0)
@@ -87,13 +88,14 @@ def setup(provider: str, setting: Setting):
     batch = make_batch(setting, tokenizer, model.config.vocab_size)
     amp = torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=GPU)
     if provider.startswith("eptk-"):
-        from eptk.models import model_dims
-        from eptk.prompts import PromptedModel, param_shapes
-        method = provider[5:]
+        from eptk.families import model_dims
+        from eptk.methods import get_method
+        from eptk.prompts import PromptedModel
+        method = get_method(provider[5:])
         dims = model_dims(model)
-        layers = list(range(1, dims["num_layers"])) if method == "deep" else []
-        init = {k: torch.randn(s) * 0.02 for k, s in param_shapes(method, setting.tokens, dims, layers, True).items()}
-        prompted = PromptedModel(model, tokenizer, method, setting.tokens, layers, True, init)
+        prompt = method(setting.tokens, dims, method.resolve_layers("all", dims["num_layers"]), True)
+        init = {k: torch.randn(s.shape) * 0.02 for k, s in prompt.tensor_specs().items()}
+        prompted = PromptedModel(model, tokenizer, prompt, init)
         params = list(prompted.params.values())
 
         def loss():
