@@ -11,8 +11,6 @@ import contextlib
 import contextvars
 from dataclasses import dataclass, field
 
-import torch
-
 from eptk.kernels import prefix_attention
 
 ATTN_NAME = "eptk"

@@ -75,6 +75,8 @@ def generate(run: Path, text: str, max_new_tokens: int = 32, sample: bool = Fals
 def capture(model: str, task: str, layers: str = "all", samples: int = 2048, examples: int = 512, seed: int = 0,
             batch_size: int = 16, out: Path | None = None, device: str = "auto", progress: bool = True) -> Path:
     """Capture a task's activation statistics into `out`, or into the cache tuning reuses; return the folder."""
+    from rich.console import Console
+
     from .capture import capture_task
     from .errors import EptkUsageError
     from .families import model_dims
@@ -96,8 +98,6 @@ def capture(model: str, task: str, layers: str = "all", samples: int = 2048, exa
         stats = capture_task(loaded, model, task, chosen, samples=samples, seed=seed, n_examples=examples,
                              batch_size=batch_size, progress=progress)
         folder = stats.save(out)
-    from rich.console import Console
-
     tokens = int(stats.gaussians[chosen[0]].count)
     Console().print(f"activation statistics of {model} on {task}: layers {layers} ({len(chosen)}), "
                     f"{stats.meta.get('sequences', '?')} sequences, {tokens} tokens (padding, BOS, first tokens and "

@@ -146,25 +146,24 @@ def test_run_and_statistics_file_names_have_one_owner():
     assert not offences, "\n".join(offences)
 
 
-def test_help_loads_neither_transformers_nor_torch():
-    probe = ("import sys, time\nt0 = time.perf_counter()\nfrom eptk.cli.main import main\nmain(['--help'])\n"
-             "print('TIME', time.perf_counter() - t0)\n"
-             "print('LOADED', 'transformers' in sys.modules, 'torch' in sys.modules)")
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    wall = time.perf_counter() - t0
+def probe(code: str) -> str:
+    """stdout of `code` run in a fresh interpreter (which modules a command or an import loads)."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
-    loaded = next(line for line in out.stdout.splitlines() if line.startswith("LOADED"))
-    print(f"eptk --help: {wall:.2f} s in a fresh interpreter")
-    assert loaded == "LOADED False False", loaded
+    return out.stdout
+
+
+def test_help_loads_neither_transformers_nor_torch():
+    t0 = time.perf_counter()
+    stdout = probe("import sys\nfrom eptk.cli.main import main\nmain(['--help'])\n"
+                   "print('LOADED', 'transformers' in sys.modules, 'torch' in sys.modules)")
+    print(f"eptk --help: {time.perf_counter() - t0:.2f} s in a fresh interpreter")
+    assert "LOADED False False" in stdout, stdout
 
 
 def test_priors_command_does_not_load_transformers():
-    probe = ("import sys\nfrom eptk.cli.main import main\nmain(['priors'])\n"
-             "print('LOADED', 'transformers' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert "region:new" in out.stdout and "LOADED False" in out.stdout, out.stdout
+    stdout = probe("import sys\nfrom eptk.cli.main import main\nmain(['priors'])\nprint('LOADED', 'transformers' in sys.modules)")
+    assert "region:new" in stdout and "LOADED False" in stdout, stdout
 
 
 def test_method_help_names_every_method():
@@ -178,8 +177,6 @@ def test_method_help_names_every_method():
 def test_importing_the_library_loads_no_transformers():
     """transformers (and the Triton it imports) load when a model is loaded or prompted, not on import:
     the kernel tests bind Triton to its interpreter before first importing it."""
-    probe = ("import sys\nimport eptk.analysis, eptk.methods, eptk.priors, eptk.prompts, eptk.train, eptk.sweep\n"
-             "print('LOADED', 'transformers' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert "LOADED False" in out.stdout, out.stdout
+    stdout = probe("import sys\nimport eptk.analysis, eptk.methods, eptk.priors, eptk.prompts, eptk.train, eptk.sweep\n"
+                   "print('LOADED', 'transformers' in sys.modules)")
+    assert "LOADED False" in stdout, stdout

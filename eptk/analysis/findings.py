@@ -68,7 +68,6 @@ def findings(rows: list[dict]) -> list[dict]:
 
 
 def print_findings(table_rows: list[dict], console=None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     console = console or wide_console()
