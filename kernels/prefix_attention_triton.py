@@ -30,14 +30,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ._interpreter import interpreter_index_shim as _interpreter_index_shim
+from ._interpreter import built_interpreted, interpreter_shims
 
 LOG2E = 1.4426950408889634
 KEYS_PER_SPLIT_ALIGN = 256  # a multiple of every BLOCK_N, so split boundaries are block boundaries
 
 
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    # How this module's kernels were built (see _interpreter.kernel_module), not the env var now.
+    return INTERPRETED
 
 
 def _autotuning() -> bool:
@@ -165,7 +166,8 @@ def _fwd_kernel(Q, K, V, PK, PV, PAD, O, LSE, MASS, O_PART, LSE_PART,
         part = split.to(tl.int64) * (B * Hq * T) + stat
         tl.store(LSE_PART + part, _log2_sum(m_i, l_i), mask=row_ok)
         tl.store(O_PART + part[:, None] * HEAD_DIM + offs_d[None, :], out, mask=tile_ok)
-        tl.store(MASS + stat, lse_prefix, mask=row_ok & (split == 0))
+        # A bound, not `row_ok & (split == 0)`: Triton 3.9's interpreter refuses splatted scalar bools.
+        tl.store(MASS + stat, lse_prefix, mask=rows < tl.where(split == 0, R, 0))
     else:
         # +inf for a row that saw nothing: the backward's exp2(s - lse) is then 0, never NaN.
         lse = tl.where(seen, _log2_sum(m_i, l_i), float("inf"))
@@ -376,6 +378,9 @@ def _bwd_dq_kernel(Q, K, V, PK, PV, PAD, DO, LSE, DELTA, DQ,
     tl.store(DQ + tile, (dq * sm_scale).to(DQ.dtype.element_ty), mask=tile_ok)
 
 
+INTERPRETED = built_interpreted(_fwd_kernel)  # Triton chose when it decorated the kernels
+
+
 # ----------------------------------------------------------------------------- configurations
 #
 # Few configs per tile class, so compilation stays short. Classes: "default"; "d256" (a 256-wide
@@ -452,7 +457,6 @@ def _launch(kernel, tuned, fixed, grid, *args, **kwargs):
     if _autotuning():
         tuned[grid](*args, **kwargs)
     elif _interpreting():
-        _interpreter_index_shim()
         kernel[grid](*args, **kwargs, **INTERPRET_BLOCKS)
     else:
         kernel[grid](*args, **kwargs, **fixed.kwargs, num_warps=fixed.num_warps,
@@ -491,6 +495,8 @@ def _num_splits(q, rows: int, programs: int, S: int) -> int:
 
 def _forward(q, k, v, pk, pv, pad, scale, want_mass, num_splits=None):
     """out, lse [B,Hq,T] (base 2, +inf for rows that see nothing), mass or None."""
+    if _interpreting():
+        interpreter_shims()
     B, Hq, T, D = q.shape
     Hkv, S, P = k.shape[1], k.shape[2], pk.shape[1]
     G = Hq // Hkv
@@ -532,6 +538,8 @@ def _forward(q, k, v, pk, pv, pad, scale, want_mass, num_splits=None):
 
 
 def _backward(do, q, k, v, pk, pv, pad, out, lse, scale):
+    if _interpreting():
+        interpreter_shims()
     B, Hq, T, D = q.shape
     Hkv, S, P = k.shape[1], k.shape[2], pk.shape[1]
     G = Hq // Hkv

@@ -1,14 +1,8 @@
 """The Triton prefix-attention kernel against the float64 reference: outputs, prefix mass and all
-five gradients, on awkward shapes. On CPU the kernel runs through the Triton interpreter (fp32);
-the GPU class covers fp16 / bf16 / fp32 at larger shapes."""
+five gradients, on awkward shapes. Tests marked `interpreter` run the kernel on CPU through the
+Triton interpreter (fp32), those marked `gpu` compiled on CUDA (fp16 / bf16 / fp32, larger
+shapes); tests/conftest.py switches per test."""
 import os
-
-# Before triton is imported: kernels are bound to the interpreter when they are decorated. The GPU
-# check runs this module with TRITON_INTERPRET=0, which turns the interpreter tests off instead.
-os.environ.setdefault("TRITON_INTERPRET", "1")
-INTERPRET = os.environ["TRITON_INTERPRET"] == "1"
-
-import importlib
 import random
 
 import pytest
@@ -16,16 +10,19 @@ import torch
 
 pytest.importorskip("triton")
 
-from eptk.kernels import prefix_attention, prefix_attention_reference  # noqa: E402
-from eptk.kernels.prefix_attention_triton import _forward, prefix_attention_triton  # noqa: E402
+from eptk.kernels import kernel_module, prefix_attention, prefix_attention_reference  # noqa: E402
 
 NAMES = ("q", "k", "v", "prefix_k", "prefix_v")
+_interpreter = pytest.mark.interpreter
 
 
-def _interpreter(test):
-    """Marks a CPU test that runs the kernels through the Triton interpreter."""
-    test = pytest.mark.interpreter(test)
-    return pytest.mark.skipif(not INTERPRET, reason="needs TRITON_INTERPRET=1")(test)
+def triton_module():
+    """The kernel module built for the mode this test runs in (interpreter or compiled)."""
+    return kernel_module("prefix_attention_triton")
+
+
+def prefix_attention_triton(*args, **kwargs):
+    return triton_module().prefix_attention_triton(*args, **kwargs)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -176,8 +173,8 @@ def test_seeded_sweep(seed):
 @pytest.mark.parametrize("blocks", [(32, 16), (16, 64)], ids=["M32-N16", "M16-N64"])
 def test_other_block_sizes(monkeypatch, blocks):
     """Block-boundary logic must not depend on the interpreter's default 16 x 16 tiles."""
-    module = importlib.import_module("eptk.kernels.prefix_attention_triton")
-    monkeypatch.setattr(module, "INTERPRET_BLOCKS", {"BLOCK_M": blocks[0], "BLOCK_N": blocks[1]})
+    monkeypatch.setattr(triton_module(), "INTERPRET_BLOCKS", {"BLOCK_M": blocks[0],
+                                                             "BLOCK_N": blocks[1]})
     check_against_reference((2, 6, 2, 45, 83, 21, 24), "left", seed=9)
     check_against_reference((1, 4, 1, 1, 150, 3, 16), "random", seed=10)
 
@@ -202,11 +199,13 @@ def test_split_keys_forward(shape, padded):
     for b, start, stop in padded:
         mask[b, start:stop] = False
     scale = shape[-1] ** -0.5
-    out, lse, mass = _forward(*tensors, mask.view(torch.uint8), scale, True, num_splits=3)
+    out, lse, mass = triton_module()._forward(*tensors, mask.view(torch.uint8), scale, True,
+                                              num_splits=3)
     r_out, r_mass, _ = reference_f64(tensors, mask, torch.zeros_like(tensors[0]))
     assert_close("out", out, r_out, 2e-5, 1e-4)
     assert_close("prefix_mass", mass, r_mass, 2e-5, 1e-4)
-    _, lse_one, _ = _forward(*tensors, mask.view(torch.uint8), scale, True, num_splits=1)
+    _, lse_one, _ = triton_module()._forward(*tensors, mask.view(torch.uint8), scale, True,
+                                             num_splits=1)
     assert torch.equal(torch.isfinite(lse_one), torch.isfinite(lse))
     finite = torch.isfinite(lse_one)
     assert_close("lse", lse[finite], lse_one[finite], 1e-5, 1e-5)
@@ -267,12 +266,13 @@ def test_deterministic():
 
 @_interpreter
 def test_backend_triton_goes_through_the_kernel(monkeypatch):
-    module = importlib.import_module("eptk.kernels.prefix_attention_triton")
+    module = triton_module()
     calls = []
+    kernel = module.prefix_attention_triton
 
     def spy(*args, **kwargs):
         calls.append(kwargs)
-        return prefix_attention_triton(*args, **kwargs)
+        return kernel(*args, **kwargs)
 
     monkeypatch.setattr(module, "prefix_attention_triton", spy)
     tensors, mask = make_inputs(2, 2, 1, 5, 9, 3, 16, pad="left", seed=6)
@@ -318,9 +318,6 @@ def test_rejects_bad_shapes(bad):
 # ----------------------------------------------------------------------------- GPU
 
 
-needs_cuda = pytest.mark.skipif(INTERPRET or not torch.cuda.is_available(),
-                                reason="needs a CUDA device and TRITON_INTERPRET=0")
-
 # Relative-norm error against float64. fp32 dots run as three tf32 products ("tf32x3", close to
 # fp32); the 16-bit types round P and dS to the input type before their matmuls and round the
 # output itself (bf16 keeps 8 mantissa bits, fp16 11), so their bounds are a few of those units.
@@ -343,7 +340,6 @@ GPU_CASES = [
 
 
 @pytest.mark.gpu
-@needs_cuda
 class TestGPU:
     @pytest.mark.parametrize("shape,pad,dtype", GPU_CASES)
     def test_gpu_matches_float64_reference(self, shape, pad, dtype):
@@ -355,9 +351,8 @@ class TestGPU:
         self._check(BENCH_SHAPE, "none", bf16)
 
     def test_gpu_decode_splits_keys(self):
-        from eptk.kernels.prefix_attention_triton import _num_splits
         q = torch.empty(8, 32, 1, 128, device="cuda")
-        assert _num_splits(q, rows=4, programs=64, S=4096) > 1
+        assert triton_module()._num_splits(q, rows=4, programs=64, S=4096) > 1
 
     @staticmethod
     def _check(shape, pad, dtype):
