@@ -37,14 +37,14 @@ def use_triton(backend: str, tensor) -> bool:
 
 
 def prefix_attention(q, k, v, prefix_k, prefix_v, *, key_padding_mask=None, scale=None,
-                     return_prefix_mass=False, backend="auto"):
-    """Attention over [shared prefix ; sequence]; see kernels/reference.py for the exact function."""
+                     return_prefix_mass=False, backend="auto", window=None, softcap=None):
+    """Attention over [shared prefix ; sequence], optionally with a sliding window and a logit
+    soft-cap; see kernels/reference.py for the exact function."""
+    fn = prefix_attention_reference
     if use_triton(backend, q):
-        kernel = kernel_module("prefix_attention_triton").prefix_attention_triton
-        return kernel(q, k, v, prefix_k, prefix_v, key_padding_mask=key_padding_mask, scale=scale,
-                      return_prefix_mass=return_prefix_mass)
-    return prefix_attention_reference(q, k, v, prefix_k, prefix_v, key_padding_mask=key_padding_mask,
-                                      scale=scale, return_prefix_mass=return_prefix_mass)
+        fn = kernel_module("prefix_attention_triton").prefix_attention_triton
+    return fn(q, k, v, prefix_k, prefix_v, key_padding_mask=key_padding_mask, scale=scale,
+              return_prefix_mass=return_prefix_mass, window=window, softcap=softcap)
 
 
 def capture_stats(hidden, mask, *, backend="auto") -> CaptureStats:
