@@ -382,6 +382,36 @@ def test_window_beyond_every_key_changes_nothing():
 
 
 @_interpreter
+@pytest.mark.parametrize("shape,prefix_poison,seq_poison", [
+    # Query 0 at position 32 sees keys > 24: the first prefix block is outside every window.
+    pytest.param((2, 4, 2, 24, 24, 32, 16), 16, 0, id="prefix-block"),
+    # Queries from position 96 on see keys > 88: the whole prefix and sequence keys 0..63 are out.
+    pytest.param((2, 4, 2, 20, 100, 16, 16), 16, 64, id="prefix-and-sequence-blocks"),
+    pytest.param((1, 4, 1, 1, 100, 16, 16), 16, 80, id="decode"),
+])
+def test_keys_outside_every_window_are_never_read(shape, prefix_poison, seq_poison):
+    """Key blocks no query's window reaches are skipped, not read and masked: NaN there (which
+    a masked-out probability times a value would turn into NaN) leaves every output finite."""
+    tensors, _ = make_inputs(*shape, seed=17)
+    dout = torch.randn(tensors[0].shape, generator=torch.Generator().manual_seed(18))
+    poisoned = [x.clone() for x in tensors]
+    for x in poisoned[1:3]:
+        x[:, :, :seq_poison] = float("nan")
+    for x in poisoned[3:]:
+        x[:, :prefix_poison] = float("nan")
+    out, mass, grads = run_kernel(poisoned, None, dout, window=8)
+    r_out, r_mass, r_grads = reference_f64(tensors, None, dout, window=8)
+    assert_close("out", out, r_out, 2e-5, 1e-4)
+    assert_close("prefix_mass", mass, r_mass, 2e-5, 1e-4)
+    for name, g, r in zip(NAMES, grads, r_grads):
+        assert_close(f"grad {name}", g, r, 2e-5, 1e-4)
+    if shape[3] == 1:  # the split-K decode path too
+        scale = shape[-1] ** -0.5
+        out, _, _ = triton_module()._forward(*poisoned, None, scale, False, num_splits=3, window=8)
+        assert_close("split out", out, r_out, 2e-5, 1e-4)
+
+
+@_interpreter
 @pytest.mark.parametrize("options", [{"window": 0}, {"window": -3}, {"window": 2.5},
                                      {"window": True}, {"softcap": 0.0}, {"softcap": -1.0},
                                      {"softcap": float("inf")}, {"softcap": float("nan")}])
