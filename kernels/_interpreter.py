@@ -74,9 +74,11 @@ def _library_shim() -> None:
 
     Triton builds those when triton is imported: compiled, unless TRITON_INTERPRET=1 was set then,
     and a compiled one refuses to be called from Python. While TRITON_INTERPRET=1, a call runs the
-    function the way an interpreted build would; otherwise the call fails as before.
+    function as an interpreted build would, and then restores the builtins of triton.language.core
+    that the interpreter patched for it (an interpreted build leaves them patched, which would
+    break kernels compiled later in the process). Otherwise the call fails as before.
     """
-    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime import interpreter
     from triton.runtime.jit import JITFunction
 
     original = JITFunction.__call__
@@ -88,8 +90,12 @@ def _library_shim() -> None:
         if not interpreting():
             return original(self, *args, **kwargs)
         if self.fn not in interpreted:
-            interpreted[self.fn] = InterpretedFunction(self.fn)
-        return interpreted[self.fn](*args, **kwargs)
+            interpreted[self.fn] = interpreter.InterpretedFunction(self.fn)
+        scope = interpreter._patch_lang(self.fn)
+        try:
+            return interpreted[self.fn].rewrite()(*args, **kwargs)
+        finally:
+            scope.restore()
 
     call._eptk_shim = True
     JITFunction.__call__ = call

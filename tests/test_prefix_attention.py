@@ -297,6 +297,87 @@ def test_backend_triton_goes_through_the_kernel(monkeypatch):
     assert len(calls) == 1  # backend="torch", and "auto" on CPU, never reach the kernel
 
 
+@pytest.mark.parametrize("name", ["prefix_attention_triton", "capture_stats_triton"])
+def test_kernel_module_follows_the_interpreter_switch(monkeypatch, name):
+    """One process holds both builds of a kernel module, each made once, picked at call time."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    interpreted = kernel_module(name)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    compiled = kernel_module(name)
+    assert interpreted.INTERPRETED and not compiled.INTERPRETED
+    assert kernel_module(name) is compiled
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert kernel_module(name) is interpreted
+
+
+def _compile_for_sm90(kernel, dtype, **constexprs):
+    """Compile one kernel of the compiled build to sm_90 machine code, on the CPU (no GPU)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    floats = {"qk_scale", "cap_in", "cap_out", "sm_scale"}
+    fp32_ptrs = {"LSE", "MASS", "O_PART", "LSE_PART", "DELTA", "DPK", "DPV"}
+    signature, values = {}, {}
+    for i, name in enumerate(kernel.arg_names):
+        if name in constexprs:
+            signature[name], values[(i,)] = "constexpr", constexprs[name]
+        elif name == "PAD":
+            signature[name] = "*u8"
+        elif name.isupper() and name not in ("B", "T", "S", "P"):  # tensors, not sizes
+            signature[name] = "*fp32" if name in fp32_ptrs else f"*{dtype}"
+        else:
+            signature[name] = "fp32" if name in floats else "i32"
+    source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=values)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm
+
+
+@pytest.mark.parametrize("variant", ["bf16-prefill-window-softcap-padded", "fp32-split-decode-window"])
+def test_kernels_compile_for_hopper(monkeypatch, variant):
+    """The GPU build (not the interpreter) of the kernels compiles for sm_90, windows and
+    soft-caps on, after interpreted runs in the same process: no GPU needed to find out."""
+    import triton.language as tl
+
+    from eptk.kernels._interpreter import built_interpreted
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if built_interpreted(tl.standard.zeros):
+        pytest.skip("triton was imported with TRITON_INTERPRET=1")
+    m = kernel_module("prefix_attention_triton")
+    if variant.startswith("bf16"):
+        flags = dict(G=4, HEAD_DIM=128, BLOCK_D=128, HAS_PAD=True, WINDOW=True, SOFTCAP=True,
+                     PRECISION="ieee")
+        for kernel, extra in [(m._fwd_kernel, dict(m._FWD_CONFIGS[(False, "default")][0].kwargs,
+                                                   P_BLOCK=32, SPLIT=False, STORE_MASS=True,
+                                                   DECODE=False)),
+                              (m._bwd_dkdv_kernel, m._DKDV_CONFIGS["default"][0].kwargs),
+                              (m._bwd_dq_kernel, dict(m._DQ_CONFIGS["default"][0].kwargs, P_BLOCK=32))]:
+            assert "cubin" in _compile_for_sm90(kernel, "bf16", **flags, **extra)
+    else:
+        flags = dict(G=4, HEAD_DIM=64, BLOCK_D=64, HAS_PAD=True, WINDOW=True, SOFTCAP=False,
+                     PRECISION="tf32x3", P_BLOCK=16, SPLIT=True, STORE_MASS=True, DECODE=True)
+        fwd = _compile_for_sm90(m._fwd_kernel, "fp32", **flags,
+                                **m._FWD_CONFIGS[(True, "fp32")][0].kwargs)
+        combine = _compile_for_sm90(m._combine_kernel, "fp32", HEAD_DIM=64, BLOCK_D=64, BLOCK_R=16)
+        assert "cubin" in fwd and "cubin" in combine
+
+
+@_interpreter
+def test_interpreted_runs_leave_triton_builtins_unpatched():
+    """GPU tests compile kernels after interpreter tests in the same process: the interpreter's
+    patches of triton.language must all be undone by then (tl.core's too, which Triton's own
+    library functions, e.g. tl.zeros, reach)."""
+    import triton.language as tl
+
+    tensors, mask = make_inputs(1, 2, 1, 5, 9, 3, 16, pad="right", seed=7)
+    xs = [x.requires_grad_() for x in tensors]
+    out = prefix_attention_triton(*xs, key_padding_mask=mask, window=4, softcap=2.0)
+    torch.autograd.grad(out.sum(), xs)
+    kernel_module("capture_stats_triton").capture_stats_triton(torch.randn(2, 5, 24),
+                                                               torch.ones(2, 5))
+    patched = [name for name in dir(tl.core) if tl.core.is_builtin(getattr(tl, name, None))
+               and getattr(tl.core, name) is not getattr(tl, name)]
+    assert not patched, f"still patched after interpreted runs: {patched[:10]}"
+
+
 @_interpreter
 def test_public_function_survives_a_triton_call():
     """The kernel module is named apart from the public function, so importing it rebinds nothing."""
