@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC := $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then echo "torch"; else echo "torch==2.13.0"; fi)
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup demo test test-fast bench gpu-check clean
+.PHONY: setup demo test test-fast bench gpu-check gpu-check-dry-run clean
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,9 @@ bench: setup
 
 gpu-check:
 	bash benchmarks/gpu_check.sh
+
+gpu-check-dry-run: setup
+	PYTHON=$(BIN)/python bash benchmarks/gpu_check.sh --dry-run
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -84,6 +84,20 @@ def eptk_triton(q, k, v, pk, pv):
     return prefix_attention(q, k, v, pk, pv, backend="triton")
 
 
+def right_padding(shape: Shape, seed: int = 0):
+    """[B, S] key padding mask, True = real: sequence lengths drawn from [S/2, S], the longest first."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(shape.S // 2, shape.S + 1, (shape.B,), generator=g)
+    lengths[0] = shape.S
+    return (torch.arange(shape.S)[None, :] < lengths[:, None]).to(DEVICE)
+
+
+def eptk_padded(key_padding_mask):
+    def fn(q, k, v, pk, pv):
+        return prefix_attention(q, k, v, pk, pv, key_padding_mask=key_padding_mask, backend="triton")
+    return fn
+
+
 def reference(q, k, v, pk, pv):
     return prefix_attention_reference(q, k, v, pk, pv)
 
@@ -105,8 +119,9 @@ def sdpa_causal(q, k, v, pk, pv):
                                           enable_gqa=q.shape[1] != k.shape[1])
 
 
-def make_flex(shape: Shape):
-    """Compiled FlexAttention over the concatenation; the block mask is built once, untimed."""
+def make_flex(shape: Shape, key_padding_mask=None, compile: bool = True):
+    """Compiled FlexAttention over the concatenation, with eptk's semantics (every prefix key,
+    causal sequence keys, and the padding mask if given); the block mask is built once, untimed."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     P, offset = shape.P, shape.S - shape.T
@@ -114,9 +129,17 @@ def make_flex(shape: Shape):
     def visible(b, h, q_idx, kv_idx):
         return (kv_idx < P) | (kv_idx - P <= q_idx + offset)
 
-    block_mask = create_block_mask(visible, B=None, H=None, Q_LEN=shape.T, KV_LEN=P + shape.S,
+    batch = None
+    if key_padding_mask is not None:
+        real = torch.cat([key_padding_mask.new_ones(shape.B, P), key_padding_mask], 1)
+        causal, batch = visible, shape.B
+
+        def visible(b, h, q_idx, kv_idx):
+            return causal(b, h, q_idx, kv_idx) & real[b, kv_idx]
+
+    block_mask = create_block_mask(visible, B=batch, H=None, Q_LEN=shape.T, KV_LEN=P + shape.S,
                                    device=DEVICE)
-    compiled = torch.compile(flex_attention, dynamic=False)
+    compiled = torch.compile(flex_attention, dynamic=False) if compile else flex_attention
 
     def flex(q, k, v, pk, pv):
         return compiled(q, _concat(pk, k), _concat(pv, v), block_mask=block_mask,

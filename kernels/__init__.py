@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+from ._interpreter import kernel_module
 from .reference import CaptureStats, capture_stats_reference, prefix_attention_reference
 
 BACKENDS = ("auto", "triton", "torch")
@@ -36,23 +37,22 @@ def use_triton(backend: str, tensor) -> bool:
 
 
 def prefix_attention(q, k, v, prefix_k, prefix_v, *, key_padding_mask=None, scale=None,
-                     return_prefix_mass=False, backend="auto"):
-    """Attention over [shared prefix ; sequence]; see kernels/reference.py for the exact function."""
+                     return_prefix_mass=False, backend="auto", window=None, softcap=None):
+    """Attention over [shared prefix ; sequence], optionally with a sliding window and a logit
+    soft-cap; see kernels/reference.py for the exact function."""
+    fn = prefix_attention_reference
     if use_triton(backend, q):
-        from .prefix_attention_triton import prefix_attention_triton
-        return prefix_attention_triton(q, k, v, prefix_k, prefix_v, key_padding_mask=key_padding_mask,
-                                       scale=scale, return_prefix_mass=return_prefix_mass)
-    return prefix_attention_reference(q, k, v, prefix_k, prefix_v, key_padding_mask=key_padding_mask,
-                                      scale=scale, return_prefix_mass=return_prefix_mass)
+        fn = kernel_module("prefix_attention_triton").prefix_attention_triton
+    return fn(q, k, v, prefix_k, prefix_v, key_padding_mask=key_padding_mask, scale=scale,
+              return_prefix_mass=return_prefix_mass, window=window, softcap=softcap)
 
 
 def capture_stats(hidden, mask, *, backend="auto") -> CaptureStats:
     """pooled [B,d], count, sum [d], gram [d,d] over the real tokens of hidden [B,T,d], in float32."""
     if use_triton(backend, hidden):
-        from .capture_stats_triton import capture_stats_triton
-        return capture_stats_triton(hidden, mask)
+        return kernel_module("capture_stats_triton").capture_stats_triton(hidden, mask)
     return capture_stats_reference(hidden, mask)
 
 
 __all__ = ["prefix_attention", "capture_stats", "CaptureStats", "prefix_attention_reference",
-           "capture_stats_reference", "use_triton", "triton_available", "BACKENDS"]
+           "capture_stats_reference", "use_triton", "triton_available", "kernel_module", "BACKENDS"]

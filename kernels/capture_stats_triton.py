@@ -27,12 +27,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ._interpreter import interpreter_index_shim
+from ._interpreter import built_interpreted, interpreter_shims
 from .reference import CaptureStats
 
 
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    # How this module's kernels were built (see _interpreter.kernel_module), not the env var now.
+    return INTERPRETED
 
 
 @triton.jit
@@ -49,16 +50,18 @@ def _capture_stats_kernel(x_ptr, mask_ptr, gram_ptr, seqsum_ptr,
     cols_j = pid_j * BLOCK_D + tl.arange(0, BLOCK_D)
     ok_i = cols_i < d
     ok_j = cols_j < d
-    diagonal = pid_i == pid_j
     acc = tl.zeros((BLOCK_D, BLOCK_D), dtype=tl.float32)
     for s in range(0, seqs_per_split):
         b = split * seqs_per_split + s
-        in_batch = b < B
+        # Scalar conditions enter block masks as bounds (tl.where), never as `block & scalar_bool`:
+        # Triton 3.9's interpreter splats a scalar bool to int32 and then refuses it as a mask.
+        n_rows = tl.where(b < B, T, 0)                      # a sequence past the batch has none
+        n_sums = tl.where((b < B) & (pid_i == pid_j), d, 0)  # only diagonal tiles store Σx
         b64 = b.to(tl.int64)
         seq_sum = tl.zeros((BLOCK_D,), dtype=tl.float32)
         for t0 in range(0, T, BLOCK_T):
             t = t0 + tl.arange(0, BLOCK_T)
-            real = tl.load(mask_ptr + b64 * T + t, mask=(t < T) & in_batch, other=0) != 0
+            real = tl.load(mask_ptr + b64 * T + t, mask=t < n_rows, other=0) != 0
             if tl.max(real.to(tl.int32), axis=0) > 0:
                 rows = x_ptr + b64 * stride_b + t.to(tl.int64)[:, None] * stride_t
                 xi = tl.load(rows + cols_i[None, :] * stride_d, mask=real[:, None] & ok_i[None, :], other=0.0)
@@ -70,11 +73,14 @@ def _capture_stats_kernel(x_ptr, mask_ptr, gram_ptr, seqsum_ptr,
                     acc = tl.dot(tl.trans(xi), xj, acc)
                     xi = xi.to(tl.float32)
                 seq_sum += tl.sum(xi, axis=0)
-        tl.store(seqsum_ptr + b64 * d + cols_i, seq_sum, mask=ok_i & diagonal & in_batch)
+        tl.store(seqsum_ptr + b64 * d + cols_i, seq_sum, mask=cols_i < n_sums)
     base = gram_ptr + split.to(tl.int64) * d * d
     both = ok_i[:, None] & ok_j[None, :]
     tl.store(base + cols_i[:, None] * d + cols_j[None, :], acc, mask=both)
     tl.store(base + cols_j[None, :] * d + cols_i[:, None], acc, mask=both)  # the mirrored tile
+
+
+INTERPRETED = built_interpreted(_capture_stats_kernel)  # Triton chose when it decorated it
 
 
 def _blocks(T: int, d: int) -> tuple[int, int]:
@@ -113,7 +119,7 @@ def capture_stats_triton(hidden: torch.Tensor, mask: torch.Tensor) -> CaptureSta
     if hidden.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         hidden = hidden.float()
     if _interpreting():
-        interpreter_index_shim()
+        interpreter_shims()
     block_t, block_d = _blocks(T, d)
     tiles = triton.cdiv(d, block_d)
     splits = _splits(B, tiles, device)

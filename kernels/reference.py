@@ -12,13 +12,17 @@ import torch
 
 
 def prefix_attention_reference(q, k, v, prefix_k, prefix_v, *, key_padding_mask=None,
-                               scale=None, return_prefix_mass=False):
+                               scale=None, return_prefix_mass=False, window=None, softcap=None):
     """Attention of q over [shared prefix ; sequence], the expand + cat + materialized-mask path.
 
     q [B,Hq,T,D]; k, v [B,Hkv,S,D] (S >= T); prefix_k, prefix_v [Hkv,P,D] shared by the batch;
     key_padding_mask [B,S] bool (True = real token). Query i sits at sequence position S-T+i and
     sees every prefix key and the real sequence keys j <= S-T+i. Softmax runs in float32 (float64
     for float64 inputs).
+    window (HF's sliding window): positions run over [prefix ; sequence] (prefix key p at p,
+    sequence key j at P+j, query i at P+S-T+i, left padding counted) and a query sees only keys
+    less than `window` positions back, as in the full forward over [slots ; tokens].
+    softcap (Gemma-2): scores become softcap * tanh(scores / softcap), before masking.
     Returns out [B,Hq,T,D] (dtype of q) and, if asked, prefix_mass [B,Hq,T] float32.
     """
     B, Hq, T, D = q.shape
@@ -27,6 +31,9 @@ def prefix_attention_reference(q, k, v, prefix_k, prefix_v, *, key_padding_mask=
         raise ValueError(f"query heads {Hq} must be a multiple of key/value heads {Hkv}")
     if S < T:
         raise ValueError(f"sequence keys S={S} must be at least the queries T={T}")
+    check_window_softcap(window, softcap)
+    if window is not None and window >= P + S:
+        window = None  # no key is that far back
     group = Hq // Hkv
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     acc = torch.promote_types(q.dtype, torch.float32)  # float32 softmax, float64 stays float64
@@ -36,28 +43,44 @@ def prefix_attention_reference(q, k, v, prefix_k, prefix_v, *, key_padding_mask=
     keys = keys.repeat_interleave(group, dim=1)
     values = values.repeat_interleave(group, dim=1)
 
-    rows = torch.arange(T, device=q.device).unsqueeze(1) + (S - T)
-    cols = torch.arange(S, device=q.device).unsqueeze(0)
-    visible = (cols <= rows).unsqueeze(0).expand(B, T, S)                       # [B,T,S]
+    rows = torch.arange(T, device=q.device).unsqueeze(1) + (P + S - T)   # query positions
+    cols = torch.arange(P + S, device=q.device).unsqueeze(0)              # key positions
+    visible = cols <= rows                                                # every prefix key too
+    if window is not None:
+        visible = visible & (rows - cols < window)
+    visible = visible.unsqueeze(0).expand(B, T, P + S)                    # [B,T,P+S]
     if key_padding_mask is not None:
-        visible = visible & key_padding_mask.bool().unsqueeze(1)
-    visible = torch.cat([visible.new_ones(B, T, P), visible], dim=2).unsqueeze(1)  # [B,1,T,P+S]
+        real = torch.cat([key_padding_mask.new_ones(B, P), key_padding_mask], 1).bool()
+        visible = visible & real.unsqueeze(1)
+    visible = visible.unsqueeze(1)                                        # [B,1,T,P+S]
 
-    if not return_prefix_mass and (P > 0 or key_padding_mask is None):
-        # Every row sees a key (the prefix, or its own diagonal): the fused SDPA path computes the same
-        # function as the explicit softmax below, with its float32 accumulation, faster on the CPU.
+    # Every row sees a key (the prefix, or its own diagonal; a window always keeps the diagonal).
+    sees_a_key = key_padding_mask is None or (P > 0 and window is None)
+    if not return_prefix_mass and softcap is None and sees_a_key:
+        # The fused SDPA path computes the same function as the explicit softmax below, with its
+        # float32 accumulation, faster on the CPU.
         out = torch.nn.functional.scaled_dot_product_attention(
             q.to(acc), keys.to(acc), values.to(acc), attn_mask=visible, scale=scale)
         return out.to(q.dtype)
     scores = torch.matmul(q.to(acc), keys.to(acc).transpose(-1, -2)) * scale
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
     scores = scores.masked_fill(~visible, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
-    # A row that sees no key at all (P = 0 and fully padded) gets zeros, not NaN.
+    # A row that sees no key at all (every key padded or outside its window) gets zeros, not NaN.
     probs = torch.nan_to_num(probs, nan=0.0)
     out = torch.matmul(probs, values.to(acc)).to(q.dtype)
     if not return_prefix_mass:
         return out
     return out, probs[..., :P].sum(-1)
+
+
+def check_window_softcap(window, softcap) -> None:
+    """The checks both prefix-attention paths make on `window` and `softcap`."""
+    if window is not None and (isinstance(window, bool) or int(window) != window or window < 1):
+        raise ValueError(f"window must be a positive integer or None; got {window!r}")
+    if softcap is not None and not (float(softcap) > 0 and math.isfinite(softcap)):
+        raise ValueError(f"softcap must be a positive finite number or None; got {softcap!r}")
 
 
 @dataclass

@@ -10,6 +10,20 @@ sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(autouse=True)
+def triton_mode(request, monkeypatch):
+    """The Triton mode of one test: `interpreter` tests run the kernels through the interpreter on
+    CPU tensors, `gpu` tests compiled on CUDA (skipped without a device). Per test, not per
+    process, so one run holds both; eptk.kernels builds the kernels for whichever mode is on."""
+    if request.node.get_closest_marker("interpreter"):
+        pytest.importorskip("triton")
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    elif request.node.get_closest_marker("gpu"):
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device")
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_models():
     """One loaded tiny model per family (random weights, char tokenizer)."""

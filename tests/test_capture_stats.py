@@ -1,26 +1,15 @@
 """capture_stats: the Triton kernel (interpreter on CPU, compiled on CUDA) and the reference, both
-against float64 torch, over awkward shapes (d not a power of two, T = 1, padded rows, all padding)."""
-import os
-
-# Before triton is imported: kernels are bound to the interpreter when they are decorated. The GPU
-# check runs this module with TRITON_INTERPRET=0, which turns the interpreter tests off instead.
-os.environ.setdefault("TRITON_INTERPRET", "1")
-INTERPRET = os.environ["TRITON_INTERPRET"] == "1"
-
+against float64 torch, over awkward shapes (d not a power of two, T = 1, padded rows, all padding).
+tests/conftest.py switches the interpreter on for `interpreter` tests and off for `gpu` tests."""
 import pytest
 import torch
 
-from eptk.kernels import capture_stats, capture_stats_reference
+from eptk.kernels import capture_stats, capture_stats_reference, kernel_module
 
 pytest.importorskip("triton")
 
 FIELDS = ("pooled", "count", "sum", "gram")
-
-
-def interpreter(test):
-    """A CPU test that runs the kernel through the Triton interpreter."""
-    test = pytest.mark.interpreter(test)
-    return pytest.mark.skipif(not INTERPRET, reason="needs TRITON_INTERPRET=1")(test)
+interpreter = pytest.mark.interpreter
 
 
 def exact(hidden, mask):
@@ -111,8 +100,24 @@ def test_strided_hidden_and_integer_mask():
     assert torch.allclose(out.gram, ref.gram, rtol=1e-5, atol=1e-4)
 
 
+@interpreter
+def test_sequences_split_over_programs_interpreter(monkeypatch):
+    """The split path (the GPU's, when the tiles alone do not fill it): 5 sequences in splits of
+    2, so the last split also walks a sequence past the batch, which must count nothing."""
+    monkeypatch.setattr(kernel_module("capture_stats_triton"), "_splits", lambda B, tiles, device: 3)
+    hidden, mask = make(5, 7, 40, "padded")
+    assert_close(capture_stats(hidden, mask, backend="triton"), exact(hidden, mask), 2e-6, "split")
+
+
 @pytest.mark.gpu
-@pytest.mark.skipif(INTERPRET or not torch.cuda.is_available(), reason="needs a CUDA device and TRITON_INTERPRET=0")
+def test_gpu_takes_the_split_path():
+    """The first GPU case below (B=8, d=576) splits its sequences over programs on any large GPU."""
+    module = kernel_module("capture_stats_triton")
+    _, block_d = module._blocks(512, 576)
+    assert module._splits(8, -(-576 // block_d), torch.device("cuda")) > 1
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("B,T,d,pattern", [(8, 512, 576, "padded"), (4, 300, 2048, "random"),
                                             (64, 1, 576, "random"), (2, 77, 200, "none")])
