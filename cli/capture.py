@@ -26,12 +26,15 @@ def capture(
     examples: int = typer.Option(512, help="train examples captured (prompt + answer)"),
     seed: int = typer.Option(0, help="seed of the task's examples and of the reservoirs"),
     batch_size: int = typer.Option(16, help="examples per forward"),
-    out: Optional[Path] = typer.Option(None, help="folder for stats.safetensors + meta.json "
+    out: Optional[Path] = typer.Option(None, help="folder for stats.safetensors + meta.json, new or replaced whole "
                                                   "(default: the statistics cache that tuning reuses)"),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N"),
     quiet: bool = typer.Option(False, help="no progress bar"),
+    allow_pickle_weights: bool = typer.Option(False, help="load a model whose weights exist only as pickle files "
+                                              "(unpickling can run code): off unless asked"),
 ) -> None:
     """Capture per-layer activation statistics (mean, covariance, token samples) of a task."""
     from eptk import commands
 
-    commands.capture(model, task, layers, samples, examples, seed, batch_size, out, device, progress=not quiet)
+    commands.capture(model, task, layers, samples, examples, seed, batch_size, out, device, progress=not quiet,
+                     allow_pickle_weights=allow_pickle_weights)

@@ -34,10 +34,12 @@ def import_peft(
                                                      "captured statistics).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run at --out.")] = False,
     trust_remote_code: Annotated[bool, typer.Option(help="Allow a hub model's own code.")] = False,
+    allow_pickle_weights: Annotated[bool, typer.Option(help="Load a base model whose weights exist only as pickle "
+                                                            "files (unpickling can run code).")] = False,
 ) -> None:
     """Turn a PEFT prompt/prefix adapter into a run directory (prior = posterior = the adapter's tensors)."""
     from eptk.peft_io import import_peft as run_import
 
     folder = run_import(adapter, out, model=model, task=task, overwrite=overwrite,
-                        trust_remote_code=trust_remote_code)
+                        trust_remote_code=trust_remote_code, allow_pickle_weights=allow_pickle_weights)
     typer.echo(f"wrote {folder}")

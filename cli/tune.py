@@ -16,6 +16,7 @@ D = TuneConfig()  # defaults live in one place
 
 @app.command()
 def tune(
+    ctx: typer.Context,
     model: str = typer.Option(D.model, help="smollm2 (default), tiny, tiny:<family>, a local dir, a .gguf, a hub id"),
     task: str = typer.Option(D.task, help=task_choices()),
     method: str = typer.Option(D.method, help="soft, deep or prefix (eptk/methods/)"),
@@ -48,9 +49,14 @@ def tune(
                                  "prompt's (deep vectors move at their layer's scale); none: one lr"),
     stats_samples: int = typer.Option(D.stats_samples, help="reservoir size for region priors' captured stats"),
     trust_remote_code: bool = typer.Option(False, help="allow a hub model's own code (off unless asked)"),
+    allow_pickle_weights: bool = typer.Option(False, help="load a model whose weights exist only as pickle files "
+                                              "(pytorch_model.bin; unpickling can run code): off unless asked"),
     overwrite: bool = typer.Option(False, help="replace an existing run at --out"),
-    resume: Optional[Path] = typer.Option(None, help="continue the run in this directory from its newest checkpoint"),
-    config: Optional[Path] = typer.Option(None, help="rerun from a run's config.json (other options ignored)"),
+    resume: Optional[Path] = typer.Option(None, help="continue the run in this directory from its newest checkpoint "
+                                          "with its own settings; --steps N extends (or shortens) it, the "
+                                          "schedule decaying over N from there; other settings must match"),
+    config: Optional[Path] = typer.Option(None, help="rerun from a run's config.json; options given with it "
+                                          "override its settings"),
     quiet: bool = typer.Option(False, help="no progress bar"),
 ) -> None:
     """Prompt-tune a frozen causal LM from a chosen prior and write a run directory."""
@@ -62,8 +68,16 @@ def tune(
                     eval_size=eval_size, test_size=test_size, train_size=train_size,
                     checkpoint_every=checkpoint_every, seed=seed, out=str(out) if out else "", backend=backend,
                     device=device, nan_policy=nan_policy, lr_scale=lr_scale, device_map=device_map,
-                    trust_remote_code=trust_remote_code, stats_samples=stats_samples)
-    commands.tune(settings, resume=resume, config=config, overwrite=overwrite, progress=not quiet)
+                    trust_remote_code=trust_remote_code, stats_samples=stats_samples,
+                    allow_pickle_weights=allow_pickle_weights)
+    commands.tune(settings, given=given_options(ctx, settings), resume=resume, config=config, overwrite=overwrite,
+                  progress=not quiet)
+
+
+def given_options(ctx: typer.Context, names) -> list[str]:
+    """The options the user gave (on the command line or through the environment), not left at defaults."""
+    return [name for name in names if (source := ctx.get_parameter_source(name)) is not None
+            and source.name not in ("DEFAULT", "DEFAULT_MAP")]
 
 
 @app.command("eval")

@@ -26,6 +26,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from . import linalg
 from .errors import EptkUsageError
 from .families import decoder_layers, model_dims
 from .models import LoadedModel
@@ -179,6 +180,26 @@ class Capturer:
 
         run_to_layers(self.loaded.model, input_ids, attention_mask, self.layers, on_hidden)
 
+    def add_extremes(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """Second pass over a batch `add` saw: the largest Mahalanobis distance of any kept token at each layer
+        under the layer's final shrunk Gaussian (what a `region:new` sample must clear: every captured
+        token, not only the reservoir's). The same tokens are kept as in the first pass."""
+        stats = self.stats
+        if not hasattr(self, "_whiten"):
+            self._whiten = {l: (stats.layer(l).scale_tril().double().to(self.device),
+                                stats.layer(l).mean.double().to(self.device)) for l in self.layers}
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        real = real_tokens(self.loaded.tokenizer, input_ids, attention_mask)
+
+        def on_hidden(l, hidden):
+            rows = hidden[without_massive(hidden, real)]
+            if rows.shape[0]:
+                tril, mean = self._whiten[l]
+                worst = float(linalg.mahalanobis(rows.double(), tril, mean).max())
+                stats.max_mahalanobis[l] = max(stats.max_mahalanobis.get(l, 0.0), worst)
+
+        run_to_layers(self.loaded.model, input_ids, attention_mask, self.layers, on_hidden)
+
     def finish(self, meta: dict | None = None) -> ActivationStats:
         loaded, dims, stats = self.loaded, self.dims, self.stats
         stats.meta = {"format": FORMAT, "model": loaded.name, "model_source": loaded.source,
@@ -191,6 +212,7 @@ class Capturer:
                       "eptk_version": __version__, **(meta or {})}
         stats.meta["tokens"] = {str(l): stats.gaussians[l].count for l in self.layers}
         stats.meta["massive_excluded"] = {str(l): self.massive.get(l, 0) for l in self.layers}
+        stats._layer_cache.clear()  # built before the second pass knew the distances
         return stats
 
 
@@ -199,12 +221,16 @@ def capture(loaded: LoadedModel, texts_or_batches, layers: list[int], samples: i
             meta: dict | None = None, backend: str = "auto") -> ActivationStats:
     """Statistics of the requested layers over texts (list[str]) or batches (dicts with input_ids,
     attention_mask). Each layer gets a RunningGaussian, a seeded reservoir of `samples` token
-    activations, and every sequence's mean activation."""
+    activations, every sequence's mean activation, and (from a second pass) the largest Mahalanobis
+    distance of any token."""
     capturer = Capturer(loaded, layers, samples=samples, seed=seed, backend=backend)
     batches = list(_batches(loaded.tokenizer, texts_or_batches, batch_size, max_length))
-    with _progress(progress, "capturing activations", len(batches)) as advance:
+    with _progress(progress, "capturing activations", 2 * len(batches)) as advance:
         for batch in batches:
             capturer.add(batch["input_ids"], batch["attention_mask"])
+            advance()
+        for batch in batches:  # the second pass: distances under the Gaussians the first one built
+            capturer.add_extremes(batch["input_ids"], batch["attention_mask"])
             advance()
     return capturer.finish(meta)
 

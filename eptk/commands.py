@@ -10,20 +10,46 @@ import os
 from pathlib import Path
 
 
-def tune(settings: dict, *, resume: Path | None = None, config: Path | None = None, overwrite: bool = False,
-         progress: bool = True) -> Path:
-    """Tune from the command line's settings, or continue the run at `resume` (its own settings), or rerun a
-    config.json (`config`, into settings["out"] when given); print the scores; return the run directory."""
+def tune(settings: dict, *, given=None, resume: Path | None = None, config: Path | None = None,
+         overwrite: bool = False, progress: bool = True) -> Path | None:
+    """Tune from the command line's settings; or continue the run at `resume` with its own settings (only
+    --steps, which extends or shortens it, and the execution settings --device/--backend may be given);
+    or rerun a config.json (`config`) with the options given on the command line overriding it. `given`
+    names the settings the user typed (default: all of `settings`). Prints the scores; returns the run
+    directory (None when a resumed run had nothing to do)."""
     from .config import TuneConfig
+    from .errors import EptkUsageError, NothingToDo
+    from .io import check_input
+    from .runs import CONFIG
     from .train import tune as run_tune
 
+    given = {k: settings[k] for k in (settings if given is None else given) if k in settings}
+    if resume is not None and config is not None:
+        raise EptkUsageError("--resume continues a run with its own settings; --config starts a new one: give one")
     if resume is not None:
         cfg = TuneConfig.from_run(resume)
+        if given.get("out") and Path(given["out"]).resolve() != Path(resume).resolve():
+            raise EptkUsageError(f"--resume {resume} continues the run in its own directory; drop --out "
+                                 f"{given['out']}")
+        differ = cfg.differences(given)
+        if differ:
+            raise EptkUsageError(f"--resume {resume}: {'; '.join(differ)}: a resumed run keeps its settings "
+                                 f"(only --steps, --device and --backend may change); start a new run with "
+                                 f"--config {Path(resume) / CONFIG} and these options instead")
+        for name in given.keys() & {"steps", "device", "backend"}:
+            setattr(cfg, name, given[name])
     elif config is not None:
-        cfg = TuneConfig.from_file(config, out=settings.get("out") or None)
+        cfg = TuneConfig.from_file(check_input(config, "--config"))
+        for name, value in given.items():
+            setattr(cfg, name, value)
     else:
         cfg = TuneConfig(**settings)
-    run = run_tune(cfg, resume=resume is not None, overwrite=overwrite, progress=progress)
+    try:
+        run = run_tune(cfg, resume=resume is not None, overwrite=overwrite, progress=progress)
+    except NothingToDo as done:
+        if os.environ.get("RANK", "0") == "0":
+            print(done)
+        return None
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         _print_scores(run)
     return run
@@ -35,6 +61,10 @@ def _print_scores(run: Path) -> None:
     result = RunDir(run).eval()
     if result is None:
         return
+    if result.get("skipped"):
+        print(f"{result['task']} test evaluation skipped ({result['skipped']})")
+        print(f"run directory: {run}")
+        return
     base, tuned = result["baseline"], result["tuned"]
     print(f"{result['task']} test ({tuned['n']} examples), {result['metric']}: baseline {base['score']:.1f} -> "
           f"tuned {tuned['score']:.1f}   (answer loss {base['loss']:.3f} -> {tuned['loss']:.3f})")
@@ -43,17 +73,39 @@ def _print_scores(run: Path) -> None:
 
 def evaluate(run: Path, task: str | None = None, split: str = "test", size: int = 200, backend: str = "auto") -> dict:
     """Score a tuned run and the no-prompt baseline on a task split (the scorer that writes eval.json)."""
+    from .errors import EptkUsageError, check_range, choices
     from .evaluate import evaluate as score_both
+    from eptk.kernels import BACKENDS
     from .loading import load_run
     from .tasks import load_task
 
+    check_range("--size", size, 1, 10**7)
+    if backend not in BACKENDS:
+        raise EptkUsageError(f"unknown --backend {backend!r}; valid: {choices(BACKENDS)}")
+    config = _run_config(run)
+    the_task = load_task(task or config["task"], int(config.get("seed", 0)))
+    examples = the_task.examples(split, size)
+    if not examples:
+        raise EptkUsageError(f"task {the_task.name!r} has no {split} examples to score")
     tuned = load_run(run, backend=backend)
-    the_task = load_task(task or tuned.config["task"], int(tuned.config.get("seed", 0)))
-    result = score_both(tuned, the_task, the_task.examples(split, size), split, prefix_mass=False)
+    result = score_both(tuned, the_task, examples, split, prefix_mass=False)
     summary = {k: result[k] for k in ("task", "split", "metric")}
     summary.update({which: {k: result[which][k] for k in ("score", "loss", "n")} for which in ("baseline", "tuned")})
     print(json.dumps(summary, indent=2))
     return summary
+
+
+def _run_config(run: Path) -> dict:
+    """The config of the run `run` names, refused before any model loads when it is not a run."""
+    from .errors import EptkUsageError
+    from .runs import CONFIG, RunDir, is_run
+
+    if not is_run(run):
+        raise EptkUsageError(f"{run} is not a run directory (no {CONFIG})")
+    config = RunDir(run).config()
+    if not isinstance(config, dict) or "task" not in config or "model" not in config:
+        raise EptkUsageError(f"{Path(run) / CONFIG} is not an eptk run config (no task or model)")
+    return config
 
 
 def generate(run: Path, text: str, max_new_tokens: int = 32, sample: bool = False, temperature: float = 1.0,
@@ -61,10 +113,19 @@ def generate(run: Path, text: str, max_new_tokens: int = 32, sample: bool = Fals
     """Continue `text` with the tuned prompt in front; print and return the continuation."""
     import torch
 
+    from .errors import EptkUsageError, check_range
     from .loading import load_run
 
+    check_range("--max-new-tokens", max_new_tokens, 1, 4096)
+    check_range("--temperature", temperature, 0.0, 100.0, above=True)
+    check_range("--seed", seed, 0, 2**32 - 1)
+    _run_config(run)
+    if not text:
+        raise EptkUsageError("the text to continue is empty; give a prompt, e.g. eptk generate RUN \"47+35=\"")
     tuned = load_run(run)
     enc = tuned.tokenizer(text, return_tensors="pt")
+    if enc["input_ids"].shape[1] == 0:
+        raise EptkUsageError(f"the text {text!r} has no tokens for this model's tokenizer")
     out = tuned.generate(enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens, do_sample=sample,
                          temperature=temperature, generator=torch.Generator().manual_seed(seed))
     answer = tuned.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -73,21 +134,36 @@ def generate(run: Path, text: str, max_new_tokens: int = 32, sample: bool = Fals
 
 
 def capture(model: str, task: str, layers: str = "all", samples: int = 2048, examples: int = 512, seed: int = 0,
-            batch_size: int = 16, out: Path | None = None, device: str = "auto", progress: bool = True) -> Path:
-    """Capture a task's activation statistics into `out`, or into the cache tuning reuses; return the folder."""
+            batch_size: int = 16, out: Path | None = None, device: str = "auto", progress: bool = True,
+            allow_pickle_weights: bool = False) -> Path:
+    """Capture a task's activation statistics into `out`, or into the cache tuning reuses; return the folder.
+    Every option is checked before the model loads; `out` is replaced whole at the end."""
     from rich.console import Console
 
     from .capture import capture_task
-    from .errors import EptkUsageError
+    from .errors import EptkUsageError, check_range
     from .families import model_dims
-    from .models import frozen_dtype, load_model, resolve_device
-    from .spaces import parse_layers
+    from .io import check_output_dir, remove_partials
+    from .models import check_model_name, frozen_dtype, load_model, resolve_device
+    from .spaces import check_layer_spec, parse_layers
+    from .stats import is_stats_folder
     from .stats_cache import ensure_stats, stats_folder
+    from .tasks import load_task
 
-    if samples < 1 or examples < 1 or batch_size < 1:
-        raise EptkUsageError("--samples, --examples and --batch-size must be at least 1")
+    for name, value, lowest, highest in (("--samples", samples, 1, 10**7), ("--examples", examples, 1, 10**7),
+                                         ("--batch-size", batch_size, 1, 65536), ("--seed", seed, 0, 2**32 - 1)):
+        check_range(name, value, lowest, highest)
+    check_layer_spec(layers, lowest=0)
+    check_model_name(model, allow_pickle_weights)
     dev = resolve_device(device)
-    loaded = load_model(model, device=dev, dtype=frozen_dtype(dev))
+    if not load_task(task, seed).examples("train", examples):
+        raise EptkUsageError(f"task {task!r} has no train examples to capture")
+    if out is not None:
+        check_output_dir(out, "--out", replaced=True)
+        if out.is_dir() and any(out.iterdir()) and not is_stats_folder(out):
+            raise EptkUsageError(f"--out {out} is a non-empty folder that holds no activation statistics; choose "
+                                 f"a new or empty folder (a statistics folder is replaced)")
+    loaded = load_model(model, device=dev, dtype=frozen_dtype(dev), allow_pickle_weights=allow_pickle_weights)
     num_layers = model_dims(loaded.model)["num_layers"]
     chosen = parse_layers(layers, num_layers, lowest=0, highest=num_layers)
     if out is None:
@@ -95,6 +171,7 @@ def capture(model: str, task: str, layers: str = "all", samples: int = 2048, exa
                              batch_size=batch_size, progress=progress)
         folder = stats_folder(loaded, model, task, chosen, samples, seed, examples)
     else:
+        remove_partials(out)  # what a killed capture into `out` left
         stats = capture_task(loaded, model, task, chosen, samples=samples, seed=seed, n_examples=examples,
                              batch_size=batch_size, progress=progress)
         folder = stats.save(out)
@@ -113,14 +190,15 @@ def sweep(file: Path, *, jobs: int | None = None, shard: str | None = None, out:
 
     from rich.console import Console
 
-    from .errors import EptkUsageError
+    from .errors import check_range
+    from .io import check_output_dir
     from .sweep import load_sweep, parse_shard, plan, run_sweep, select_shard, summary_name
 
     parsed_shard = parse_shard(shard)
-    if jobs is not None and jobs < 1:
-        raise EptkUsageError(f"--jobs must be at least 1 (got {jobs})")
+    if jobs is not None:
+        check_range("--jobs", jobs, 1, 1024)
     spec = load_sweep(file)
-    target = out if out is not None else spec.default_out()
+    target = check_output_dir(out if out is not None else spec.default_out(), "--out")
     if dry_run:
         rows = plan(select_shard(spec.runs, parsed_shard), target)
         for row in rows:

@@ -6,17 +6,30 @@ config.json of a run holds these fields plus what tuning resolved (layers, model
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import EptkUsageError, choices
+from .errors import EptkUsageError, check_range, choices
 
 DEFAULT_MODEL = "smollm2"
 DEVICE_MAPS = ("auto",)
 SCHEDULES = ("cosine", "linear", "constant")
 NAN_POLICIES = ("stop", "skip")
 LR_SCALES = ("prior", "none")
+EXECUTION_ONLY = ("device", "backend")  # how a run computes, not what: may differ on --resume (and in a sweep)
+RESUMABLE = ("steps",)                  # the one setting `--resume` may change (see TuneConfig.schedule_steps)
+
+# The valid range of every numeric setting: (lowest, highest, lowest excluded). The upper bounds only
+# keep absurd values (a typo, 1e30) from reaching torch, where they would fail obscurely or run forever.
+LIMITS = {
+    "tokens": (1, 4096, False), "steps": (1, 10**9, False), "batch_size": (1, 65536, False),
+    "grad_accum": (1, 65536, False), "lr": (0.0, 10.0, True), "weight_decay": (0.0, 100.0, False),
+    "prior_weight": (0.0, 1e6, False), "warmup": (0, 10**9, False), "clip": (0.0, 1e6, False),
+    "eval_every": (0, 10**9, False), "eval_size": (0, 10**7, False), "test_size": (0, 10**7, False),
+    "train_size": (1, 10**8, False), "checkpoint_every": (0, 10**9, False), "seed": (0, 2**32 - 1, False),
+    # region:new needs more than its k = 5 neighbours; a covariance's shrinkage needs a few rows
+    "stats_samples": (16, 10**7, False),
+}
 
 
 @dataclass
@@ -51,6 +64,10 @@ class TuneConfig:
     trust_remote_code: bool = False
     stats_samples: int = 2048
     device_map: str = ""
+    allow_pickle_weights: bool = False
+    # [{"at_step": s, "steps": n}, ...]: steps before s ran under a schedule for n steps in all (a run
+    # extended by `--resume --steps`); later steps follow `steps`. Recorded so `--config` reruns it exactly.
+    extensions: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -61,19 +78,8 @@ class TuneConfig:
         from .priors import parse_spec
 
         METHODS[self.method]  # an unknown method is a usage error naming the valid ones
-        positive = {"tokens": self.tokens, "steps": self.steps, "batch-size": self.batch_size,
-                    "grad-accum": self.grad_accum}
-        for name, value in positive.items():
-            if value < 1:
-                raise EptkUsageError(f"--{name} must be at least 1 (got {value})")
-        for name, value in {"lr": self.lr}.items():
-            if not (value > 0 and math.isfinite(value)):
-                raise EptkUsageError(f"--{name} must be a positive number (got {value})")
-        nonneg = {"prior-weight": self.prior_weight, "eval-every": self.eval_every, "warmup": self.warmup,
-                  "clip": self.clip, "weight-decay": self.weight_decay, "checkpoint-every": self.checkpoint_every}
-        for name, value in nonneg.items():
-            if not (value >= 0 and math.isfinite(value)):
-                raise EptkUsageError(f"--{name} must be a non-negative number (got {value})")
+        for name, (lowest, highest, above) in LIMITS.items():
+            check_range(option(name), getattr(self, name), lowest, highest, above=above)
         if self.schedule not in SCHEDULES:
             raise EptkUsageError(f"unknown schedule {self.schedule!r}; valid: {choices(SCHEDULES)}")
         if self.device_map and self.device_map not in DEVICE_MAPS:
@@ -86,10 +92,32 @@ class TuneConfig:
             raise EptkUsageError(f"unknown --backend {self.backend!r}; valid: {choices(BACKENDS)}")
         parse_spec(self.prior)
 
+    def schedule_steps(self, step: int) -> int:
+        """The total number of steps the learning-rate schedule of `step` (0-based) decays over: `steps`,
+        or, before the point where `--resume --steps` extended the run, the total it had then."""
+        for part in sorted(self.extensions, key=lambda e: e["at_step"]):
+            if step < int(part["at_step"]):
+                return int(part["steps"])
+        return self.steps
+
+    def differences(self, given: dict) -> list[str]:
+        """The settings in `given` (options the user named) that differ from these, as "--name VALUE
+        (run: VALUE)"; the settings `--resume` may change (RESUMABLE, EXECUTION_ONLY) are left out."""
+        out = []
+        for name, value in given.items():
+            if name in (*RESUMABLE, *EXECUTION_ONLY, "out") or not hasattr(self, name):
+                continue
+            have = getattr(self, name)
+            if value != have:
+                out.append(f"{option(name)} {value} (run: {have})")
+        return out
+
     @classmethod
     def from_dict(cls, data: dict) -> "TuneConfig":
         """The settings in a dict such as config.json (other keys ignored). config.json stores the resolved
         layers under `layers` and the spec the user gave under `layers_spec`: the spec wins."""
+        if not isinstance(data, dict):
+            raise EptkUsageError(f"a run config is a JSON object of settings (got {type(data).__name__})")
         data = dict(data, layers=data["layers_spec"]) if "layers_spec" in data else data
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
@@ -111,6 +139,11 @@ class TuneConfig:
         cfg = cls.from_dict(read_json(path, "config"))
         cfg.out = str(out) if out is not None else cfg.out
         return cfg
+
+
+def option(name: str) -> str:
+    """The command-line option of a setting: batch_size -> --batch-size."""
+    return "--" + name.replace("_", "-")
 
 
 def default_run_name(cfg: TuneConfig) -> str:

@@ -114,13 +114,18 @@ class Distributed:
         return int(t)
 
     def broadcast_error(self, message: str | None) -> str | None:
-        """Rank 0's error message (or None) on every rank, so that all ranks fail together."""
+        """Rank 0's error message (or None) on every rank, so that all ranks fail together. It travels as
+        UTF-8 bytes in a tensor (the object collectives pickle)."""
         if self.world == 1:
             return message
         import torch.distributed as dist
-        box = [message if self.is_main else None]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+        data = (message or "").encode("utf-8") if self.is_main else b""
+        size = self.broadcast_int(len(data) if message is not None else -1)
+        if size < 0:
+            return None
+        buffer = torch.tensor(list(data), dtype=torch.uint8) if self.is_main else torch.zeros(size, dtype=torch.uint8)
+        dist.broadcast(buffer, src=0)
+        return bytes(buffer.tolist()).decode("utf-8")
 
     def close(self) -> None:
         """Leave the process group this object created (ranks do not wait for rank 0's evaluation)."""

@@ -18,3 +18,22 @@ class Stop(Exception):
 def choices(valid) -> str:
     """'a, b, c' for an error message naming the valid choices."""
     return ", ".join(str(v) for v in valid)
+
+
+def check_range(option: str, value, lowest, highest, *, above: bool = False) -> None:
+    """A numeric option inside [lowest, highest] (lowest itself excluded when `above`): otherwise a usage
+    error naming the valid range. NaN and infinities are never inside."""
+    import math
+
+    number = float(value) if isinstance(value, (int, float)) and abs(value) < 1e308 else float("inf")
+    low_ok = number > lowest if above else number >= lowest
+    if math.isfinite(number) and low_ok and number <= highest:
+        return
+    kind = "an integer" if isinstance(lowest, int) and isinstance(highest, int) and not above else "a number"
+    low = f"above {lowest}" if above else f"from {lowest}"
+    high = f"and at most {highest}" if above else f"to {highest}"
+    raise EptkUsageError(f"{option} must be {kind} {low} {high} (got {value})")
+
+
+class NothingToDo(Exception):
+    """The work a command was asked for is already done: the CLI prints the message and exits 0."""

@@ -10,7 +10,10 @@ from .tasks import Example, Task, first_line
 
 @torch.no_grad()
 def answer_loss(prompted, tokenizer, examples: list[Example], batch_size: int = 32) -> float:
-    """Mean cross-entropy per answer token (teacher forced), over all examples."""
+    """Mean cross-entropy per answer token (teacher forced), over all examples (at least one: an empty
+    set has no loss, and 0 would be a made-up one)."""
+    if not examples:
+        raise ValueError("answer_loss needs at least one example")
     total, count = 0.0, 0
     prefix = prompted.prefix()
     for start in range(0, len(examples), batch_size):
@@ -19,7 +22,9 @@ def answer_loss(prompted, tokenizer, examples: list[Example], batch_size: int = 
         out = prompted(batch["input_ids"], batch["attention_mask"], labels=batch["labels"], prefix=prefix)
         total += float(out.loss_sum)
         count += out.tokens
-    return total / max(count, 1)
+    if count == 0:
+        raise ValueError("answer_loss: no answer tokens in the examples")
+    return total / count
 
 
 @torch.no_grad()
@@ -40,6 +45,8 @@ def predict(prompted, tokenizer, examples: list[Example], max_new_tokens: int, b
 
 def score(prompted, tokenizer, task: Task, examples: list[Example], batch_size: int = 32,
           keep_examples: int = 8) -> dict:
+    if not examples:
+        raise ValueError("score needs at least one example")
     predictions = predict(prompted, tokenizer, examples, task.max_answer_tokens, batch_size)
     result = task.score(predictions, [e.answer for e in examples])
     result["loss"] = answer_loss(prompted, tokenizer, examples, batch_size)
@@ -63,3 +70,9 @@ def evaluate(prompted, task: Task, examples: list[Example], split: str = "test",
         result["prefix_mass"] = {f"layer{l}": [round(float(x), 6) for x in v] for l, v in sorted(mass.items())}
     return result
 
+
+
+def skipped(task: Task, reason: str, split: str = "test") -> dict:
+    """eval.json of a run whose test evaluation was skipped: the reason, and no score."""
+    return {"task": task.name, "split": split, "metric": task.metric, "skipped": reason, "baseline": None,
+            "tuned": None}

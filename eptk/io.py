@@ -1,8 +1,10 @@
-"""Atomic file writes and checked safetensors reads (never pickle)."""
+"""Atomic file and folder writes with the modes the umask gives, crash-tolerant JSONL logs, output-path
+checks, and checked safetensors reads (never pickle)."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -10,16 +12,44 @@ import torch
 
 from .errors import EptkUsageError
 
+TEMP_SUFFIX = ".tmp"       # a file being written: `.<name>.<random>.tmp` next to it
+PARTIAL_SUFFIX = ".partial"  # a folder being filled: `.<name>.<random>.partial` next to it
+
+
+def umask() -> int:
+    """The process umask, read without changing it (/proc on Linux; elsewhere set and restored at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode open() gives a new file under the current umask (mkstemp's files are 0600 whatever it is)."""
+    return 0o666 & ~umask()
+
+
+def folder_mode() -> int:
+    """The mode mkdir() gives a new folder under the current umask (mkdtemp's are 0700)."""
+    return 0o777 & ~umask()
+
 
 def _atomic_replace(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, fsync it, then rename over `path`."""
+    """Write through a temporary file in the same folder, fsync it, give it the umask's mode, rename it
+    over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
+            os.fchmod(handle.fileno(), file_mode())
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -40,29 +70,129 @@ def write_json_atomic(path, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def replace_folder(final, fill) -> Path:
+    """Fill a fresh temporary folder next to `final` (`fill(folder)`), then put it in place of `final`:
+    readers see the old folder or the new one, never a mix. A process killed midway leaves a hidden
+    `.<name>.*.partial` folder (`remove_partials` clears them)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=PARTIAL_SUFFIX, dir=final.parent))
+    try:
+        os.chmod(tmp, folder_mode())
+        fill(tmp)
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=PARTIAL_SUFFIX, dir=final.parent))
+            os.replace(final, old / final.name)   # out of the way in one rename, removed below
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def remove_partials(final) -> None:
+    """Remove what earlier, killed writers of `final` left next to it (`replace_folder`'s temporary folders)."""
+    final = Path(final)
+    if final.parent.is_dir():
+        for stale in final.parent.glob(f".{final.name}.*{PARTIAL_SUFFIX}"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def remove_temp_files(folder) -> None:
+    """Remove the temporary files that killed atomic writes left in `folder` (call it holding the folder's lock)."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for stale in folder.glob(f".*{TEMP_SUFFIX}"):
+            if stale.is_file():
+                stale.unlink(missing_ok=True)
+
+
+def is_temporary(path) -> bool:
+    """Whether `path` is a temporary file or folder of an interrupted atomic write."""
+    name = Path(path).name
+    return name.startswith(".") and name.endswith((TEMP_SUFFIX, PARTIAL_SUFFIX))
+
+
+# ---- append-only logs ------------------------------------------------------------------------------
+
 def append_jsonl(path, obj) -> None:
-    """Append one JSON line; a reader may see a partial last line and must skip it."""
+    """Append one JSON line and flush it (`sync_file` makes it durable); a crash may leave a torn last line,
+    which `read_jsonl` ignores."""
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(obj, default=str) + "\n")
         handle.flush()
 
 
+def sync_file(path) -> None:
+    """fsync a file written by appends (before a checkpoint that counts on its rows)."""
+    path = Path(path)
+    if path.exists():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def read_jsonl(path) -> list[dict]:
-    """Rows of a JSONL file, skipping a partial trailing line left by a run still writing."""
-    rows = []
+    """Rows of a JSONL log. A torn last line (a writer killed mid-line, or still writing) is ignored; a
+    broken line before it is a usage error naming the line."""
     path = Path(path)
     if not path.exists():
-        return rows
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line:
+        return []
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
             continue
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
-            continue
+            if any(rest.strip() for rest in lines[number:]):
+                raise EptkUsageError(f"{path}:{number} is not valid JSON (a damaged log; only a torn last line "
+                                     f"is skipped)") from None
     return rows
 
+
+# ---- paths ----------------------------------------------------------------------------------------
+
+def check_output_dir(path, option: str, replaced: bool = False) -> Path:
+    """Refuse an output folder that cannot be written, before anything is: `path` is a file, a file sits
+    where one of its parents should be, or the folder that would receive it is not writable. `replaced`:
+    the folder itself is swapped in (`replace_folder`), so its parent must be writable too."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise EptkUsageError(f"{option} {path} exists and is not a folder; choose a folder")
+    nearest = path if path.exists() else next((p for p in path.absolute().parents if p.exists()), Path("/"))
+    if not nearest.is_dir():
+        raise EptkUsageError(f"{option} {path}: {nearest} is a file, not a folder; choose another {option}")
+    needed = [nearest] + ([path.absolute().parent] if replaced and path.exists() else [])
+    for folder in needed:
+        if not _writable(folder):
+            raise EptkUsageError(f"{option} {path}: no permission to write in {folder}; choose another {option}")
+    return path
+
+
+def _writable(folder: Path) -> bool:
+    effective = os.access in os.supports_effective_ids
+    return os.access(folder, os.W_OK | os.X_OK, effective_ids=effective)
+
+
+def check_input(path, option: str, kind: str = "file") -> Path:
+    """An input path that must exist as a `kind` ("file" or "folder")."""
+    path = Path(path)
+    if not path.exists():
+        raise EptkUsageError(f"{option} {path}: not found")
+    if kind == "folder" and not path.is_dir():
+        raise EptkUsageError(f"{option} {path} is a file; it must be a folder")
+    if kind == "file" and not path.is_file():
+        raise EptkUsageError(f"{option} {path} is a folder; it must be a file")
+    return path
+
+
+# ---- reading --------------------------------------------------------------------------------------
 
 def read_json(path, what: str = "file"):
     try:

@@ -18,9 +18,10 @@ def load_run(path, *, device: str = "cpu", backend: str = "auto", tensors: str =
         raise EptkUsageError(f"{path} is not a run directory (no {CONFIG})")
     run = RunDir(path)
     config = run.config()
+    values = run.tensors(tensors, "prompt tensors")  # a damaged file fails before the model loads
     loaded = load_model(config["model"], device=device,
-                        trust_remote_code=bool(config.get("trust_remote_code", False)))
-    values = run.tensors(tensors, "prompt tensors")
+                        trust_remote_code=bool(config.get("trust_remote_code", False)),
+                        allow_pickle_weights=bool(config.get("allow_pickle_weights", False)))
     dims = model_dims(loaded.model)
     if config.get("hidden_size") not in (None, dims["hidden_size"]):
         raise EptkUsageError(f"run {path} was tuned with width {config.get('hidden_size')}, model has "

@@ -3,8 +3,6 @@ onto the device a command asks for. What differs between architectures lives in 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import torch
 
 from .config import DEFAULT_MODEL, DEVICE_MAPS
 from .errors import EptkUsageError, choices
+from .io import replace_folder
 from .families import family_of
 
 TINY_FAMILIES = ("llama", "qwen2", "mistral", "gpt2")
@@ -44,10 +43,19 @@ def resolve_device(name: str, default: str | None = None) -> torch.device:
     """`auto` (the given default, else CUDA when present, else the CPU), cpu, cuda or cuda:N."""
     if name == "auto":
         return torch.device(default or ("cuda" if torch.cuda.is_available() else "cpu"))
+    valid = "auto, cpu, cuda, cuda:N"
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
-        raise EptkUsageError(f"unknown --device {name!r}; valid: auto, cpu, cuda, cuda:N") from None
+        raise EptkUsageError(f"unknown --device {name!r}; valid: {valid}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise EptkUsageError(f"unknown --device {name!r}; valid: {valid}")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            raise EptkUsageError(f"--device {name}: this machine has {count} CUDA device(s); valid: {valid}"
+                                 f"{f' with N < {count}' if count else ' (cpu or auto here)'}")
+    return device
 
 
 def frozen_dtype(device: torch.device) -> torch.dtype:
@@ -55,32 +63,68 @@ def frozen_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-               trust_remote_code: bool = False, seed: int = 0, device_map: str | None = None) -> LoadedModel:
-    """Load `name` frozen in eval mode. Raises EptkUsageError for anything the user can fix."""
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")  # torch.save files: unpickled to load
+
+
+def check_model_name(name: str, allow_pickle_weights: bool = False) -> str:
+    """What kind of model `name` is ("tiny", "smollm2", "gguf", "dir", "hub"), checked without loading
+    anything: a usage error for a name that cannot load (an unknown tiny family, a missing file, a folder
+    with pickle weights only, a hub id while offline)."""
     if name == "tiny" or name.startswith("tiny:"):
         family = name.split(":", 1)[1] if ":" in name else "llama"
-        model, tokenizer = build_tiny(family, seed=seed)
-        source = f"random tiny {family} (seed {seed})"
-    elif name == "smollm2":
-        model, tokenizer, source = _load_smollm2(dtype)
-    elif name.endswith(".gguf"):
-        path = Path(name)
-        if not path.is_file():
+        if family not in TINY_FAMILIES:
+            raise EptkUsageError(f"unknown tiny model family {family!r}; valid: {choices(TINY_FAMILIES)}")
+        return "tiny"
+    if name == "smollm2":
+        if not smollm2_available():
+            smollm2_gguf()  # the message that says how to install it
+        return "smollm2"
+    if name.endswith(".gguf"):
+        if not Path(name).is_file():
             raise EptkUsageError(f"GGUF file not found: {name}")
-        model, tokenizer = _from_gguf(path, dtype)
-        source = str(path)
-    elif Path(name).is_dir():
-        model, tokenizer = _from_pretrained(name, dtype, trust_remote_code)
-        source = str(Path(name).resolve())
-    elif looks_like_hub_id(name):
+        return "gguf"
+    if Path(name).is_dir():
+        folder = Path(name)
+        if not any(folder.glob("*.safetensors")) and any((folder / f).is_file() for f in PICKLE_WEIGHTS) \
+                and not allow_pickle_weights:
+            raise EptkUsageError(pickle_refusal(name))
+        return "dir"
+    if looks_like_hub_id(name):
         if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
             raise EptkUsageError(f"model {name!r} is a hub id but HF_HUB_OFFLINE is set; use a local directory "
                                  f"or one of: {choices(MODEL_CHOICES)}")
-        model, tokenizer = _from_pretrained(name, dtype, trust_remote_code)
-        source = f"hub:{name}"
+        return "hub"
+    raise EptkUsageError(f"unknown model {name!r}; valid: {choices(MODEL_CHOICES)}")
+
+
+def pickle_refusal(name: str) -> str:
+    return (f"model {name!r} has its weights only as pickle files (pytorch_model.bin), which can run code when "
+            f"loaded; eptk loads safetensors only: convert them (save_pretrained(..., safe_serialization=True)), "
+            f"or pass --allow-pickle-weights if you trust the source")
+
+
+def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+               trust_remote_code: bool = False, seed: int = 0, device_map: str | None = None,
+               allow_pickle_weights: bool = False) -> LoadedModel:
+    """Load `name` frozen in eval mode. Raises EptkUsageError for anything the user can fix. Weights load
+    from safetensors (or GGUF) only, unless `allow_pickle_weights`."""
+    kind = check_model_name(name, allow_pickle_weights)
+    if kind == "tiny":
+        family = name.split(":", 1)[1] if ":" in name else "llama"
+        model, tokenizer = build_tiny(family, seed=seed)
+        source = f"random tiny {family} (seed {seed})"
+    elif kind == "smollm2":
+        model, tokenizer, source = _load_smollm2(dtype)
+    elif kind == "gguf":
+        path = Path(name)
+        model, tokenizer = _from_gguf(path, dtype)
+        source = str(path)
+    elif kind == "dir":
+        model, tokenizer = _from_pretrained(name, dtype, trust_remote_code, allow_pickle_weights)
+        source = str(Path(name).resolve())
     else:
-        raise EptkUsageError(f"unknown model {name!r}; valid: {choices(MODEL_CHOICES)}")
+        model, tokenizer = _from_pretrained(name, dtype, trust_remote_code, allow_pickle_weights)
+        source = f"hub:{name}"
     family_of(model)  # refuses an unsupported architecture, naming the supported ones
     _ensure_pad_token(tokenizer)
     if device_map:
@@ -114,15 +158,19 @@ def _ensure_pad_token(tokenizer) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def _from_pretrained(name_or_dir: str, dtype, trust_remote_code: bool):
+def _from_pretrained(name_or_dir: str, dtype, trust_remote_code: bool, allow_pickle_weights: bool = False):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_dir, trust_remote_code=trust_remote_code)
+        # use_safetensors=True: never fall back to unpickling pytorch_model.bin; None prefers safetensors
         model = AutoModelForCausalLM.from_pretrained(name_or_dir, dtype=dtype or torch.float32,
-                                                     trust_remote_code=trust_remote_code)
+                                                     trust_remote_code=trust_remote_code,
+                                                     use_safetensors=None if allow_pickle_weights else True)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "safetensors" in first and not allow_pickle_weights:
+            raise EptkUsageError(pickle_refusal(name_or_dir)) from None
         raise EptkUsageError(f"cannot load model {name_or_dir!r}: {first}") from None
     return model, tokenizer
 
@@ -169,20 +217,15 @@ def _load_smollm2(dtype):
     cached = smollm2_dir()
     if not smollm2_cached():
         model, tokenizer = _from_gguf(smollm2_gguf(), None)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".smollm2.", dir=cached.parent))
-        try:
-            # The weights are plain floats after dequantizing; drop the GGUF marker so they save.
-            model.hf_quantizer = None
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            if cached.exists():
-                shutil.rmtree(cached)
-            os.replace(tmp, cached)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        # The weights are plain floats after dequantizing; drop the GGUF marker so they save.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+
+        def fill(folder):
+            model.save_pretrained(folder, safe_serialization=True)
+            tokenizer.save_pretrained(folder)
+        replace_folder(cached, fill)
     model, tokenizer = _from_pretrained(str(cached), dtype, False)
     return model, tokenizer, f"{smollm2_gguf().name} (cached at {cached})"
 

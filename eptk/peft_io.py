@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .errors import EptkUsageError, choices
-from .io import load_tensors, read_json, save_tensors_atomic, write_json_atomic
+from .io import check_output_dir, load_tensors, read_json, save_tensors_atomic, write_json_atomic
 from .methods import METHODS, method_from_config, peft_types
 from .families import model_dims
 from .runs import CONFIG, IMPORTED, RunDir, is_run, prepare_out_dir
@@ -58,6 +58,8 @@ class _RunSource:
 
 def export_peft(run, out, *, device: str = "cpu") -> Path:
     """Write the run's posterior as a PEFT adapter folder `out`; returns `out`."""
+    from .models import resolve_device
+
     run, out = Path(run), Path(out)
     if not is_run(run):
         raise EptkUsageError(f"{run} is not a run directory (no {CONFIG})")
@@ -71,6 +73,10 @@ def export_peft(run, out, *, device: str = "cpu") -> Path:
     if problem:
         raise EptkUsageError(f"run {run} {problem}")
     _check_out(out)
+    resolve_device(device)  # a bad --device fails before the model loads
+    if not RunDir(run).has_tensors("posterior"):
+        raise EptkUsageError(f"run {run} has no posterior yet (still training, or it died before the end); "
+                             f"finish it with eptk tune --resume {run}")
     weight, fields = prompt.to_peft(_RunSource(run, config, device))
     adapter = dict(_common_config(config, prompt.tokens), **fields)
     meta = {"format": "pt", "eptk_model": str(config.get("model")), "eptk_method": str(method),
@@ -82,8 +88,7 @@ def export_peft(run, out, *, device: str = "cpu") -> Path:
 
 
 def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise EptkUsageError(f"--out {out} exists and is not a directory")
+    check_output_dir(out, "--out")
     if out.is_dir() and any(out.iterdir()) and not (out / ADAPTER_CONFIG).is_file():
         raise EptkUsageError(f"--out {out} is a non-empty directory that is not a PEFT adapter; choose another --out")
 
@@ -154,17 +159,24 @@ def read_adapter(folder) -> tuple[dict, torch.Tensor, dict]:
 
 
 def import_peft(folder, out, *, model: str | None = None, task: str | None = None, overwrite: bool = False,
-                trust_remote_code: bool = False) -> Path:
-    """Turn a PEFT prompt- or prefix-tuning adapter into a run directory at `out`; returns `out`."""
+                trust_remote_code: bool = False, allow_pickle_weights: bool = False) -> Path:
+    """Turn a PEFT prompt- or prefix-tuning adapter into a run directory at `out`; returns `out`. The
+    adapter, the model name, the task and `out` are checked before the model loads."""
     from .config import versions
-    from .models import load_model
+    from .models import check_model_name, load_model
+    from .runs import check_out_dir
+    from .tasks import load_task
 
     folder, out = Path(folder), Path(out)
     adapter, weight, meta = read_adapter(folder)
     name = model or meta.get("eptk_model") or adapter.get("base_model_name_or_path")
     if not name:
         raise EptkUsageError(f"adapter {folder} does not name its base model; pass --model")
-    loaded = load_model(str(name), trust_remote_code=trust_remote_code)
+    check_model_name(str(name), allow_pickle_weights)
+    if task is not None:
+        load_task(task)
+    check_out_dir(out, overwrite=overwrite)
+    loaded = load_model(str(name), trust_remote_code=trust_remote_code, allow_pickle_weights=allow_pickle_weights)
     dims = model_dims(loaded.model)
     del loaded
     method = peft_types()[adapter["peft_type"]]
@@ -178,7 +190,8 @@ def import_peft(folder, out, *, model: str | None = None, task: str | None = Non
     config = {
         "model": str(name), "task": task, "method": method.name, "prior": IMPORTED, "prior_weight": 0.0,
         "tokens": P, "layers": [], "layers_spec": "all", "soft": True, "seed": 0,
-        "trust_remote_code": bool(trust_remote_code), "out": str(out), "name": out.name, **dims,
+        "trust_remote_code": bool(trust_remote_code), "allow_pickle_weights": bool(allow_pickle_weights),
+        "out": str(out), "name": out.name, **dims,
         "parameters": sum(int(t.numel()) for t in tensors.values()),
         "imported_from": str(folder.resolve()), "peft_type": adapter["peft_type"],
         "peft_version": adapter.get("peft_version"), "versions": versions(),

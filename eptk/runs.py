@@ -2,7 +2,8 @@
 
 This module alone knows the layout: everything else reads and writes a run through `RunDir`. Every
 file is written atomically (temporary file + rename), a lock keeps a second `tune` out, and the newest
-complete checkpoint is always loadable.
+complete checkpoint is always loadable. metrics.jsonl is appended to, fsynced before each checkpoint;
+a torn last line (a crash mid-write) is ignored by every reader and dropped by `--resume`.
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from pathlib import Path
 import torch
 
 from .errors import EptkUsageError
-from .io import append_jsonl, load_tensors, read_json, read_jsonl, save_tensors_atomic, write_json_atomic, \
-    write_text_atomic
+from .io import append_jsonl, check_output_dir, is_temporary, load_tensors, read_json, read_jsonl, \
+    remove_temp_files, replace_folder, save_tensors_atomic, sync_file, write_json_atomic, write_text_atomic
 
 CONFIG, PRIOR, POSTERIOR, METRICS, EVAL, CHECKPOINTS = ("config.json", "prior.safetensors", "posterior.safetensors",
                                                         "metrics.jsonl", "eval.json", "checkpoint")
@@ -69,7 +70,23 @@ class RunDir:
         handle.write(str(os.getpid()))
         handle.flush()
         self._lock = handle
+        remove_temp_files(self.path)  # what a killed writer left: nobody else writes here now
         return self
+
+    def is_locked(self) -> bool:
+        """Whether a running `eptk tune` holds the run (checked without creating or changing a file)."""
+        try:
+            handle = open(self.path / LOCK, "r")
+        except OSError:
+            return False
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return False
+        except OSError:
+            return True
+        finally:
+            handle.close()
 
     def release(self) -> None:
         if self._lock is not None:
@@ -139,29 +156,42 @@ class RunDir:
         append_jsonl(self.path / METRICS, row)
 
     def truncate_metrics(self, after_step: int) -> None:
-        """Drop rows logged after a checkpoint, so a resumed run does not repeat them."""
-        rows = [r for r in read_jsonl(self.path / METRICS) if r.get("step", 0) <= after_step]
+        """Keep the training rows up to a checkpoint's step, so a resumed run neither repeats a row nor keeps
+        a torn line or the final-evaluation row (the one without a loss) of an end it moves past."""
+        rows = [r for r in read_jsonl(self.path / METRICS) if "loss" in r and r.get("step", 0) <= after_step]
         write_text_atomic(self.path / METRICS, "".join(_jsonl(r) for r in rows))
+
+    def reopen(self) -> None:
+        """Make a finished run unfinished again (before `--resume --steps` extends it): its posterior and
+        eval.json describe an end that no longer is one. eval.json goes first, so a crash in between
+        leaves a run that `--resume` completes."""
+        (self.path / EVAL).unlink(missing_ok=True)
+        (self.path / POSTERIOR).unlink(missing_ok=True)
 
     def write_eval(self, result: dict) -> None:
         write_json_atomic(self.path / EVAL, result)
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, step: int, tensors: dict[str, torch.Tensor], state: dict, keep: int = 2) -> None:
-        """Write checkpoint/step-<N>/ through a temporary folder renamed into place, then point `latest` at it."""
+        """Make the metrics logged so far durable, write checkpoint/step-<N>/ through a temporary folder
+        renamed into place, then point `latest` at it."""
+        sync_file(self.path / METRICS)
         root = self.path / CHECKPOINTS
         root.mkdir(exist_ok=True)
         final = root / f"step-{step:08d}"
-        tmp = root / f".tmp-step-{step:08d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        save_tensors_atomic(tmp / STATE_TENSORS, tensors)
-        write_json_atomic(tmp / STATE, dict(state, step=step))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+
+        def fill(folder):
+            save_tensors_atomic(folder / STATE_TENSORS, tensors)
+            write_json_atomic(folder / STATE, dict(state, step=step))
+        replace_folder(final, fill)
         write_text_atomic(root / LATEST, final.name + "\n")
         for old in sorted(root.glob("step-*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+
+    def checkpoint_step(self) -> int:
+        """The step of the checkpoint `--resume` continues from (the newest readable one), 0 without one."""
+        found = self.latest_checkpoint()
+        return int(found[1]["step"]) if found is not None else 0
 
     def latest_checkpoint(self):
         """(tensors, state) of the newest complete checkpoint, or None."""
@@ -187,21 +217,29 @@ def _jsonl(row) -> str:
     return json.dumps(row, default=str) + "\n"
 
 
-def prepare_out_dir(out: Path, config: dict, overwrite: bool, resume: bool) -> RunDir:
-    """Refuse to clobber a different existing run unless --overwrite; lock the directory."""
+def check_out_dir(out, overwrite: bool = False, resume: bool = False, option: str = "--out") -> Path:
+    """Everything `prepare_out_dir` would refuse, found without writing anything."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise EptkUsageError(f"--out {out} exists and is not a directory")
+    option = "--resume" if resume else option
+    check_output_dir(out, option)
     if resume:
         if not is_run(out):
             raise EptkUsageError(f"--resume {out}: not a run directory (no {CONFIG})")
-        return RunDir(out).acquire()
-    if is_run(out) and not overwrite:
-        raise EptkUsageError(f"--out {out} already holds a run; pass --overwrite to replace it, "
+    elif is_run(out) and not overwrite:
+        raise EptkUsageError(f"{option} {out} already holds a run; pass --overwrite to replace it, "
                              f"or --resume {out} to continue it")
-    if out.is_dir() and any(p for p in out.iterdir() if p.name != LOCK) and not is_run(out) and not overwrite:
-        raise EptkUsageError(f"--out {out} is a non-empty directory that is not a run; choose another --out")
+    elif out.is_dir() and not is_run(out) and not overwrite and \
+            any(p for p in out.iterdir() if p.name != LOCK and not is_temporary(p)):
+        raise EptkUsageError(f"{option} {out} is a non-empty directory that is not a run; choose another {option}")
+    if RunDir(out).is_locked():
+        raise EptkUsageError(f"another `eptk tune` is writing {out} (lock held)")
+    return out
+
+
+def prepare_out_dir(out: Path, config: dict, overwrite: bool, resume: bool, option: str = "--out") -> RunDir:
+    """Refuse to clobber a different existing run unless --overwrite; lock the directory."""
+    out = check_out_dir(out, overwrite, resume, option)
     run = RunDir(out).acquire()
-    if overwrite:
+    if overwrite and not resume:
         run.reset()
     return run

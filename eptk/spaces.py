@@ -37,6 +37,25 @@ class TensorSpec:
         return self.space in RESIDUAL
 
 
+def check_layer_spec(spec: str, *, lowest: int = 1) -> None:
+    """The grammar of a `--layers` spec, checked before a model says how many layers there are (the range
+    is checked by `parse_layers` once it does)."""
+    spec = str(spec or "").strip()
+    valid = f"all, last:N (N >= 1), or a comma list of layers >= {lowest}"
+    if spec == "all":
+        return
+    try:
+        if spec.startswith("last:"):
+            ok = int(spec[5:]) >= 1
+        else:
+            layers = [int(part) for part in spec.split(",") if part.strip()]
+            ok = bool(layers) and min(layers) >= lowest
+    except ValueError:
+        ok = False
+    if not ok:
+        raise EptkUsageError(f"bad --layers {spec!r}; valid: {valid}")
+
+
 def parse_layers(spec: str, num_layers: int, *, lowest: int = 1, highest: int | None = None) -> list[int]:
     """`all`, `last:N` or a comma list like `4,8,12` -> sorted activation-layer indices in lowest..highest.
 

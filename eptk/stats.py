@@ -13,6 +13,8 @@ stats.safetensors (float32 unless noted)
   layer<l>.samples  [n,d]   a seeded uniform sample of token activations (n = min(samples, count))
   layer<l>.seen     [1]     int64, tokens offered to the reservoir (equals count)
   layer<l>.pooled   [N,d]   per-sequence mean activation, one row per sequence with a real token
+  layer<l>.max_mahalanobis [1]  float64, the largest Mahalanobis distance (under the shrunk covariance)
+                    of any captured token, from a second pass (eptk-stats/4; absent in older folders)
 meta.json
   model, model_source, hidden_size, num_layers, task, layers, samples, seed, examples, sequences,
   tokens (per layer), excluded ("padding and BOS tokens are excluded"), eptk_version, format.
@@ -31,7 +33,7 @@ from . import linalg
 from .errors import EptkUsageError
 from .version import __version__
 
-FORMAT = "eptk-stats/3"
+FORMAT = "eptk-stats/4"
 STATS_FILE, META_FILE = "stats.safetensors", "meta.json"  # an `eptk capture` folder holds these two
 EXCLUDED = ("padding, BOS tokens, the first real token of each sequence (the attention sink) and, per "
             "layer, tokens whose norm exceeds 10x their batch's median (massive activations) are excluded")
@@ -233,6 +235,7 @@ class LayerActivations:
     shrunk_cov: torch.Tensor  # [d,d] always Ledoit–Wolf shrunk: use for Mahalanobis distances
     shrinkage: float = float("nan")  # the δ of shrunk_cov = (1 − δ)·cov + δ·(tr cov / d)·I
     pooled: torch.Tensor | None = None
+    max_mahalanobis: float | None = None  # over every captured token (None: statistics older than eptk-stats/4)
     _tril: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -251,14 +254,15 @@ class LayerActivations:
 
 
 def layer_activations(layer: int, gaussian: RunningGaussian, reservoir: Reservoir,
-                      pooled: torch.Tensor | None = None) -> LayerActivations:
+                      pooled: torch.Tensor | None = None, max_mahalanobis: float | None = None) -> LayerActivations:
     samples = reservoir.samples.clone()
     raw = gaussian.covariance().cpu()
     delta = linalg.covariance_shrinkage(raw, gaussian.count, gaussian.mean.cpu(), samples)
     shrunk = linalg.shrink(raw, delta)
     cov = shrunk if gaussian.count <= gaussian.dim else raw
     return LayerActivations(layer=layer, mean=gaussian.mean.cpu().float(), cov=cov.float(), samples=samples,
-                            count=gaussian.count, shrunk_cov=shrunk.float(), shrinkage=delta, pooled=pooled)
+                            count=gaussian.count, shrunk_cov=shrunk.float(), shrinkage=delta, pooled=pooled,
+                            max_mahalanobis=max_mahalanobis)
 
 
 class ActivationStats:
@@ -271,6 +275,7 @@ class ActivationStats:
         # each layer's reservoir has its own seeded stream, independent of which other layers ran
         self.reservoirs = {l: Reservoir(samples, dim, seed=seed * 1_000_003 + l, device=device) for l in layers}
         self.pooled_parts: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
+        self.max_mahalanobis: dict[int, float] = {}  # layer -> over every token (set by a capture's second pass)
         self.meta = dict(meta or {})
         self._layer_cache: dict[int, LayerActivations] = {}
 
@@ -290,7 +295,7 @@ class ActivationStats:
                                  f"{', '.join(map(str, self.layers))}")
         if layer not in self._layer_cache:
             self._layer_cache[layer] = layer_activations(layer, self.gaussians[layer], self.reservoirs[layer],
-                                                   self.pooled(layer))
+                                                         self.pooled(layer), self.max_mahalanobis.get(layer))
         return self._layer_cache[layer]
 
     def merge(self, other: "ActivationStats") -> "ActivationStats":
@@ -301,6 +306,7 @@ class ActivationStats:
             self.gaussians[l].merge(other.gaussians[l])
             self.reservoirs[l].merge(other.reservoirs[l])
             self.pooled_parts[l].append(other.pooled(l))
+        self.max_mahalanobis.clear()  # a distance under the merged Gaussian needs another pass over the data
         self._layer_cache.clear()
         return self
 
@@ -314,14 +320,15 @@ class ActivationStats:
             out[f"layer{l}.samples"] = r.samples.float().contiguous()
             out[f"layer{l}.seen"] = torch.tensor([r.seen], dtype=torch.int64)
             out[f"layer{l}.pooled"] = self.pooled(l).float().contiguous()
+            if l in self.max_mahalanobis:
+                out[f"layer{l}.max_mahalanobis"] = torch.tensor([self.max_mahalanobis[l]], dtype=torch.float64)
         return out
 
     def save(self, folder) -> Path:
-        """Write STATS_FILE and META_FILE into folder (each file atomically)."""
-        from .io import save_tensors_atomic, write_json_atomic
+        """Write STATS_FILE and META_FILE as the folder `folder`, swapped in whole (`io.replace_folder`):
+        a reader never sees the statistics of one capture with the metadata of another."""
+        from .io import replace_folder, save_tensors_atomic, write_json_atomic
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         meta = dict(self.meta)
         meta.setdefault("format", FORMAT)
         meta.setdefault("hidden_size", self.dim)
@@ -330,9 +337,12 @@ class ActivationStats:
         meta.setdefault("eptk_version", __version__)
         meta["tokens"] = {str(l): self.gaussians[l].count for l in self.layers}
         self.meta = meta
-        save_tensors_atomic(folder / STATS_FILE, self.tensors(), metadata={"format": FORMAT})
-        write_json_atomic(folder / META_FILE, meta)
-        return folder
+        tensors = self.tensors()
+
+        def fill(tmp):
+            save_tensors_atomic(tmp / STATS_FILE, tensors, metadata={"format": FORMAT})
+            write_json_atomic(tmp / META_FILE, meta)
+        return replace_folder(folder, fill)
 
     @classmethod
     def load(cls, folder, model_name: str | None = None, hidden_size: int | None = None) -> "ActivationStats":
@@ -371,6 +381,8 @@ class ActivationStats:
             stats.reservoirs[l] = res
             pooled = tensors.get(f"layer{l}.pooled")
             stats.pooled_parts[l] = [pooled.float() if pooled is not None else torch.zeros(0, dim)]
+            if f"layer{l}.max_mahalanobis" in tensors:
+                stats.max_mahalanobis[l] = float(tensors[f"layer{l}.max_mahalanobis"].reshape(-1)[0])
         return stats
 
 

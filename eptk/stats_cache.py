@@ -9,9 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from . import capture
@@ -45,26 +42,14 @@ def ensure_stats(loaded: LoadedModel, model_name: str, task_spec: str, layers: l
     layers = capture.check_layers(loaded.model, layers)
     hidden = model_dims(loaded.model)["hidden_size"]
     folder = stats_folder(loaded, model_name, task_spec, layers, samples, seed, n_examples, root)
-    broken = False
     if folder.is_dir():
         try:
             return ActivationStats.load(folder, model_name=model_name, hidden_size=hidden)
         except EptkUsageError as exc:
             log.warning("recapturing: cached statistics in %s are unreadable (%s)", folder, exc)
-            broken = True
     stats = capture.capture_task(loaded, model_name, task_spec, layers, samples, seed, n_examples, batch_size, progress)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        stats.save(tmp)
-        if broken:
-            shutil.rmtree(folder, ignore_errors=True)
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            pass   # another process (a DDP rank) stored the same statistics first; ours are equal
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # swapped in whole; another process (a DDP rank) storing the same key stores equal statistics
+    stats.save(folder)
     log.info("activation statistics of %s on %s stored in %s", model_name, task_spec, folder)
     return stats
 

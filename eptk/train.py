@@ -16,25 +16,27 @@ from pathlib import Path
 import torch
 
 from .batches import encode_batch, take_rows
-from .config import TuneConfig, default_run_name, versions
+from .config import TuneConfig, versions
 from .errors import EptkUsageError, Stop
-from .evaluate import answer_loss, evaluate
+from .evaluate import answer_loss, evaluate, skipped
 from .families import family_of
 from .methods import get_method
-from .models import frozen_dtype, load_model, resolve_device
+from .models import frozen_dtype, load_model
 from .priors import PriorContext, build_prior, parse_spec
 from .prompts import PromptedModel
 from .runs import prepare_out_dir
-from .tasks import load_task
 
 
 def lr_factor(step: int, cfg: TuneConfig) -> float:
-    """Linear warm-up, then cosine / linear decay to zero, or constant."""
+    """Linear warm-up, then cosine / linear decay to zero over the run's steps, or constant. A run that
+    `--resume --steps N` extended (or shortened) decays over its old total before the step it resumed at
+    and over N from there on (`TuneConfig.schedule_steps`): the schedule is recomputed for the new
+    total and applied from the resumed step, so the learning rate jumps there."""
     if step < cfg.warmup:
         return (step + 1) / cfg.warmup
     if cfg.schedule == "constant":
         return 1.0
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    progress = (step - cfg.warmup) / max(1, cfg.schedule_steps(step) - cfg.warmup)
     if cfg.schedule == "linear":
         return max(0.0, 1.0 - progress)
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
@@ -60,19 +62,28 @@ def prior_context(loaded, cfg: TuneConfig) -> PriorContext:
 
 def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
          dist=None) -> Path:
-    """Run prompt-tuning; returns the run directory. `dist` is a (rank, world) pair under torchrun."""
+    """Run prompt-tuning; returns the run directory. `dist` is a (rank, world) pair under torchrun.
+
+    Order: every check that needs no model (eptk.preflight), then the model and what needs it (layers,
+    the prior, captured statistics), then the run directory: bad input never leaves anything on disk."""
     from .distributed import Distributed
+    from .preflight import check_tune
 
     dist = dist or Distributed.from_env()
-    cfg.validate()
-    task = load_task(cfg.task, cfg.seed)
-    device = resolve_device(cfg.device, default=dist.default_device())
-    dtype = frozen_dtype(device)
-    if cfg.device_map and dist.world > 1:
-        raise EptkUsageError("--device-map splits one process's model over GPUs; under torchrun every rank holds "
-                             "a whole copy (data parallel): use one or the other")
-    loaded = load_model(cfg.model, device=device, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
-                        device_map=cfg.device_map or None)
+    try:
+        plan = check_tune(cfg, resume=resume, overwrite=overwrite, default_device=dist.default_device())
+        if cfg.device_map and dist.world > 1:
+            raise EptkUsageError("--device-map splits one process's model over GPUs; under torchrun every rank "
+                                 "holds a whole copy (data parallel): use one or the other")
+    except BaseException:
+        dist.close()
+        raise
+    device, out = plan.device, plan.out
+    if resume and cfg.steps != plan.run_steps and plan.resume_step > 0:
+        # the steps so far ran under the old total's schedule; record it, so lr_factor and --config follow
+        cfg.extensions = [*cfg.extensions, {"at_step": plan.resume_step, "steps": plan.run_steps}]
+    loaded = load_model(cfg.model, device=device, dtype=frozen_dtype(device), trust_remote_code=cfg.trust_remote_code,
+                        device_map=cfg.device_map or None, allow_pickle_weights=cfg.allow_pickle_weights)
     if cfg.device_map:
         device = loaded.model.get_input_embeddings().weight.device  # batches enter where the embeddings are
     dims = family_of(loaded.model).dims(loaded.model)
@@ -80,12 +91,11 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
     layers = method_class.resolve_layers(cfg.layers, dims["num_layers"])
     method = method_class(cfg.tokens, dims, layers, cfg.soft)
     specs = method.tensor_specs()
-    out = Path(cfg.out or default_run_name(cfg))
     resolved = dict(dataclasses.asdict(cfg), out=str(out), layers_resolved=layers, **dims,
                     model_source=loaded.source, versions=versions(), name=out.name,
                     parameters=sum(math.prod(spec.shape) for spec in specs.values()))
     resolved["layers_spec"], resolved["layers"] = cfg.layers, layers
-    # Everything that can fail on bad input happens before the run directory is touched.
+    # The prior may capture activation statistics (into the statistics cache, never into the run).
     ctx = prior_context(loaded, cfg)
     prior = build_prior(cfg.prior, ctx, specs)
     init = prior.sample(torch.Generator().manual_seed(cfg.seed))
@@ -108,15 +118,29 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
         dist.close()
         raise EptkUsageError(error)
     try:
-        if run is not None and not resume:
-            run.write_config(resolved)
-            run.write_prior(init)
-        return _train(cfg, run, out, task, loaded, list(specs), prompted, prior, resume, progress, device, dist,
+        if run is not None:
+            _write_start(run, resolved, init, cfg, plan, resume)
+        return _train(cfg, run, plan, loaded, list(specs), prompted, prior, resume, progress, device, dist,
                       resolved["lr_scales"])
     finally:
         if run is not None:
             run.release()
         dist.close()
+
+
+def _write_start(run, resolved: dict, init, cfg: TuneConfig, plan, resume: bool) -> None:
+    """A fresh run: config.json and prior.safetensors. A resumed one: its config.json with the new
+    --steps (a finished run reopened first), and its prior if it died before writing it."""
+    if not resume:
+        run.write_config(resolved)
+    elif cfg.steps != plan.run_steps:
+        config = run.config()
+        if run.is_complete():
+            run.reopen()
+        config.update(steps=cfg.steps, extensions=cfg.extensions)
+        run.write_config(config)
+    if not resume or not run.has_tensors("prior"):
+        run.write_prior(init)
 
 
 def lr_scales(init: dict[str, torch.Tensor], mode: str) -> dict[str, float]:
@@ -130,16 +154,13 @@ def lr_scales(init: dict[str, torch.Tensor], mode: str) -> dict[str, float]:
     return {name: (value / ref if value > 0 else 1.0) for name, value in rms.items()}
 
 
-def _train(cfg, run, out, task, loaded, names, prompted, prior, resume, progress, device, dist, scales):
+def _train(cfg, run, plan, loaded, names, prompted, prior, resume, progress, device, dist, scales):
     tok = loaded.tokenizer
+    out, train, val = plan.out, plan.train, plan.val
 
     trainable = [prompted.param(n) for n in names]
     optimizer = torch.optim.AdamW([{"params": [prompted.param(n)], "lr_scale": scales[n]} for n in names],
                                   lr=cfg.lr, weight_decay=cfg.weight_decay)
-    train = task.examples("train", cfg.train_size)
-    val = task.examples("validation", cfg.eval_size)
-    if not train:
-        raise EptkUsageError(f"task {cfg.task!r} has no training examples")
     start = 0
     if resume:
         start = _restore(run, prompted, optimizer, names, dist)
@@ -195,7 +216,8 @@ def _train(cfg, run, out, task, loaded, names, prompted, prior, resume, progress
                 optimizer.step()
             row = {"step": step + 1, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"],
                    "grad_norm": float(grad_norm), "tokens_per_s": tokens_seen / max(time.perf_counter() - t0, 1e-9)}
-            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and (step + 1) < cfg.steps and dist.is_main:
+            if val and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and (step + 1) < cfg.steps \
+                    and dist.is_main:
                 row["val_loss"] = answer_loss(prompted, tok, val)
             if run is not None:
                 run.log(row)
@@ -213,11 +235,16 @@ def _train(cfg, run, out, task, loaded, names, prompted, prior, resume, progress
         _restore_signal_handlers(handlers)
     if run is None:
         return out
-    posterior = prompted.tensors()
-    run.write_posterior(posterior)
-    result = evaluate(prompted, task, task.examples("test", cfg.test_size))
-    final_val = answer_loss(prompted, tok, val)
-    run.log({"step": cfg.steps, "val_loss": final_val, "val_score": result["tuned"]["score"]})
+    run.write_posterior(prompted.tensors())
+    # No score without examples: --test-size 0 / --eval-size 0 skip their evaluation and say so.
+    result = evaluate(prompted, plan.task, plan.test) if plan.test else skipped(plan.task, "--test-size 0")
+    final = {"step": cfg.steps}
+    if val:
+        final["val_loss"] = answer_loss(prompted, tok, val)
+    if plan.test:
+        final["val_score"] = result["tuned"]["score"]
+    if len(final) > 1:
+        run.log(final)
     run.write_eval(result)
     return out
 

@@ -138,6 +138,31 @@ def test_collapsed_posterior(world):
     assert [s["tokens"][0] for s in slots] == [f"tok{i}" for i in range(40, 40 + P)]
 
 
+def test_collapse_threshold_is_the_999th_percentile_of_token_pair_cosines(world):
+    """The threshold's value, against every pair of the vocabulary (the metric samples 100,000 pairs): a
+    quantile of 0.5 (~0 here) or 0.99 instead of 0.999 fails."""
+    emb, _ = vocabulary()
+    unit = emb / emb.norm(dim=1, keepdim=True)
+    i, j = torch.triu_indices(V, V, offset=1)
+    cos = (unit[i] * unit[j]).sum(1)
+    exact = float(torch.quantile(cos, 0.999))
+    row = rows_by(world["result"], "collapse", "soft")
+    assert row["collapse_threshold"] == pytest.approx(exact, abs=0.02)
+    assert abs(float(torch.quantile(cos, 0.99)) - exact) > 0.05 and abs(float(cos.median()) - exact) > 0.3
+
+
+def test_a_damaged_log_line_is_a_note(world, tmp_path):
+    """A broken line before the last one in metrics.jsonl is named in a note; the run is still measured."""
+    run = tmp_path / "runs" / "collapse"
+    shutil.copytree(world["runs"] / "collapse", run)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join(lines[:2] + ['{"step": 7, "lo'] + lines[2:]) + "\n")
+    result = analyze_runs([run], tmp_path / "out", vocab=None, plots=False, progress=False,
+                          options=AnalysisOptions(n_perm=10))
+    assert result.rows and result.rows[0]["final_val_loss"] is None
+    assert any("metrics.jsonl:3 is not valid JSON" in n for n in result.notes)
+
+
 def test_region_metrics_planted(world):
     inside = rows_by(world["result"], "deep-data", "deep.2")
     far = rows_by(world["result"], "deep-far", "deep.2")

@@ -118,7 +118,9 @@ def test_capture_stops_after_the_last_requested_layer(tiny, layers, ran):
     finally:
         for h in handles:
             h.remove()
-    assert calls == ran                                     # layer 4 = output of the last layer: no lm_head
+    # two passes (the statistics, then every token's Mahalanobis distance), each stopping after the last
+    # requested layer; layer 4 = output of the last layer: no lm_head
+    assert calls == ran + ran
     assert stats.layers == layers
     assert not any(module._forward_pre_hooks or module._forward_hooks for module in decoder_layers(tiny.model))
 

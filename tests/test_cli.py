@@ -164,3 +164,38 @@ def test_device_map_auto_runs_and_changes_nothing_on_one_device(tmp_path, run_cl
     a, b = tensors(tmp_path / "plain/posterior.safetensors"), tensors(tmp_path / "mapped/posterior.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((tmp_path / "mapped/config.json").read_text())["device_map"] == "auto"
+
+
+def test_zero_sizes_skip_their_evaluation_and_make_up_no_score(tmp_path, run_cli):
+    """--test-size 0 (on a JSONL task, where it used to crash) skips the test evaluation and eval.json says
+    so; --eval-size 0 skips validation; every option that may be 0 at 0 runs; --out's missing parents are
+    made; analyze shows no score where none was measured."""
+    rows = [json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) for a in range(10) for b in range(10)]
+    (tmp_path / "sums.jsonl").write_text("\n".join(rows) + "\n")
+    common = ["--model", "tiny", "--method", "soft", "--steps", "2", "--batch-size", "2", "--train-size", "8",
+              "--quiet"]
+    no_test = tmp_path / "a" / "b" / "no-test"
+    code, out, err = run_cli("tune", *common, "--task", f"jsonl:{tmp_path / 'sums.jsonl'}", "--test-size", "0",
+                             "--eval-size", "2", "--out", no_test)
+    assert code == 0, err
+    assert "test evaluation skipped (--test-size 0)" in out
+    result = json.loads((no_test / "eval.json").read_text())
+    assert result["skipped"] == "--test-size 0" and result["baseline"] is None and result["tuned"] is None
+    final = [json.loads(l) for l in (no_test / "metrics.jsonl").read_text().splitlines()][-1]
+    assert "val_loss" in final and "val_score" not in final and "loss" not in final
+    no_val = tmp_path / "no-val"
+    zeros = ["--eval-size", "0", "--warmup", "0", "--clip", "0", "--eval-every", "0", "--checkpoint-every", "0",
+             "--weight-decay", "0", "--prior-weight", "0", "--seed", "0", "--test-size", "2"]
+    code, _, err = run_cli("tune", *common, *zeros, "--out", no_val)
+    assert code == 0, err
+    logged = [json.loads(l) for l in (no_val / "metrics.jsonl").read_text().splitlines()]
+    assert not any("val_loss" in r for r in logged) and [r["step"] for r in logged] == [1, 2, 2]
+    assert json.loads((no_val / "eval.json").read_text())["tuned"]["n"] == 2
+    code, _, err = run_cli("analyze", no_test, no_val, "--out", tmp_path / "analysis", "--no-vocab", "--no-plots",
+                           "--permutations", "5")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "analysis" / "summary.json").read_text())
+    summary = summary["rows"] if isinstance(summary, dict) else summary
+    by_run = {r["run"]: r for r in summary}
+    assert by_run["no-test"]["tuned_score"] is None and by_run["no-test"]["baseline_score"] is None
+    assert by_run["no-val"]["final_val_loss"] is None and by_run["no-val"]["tuned_score"] is not None

@@ -632,19 +632,30 @@ class TestGPU:
 
 @_interpreter
 def test_tune_on_the_triton_backend_matches_the_reference(tmp_path):
-    """A tiny deep tune forced onto the Triton kernel (interpreter) ends where the reference backend does."""
+    """A tiny deep tune forced onto the Triton kernel (interpreter) ends where the reference backend does,
+    step by step. The logged gradient norm is taken before clipping, and the MAP term's gradient does not
+    pass through the kernel, so a prefix gradient off by any factor shows in the norm and in the
+    posterior (Adam alone would hide a uniform scale)."""
+    import json
     import subprocess
     import sys
 
     from safetensors.torch import load_file
 
-    args = ["tune", "--model", "tiny", "--method", "deep", "--layers", "all", "--steps", "2", "--batch-size", "2",
-            "--train-size", "16", "--eval-size", "2", "--test-size", "2", "--quiet"]
+    args = ["tune", "--model", "tiny", "--method", "deep", "--layers", "all", "--steps", "3", "--batch-size", "2",
+            "--train-size", "16", "--eval-size", "2", "--test-size", "2", "--quiet", "--clip", "0",
+            "--prior-weight", "1", "--warmup", "1", "--lr", "0.05"]
     env = dict(os.environ, TRITON_INTERPRET="1")
     for backend in ("triton", "torch"):
         done = subprocess.run([sys.executable, "-m", "eptk.cli", *args, "--backend", backend,
                                "--out", str(tmp_path / backend)], env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr
+    rows = {b: [json.loads(l) for l in (tmp_path / b / "metrics.jsonl").read_text().splitlines()] for b in ("triton", "torch")}
+    steps = [(a, b) for a, b in zip(rows["triton"], rows["torch"]) if "loss" in a]
+    assert len(steps) == 3
+    for a, b in steps:
+        for key in ("loss", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4), (a["step"], key, a[key], b[key])
     a, b = load_file(str(tmp_path / "triton/posterior.safetensors")), load_file(str(tmp_path / "torch/posterior.safetensors"))
     assert set(a) == set(b)
     for name in a:

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from eptk import linalg
 from eptk.capture import capture_task
 from eptk.errors import EptkUsageError
 from eptk.models import load_model
@@ -116,6 +117,102 @@ def test_region_new_is_outside_the_data_on_the_tiny_model(tiny_ctx):
     lp_new = check_log_prob(prior, sample)
     data_rows = {k: tiny_ctx.stats("arith", 0 if k == "soft" else int(k[5:])).samples[:P] for k in sample}
     assert lp_new > float(prior.log_prob(data_rows))                      # denser in the new region than on data
+
+
+def every_token(loaded, task, layers, n_examples):
+    """Each layer's activations of every token a capture keeps, recomputed here without eptk's hooks:
+    hidden_states of a plain forward, minus padding, BOS, each sequence's first real token and, per batch,
+    tokens whose norm exceeds 10x the median (massive activations)."""
+    from eptk.capture import task_batches
+
+    model, tok = loaded.model, loaded.tokenizer
+    out = {l: [] for l in layers}
+    for batch in task_batches(tok, task, 0, n_examples, 16):
+        ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+        first = mask.long().cumsum(1) == 1
+        real = mask & ~first & (ids != tok.bos_token_id)
+        with torch.no_grad():
+            states = model(input_ids=ids, attention_mask=batch["attention_mask"], output_hidden_states=True).hidden_states
+        for l in layers:
+            norms = states[l].norm(dim=-1)
+            keep = real & (norms <= 10 * norms[real].median())
+            out[l].append(states[l][keep].double())
+    return {l: torch.cat(rows) for l, rows in out.items()}
+
+
+@pytest.fixture(scope="module")
+def few_samples():
+    """Statistics whose reservoir (32 rows) holds a small part of the captured tokens, so "every token"
+    and "the reservoir" differ."""
+    loaded = load_model("tiny")
+    layers = [0, 1, 2, 3]
+    stats = capture_task(loaded, "tiny", "arith", layers, samples=32, seed=0, n_examples=48, progress=False)
+    ctx = PriorContext(task="arith", model="tiny", seed=0, stats=lambda task, layer: stats.layer(layer))
+    return loaded, stats, ctx, every_token(loaded, "arith", layers, 48)
+
+
+def test_region_new_bounds_hold_against_every_captured_token(few_samples):
+    """The three bounds are what the README says, computed here from scratch: the largest Mahalanobis
+    distance of every captured token (not only the reservoir's), the 5-95% norm band and the 95th
+    percentile of the data points' distances to their 5th nearest other point; every sample clears the
+    first and the third by 5% and lies inside the band."""
+    loaded, stats, ctx, tokens = few_samples
+    prior = build_prior("region:new", ctx, prompt_params([0, 1, 2, 3]))
+    sample = prior.sample(torch.Generator().manual_seed(0))
+    for name, dist in prior.dists.items():
+        layer = 0 if name == "soft" else int(name.split(".")[1])
+        ls = stats.layer(layer)
+        prec = torch.linalg.inv(ls.shrunk_cov.double())
+
+        def maha(v):
+            c = v.double() - ls.mean.double()
+            return ((c @ prec) * c).sum(1).sqrt()
+
+        data = ls.samples.double()
+        assert tokens[layer].shape[0] > 2 * data.shape[0], "the reservoir must be a strict subset here"
+        worst = float(maha(tokens[layer]).max())
+        assert worst > float(maha(data).max()), "some token beyond the reservoir's farthest"
+        assert dist.bounds.mahalanobis == pytest.approx(worst, rel=1e-4), layer
+        lo, hi = torch.quantile(data.norm(dim=1), torch.tensor(NORM_BAND, dtype=torch.float64)).tolist()
+        assert (dist.bounds.norm_lo, dist.bounds.norm_hi) == pytest.approx((lo, hi), rel=1e-6)
+        own = torch.cdist(data, data).sort(dim=1).values[:, KNN_K]          # column 0: the point itself
+        radius = float(torch.quantile(own, KNN_QUANTILE))
+        assert dist.bounds.knn_radius == pytest.approx(radius, rel=1e-6), layer
+        x = sample[name].double()
+        assert float(maha(x).min()) > 1.05 * worst
+        norms = x.norm(dim=1)
+        assert bool(((norms >= lo) & (norms <= hi)).all())
+        assert float(torch.cdist(x, data).sort(dim=1).values[:, KNN_K - 1].min()) > 1.05 * radius
+
+
+def test_region_new_margin_is_five_percent(few_samples):
+    """A point 3% past a bound fails the check, one 7% past passes: the margin is 5% (not 0, not 10%)."""
+    _, stats, ctx, _ = few_samples
+    dist = build_prior("region:new", ctx, prompt_params([2])).dists["deep.2"]
+    ls = stats.layer(2)
+    x = dist.sample(torch.Generator().manual_seed(1)).double()[:1]
+    mean = ls.mean.double()
+    d_x = float(linalg.mahalanobis(x, ls.scale_tril().double(), mean))
+    for factor, passes in ((1.03, False), (1.07, True)):
+        point = mean + (x - mean) * (factor * dist.bounds.mahalanobis / d_x)   # Mahalanobis is linear on the ray
+        assert bool(dist.checks(point)["mahalanobis"][0]) is passes, factor
+    # the kNN bound: bisect the ray from a data point outward to a given 5-NN distance
+    data, k, radius = ls.samples.double(), dist.k, dist.bounds.knn_radius
+    inner = int(torch.cdist(data, data).sort(dim=1).values[:, k].argmin())   # deep inside the data
+    start, direction = data[inner], x[0] - data[inner]
+
+    def knn(t):
+        return float(torch.cdist((start + t * direction)[None], data).sort(dim=1).values[0, k - 1])
+    for factor, passes in ((1.03, False), (1.07, True)):
+        lo_t, hi_t = 0.0, 1.0
+        assert knn(lo_t) < factor * radius
+        while knn(hi_t) < factor * radius:
+            hi_t *= 2
+        for _ in range(60):
+            mid = (lo_t + hi_t) / 2
+            lo_t, hi_t = (mid, hi_t) if knn(mid) < factor * radius else (lo_t, mid)
+        point = (start + hi_t * direction)[None]
+        assert bool(dist.checks(point)["knn"][0]) is passes, factor
 
 
 @pytest.mark.slow

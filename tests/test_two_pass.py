@@ -38,30 +38,44 @@ def rel_err(a, b, mask):
     return float((a - b).abs()[m].max() / b[m].abs().max())
 
 
-CASES = [("soft", "all"), ("deep", "all"), ("deep", "last:1"), ("deep", "1,2"), ("prefix", "all")]
+# (method, layers, soft): --no-soft deep prompts have no slots below their first layer
+CASES = [("soft", "all", True), ("deep", "all", True), ("deep", "last:1", True), ("deep", "1,2", True),
+         ("prefix", "all", True), ("deep", "1,2", False), ("deep", "last:1", False)]
+FAMILIES = ["llama", "qwen2", "mistral", "gpt2"]  # GQA 4/2, 6/2, 4/1 query/key heads; GPT-2 without GQA
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gpt2"])
-@pytest.mark.parametrize("method,layers", CASES)
+def case_id(case):
+    method, layers, soft = case
+    return f"{method}-{layers}" + ("" if soft else "-nosoft")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 @pytest.mark.parametrize("left", [False, True])
-def test_two_pass_equals_full_forward(tiny_models, family, method, layers, left):
-    prompted = make_prompted(tiny_models[family], method, layers)
+def test_two_pass_equals_full_forward(tiny_models, family, case, left):
+    method, layers, soft = case
+    prompted = make_prompted(tiny_models[family], method, layers, soft=soft)
     try:
         ids, mask = batch(left=left)
         with torch.no_grad():
             two_pass = prompted(ids, mask).logits
             full = full_forward(prompted, ids, mask)
-        assert rel_err(two_pass, full, mask) <= TOL, f"{family} {method} {layers} left={left}"
+        assert rel_err(two_pass, full, mask) <= TOL, f"{family} {case_id(case)} left={left}"
     finally:
         prompted.remove_hooks()
 
 
-@pytest.mark.parametrize("method", ["soft", "deep", "prefix"])
-def test_gradients_match_full_forward(tiny_models, method):
-    """The prompt gradients of the two-pass loss equal those of the full forward."""
-    prompted = make_prompted(tiny_models["llama"], method, "1,3")
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("case", [("soft", "all", True), ("deep", "1,2", True), ("deep", "1,2", False),
+                                  ("prefix", "all", True)], ids=case_id)
+@pytest.mark.parametrize("left", [False, True])
+def test_gradients_match_full_forward(tiny_models, family, case, left):
+    """The prompt gradients of the two-pass loss equal those of the full forward: every method, both
+    padding sides, grouped-query heads."""
+    method, layers, soft = case
+    prompted = make_prompted(tiny_models[family], method, layers, soft=soft)
     try:
-        ids, mask = batch()
+        ids, mask = batch(left=left)
         labels = ids.masked_fill(mask == 0, -100)
         out = prompted(ids, mask, labels=labels)
         out.loss.backward()
@@ -73,6 +87,30 @@ def test_gradients_match_full_forward(tiny_models, method):
         for n, p in prompted.params.items():
             err = float((two[n] - p.grad).abs().max() / p.grad.abs().max())
             assert err < 1e-4, f"{n}: {err}"
+    finally:
+        prompted.remove_hooks()
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("method", ["deep", "prefix"])
+@pytest.mark.parametrize("left", [False, True])
+def test_prefix_mass_equals_explicit_attention(tiny_models, family, method, left):
+    """eval.json's prefix mass: per layer and query head, the softmax probability on the prompt's keys,
+    averaged over the real (not padded) query rows, from the full forward's explicit attention."""
+    prompted = make_prompted(tiny_models[family], method, "1,2")
+    try:
+        ids, mask = batch(left=left)
+        mass = prompted.prefix_mass(ids, mask)
+        probs = {}
+        full_forward(prompted, ids, mask, probs=probs)
+        assert set(mass) == set(probs)
+        real = mask.bool()
+        for layer, p in probs.items():
+            on_prompt = p[..., :prompted.tokens].sum(-1).permute(0, 2, 1)     # [B,T,Hq]
+            want = on_prompt[real].double().mean(0)
+            torch.testing.assert_close(mass[layer].double(), want, rtol=1e-5, atol=1e-6,
+                                       msg=lambda m: f"layer {layer}: {m}")
+            assert 0 < float(want.min()) and float(want.max()) < 1
     finally:
         prompted.remove_hooks()
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import EptkUsageError
+from ..io import check_output_dir
 from ..runs import CONFIG, find_runs
 from .columns import num
 from .findings import findings, print_findings, wide_console
@@ -51,8 +52,9 @@ def analyze_runs(paths: Sequence, out="analysis", *, stats: Sequence = (), vocab
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     opts = options or AnalysisOptions()
+    opts.validate()
     console = console or wide_console()
-    out = Path(out)
+    out = check_output_dir(out, "--out")
     run_dirs = find_runs(paths)
     pca_cache: dict = {}
     stats = list(stats) + stats_named_by_runs(paths, stats)

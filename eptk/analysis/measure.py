@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import metrics as M
+from ..errors import check_range
 from ..spaces import RESIDUAL
 from .columns import SUMMARY_COLUMNS, BlockView, RunView, block_values, run_values
 from .read import Block, RunData, TaskActivations, VocabCache
@@ -25,6 +26,13 @@ class AnalysisOptions:
     max_data: int = 1000       # data samples per layer used for kNN / MMD / energy
     max_reference: int = 3000  # reference points drawn in PCA plots
     cluster_projection: str = "pca"  # task-cluster maps: "pca" or "tsne" (scikit-learn)
+
+    def validate(self) -> None:
+        """Each option inside its range (the CLI's names), before anything is read or written."""
+        for name, value, lowest, highest in (("--top-k", self.top_k, 1, 1000), ("--knn-k", self.knn_k, 1, 1000),
+                                             ("--permutations", self.n_perm, 1, 10**6),
+                                             ("--max-data", self.max_data, 2, 10**7), ("--seed", self.seed, 0, 2**32 - 1)):
+            check_range(name, value, lowest, highest)
 
 
 def _match_stats(run: RunData, stats: Sequence[TaskActivations]) -> TaskActivations | None:

@@ -21,10 +21,15 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    """Render to memory, then write atomically (like every file eptk writes)."""
+    import io
+
+    from ..io import write_bytes_atomic
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    write_bytes_atomic(path, buffer.getvalue())
+    return Path(path)
 
 
 def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:

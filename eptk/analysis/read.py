@@ -226,7 +226,11 @@ def read_run(path: Path) -> RunData:
     if not isinstance(evaluation, dict):
         evaluation = None
     name = str(config.get("name") or run.path.name)
-    logged = [r for r in run.metrics() if isinstance(r, dict)]
+    try:
+        logged = [r for r in run.metrics() if isinstance(r, dict)]
+    except EptkUsageError as exc:  # a damaged log costs the curves, not the run
+        logged = []
+        notes.append(str(exc))
     return RunData(run.path, name, config, tensors["prior"], tensors["posterior"], logged, evaluation, notes)
 
 

@@ -172,7 +172,8 @@ def _parse_posterior(rest):
 
 
 @register_prior("posterior", ":<run>[:std]", "the posterior of an earlier run (+ N(0, std^2) noise); "
-                "log-density N(posterior, max(std, 0.02)^2)", parse=_parse_posterior)
+                "log-density N(posterior, max(std, 0.02)^2)", parse=_parse_posterior,
+                check=lambda args, ctx: load_posterior(args["run"], ctx))
 def _posterior(args, ctx, param):
     tensors = load_posterior(args["run"], ctx)
     if param.name not in tensors:

@@ -17,6 +17,7 @@ import torch
 from .. import linalg
 from ..errors import EptkUsageError
 from ..stats import LayerActivations
+from ..tasks import load_task
 from .basic import Gaussian, RowMixture, scale_tril
 from .registry import Distribution, ParamInfo, PriorContext, check_width, positive_float, register_prior, rows
 
@@ -46,6 +47,13 @@ def layer_stats_for(family: str, ctx: PriorContext, param: ParamInfo, task: str 
     return stats
 
 
+def _check_tasks(args, ctx) -> None:
+    """The tasks a region prior names resolve (their statistics are captured later, with the model)."""
+    for task in args.get("tasks") or [args.get("task") or ctx.task]:
+        if task:
+            load_task(task, ctx.seed)
+
+
 def _parse_task(name: str):
     def parse(rest):
         if rest is not None and not rest.strip():
@@ -57,7 +65,8 @@ def _parse_task(name: str):
 # ---- region:data ---------------------------------------------------------------------------------
 
 @register_prior("region:data", "[:task]", "Gaussian fitted to the task's activations at each prompted layer "
-                "(soft: token embeddings, deep.<l>: layer l)", parse=_parse_task("region:data"), needs_stats=True)
+                "(soft: token embeddings, deep.<l>: layer l)", parse=_parse_task("region:data"), needs_stats=True,
+                check=_check_tasks)
 def _region_data(args, ctx, param):
     stats = layer_stats_for("region:data", ctx, param, args["task"])
     return Gaussian(param.shape, stats.mean, stats.cov)
@@ -68,7 +77,7 @@ def _region_data(args, ctx, param):
 @dataclass
 class NewRegionBounds:
     """What every region:new sample must clear (before the margin)."""
-    mahalanobis: float   # the largest Mahalanobis distance of a captured data point (shrunk covariance)
+    mahalanobis: float   # the largest Mahalanobis distance of any captured token (shrunk covariance)
     norm_lo: float       # the data's 5th percentile of norms
     norm_hi: float       # the data's 95th percentile of norms
     knn_radius: float    # KNN_QUANTILE of the data points' distances to their k-th nearest other data point
@@ -90,7 +99,14 @@ def new_region_bounds(stats: LayerActivations, k: int = KNN_K) -> NewRegionBound
                              f"(have {data.shape[0]}); capture more examples")
     norms = data.norm(dim=1)
     lo, hi = torch.quantile(norms, torch.tensor(NORM_BAND, dtype=torch.float64)).tolist()
-    return NewRegionBounds(mahalanobis=float(stats.mahalanobis(data).max()), norm_lo=lo, norm_hi=hi,
+    # every token the capture saw (its second pass), else only the reservoir (statistics before eptk-stats/4)
+    worst = float(stats.mahalanobis(data).max())
+    if stats.max_mahalanobis is None:
+        log.warning("region:new at layer %d: these statistics predate eptk-stats/4 and record no distance over "
+                    "every token; the bound is the reservoir's (recapture for the full guarantee)", stats.layer)
+    else:
+        worst = max(worst, stats.max_mahalanobis)
+    return NewRegionBounds(mahalanobis=worst, norm_lo=lo, norm_hi=hi,
                            knn_radius=float(torch.quantile(knn_distance(data, data, k, exclude_self=True),
                                                            KNN_QUANTILE)), k=k)
 
@@ -193,7 +209,7 @@ class NewRegion(RowMixture):
 
 @register_prior("region:new", "[:task]", "outside the data: Mahalanobis beyond every captured data point, norm in "
                 "the data's 5-95% norm range, k=5 nearest-neighbour distance beyond the data's own kNN radius (95th percentile)",
-                parse=_parse_task("region:new"), needs_stats=True)
+                parse=_parse_task("region:new"), needs_stats=True, check=_check_tasks)
 def _region_new(args, ctx, param):
     stats = layer_stats_for("region:new", ctx, param, args["task"])
     gen = torch.Generator().manual_seed(ctx.seed * 1_000_003 + 7 * param.layer + 11)
@@ -245,7 +261,7 @@ def _parse_between(rest):
 
 
 @register_prior("region:between", ":<taskA>,<taskB>", "a·x + (1-a)·y with x, y from the two tasks' Gaussians, "
-                "a ~ U[0,1] (paper)", parse=_parse_between, needs_stats=True)
+                "a ~ U[0,1] (paper)", parse=_parse_between, needs_stats=True, check=_check_tasks)
 def _region_between(args, ctx, param):
     task_a, task_b = args["tasks"]
     return Between(param.shape, layer_stats_for("region:between", ctx, param, task_a),
@@ -328,7 +344,8 @@ class Exclusion(Distribution):
 
 @register_prior("exclusion", "[:c]", "the paper's Gaussian-exclusion prior around the task's data Gaussian: "
                 "propose N(mu, c^(2/d) Sigma), accept with 1 - pdf/pdf_wide; c default 5",
-                parse=positive_float("exclusion", "c", 5.0), needs_stats=True)
+                parse=positive_float("exclusion", "c", 5.0), needs_stats=True,
+                check=_check_tasks)
 def _exclusion(args, ctx, param):
     if args["c"] <= 1:
         raise EptkUsageError(f"prior exclusion:{args['c']:g}: c must be greater than 1, e.g. exclusion:5")

@@ -63,15 +63,19 @@ class PriorFamily:
     parse: Callable[[str | None], dict]
     make: Callable[[dict, PriorContext, ParamInfo], Distribution]
     needs_stats: bool = False
+    # what can be checked before a model loads or statistics are captured (files, task names)
+    check: Callable[[dict, PriorContext], None] | None = None
 
 
 PRIORS = Registry("prior", usage=lambda family: f"{family.name}{family.args}")
 
 
-def register_prior(name: str, args: str, description: str, parse=None, needs_stats: bool = False):
-    """Decorator registering `make(parsed, ctx, param) -> Distribution` under `name`."""
+def register_prior(name: str, args: str, description: str, parse=None, needs_stats: bool = False,
+                   check=None):
+    """Decorator registering `make(parsed, ctx, param) -> Distribution` under `name`; `check(parsed, ctx)`
+    refuses bad input that needs no model (a missing run, an unknown task)."""
     def wrap(make):
-        PRIORS.register(name, PriorFamily(name, args, description, parse or no_args(name), make, needs_stats))
+        PRIORS.register(name, PriorFamily(name, args, description, parse or no_args(name), make, needs_stats, check))
         return make
     return wrap
 
@@ -88,6 +92,14 @@ def parse_spec(spec: str) -> tuple[PriorFamily, dict]:
         raise EptkUsageError(f"unknown prior {spec!r}; valid: {spec_choices()}")
     family, rest = found
     return family, family.parse(rest)
+
+
+def check_prior(spec: str, ctx: PriorContext) -> None:
+    """Everything about a prior spec that can be refused before a model loads: its grammar, its arguments
+    and the files and tasks it names (`ctx` carries the model name, task and seed, no embeddings)."""
+    family, parsed = parse_spec(spec)
+    if family.check is not None:
+        family.check(parsed, ctx)
 
 
 class Prior:

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import TuneConfig
+from ..config import EXECUTION_ONLY, TuneConfig
 from ..errors import EptkUsageError, choices
 from ..runs import RunDir, is_run
 
@@ -24,8 +24,7 @@ from ..runs import RunDir, is_run
 GRID_KEYS = {"tasks": "task", "methods": "method", "layers": "layers", "priors": "prior", "tokens": "tokens",
              "seeds": "seed"}
 TOP_KEYS = (*GRID_KEYS, "fixed", "out")
-NOT_FIXED = ("out", "extra")  # TuneConfig fields a sweep does not set
-EXECUTION_ONLY = ("device", "backend")  # settings that do not change what a run computes
+NOT_FIXED = ("out", "extra", "extensions")  # TuneConfig fields a sweep does not set
 
 
 @dataclass

@@ -3,6 +3,10 @@
 Rerunning a sweep skips complete runs, resumes those with a checkpoint, and restarts (--overwrite) the
 ones that died before their first checkpoint. A run that fails is reported in <out>/sweep.json (exit
 code and the tail of its stderr) and does not stop the others. Logs: <out>/logs/<name>.out|.err.
+
+Children die with the sweep: a sweep stopped by SIGTERM or Ctrl-C asks them to checkpoint and stop; one
+that dies any other way (kill -9 included) takes them with it (the kernel kills them), so a rerun never
+meets a run still locked by an orphan.
 """
 from __future__ import annotations
 
@@ -73,11 +77,22 @@ class _Job:
         self.err_start = self.err_file.tell()
         self.t0 = time.time()
         self.proc = subprocess.Popen(self.command, stdout=self.out_file, stderr=self.err_file, env=env,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
 
     def close(self) -> None:
         self.out_file.close()
         self.err_file.close()
+
+
+def die_with_parent() -> None:
+    """In a child before exec: ask Linux to SIGKILL it when the sweep dies (PR_SET_PDEATHSIG), so a sweep
+    killed with SIGKILL leaves no orphan holding a run's lock (the run resumes from its last checkpoint);
+    elsewhere a no-op."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _now() -> str:
@@ -230,7 +245,8 @@ def _analyze(out: Path, shard, runs: list[dict], logs: Path, env: dict, console)
     t0 = time.time()
     with open(logs / "analyze.out", "w", encoding="utf-8") as o, open(logs / "analyze.err", "w", encoding="utf-8") as e:
         try:
-            code = subprocess.run(cmd, stdout=o, stderr=e, env=env, stdin=subprocess.DEVNULL).returncode
+            code = subprocess.run(cmd, stdout=o, stderr=e, env=env, stdin=subprocess.DEVNULL,
+                                  preexec_fn=die_with_parent).returncode
         except KeyboardInterrupt:
             code = 130
     result = {"status": "done" if code == 0 else "failed", "exit_code": code, "out": str(target),

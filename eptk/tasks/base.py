@@ -32,12 +32,15 @@ class Task:
         raise NotImplementedError
 
     def score(self, predictions: list[str], answers: list[str]) -> dict:
-        """Mean exact match (and F1 for QA) in percent."""
+        """Mean exact match (and F1 for QA) in percent, over at least one answer (no made-up 0)."""
+        if not answers or len(predictions) != len(answers):
+            raise ValueError(f"score needs one prediction per answer and at least one ({len(predictions)} "
+                             f"predictions, {len(answers)} answers)")
         em = [float(normalize_answer(p) == normalize_answer(a)) for p, a in zip(predictions, answers)]
-        out = {"exact_match": 100.0 * sum(em) / max(len(em), 1)}
+        out = {"exact_match": 100.0 * sum(em) / len(em)}
         if self.metric == "f1":
             f1 = [token_f1(p, a) for p, a in zip(predictions, answers)]
-            out["f1"] = 100.0 * sum(f1) / max(len(f1), 1)
+            out["f1"] = 100.0 * sum(f1) / len(f1)
         out["score"] = out[self.metric]
         return out
 

@@ -47,8 +47,8 @@ def load_jsonl(path: str, seed: int = 0) -> Records:
         raise EptkUsageError(f"{path}: no rows")
     if not splits["train"]:
         raise EptkUsageError(f"{path}: no training rows (rows are split by a hash of the prompt, or by \"split\")")
-    for split in ("validation", "test"):
-        splits[split] = splits[split] or splits["train"][: max(1, len(splits["train"]) // 10)]
+    # An empty validation or test split stays empty (training rows scored as test rows would be a made-up
+    # score): tune refuses it unless --eval-size / --test-size is 0.
     return Records(f"jsonl:{path}", splits)
 
 
