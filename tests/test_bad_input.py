@@ -4,6 +4,7 @@ no model loaded when a check that needs none could fail first. Every numeric opt
 (where 0 is not valid), -1, NaN and a huge value; every path option at a file, a missing parent and a
 folder without write permission."""
 import fcntl
+import importlib
 import json
 import os
 import subprocess
@@ -79,7 +80,10 @@ def guarded(request, files, monkeypatch):
     if case not in NEEDS_MODEL:
         def refuse(*args, **kwargs):
             raise AssertionError("a model was loaded before a check that needs none")
-        for module in ("eptk.train", "eptk.models", "eptk.loading"):
+        modules = ("eptk.train", "eptk.models", "eptk.loading")
+        for module in modules:  # all imported first: one imported while models.load_model is patched
+            importlib.import_module(module)  # would keep the patch after the test
+        for module in modules:
             monkeypatch.setattr(f"{module}.load_model", refuse)
 
 
