@@ -76,7 +76,10 @@ def test_gradients_match_full_forward(tiny_models, family, case, left):
     prompted = make_prompted(tiny_models[family], method, layers, soft=soft)
     try:
         ids, mask = batch(left=left)
-        labels = ids.masked_fill(mask == 0, -100)
+        # targets at real tokens predicted from real tokens: a left-padded row's first real token follows a
+        # pad, whose query row reads only the slots (its logits are no prediction of anything)
+        after_pad = torch.cat([torch.ones_like(mask[:, :1]), mask[:, :-1]], dim=1) == 0
+        labels = ids.masked_fill((mask == 0) | after_pad, -100)
         out = prompted(ids, mask, labels=labels)
         out.loss.backward()
         two = {n: p.grad.clone() for n, p in prompted.params.items()}
