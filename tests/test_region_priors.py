@@ -142,13 +142,14 @@ def every_token(loaded, task, layers, n_examples):
 
 @pytest.fixture(scope="module")
 def few_samples():
-    """Statistics whose reservoir (32 rows) holds a small part of the captured tokens, so "every token"
-    and "the reservoir" differ."""
+    """Statistics whose reservoir (64 rows) holds a small part of the ~800 captured tokens, so "every
+    token" and "the reservoir" differ (with 32 rows the token-embedding layer's data fills its norm band
+    and region:new finds too few points)."""
     loaded = load_model("tiny")
     layers = [0, 1, 2, 3]
-    stats = capture_task(loaded, "tiny", "arith", layers, samples=32, seed=0, n_examples=48, progress=False)
+    stats = capture_task(loaded, "tiny", "arith", layers, samples=64, seed=0, n_examples=96, progress=False)
     ctx = PriorContext(task="arith", model="tiny", seed=0, stats=lambda task, layer: stats.layer(layer))
-    return loaded, stats, ctx, every_token(loaded, "arith", layers, 48)
+    return loaded, stats, ctx, every_token(loaded, "arith", layers, 96)
 
 
 def test_region_new_bounds_hold_against_every_captured_token(few_samples):
@@ -159,6 +160,7 @@ def test_region_new_bounds_hold_against_every_captured_token(few_samples):
     loaded, stats, ctx, tokens = few_samples
     prior = build_prior("region:new", ctx, prompt_params([0, 1, 2, 3]))
     sample = prior.sample(torch.Generator().manual_seed(0))
+    beyond_reservoir = []
     for name, dist in prior.dists.items():
         layer = 0 if name == "soft" else int(name.split(".")[1])
         ls = stats.layer(layer)
@@ -171,7 +173,7 @@ def test_region_new_bounds_hold_against_every_captured_token(few_samples):
         data = ls.samples.double()
         assert tokens[layer].shape[0] > 2 * data.shape[0], "the reservoir must be a strict subset here"
         worst = float(maha(tokens[layer]).max())
-        assert worst > float(maha(data).max()), "some token beyond the reservoir's farthest"
+        beyond_reservoir.append(worst > float(maha(data).max()))
         assert dist.bounds.mahalanobis == pytest.approx(worst, rel=1e-4), layer
         lo, hi = torch.quantile(data.norm(dim=1), torch.tensor(NORM_BAND, dtype=torch.float64)).tolist()
         assert (dist.bounds.norm_lo, dist.bounds.norm_hi) == pytest.approx((lo, hi), rel=1e-6)
@@ -183,6 +185,9 @@ def test_region_new_bounds_hold_against_every_captured_token(few_samples):
         norms = x.norm(dim=1)
         assert bool(((norms >= lo) & (norms <= hi)).all())
         assert float(torch.cdist(x, data).sort(dim=1).values[:, KNN_K - 1].min()) > 1.05 * radius
+    # the token embeddings repeat a few characters, so the reservoir holds the farthest one there; deeper
+    # layers must have a token beyond the reservoir's farthest, or this test could not tell the two apart
+    assert any(beyond_reservoir), beyond_reservoir
 
 
 def test_region_new_margin_is_five_percent(few_samples):
