@@ -99,13 +99,20 @@ def expect_refusal(run_cli, files, args):
     return lines[0]
 
 
-def numbers(options: dict) -> dict:
+# case -> the option its one-line error must name (a refusal for another reason further on is not one)
+NAMED = {"train size zero": "--train-size", "train size negative": "--train-size",
+         "eval size negative": "--eval-size"}
+
+
+def numbers(options: dict, command: str = "") -> dict:
     """option -> (zero is valid, integer) as bad cases: 0 where it is not valid, -1, NaN, huge."""
     cases = {}
     for option, (zero_ok, integer) in options.items():
         values = ["-1", "nan", HUGE_INT if integer else HUGE_FLOAT] + ([] if zero_ok else ["0"])
         for value in values:
-            cases[f"{option} {value}"] = [option, value]
+            name = f"{command} {option} {value}".strip()
+            cases[name] = [option, value]
+            NAMED[name] = option
     return cases
 
 
@@ -197,7 +204,8 @@ def test_bad_tune_input(files, run_cli, case):
         fd = open(files / "locked" / ".lock")
         fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        expect_refusal(run_cli, files, [*base, *args, *out])
+        line = expect_refusal(run_cli, files, [*base, *args, *out])
+        assert NAMED.get(case, "") in line, (case, line)
     finally:
         if fd is not None:
             fd.close()
@@ -270,13 +278,14 @@ OTHER_NUMBERS = [
     (["sweep", "{root}/grid.toml", "--out", "{root}/sweep"], {"--jobs": (False, True)}),
 ]
 for _command, _options in OTHER_NUMBERS:
-    for _name, _args in numbers(_options).items():
-        OTHER_CASES[f"{_command[0]} {_name}"] = [*_command, *_args]
+    for _name, _args in numbers(_options, _command[0]).items():
+        OTHER_CASES[_name] = [*_command, *_args]
 
 
 @pytest.mark.parametrize("case", sorted(OTHER_CASES))
 def test_bad_other_commands(files, run_cli, case):
-    expect_refusal(run_cli, files, [a.format(root=files) for a in OTHER_CASES[case]])
+    line = expect_refusal(run_cli, files, [a.format(root=files) for a in OTHER_CASES[case]])
+    assert NAMED.get(case, "") in line, (case, line)
 
 
 def test_hub_id_offline(run_cli, monkeypatch):
