@@ -151,6 +151,18 @@ def test_collapse_threshold_is_the_999th_percentile_of_token_pair_cosines(world)
     assert abs(float(torch.quantile(cos, 0.99)) - exact) > 0.05 and abs(float(cos.median()) - exact) > 0.3
 
 
+def test_a_torn_last_log_line_is_ignored(world, tmp_path):
+    """metrics.jsonl cut mid-line (a crash while a row was written): the rows before it are read, no note."""
+    run = tmp_path / "runs" / "collapse"
+    shutil.copytree(world["runs"] / "collapse", run)
+    text = (run / "metrics.jsonl").read_text()
+    (run / "metrics.jsonl").write_text(text + text.splitlines()[-1][:17])
+    result = analyze_runs([run], tmp_path / "out", vocab=None, plots=False, progress=False,
+                          options=AnalysisOptions(n_perm=10))
+    assert result.rows[0]["final_val_loss"] == pytest.approx(3.0 / 5 + 0.1)
+    assert not any("metrics.jsonl" in n for n in result.notes), result.notes
+
+
 def test_a_damaged_log_line_is_a_note(world, tmp_path):
     """A broken line before the last one in metrics.jsonl is named in a note; the run is still measured."""
     run = tmp_path / "runs" / "collapse"

@@ -1,5 +1,6 @@
 """`eptk sweep`: a 2 priors x 2 seeds grid on the tiny model with one run killed mid-way and one failing;
-the sweep goes on, reports the failure, and a rerun completes everything without redoing complete runs."""
+the sweep goes on, reports the failure, and a rerun completes everything without redoing complete runs.
+The killed run's metrics.jsonl ends in a torn line, which its resume ignores."""
 import fcntl
 import json
 import signal
@@ -69,6 +70,8 @@ def test_sweep_survives_a_kill_and_a_failure(tmp_path):
 
     killed, locked = runs[3], runs[1]
     _kill_after_first_checkpoint(killed, out / killed.name)
+    with open(out / killed.name / "metrics.jsonl", "a") as log:  # killed mid-row: a torn last line
+        log.write('{"step": 3, "loss": 1.2, "l')
 
     # Another process holds the lock of one run: that run fails (exit 2); the others go on.
     (out / locked.name).mkdir(parents=True)
