@@ -62,9 +62,10 @@ def test_extend_a_finished_run(finished, tmp_path, run_cli):
     assert config["steps"] == 7 and config["extensions"] == [{"at_step": 4, "steps": 4}]
     assert not same_tensors(run, finished) and json.loads((run / "eval.json").read_text())["tuned"]["n"] == 2
     again = tmp_path / "again"
-    code, _, err = run_cli("tune", "--config", run / "config.json", "--out", again, "--quiet")
+    code, _, err = run_cli("tune", "--config", run / "config.json", "--out", again, "--test-size", "0", "--quiet")
     assert code == 0, err
     assert same_tensors(run, again)
+    assert json.loads((again / "eval.json").read_text())["skipped"], "an option given with --config overrides it"
     assert [r["lr"] for r in rows(again) if "loss" in r] == lrs
 
 
@@ -120,3 +121,57 @@ def test_read_jsonl_skips_only_a_torn_last_line(tmp_path):
     path.write_text('{"a": 1}\n{"a": 2, "b\n{"a": 3}\n')
     with pytest.raises(EptkUsageError, match="m.jsonl:2"):
         read_jsonl(path)
+
+
+def test_metrics_are_fsynced_before_each_checkpoint(tmp_path, monkeypatch):
+    """The rows a checkpoint counts on are on disk (fsync) before any of its files is written: after a
+    crash, the log never lacks a step the newest checkpoint has done."""
+    import os
+
+    from eptk.runs import METRICS, RunDir
+
+    synced = []
+    real_fsync = os.fsync
+
+    def recording(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+    run = RunDir(tmp_path / "run").acquire()
+    try:
+        for step in (1, 2):
+            run.log({"step": step, "loss": 1.0})
+            monkeypatch.setattr(os, "fsync", recording)
+            run.save_checkpoint(step, {"soft": torch.zeros(2, 3)}, {"rng": []})
+            monkeypatch.setattr(os, "fsync", real_fsync)
+            assert synced and synced[0] == str(run.path / METRICS), synced
+            synced.clear()
+    finally:
+        run.release()
+
+
+def test_a_non_finite_step_stops_or_is_skipped(tmp_path, run_cli, monkeypatch):
+    """A non-finite gradient at step 3: `stop` (the default) exits 2 naming the kept checkpoint, which is
+    step 2's, with no posterior; the same --out again is refused, and with --overwrite replaced by a run
+under `skip`, which skips that step's update and finishes."""
+    real_clip = torch.nn.utils.clip_grad_norm_
+    calls = []
+
+    def nan_at_step_3(params, max_norm, *args, **kwargs):
+        calls.append(1)
+        norm = real_clip(params, max_norm, *args, **kwargs)
+        return torch.tensor(float("nan")) if len(calls) == 3 else norm
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", nan_at_step_3)
+    stopped = tmp_path / "stopped"
+    code, _, err = run_cli("tune", *TINY, "--steps", "4", "--checkpoint-every", "1", "--out", stopped)
+    assert code == 2 and "non-finite" in err and "checkpoint is kept" in err, err
+    assert (stopped / "checkpoint" / "latest").read_text().strip() == "step-00000002"
+    assert not (stopped / "posterior.safetensors").exists()
+    calls.clear()
+    code, _, err = run_cli("tune", *TINY, "--steps", "4", "--nan-policy", "skip", "--out", stopped)
+    assert code == 2 and "already holds a run" in err and "--overwrite" in err, err
+    code, _, err = run_cli("tune", *TINY, "--steps", "4", "--nan-policy", "skip", "--out", stopped, "--overwrite")
+    assert code == 0, err
+    logged = rows(stopped)  # the stopped run replaced: none of its rows left
+    assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3, 4] and math.isnan(logged[2]["grad_norm"])
+    assert (stopped / "posterior.safetensors").exists()
+    assert sorted(p.name for p in (stopped / "checkpoint").glob("step-*")) == ["step-00000002", "step-00000004"]
