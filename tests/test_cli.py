@@ -124,7 +124,9 @@ def test_kill_and_resume_gives_the_same_posterior(tmp_path):
     assert steps == list(range(1, 9)), "no step logged twice or lost"
 
 
-def test_sigterm_writes_a_checkpoint(tmp_path):
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT"])
+def test_a_stop_signal_writes_a_checkpoint(tmp_path, stop):
+    sig = getattr(signal, stop)
     args = [*TINY, "--method", "soft", "--steps", "400", "--checkpoint-every", "0", "--out", str(tmp_path / "t")]
     proc = subprocess.Popen([sys.executable, "-m", "eptk.cli", "tune", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
@@ -132,9 +134,9 @@ def test_sigterm_writes_a_checkpoint(tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM and "SIGTERM" in err and "Traceback" not in err
+    assert proc.returncode == 128 + sig and stop in err and "Traceback" not in err
     assert (tmp_path / "t/checkpoint/latest").exists()
 
 
