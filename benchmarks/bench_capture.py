@@ -30,7 +30,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DEVICE, GPU, device_name, measure, peak_bytes, sync as _sync  # noqa: E402
+from common import DEVICE, GPU, device_name, measure, peak_bytes, random_model, sync as _sync  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -61,21 +61,10 @@ _models: dict[tuple, object] = {}
 def smollm2_architecture(dtype: torch.dtype):
     """SmolLM2-135M's architecture with random weights (where the real weights are not installed:
     capture throughput does not depend on the weights)."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
     from eptk.models import LoadedModel, build_tiny_tokenizer
 
-    config = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, head_dim=64, vocab_size=49152, max_position_embeddings=8192,
-                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-                         rope_theta=100000.0)
-    config._attn_implementation = "sdpa"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model.to(DEVICE).eval().requires_grad_(False)
-    return LoadedModel(model=model, tokenizer=build_tiny_tokenizer(), name="smollm2-architecture",
-                       source="random weights, SmolLM2-135M architecture")
+    return LoadedModel(model=random_model("smollm2-shaped", dtype), tokenizer=build_tiny_tokenizer(),
+                       name="smollm2-architecture", source="random weights, SmolLM2-135M architecture")
 
 
 def load(setting: Setting):

@@ -18,10 +18,8 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import sys
 import time
-import traceback
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_prefix_attention as bench  # noqa: E402
 from bench_prefix_attention import DECODE, TARGET, Shape, forward_flops  # noqa: E402
-from common import GPU, device_name  # noqa: E402
+from common import GPU, Stages, device_name  # noqa: E402
 
 BWD_FLOP_FACTOR = 3.5  # forward: 2 matmuls; backward: 5 (QK^T again, dV, dP, dK, dQ)
 # Dense bf16 peak (no sparsity) by device name, for the "% of peak" column.
@@ -55,51 +53,13 @@ def fixed_configs():
             os.environ["EPTK_AUTOTUNE"] = before
 
 
-class StageTimeout(Exception):
-    pass
-
-
-def _raise_timeout(signum, frame):
-    raise StageTimeout("over its time limit")
-
-
-class Run:
-    """Collects rows and errors; each stage runs guarded and within the time left."""
+class Run(Stages):
+    """The kernel benchmark's stages: rows, checks and notes beside the errors."""
 
     def __init__(self, budget_s, dry_run):
-        self.start = time.time()
-        self.budget_s = budget_s
+        super().__init__(budget_s)
         self.dry_run = dry_run
-        self.rows, self.errors, self.checks, self.notes = [], [], {}, {}
-
-    def left(self):
-        return self.budget_s - (time.time() - self.start)
-
-    def stage(self, name, fn, limit_s=None):
-        limit = min(limit_s or self.left(), self.left())
-        if limit < 5:
-            self.errors.append(f"{name}: skipped, time budget spent")
-            print(f"[skip] {name}: time budget spent", flush=True)
-            return None
-        t0 = time.time()
-        signal.signal(signal.SIGALRM, _raise_timeout)
-        signal.alarm(max(1, int(limit)))
-        try:
-            result = fn()
-            print(f"[ok]   {name} ({time.time() - t0:.1f} s, {time.time() - self.start:.0f} s in)",
-                  flush=True)
-            return result
-        except Exception as exc:  # keep going: one failure must not lose the other numbers
-            msg = f"{name}: {type(exc).__name__}: {str(exc)[:500]}"
-            self.errors.append(msg)
-            print(f"[fail] {msg}", flush=True)
-            if not isinstance(exc, (StageTimeout, torch.cuda.OutOfMemoryError)):
-                traceback.print_exc()
-            return None
-        finally:
-            signal.alarm(0)
-            if GPU:
-                torch.cuda.empty_cache()
+        self.rows, self.checks, self.notes = [], {}, {}
 
     def measure(self, step):
         if self.dry_run:  # CPU timer and the profiler's peak, one round: the path, not the number
