@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The GPU check of issue 15, for a short GPU window: correctness first, then the prefix-attention
-# benchmark, then the end-to-end tune steps. Each step runs under its own `timeout` inside one
-# budget (GPU_CHECK_BUDGET_S, default 465 s, so a warm H200 finishes in < 8 min) and prints
-# progress; a failed or timed-out step is reported and the next one still runs.
-# Results: benchmarks/results/<device>-<date>.{json,md} (kernel benchmark),
-# <device>-<date>-tune.{json,md} (end to end) and <device>-<date>-gpu-tests.log (pytest -m gpu),
-# copied to $OUT when it is set.
+# benchmark, then the end-to-end tune steps, then (time allowing) the capture benchmark. Each step
+# runs under its own `timeout` inside one budget (GPU_CHECK_BUDGET_S, default 450 s: a 15-minute
+# lease less start-up, with time for a rerun) and prints progress; a failed or timed-out step is
+# reported and the next one still runs. Results, in benchmarks/results/ (copied to $OUT when set),
+# all named <device>-<date>-gpu-* so that `make bench` (<device>-<date>.{json,md}) never collides:
+#   -gpu-check.log (this script's output), -gpu-tests.log (pytest -m gpu),
+#   -gpu-kernel.{json,md} (prefix attention), -gpu-tune.{json,md} (end to end), -gpu-capture.json
 #
 #   bash benchmarks/gpu_check.sh            # GPU machine, offline; eptk is installed here first
 #   bash benchmarks/gpu_check.sh --dry-run  # any machine: the same steps on CPU, tiny shapes, the
@@ -18,7 +19,7 @@ dry=0
 [[ ${1:-} == --dry-run ]] && dry=1
 started=$(date +%s)
 # A dry run on a (slow, shared) CPU only proves the paths: it gets more time.
-budget=${GPU_CHECK_BUDGET_S:-$( ((dry)) && echo 900 || echo 465)}
+budget=${GPU_CHECK_BUDGET_S:-$( ((dry)) && echo 900 || echo 450)}
 steps=",${GPU_CHECK_STEPS:-tests,kernel,tune,capture},"
 declare -A status
 order=()
@@ -65,15 +66,23 @@ else
     results=benchmarks/results
     marks="gpu"
     select=""
+fi
+mkdir -p "$results"
+# Every result file is <device>-<date>-gpu-*: `make bench` writes <device>-<date>.{json,md}.
+name=$("$PY" -c "import sys; sys.path.insert(0, 'benchmarks')
+from common import device_name, slug; print(slug(device_name()))")-$(date +%F)-gpu
+log=$results/$name-tests.log kernel_out=$results/$name-kernel tune_out=$results/$name-tune
+capture_out=$results/$name-capture
+files=("$results/$name-check.log" "$log" "$kernel_out".{json,md} "$tune_out".{json,md} "$capture_out.json")
+# Everything printed from here on also goes to the check's own log (closed and flushed at the end).
+exec > >(tee "$results/$name-check.log") 2>&1
+tee_pid=$!
+if ((!dry)); then
     step install 60 "$PY" -m pip install -q --no-deps --no-build-isolation -e .
     step device 20 nvidia-smi -L
 fi
 "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__,
       'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())"
-name=$("$PY" -c "import sys; sys.path.insert(0, 'benchmarks')
-from common import device_name, slug; print(slug(device_name()))")-$(date +%F)
-mkdir -p "$results"
-log="$results/${name}-gpu-tests.log"
 
 run_tests() {  # the selected tests, split over shards run side by side (Triton compiles per process)
     local shards=${GPU_TEST_SHARDS:-4} limit=$1 i j ids pids=() extra=()
@@ -110,11 +119,11 @@ wanted tests && step gpu-tests "${GPU_TESTS_S:-150}" run_tests
 # The benchmarks stop starting stages before their own limits, so they always write their results.
 inner() { echo $(($1 > 40 ? $1 - 20 : $1 / 2)); }
 bench_limit=$(left "${GPU_BENCH_S:-120}")
-wanted kernel && step kernel-bench "$bench_limit" "$PY" benchmarks/gpu_bench.py --out "$results/$name" \
+wanted kernel && step kernel-bench "$bench_limit" "$PY" benchmarks/gpu_bench.py --out "$kernel_out" \
     --budget-s "$(inner "$bench_limit")" $( ((dry)) && echo --dry-run)
 # End to end (issue 15 items 3 and 4): random models of SmolLM2's and Llama-3.2-1B's shapes.
 tune_limit=$(left "${TUNE_S:-$( ((dry)) && echo 300 || echo 160)}")
-wanted tune && step tune-e2e "$tune_limit" "$PY" benchmarks/gpu_tune.py --out "$results/$name-tune" \
+wanted tune && step tune-e2e "$tune_limit" "$PY" benchmarks/gpu_tune.py --out "$tune_out" \
     --budget-s "$(inner "$tune_limit")" $( ((dry)) && echo --dry-run --rounds 1 --row-limit-s 150)
 
 whole() {  # whole LIMIT_S NAME COMMAND...: a step that is only worth its full limit
@@ -129,8 +138,9 @@ whole() {  # whole LIMIT_S NAME COMMAND...: a step that is only worth its full l
     step "$1" "$limit" "${@:2}"
 }
 
-if ((!dry)) && wanted capture; then  # only in the time left
-    whole "${CAPTURE_S:-40}" capture-bench "$PY" benchmarks/bench_capture.py
+if wanted capture; then  # only in the time left
+    whole "${CAPTURE_S:-$( ((dry)) && echo 120 || echo 40)}" capture-bench \
+        "$PY" benchmarks/bench_capture.py --out "$capture_out" $( ((dry)) && echo --dry-run)
 fi
 
 echo "=== steps ($(elapsed) s in all)"
@@ -139,11 +149,11 @@ for n in "${order[@]}"; do
     echo "  ${n}: ${status[$n]}"
     [[ ${status[$n]} == 0 || ${status[$n]} == skipped ]] || failed=1
 done
+echo "results: ${files[*]}"
+for f in "$kernel_out.md" "$tune_out.md"; do [[ -f $f ]] && cat "$f"; done
+exec >&- 2>&-  # the log's tee sees its end, and finishes writing before the files are copied
+wait "$tee_pid"
 if [[ -n "${OUT:-}" ]]; then
-    cp "$results/$name".json "$results/$name".md "$results/$name-tune".json "$results/$name-tune".md \
-        "$log" "$OUT"/ 2>/dev/null
-    cp "$results"/capture-*.json "$OUT"/ 2>/dev/null
+    for f in "${files[@]}"; do [[ -f $f ]] && cp "$f" "$OUT"/; done
 fi
-echo "results: $results/$name.{json,md}, $results/$name-tune.{json,md}, $log"
-for f in "$results/$name.md" "$results/$name-tune.md"; do [[ -f $f ]] && cat "$f"; done
 exit $failed
