@@ -8,7 +8,8 @@ only. A prompt method cannot cost less, so each row reports its time as a ratio 
 ratio is between rows of the same run. Tokens/s and peak memory for each row.
 
     pytest benchmarks/bench_tune_step.py          # the rows of this device's settings (make bench)
-    python benchmarks/bench_tune_step.py [DIR]    # the same, a table, DIR/tune-step-<device>-<date>.{json,md}
+    python benchmarks/bench_tune_step.py [DIR] [--rounds N] [--note TEXT]
+        # the same, a table and DIR/tune-step-<device>-<date>.{json,md} with the machine it ran on
 
 CPU: SmolLM2-135M fp32, batch 8 of short arithmetic prompts, P = 20; and a small random Llama at
 B=4 x T=512 with and without --grad-checkpointing. GPU: random models of SmolLM2's and
@@ -17,7 +18,9 @@ Llama-3.2-1B's shapes in bf16 (benchmarks/gpu_tune.py runs these in the GPU chec
 from __future__ import annotations
 
 import json
+import shlex
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (DEVICE, GPU, MODEL_SHAPES, device_name, measure, peak_bytes, random_model,  # noqa: E402
-                    slug, sync)
+                    slug, summary, sync)
 
 METHODS = ("soft", "prefix", "deep")
 PEFT_OF = {"eptk-soft": "peft-prompt", "eptk-prefix": "peft-prefix", "eptk-deep": "peft-prefix"}
@@ -243,6 +246,30 @@ def run_rows(settings, rounds: int, backend: str = "auto", stage=None) -> list[d
     return rows
 
 
+def run_interleaved(settings, rounds: int, backend: str = "auto") -> list[dict]:
+    """Every provider of a setting built first, then their timed steps taken in turn (1, 2, ..., 1, 2, ...):
+    on a shared machine the load changes during a run, and taken in turn every row sees the same load, so
+    the ratios between rows hold. CPU only (all the setting's models live at once)."""
+    rows, done = [], {}
+    for setting in settings:
+        steps = {provider: setup(provider, setting, backend) for provider in setting.providers}
+        times = {provider: [] for provider in steps}
+        for step, _ in steps.values():
+            step()  # warm-up
+        for _ in range(rounds):
+            for provider, (step, _) in steps.items():
+                start = time.perf_counter()
+                step()
+                sync()
+                times[provider].append((time.perf_counter() - start) * 1e3)
+        for provider, (step, batch) in steps.items():
+            timing = {**summary(times[provider]), "peak_bytes": peak_bytes(step)}
+            rows.append(describe(provider, setting, batch, timing, done))
+            print(f"{setting.id} {provider}: {timing['ms']:.1f} ms", flush=True)
+        del steps
+    return rows
+
+
 def _guarded(label, fn):
     try:
         row = fn()
@@ -253,25 +280,38 @@ def _guarded(label, fn):
         return None
 
 
-def main(out_dir: str = "benchmarks/results", rounds: int = 5) -> list[dict]:
+def main() -> list[dict]:
+    import argparse
     import datetime
     import platform
 
     import transformers
-    rows = run_rows(SETTINGS, rounds)
-    stamp = datetime.date.today().isoformat()
-    name = f"tune-step-{slug(device_name())}-{stamp}"
-    meta = {"device": device_name(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "threads": torch.get_num_threads(), "python": platform.python_version(),
-            "command": " ".join([sys.executable] + sys.argv), "date": stamp}
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(out_dir) / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    (Path(out_dir) / f"{name}.md").write_text(f"# tune step, {meta['device']}, {stamp}\n\n`{meta['command']}`; "
-                                              f"torch {meta['torch']}, transformers {meta['transformers']}, "
-                                              f"{meta['threads']} threads\n\n{table(rows)}\n")
+
+    from common import machine
+    parser = argparse.ArgumentParser(description="tune-step benchmark: a table and DIR/tune-step-<device>-<date>")
+    parser.add_argument("dir", nargs="?", default="benchmarks/results")
+    parser.add_argument("--rounds", type=int, default=5, help="timed steps per row (after one warm-up step)")
+    parser.add_argument("--note", default="", help="how the run was made (a loaded machine, say)")
+    args = parser.parse_args()
+    meta = {**machine(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "rounds": args.rounds, "providers_in_turn": not GPU, "note": args.note,
+            "command": shlex.join([sys.executable] + sys.argv), "date": datetime.date.today().isoformat()}
+    rows = run_interleaved(SETTINGS, args.rounds) if not GPU else run_rows(SETTINGS, args.rounds)
+    name = f"tune-step-{slug(device_name())}-{meta['date']}"
+    out = Path(args.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (out / f"{name}.md").write_text(
+        f"# tune step, {meta['device']}, {meta['date']}\n\n`{meta['command']}`; torch {meta['torch']}, "
+        f"transformers {meta['transformers']}; {meta['cpu']}, {meta['logical_cores']} logical cores, "
+        f"{meta['torch_threads']} torch threads, load average {meta['load_average_1_5_15_min']} at the start; "
+        f"median of {args.rounds} steps after a warm-up step"
+        f"{', the providers of a setting taken in turn' if not GPU else ''}. {args.note}\n\n"
+        "Ratios only compare rows of this run; absolute times depend on the machine and its load.\n\n"
+        f"{table(rows)}\n")
     print(table(rows))
     return rows
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2])
+    main()

@@ -20,6 +20,23 @@ def device_name() -> str:
     return torch.cuda.get_device_name() if GPU else f"cpu ({platform.processor() or platform.machine()})"
 
 
+def machine() -> dict:
+    """What the numbers were measured on: the device, the CPU, its cores, torch's threads and the load
+    average when the run began (a shared machine's ratios are only as steady as its load)."""
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    out = {"device": device_name(), "cpu": cpu, "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+           "load_average_1_5_15_min": [round(x, 2) for x in os.getloadavg()]}
+    if GPU:
+        out["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+    return out
+
+
 def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
@@ -54,6 +71,13 @@ def peak_bytes(step) -> int:
     return int(torch.cuda.max_memory_allocated() - live)
 
 
+def summary(times: list[float]) -> dict:
+    """Median / p20 / p80 / min of step times in milliseconds."""
+    times = sorted(times)
+    pick = lambda q: times[min(len(times) - 1, int(q * len(times)))]
+    return {"ms": statistics.median(times), "ms_p20": pick(0.2), "ms_p80": pick(0.8), "ms_min": times[0]}
+
+
 def measure(step, rounds: int = 5, memory: bool = True) -> dict:
     """Median / p20 / p80 / min milliseconds over `rounds` steps after a warm-up, and one step's peak memory."""
     step()                                   # warm up (Triton compilation, lazy inits)
@@ -64,9 +88,7 @@ def measure(step, rounds: int = 5, memory: bool = True) -> dict:
         step()
         sync()
         times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
-    pick = lambda q: times[min(len(times) - 1, int(q * len(times)))]
-    out = {"ms": statistics.median(times), "ms_p20": pick(0.2), "ms_p80": pick(0.8), "ms_min": times[0]}
+    out = summary(times)
     if memory:
         out["peak_bytes"] = peak_bytes(step)
     return out
@@ -101,6 +123,35 @@ def random_model(shape: str, dtype: torch.dtype, device=DEVICE, seed: int = 0):
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return model.eval().requires_grad_(False)
+
+
+# ---- the GPU scripts' reports ---------------------------------------------------------------------
+
+def target(name: str, value, goal: str, ok) -> dict:
+    """One of issue 15's targets: `met` True / False, None when it was not measured."""
+    return {"target": name, "value": value, "goal": goal, "met": None if value is None else bool(ok(value))}
+
+
+def targets_table(targets: list[dict]) -> list[str]:
+    lines = ["| target | value | goal | verdict |", "|---|---|---|---|"]
+    for t in targets:
+        value = "n/a" if t["value"] is None else f"{t['value']:.3g}"
+        lines.append(f"| {t['target']} | {value} | {t['goal']} | "
+                     f"{ {True: 'MET', False: 'MISSED', None: 'NOT MEASURED'}[t['met']]} |")
+    return lines
+
+
+def write_report(out, report: dict, text: str) -> None:
+    """OUT.json (the report and the machine it ran on) and OUT.md (`text`), whatever the stages did."""
+    import json
+    from pathlib import Path
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({**report, "machine": machine()}, indent=2))
+    out.with_suffix(".md").write_text(text)
+    print(f"wrote {out.with_suffix('.json')} and .md")
+    print(text)
 
 
 class StageTimeout(Exception):

@@ -17,7 +17,6 @@ is a guarded, time-limited stage; the results are written whatever happens. Writ
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -27,7 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_tune_step as tune  # noqa: E402
-from common import GPU, REAL_PARAMETERS, Stages, device_name, random_model  # noqa: E402
+from common import (GPU, REAL_PARAMETERS, Stages, device_name, random_model, target, targets_table,  # noqa: E402
+                    write_report)
 
 TARGETS = {"prefix": ("eptk-prefix", ">= 1.5", 1.5), "soft": ("eptk-soft", ">= 2", 2.0)}
 FLOOR_GOAL, GC_GOAL = 1.15, 1.35
@@ -37,9 +37,6 @@ def targets(rows: list[dict], settings) -> list[dict]:
     """Issue 15's end-to-end targets per setting, each MET / MISSED / None (not measured)."""
     out = []
 
-    def target(name, value, goal, ok):
-        out.append({"target": name, "value": value, "goal": goal, "met": None if value is None else bool(ok(value))})
-
     def get(setting, provider, key):
         return next((r.get(key) for r in rows if r.get("setting") == setting.id and r["provider"] == provider), None)
 
@@ -47,15 +44,16 @@ def targets(rows: list[dict], settings) -> list[dict]:
         where = f"{setting.model} B{setting.batch}x{setting.seq}"
         if "peft-prefix" in setting.providers:
             for method, (provider, goal, bound) in TARGETS.items():
-                target(f"{where}: eptk {method} speed-up vs PEFT", get(setting, provider, "speedup_vs_peft"), goal,
-                       lambda v, bound=bound: v >= bound)
+                out.append(target(f"{where}: eptk {method} speed-up vs PEFT",
+                                  get(setting, provider, "speedup_vs_peft"), goal, lambda v, bound=bound: v >= bound))
         for method in tune.METHODS:
             provider = f"eptk-{method}"
-            target(f"{where}: eptk {method} time vs floor", get(setting, provider, "vs_floor"), f"<= {FLOOR_GOAL}",
-                   lambda v: v <= FLOOR_GOAL)
+            out.append(target(f"{where}: eptk {method} time vs floor", get(setting, provider, "vs_floor"),
+                              f"<= {FLOOR_GOAL}", lambda v: v <= FLOOR_GOAL))
             if f"{provider}+gc" in setting.providers:
-                target(f"{where}: eptk {method} --grad-checkpointing time", get(setting, f"{provider}+gc",
-                       "gc_time_ratio"), f"<= {GC_GOAL}", lambda v: v <= GC_GOAL)
+                out.append(target(f"{where}: eptk {method} --grad-checkpointing time",
+                                  get(setting, f"{provider}+gc", "gc_time_ratio"), f"<= {GC_GOAL}",
+                                  lambda v: v <= GC_GOAL))
     return out
 
 
@@ -100,12 +98,7 @@ def markdown(report: dict) -> str:
              f"{report['date']}; torch {report['torch']}, transformers {report['transformers']}, "
              f"peft {report['peft']}; {report['note']}" + (" DRY RUN (CPU, tiny shapes, kernels interpreted): "
                                                            "timings mean nothing." if report["dry_run"] else ""), "",
-             tune.table(report["rows"]), "", "| target | value | goal | verdict |", "|---|---|---|---|"]
-    for t in report["targets"]:
-        value = "n/a" if t["value"] is None else f"{t['value']:.3g}"
-        lines.append(f"| {t['target']} | {value} | {t['goal']} | "
-                     f"{ {True: 'MET', False: 'MISSED', None: 'NOT MEASURED'}[t['met']]} |")
-    lines.append("")
+             tune.table(report["rows"]), "", *targets_table(report["targets"]), ""]
     for name, row in report["real_shapes"].items():
         trainable = ", ".join(f"{k} {v:,}" for k, v in row["trainable"].items())
         lines.append(f"- real shape {name} (meta device): {row['parameters']:,} parameters "
@@ -151,13 +144,7 @@ def main() -> int:
                       + f"; median of {args.rounds} steps after a warm-up step",
               "settings": [s.id for s in settings], "rows": rows, "targets": targets(rows, settings),
               "real_shapes": shapes, "errors": stages.errors, "seconds": time.time() - stages.start}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    text = markdown(report)
-    out.with_suffix(".md").write_text(text)
-    print(f"wrote {out.with_suffix('.json')} and .md")
-    print(text)
+    write_report(args.out, report, markdown(report))
     return 0 if not stages.errors else 1
 
 
