@@ -22,7 +22,7 @@ def device_name() -> str:
 
 def machine() -> dict:
     """What the numbers were measured on: the device, the CPU, its cores, torch's threads and the load
-    average when the run began (a shared machine's ratios are only as steady as its load)."""
+    average at this call (a shared machine's ratios are only as steady as its load)."""
     import os
 
     cpu = platform.processor() or platform.machine()
