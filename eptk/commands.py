@@ -13,11 +13,11 @@ from pathlib import Path
 def tune(settings: dict, *, given=None, resume: Path | None = None, config: Path | None = None,
          overwrite: bool = False, progress: bool = True) -> Path | None:
     """Tune from the command line's settings; or continue the run at `resume` with its own settings (only
-    --steps, which extends or shortens it, and the execution settings --device/--backend may be given);
+    --steps, which extends or shortens it, and the execution settings (config.EXECUTION_ONLY) may be given);
     or rerun a config.json (`config`) with the options given on the command line overriding it. `given`
     names the settings the user typed (default: all of `settings`). Prints the scores; returns the run
     directory (None when a resumed run had nothing to do)."""
-    from .config import TuneConfig
+    from .config import EXECUTION_ONLY, RESUMABLE, TuneConfig, option
     from .errors import EptkUsageError, NothingToDo
     from .io import check_input
     from .runs import CONFIG
@@ -33,10 +33,11 @@ def tune(settings: dict, *, given=None, resume: Path | None = None, config: Path
                                  f"{given['out']}")
         differ = cfg.differences(given)
         if differ:
+            changeable = ", ".join(map(option, (*RESUMABLE, *EXECUTION_ONLY)))
             raise EptkUsageError(f"--resume {resume}: {'; '.join(differ)}: a resumed run keeps its settings "
-                                 f"(only --steps, --device and --backend may change); start a new run with "
+                                 f"(only {changeable} may change); start a new run with "
                                  f"--config {Path(resume) / CONFIG} and these options instead")
-        for name in given.keys() & {"steps", "device", "backend"}:
+        for name in given.keys() & {*RESUMABLE, *EXECUTION_ONLY}:
             setattr(cfg, name, given[name])
     elif config is not None:
         cfg = TuneConfig.from_file(check_input(config, "--config"))

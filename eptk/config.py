@@ -16,7 +16,8 @@ DEVICE_MAPS = ("auto",)
 SCHEDULES = ("cosine", "linear", "constant")
 NAN_POLICIES = ("stop", "skip")
 LR_SCALES = ("prior", "none")
-EXECUTION_ONLY = ("device", "backend")  # how a run computes, not what: may differ on --resume (and in a sweep)
+# how a run computes, not what: may differ on --resume (and between a sweep file and its runs)
+EXECUTION_ONLY = ("device", "backend", "grad_checkpointing")
 RESUMABLE = ("steps",)                  # the one setting `--resume` may change (see TuneConfig.schedule_steps)
 
 # The valid range of every numeric setting: (lowest, highest, lowest excluded). The upper bounds only
@@ -58,6 +59,7 @@ class TuneConfig:
     seed: int = 0
     out: str = ""
     backend: str = "auto"
+    grad_checkpointing: bool = False
     device: str = "auto"
     nan_policy: str = "stop"
     lr_scale: str = "prior"

@@ -33,7 +33,7 @@ def finished(tmp_path_factory):
 
 
 def test_nothing_to_do_writes_nothing(finished, run_cli):
-    for extra in ([], ["--steps", "4"], ["--quiet", "--device", "cpu"]):
+    for extra in ([], ["--steps", "4"], ["--quiet", "--device", "cpu", "--backend", "torch", "--grad-checkpointing"]):
         before = snapshot(finished)
         code, out, err = run_cli("tune", "--resume", finished, *extra)
         assert code == 0, err
