@@ -104,6 +104,14 @@ NAMED = {"train size zero": "--train-size", "train size negative": "--train-size
          "eval size negative": "--eval-size"}
 
 
+def refuses_the_option(case: str, line: str) -> None:
+    """A NAMED case is refused for its option's value: eptk's range message or the CLI parser's, not a
+    later error that merely mentions the option."""
+    if case in NAMED:
+        option = NAMED[case]
+        assert f"{option} must be" in line or f"Invalid value for '{option}'" in line, (case, line)
+
+
 def numbers(options: dict, command: str = "") -> dict:
     """option -> (zero is valid, integer) as bad cases: 0 where it is not valid, -1, NaN, huge."""
     cases = {}
@@ -204,8 +212,7 @@ def test_bad_tune_input(files, run_cli, case):
         fd = open(files / "locked" / ".lock")
         fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        line = expect_refusal(run_cli, files, [*base, *args, *out])
-        assert NAMED.get(case, "") in line, (case, line)
+        refuses_the_option(case, expect_refusal(run_cli, files, [*base, *args, *out]))
     finally:
         if fd is not None:
             fd.close()
@@ -284,8 +291,7 @@ for _command, _options in OTHER_NUMBERS:
 
 @pytest.mark.parametrize("case", sorted(OTHER_CASES))
 def test_bad_other_commands(files, run_cli, case):
-    line = expect_refusal(run_cli, files, [a.format(root=files) for a in OTHER_CASES[case]])
-    assert NAMED.get(case, "") in line, (case, line)
+    refuses_the_option(case, expect_refusal(run_cli, files, [a.format(root=files) for a in OTHER_CASES[case]]))
 
 
 def test_hub_id_offline(run_cli, monkeypatch):
