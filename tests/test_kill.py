@@ -98,6 +98,18 @@ def test_kill_a_capture_then_rerun(tmp_path):
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(f".{cut.name}.")], "partial folders removed"
 
 
+def test_a_capture_killed_while_saving_leaves_nothing_after_a_rerun(tmp_path, run_cli):
+    """What a kill during the save leaves (the random moment above rarely lands there): the half-filled
+    hidden folder next to --out, and --out itself absent or whole. The rerun writes --out and removes it."""
+    out = tmp_path / "stats"
+    partial = tmp_path / ".stats.k1ll3d.partial"
+    partial.mkdir()
+    (partial / "stats.safetensors").write_bytes(b"half")
+    code, _, err = run_cli(*CAPTURE[:-1], "--samples", "16", "--examples", "8", "--quiet", "--out", out)
+    assert code == 0, err
+    assert (out / "meta.json").is_file() and not partial.exists()
+
+
 SWEEP = """seeds = [0, 1]
 [fixed]
 model = "tiny"
