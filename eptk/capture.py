@@ -29,6 +29,7 @@ import torch
 from .errors import EptkUsageError
 from .families import decoder_layers, model_dims
 from .models import LoadedModel
+from .progress import progress_bar
 from .batches import encode_batch
 from .stats import EXCLUDED, FORMAT, ActivationStats
 from .version import __version__
@@ -202,24 +203,11 @@ def capture(loaded: LoadedModel, texts_or_batches, layers: list[int], samples: i
     activations, and every sequence's mean activation."""
     capturer = Capturer(loaded, layers, samples=samples, seed=seed, backend=backend)
     batches = list(_batches(loaded.tokenizer, texts_or_batches, batch_size, max_length))
-    with _progress(progress, "capturing activations", len(batches)) as advance:
+    with progress_bar(progress, "capturing activations", len(batches)) as advance:
         for batch in batches:
             capturer.add(batch["input_ids"], batch["attention_mask"])
             advance()
     return capturer.finish(meta)
-
-
-@contextmanager
-def _progress(enabled: bool, description: str, total: int | None):
-    if not enabled:
-        yield lambda: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda: bar.advance(task)
 
 
 # ---- trajectories ---------------------------------------------------------------------------------
