@@ -26,5 +26,8 @@ def load_run(path, *, device: str = "cpu", backend: str = "auto", tensors: str =
         raise EptkUsageError(f"run {path} was tuned with width {config.get('hidden_size')}, model has "
                              f"{dims['hidden_size']}")
     prompted = PromptedModel(loaded.model, loaded.tokenizer, method_from_config(config, dims), values, backend)
+    if config.get("sink_token_id") not in (None, prompted.sink_token_id):
+        raise EptkUsageError(f"run {path} kept token {config['sink_token_id']} in its sink slot; this tokenizer's "
+                             f"is {prompted.sink_token_id}")
     prompted.config = config
     return prompted

@@ -81,7 +81,7 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
     dims = family_of(loaded.model).dims(loaded.model)
     method_class = get_method(cfg.method)
     layers = method_class.resolve_layers(cfg.layers, dims["num_layers"])
-    method = method_class(cfg.tokens, dims, layers, cfg.soft)
+    method = method_class(cfg.tokens, dims, layers, cfg.soft, cfg.keep_sink)
     specs = method.tensor_specs()
     out = Path(cfg.out or default_run_name(cfg))
     resolved = dict(dataclasses.asdict(cfg), out=str(out), layers_resolved=layers, **dims,
@@ -93,6 +93,8 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
     prior = build_prior(cfg.prior, ctx, specs)
     init = prior.sample(torch.Generator().manual_seed(cfg.seed))
     prompted = PromptedModel(loaded.model, loaded.tokenizer, method, init, cfg.backend)
+    if prompted.sink_token_id is not None:
+        resolved["sink_token_id"] = prompted.sink_token_id
     prior.to(device)
     resolved["lr_scales"] = lr_scales(init, cfg.lr_scale)
     if ctx.stats is not None and (ctx.stats.folders or ctx.reference_stats.folders):
