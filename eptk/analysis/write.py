@@ -61,6 +61,14 @@ def write_tables(out: Path, rows, details, task_rows, frechet_rows) -> dict[str,
     return files
 
 
+def write_trajectories(out: Path, rows: list[dict]) -> dict[str, Path]:
+    """trajectories.csv: one row per run × test prompt × prompted layer (columns: analysis/trajectories.py)."""
+    from .trajectories import TRAJECTORY_COLUMNS
+
+    _write_csv(out / "trajectories.csv", rows, list(TRAJECTORY_COLUMNS))
+    return {"trajectories.csv": out / "trajectories.csv"}
+
+
 def write_report(out: Path, *, table_rows, rows, task_rows, frechet_rows, figures, notes, details) -> Path:
     from .report import write_report as render
 
@@ -70,11 +78,18 @@ def write_report(out: Path, *, table_rows, rows, task_rows, frechet_rows, figure
     return out / "report.html"
 
 
-def make_plots(folder: Path, rows, run_panels, curves, prefix_masses, cluster_panels, notes) -> list[dict]:
+def make_plots(folder: Path, rows, run_panels, curves, prefix_masses, cluster_panels, notes,
+               trajectory_rows=()) -> list[dict]:
     from . import plots as P
 
     folder.mkdir(parents=True, exist_ok=True)
     figures = []
+    if trajectory_rows:
+        path = folder / "trajectories.png"
+        P.plot_trajectories(list(trajectory_rows), path)
+        figures.append({"path": path, "title": "Generated trajectories",
+                        "caption": "Step length against a random walk over the task's captured activations, and "
+                                   "spread against the data's, per run and layer (mean ± sd over test prompts)."})
     for name, safe, panels in run_panels:
         if panels:
             path = folder / f"run_{safe}_pca.png"
