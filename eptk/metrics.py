@@ -419,14 +419,18 @@ def silhouette(x, labels) -> float:
     s = (b − a) / max(a, b), a = mean distance to its own cluster, b = smallest mean distance to
     another cluster (s = 0 for a point alone in its cluster). In [−1, 1]; high = separated."""
     z = _rows(x)
+    return silhouette_from_distances(torch.cdist(z, z), labels)
+
+
+def silhouette_from_distances(dist: torch.Tensor, labels) -> float:
+    """`silhouette` from the pairwise distance matrix [n, n] (a permutation test reuses one matrix)."""
     _, codes = np.unique(np.asarray(labels), return_inverse=True)
     codes = torch.as_tensor(codes.reshape(-1))
     if int(codes.max()) < 1:
         return float("nan")
-    dist = torch.cdist(z, z)
     onehot = torch.nn.functional.one_hot(codes).double()  # [n, K]
     sizes = onehot.sum(dim=0)
-    sums = dist @ onehot  # [n, K] summed distance to each cluster
+    sums = dist.double() @ onehot  # [n, K] summed distance to each cluster
     own = onehot.bool()
     own_size = (onehot * sizes).sum(dim=1)
     a = (sums * onehot).sum(dim=1) / (own_size - 1).clamp_min(1)

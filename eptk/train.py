@@ -156,6 +156,9 @@ def _train(cfg, run, out, task, loaded, names, prompted, prior, resume, progress
     stop_flag = {"signal": None}
     handlers = _install_signal_handlers(stop_flag)
     bar = _progress(progress and dist.is_main, cfg.steps, start)
+    if run is not None and start == 0 and cfg.eval_every and dist.is_main:
+        # the prior's validation loss: where a learning curve starts (steps to 95% of the improvement)
+        run.log({"step": 0, "val_loss": answer_loss(prompted, tok, val)})
     tokens_seen, t0 = 0, time.perf_counter()
     step = start
     try:

@@ -39,6 +39,9 @@ TRAJECTORY_COLUMNS = {
 }
 
 
+TRAJECTORY_TEXT = ("run", "model", "task", "prompt", "generated")  # the columns that are not numbers
+
+
 def prompted_layers(method, num_layers: int) -> list[int]:
     """The layers where a method puts residual-stream vectors; layer 0 and the last layer's output otherwise."""
     layers = sorted({spec.layer for spec in method.tensor_specs().values() if spec.residual})
@@ -68,16 +71,19 @@ def measure_trajectories(prompted, task_spec: str, seed: int, layers: Sequence[i
 
 
 def run_trajectories(run_dirs: Sequence[Path], *, n: int, new_tokens: int = TRAJECTORY_TOKENS, n_perm: int = 200,
+                     tasks: Sequence[str] | None = None, models: dict | None = None,
                      progress: bool = True) -> tuple[list[dict], list[str]]:
-    """Trajectories of every complete run (its posterior), against its task's captured activations (the cached
-    statistics of capture seed 0, captured now when missing). Each model is loaded once."""
+    """Trajectories of every complete run (its posterior) on its task's test prompts (or on each of `tasks`),
+    against that task's captured activations (the cached statistics of capture seed 0, captured now when
+    missing). Each model is loaded once (`models`: name -> loaded model, shared between calls)."""
     from ..families import model_dims
     from ..loading import load_run
     from ..models import load_model
     from ..runs import RunDir
     from ..stats_cache import REFERENCE_SEED, StatsCache
 
-    rows, notes, models = [], [], {}
+    rows, notes = [], []
+    models = {} if models is None else models
     for run_dir in run_dirs:
         run = RunDir(run_dir)
         config = run.config()
@@ -93,9 +99,10 @@ def run_trajectories(run_dirs: Sequence[Path], *, n: int, new_tokens: int = TRAJ
         try:
             stats = StatsCache(loaded, model, config["task"], seed=REFERENCE_SEED, progress=progress)
             layers = prompted_layers(prompted.method, model_dims(loaded.model)["num_layers"])
-            rows += measure_trajectories(prompted, config["task"], int(config.get("seed", 0)), layers,
-                                         lambda l: stats(config["task"], l).samples, n=n, new_tokens=new_tokens,
-                                         n_perm=n_perm, label={"run": name, "model": model}, progress=progress)
+            for task in tasks or [config["task"]]:
+                rows += measure_trajectories(prompted, task, int(config.get("seed", 0)), layers,
+                                             lambda l, t=task: stats(t, l).samples, n=n, new_tokens=new_tokens,
+                                             n_perm=n_perm, label={"run": name, "model": model}, progress=progress)
         finally:
             prompted.remove_hooks()
     return rows, notes

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..io import write_json_atomic, write_text_atomic
+
+TRAJECTORIES = "trajectories.csv"
 from .columns import FRECHET_COLUMNS, SUMMARY_COLUMNS, TASK_COLUMNS, num
 from .findings import FINDINGS_COLUMNS
 
@@ -65,8 +67,22 @@ def write_trajectories(out: Path, rows: list[dict]) -> dict[str, Path]:
     """trajectories.csv: one row per run × test prompt × prompted layer (columns: analysis/trajectories.py)."""
     from .trajectories import TRAJECTORY_COLUMNS
 
-    _write_csv(out / "trajectories.csv", rows, list(TRAJECTORY_COLUMNS))
-    return {"trajectories.csv": out / "trajectories.csv"}
+    _write_csv(out / TRAJECTORIES, rows, list(TRAJECTORY_COLUMNS))
+    return {TRAJECTORIES: out / TRAJECTORIES}
+
+
+def has_trajectories(out: Path) -> bool:
+    return (Path(out) / TRAJECTORIES).is_file()
+
+
+def read_trajectories(out: Path) -> list[dict]:
+    """The rows `write_trajectories` wrote, numbers as numbers (empty cells as None)."""
+    from .trajectories import TRAJECTORY_TEXT
+
+    with open(Path(out) / TRAJECTORIES, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return [{k: (v if k in TRAJECTORY_TEXT else (float(v) if v not in ("", None) else None)) for k, v in r.items()}
+            for r in rows]
 
 
 def write_report(out: Path, *, table_rows, rows, task_rows, frechet_rows, figures, notes, details) -> Path:
