@@ -91,3 +91,16 @@ def test_analyze_measures_trajectories_of_each_run(tmp_path, run_cli, monkeypatc
     assert len(rows) == 3 * 3 + 3 * 1
     assert all(int(r["points"]) == 4 and float(r["step_ratio"]) >= 0 and 0 < float(r["order_p"]) <= 1 for r in rows)
     assert (out / "plots" / "trajectories.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_trajectory_table_reads_back_as_written(tmp_path):
+    from eptk.analysis.write import has_trajectories, read_trajectories, write_trajectories
+
+    row = {"run": "r", "model": "tiny", "task": "arith", "trajectory": 1, "layer": 27, "prompt": "1+2=",
+           "generated": "3", "points": 4, "mean_step": 0.5, "walk_step": 2.0, "step_ratio": 0.25, "radius": 1.0,
+           "data_radius": 2.0, "spread_ratio": 0.5, "order_p": 0.01}
+    assert not has_trajectories(tmp_path)
+    write_trajectories(tmp_path, [row, dict(row, step_ratio=float("nan"))])
+    first, second = read_trajectories(tmp_path)
+    assert first == row and type(first["layer"]) is int and type(first["radius"]) is float
+    assert second["step_ratio"] is None  # not measured: an empty cell

@@ -81,8 +81,15 @@ def read_trajectories(out: Path) -> list[dict]:
 
     with open(Path(out) / TRAJECTORIES, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    return [{k: (v if k in TRAJECTORY_TEXT else (float(v) if v not in ("", None) else None)) for k, v in r.items()}
-            for r in rows]
+    return [{k: (v if k in TRAJECTORY_TEXT else _number(v)) for k, v in r.items()} for r in rows]
+
+
+def _number(text):
+    """A CSV cell as int (layer, index, count), float, or None when empty."""
+    if text in ("", None):
+        return None
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
 
 
 def write_report(out: Path, *, table_rows, rows, task_rows, frechet_rows, figures, notes, details) -> Path:
