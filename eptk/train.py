@@ -92,7 +92,7 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
     ctx = prior_context(loaded, cfg, progress=progress and dist.is_main)
     prior = build_prior(cfg.prior, ctx, specs)
     init = prior.sample(torch.Generator().manual_seed(cfg.seed))
-    prompted = PromptedModel(loaded.model, loaded.tokenizer, method, init, cfg.backend)
+    prompted = PromptedModel(loaded.model, loaded.tokenizer, method, init, cfg.backend, cfg.grad_checkpointing)
     if prompted.sink_token_id is not None:
         resolved["sink_token_id"] = prompted.sink_token_id
     prior.to(device)
