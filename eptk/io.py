@@ -1,5 +1,5 @@
 """Atomic file and folder writes with the modes the umask gives, crash-tolerant JSONL logs, output-path
-checks, and checked safetensors reads (never pickle)."""
+checks, checked safetensors reads (never pickle), and where eptk caches what it computes once."""
 from __future__ import annotations
 
 import json
@@ -37,6 +37,11 @@ def file_mode() -> int:
 def folder_mode() -> int:
     """The mode mkdir() gives a new folder under the current umask (mkdtemp's are 0700)."""
     return 0o777 & ~umask()
+
+
+def cache_dir() -> Path:
+    """eptk's cache (models, activation statistics, trained VAE priors): EPTK_CACHE, default ~/.cache/eptk."""
+    return Path(os.environ.get("EPTK_CACHE", Path.home() / ".cache" / "eptk"))
 
 
 def _atomic_replace(path: Path, write) -> None:

@@ -12,6 +12,7 @@ from .config import DEFAULT_MODEL, DEVICE_MAPS
 from .errors import EptkUsageError, choices
 from .io import replace_folder
 from .families import family_of
+from .io import cache_dir  # noqa: F401  (eptk.models.cache_dir: where models and statistics are cached)
 
 TINY_FAMILIES = ("llama", "qwen2", "mistral", "gpt2")
 MODEL_CHOICES = ("smollm2", "tiny", "tiny:<llama|qwen2|mistral|gpt2>", "a local directory", "a .gguf file",
@@ -24,10 +25,6 @@ class LoadedModel:
     tokenizer: object           # a transformers tokenizer with a pad token
     name: str                   # the --model value as given
     source: str                 # where the weights came from
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("EPTK_CACHE", Path.home() / ".cache" / "eptk"))
 
 
 def smollm2_dir() -> Path:

@@ -156,9 +156,11 @@ class RunDir:
         append_jsonl(self.path / METRICS, row)
 
     def truncate_metrics(self, after_step: int) -> None:
-        """Keep the training rows up to a checkpoint's step, so a resumed run neither repeats a row nor keeps
-        a torn line or the final-evaluation row (the one without a loss) of an end it moves past."""
-        rows = [r for r in read_jsonl(self.path / METRICS) if "loss" in r and r.get("step", 0) <= after_step]
+        """Keep the prior's row (step 0) and the training rows up to a checkpoint's step, so a resumed run
+        neither repeats a row nor keeps a torn line or the final-evaluation row (the one without a loss) of an
+        end it moves past."""
+        rows = [r for r in read_jsonl(self.path / METRICS)
+                if r.get("step", 0) <= after_step and ("loss" in r or r.get("step") == 0)]
         write_text_atomic(self.path / METRICS, "".join(_jsonl(r) for r in rows))
 
     def reopen(self) -> None:

@@ -3,10 +3,11 @@
 Built from the prompt's declared tensors only: key/value tensors become a prefilled HF cache (the way
 PEFT prefix tuning runs); otherwise inputs_embeds = [embedding-space tensor (or zeros) ; token
 embeddings], and each activation-space tensor replaces the slot states entering its layer through a
-pre-hook ("prepend to each layer's input, cut from its output"). A deep prompt without a soft prompt
-has no slots below its first layer: there the tokens' queries are masked off the slot keys. Attention
-is written out here (softmax(QKᵀ·scale + mask)·V over repeated key/value heads), no eptk code in the
-forward, and records each layer's probabilities for the prefix-mass reference.
+pre-hook ("prepend to each layer's input, cut from its output"). With --keep-sink the sink token's embedding
+goes first and the pre-hooks leave its state alone. A deep prompt without a soft prompt has no slots
+below its first layer: there the tokens' queries are masked off the slot keys. Attention is written out
+here (softmax(QKᵀ·scale + mask)·V over repeated key/value heads; `attn` picks an HF one instead), no eptk
+code in the forward, and records each layer's probabilities for the prefix-mass reference.
 """
 import torch
 
@@ -48,16 +49,19 @@ def _register() -> None:
     AttentionMaskInterface.register(REFERENCE, sdpa_mask)
 
 
-def full_forward(prompted, input_ids, attention_mask, keep_graph=False, probs=None):
+def full_forward(prompted, input_ids, attention_mask, keep_graph=False, probs=None, attn=REFERENCE,
+                 attentions=False):
     """Logits [B,T,V] of the real tokens; `probs` (a dict) receives layer -> attention probabilities
-    [B,Hq,T,S] of the real tokens' queries (S: every key, slots first)."""
+    [B,Hq,T,S] of the real tokens' queries (S: every key, slots first); with `attentions`, also each layer's
+    attention probabilities [B,Hq,S,S] over the whole [slots ; tokens] sequence, as HF returns them."""
     _register()
     grab = (lambda t: t) if keep_graph else (lambda t: t.detach())
     model = prompted.model
     prev = model.config._attn_implementation
-    model.set_attn_implementation(REFERENCE)
+    model.set_attn_implementation(attn)
     hooks = []
-    P, B = prompted.tokens, input_ids.shape[0]
+    P, B = prompted.slots, input_ids.shape[0]
+    sink = int(prompted.method.keep_sink)
     _STATE.update(probs={}, hide_slots_below=0, slots=P)
     try:
         full_mask = torch.cat([attention_mask.new_ones(B, P), attention_mask], dim=1)
@@ -79,22 +83,30 @@ def full_forward(prompted, input_ids, attention_mask, keep_graph=False, probs=No
             if not by_space["embedding"]:
                 _STATE["hide_slots_below"] = min(by_space["activation"])
             embeds = model.get_input_embeddings()(input_ids)
-            soft = grab(prompted.param(by_space["embedding"][0])) if by_space["embedding"] else torch.zeros(P, embeds.shape[-1])
+            soft = grab(prompted.param(by_space["embedding"][0])) if by_space["embedding"] \
+                else torch.zeros(P - sink, embeds.shape[-1])
             scale = prompted.family.embedding_scale(model)  # slots are layer-0 states; the model scales inputs
-            embeds = torch.cat([(soft / scale).unsqueeze(0).expand(B, -1, -1), embeds], dim=1)
+            soft = soft / scale
+            if sink:  # the sink token's embedding, as the model's own input (unscaled like `embeds`)
+                soft = torch.cat([model.get_input_embeddings()(torch.tensor([prompted.sink_token_id]))[0:1], soft])
+            embeds = torch.cat([soft.unsqueeze(0).expand(B, -1, -1), embeds], dim=1)
             layers = decoder_layers(model)
             for l, name in by_space["activation"].items():
                 vec = grab(prompted.param(name))
 
                 def hook(module, args, kwargs, vec=vec):
                     hs = args[0] if args else kwargs["hidden_states"]
-                    hs = torch.cat([vec.to(hs.dtype).unsqueeze(0).expand(hs.shape[0], -1, -1), hs[:, P:]], dim=1)
+                    hs = torch.cat([hs[:, :sink], vec.to(hs.dtype).unsqueeze(0).expand(hs.shape[0], -1, -1),
+                                    hs[:, P:]], dim=1)
                     if args:
                         return (hs,) + tuple(args[1:]), kwargs
                     return args, dict(kwargs, hidden_states=hs)
                 hooks.append(layers[l].register_forward_pre_hook(hook, with_kwargs=True))
-            out = model(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions)
+            out = model(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions,
+                        output_attentions=attentions)
             logits = out.logits[:, P:].float()
+            if attentions:
+                return logits, out.attentions
         if probs is not None:
             T = input_ids.shape[1]
             probs.update({l: p[:, :, -T:].detach() for l, p in _STATE["probs"].items()})

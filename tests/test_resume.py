@@ -51,7 +51,7 @@ def test_extend_a_finished_run(finished, tmp_path, run_cli):
     assert code == 0, err
     logged = rows(run)
     assert [r["step"] for r in logged if "loss" in r] == list(range(1, 8))
-    assert [r["step"] for r in logged if "loss" not in r] == [7], "one final row, no stale one from step 4"
+    assert [r["step"] for r in logged if "loss" not in r] == [0, 7], "the prior's row, one final row, no stale one"
     assert logged[:4] == rows(finished)[:4], "the first four steps are kept as they were"
 
     def cosine(step, total):  # warm-up 1, then cosine to 0 over `total` steps (step 0-based)
@@ -92,8 +92,9 @@ def cut_back(run, step, torn: str | None = None):
         if int(folder.name.split("-")[1]) > step:
             shutil.rmtree(folder)
     (run / CHECKPOINTS / LATEST).write_text(f"step-{step:08d}\n")
-    lines = [l for l in (run / METRICS).read_text().splitlines() if "loss" in json.loads(l)]
-    text = "\n".join(lines[:step + 1]) + "\n"
+    lines = [l for l in (run / METRICS).read_text().splitlines()
+             if json.loads(l)["step"] <= step + 1 and ("loss" in json.loads(l) or json.loads(l)["step"] == 0)]
+    text = "\n".join(lines) + "\n"
     if torn is not None:
         text += torn
     (run / METRICS).write_text(text)
@@ -107,6 +108,7 @@ def test_a_torn_last_line_is_ignored_by_resume(finished, tmp_path, run_cli):
     cut_back(run, 2, torn='{"step": 4, "loss": 4.1, "lr": 0.0')
     code, _, err = run_cli("tune", "--resume", run, "--quiet")
     assert code == 0, err
+    assert rows(run)[0] == rows(finished)[0] and rows(run)[0]["step"] == 0, "the prior's row is kept"
     assert [r["step"] for r in rows(run) if "loss" in r] == [1, 2, 3, 4]
     assert same_tensors(run, finished)
 

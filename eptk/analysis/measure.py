@@ -13,6 +13,7 @@ from ..errors import check_range
 from ..spaces import RESIDUAL
 from .columns import SUMMARY_COLUMNS, BlockView, RunView, block_values, run_values
 from .read import Block, RunData, TaskActivations, VocabCache
+from .trajectories import TRAJECTORY_TOKENS
 
 
 @dataclass
@@ -26,6 +27,8 @@ class AnalysisOptions:
     max_data: int = 1000       # data samples per layer used for kNN / MMD / energy
     max_reference: int = 3000  # reference points drawn in PCA plots
     cluster_projection: str = "pca"  # task-cluster maps: "pca" or "tsne" (scikit-learn)
+    trajectories: int = 0      # test prompts per run whose generated trajectories are measured (0: none)
+    trajectory_tokens: int = TRAJECTORY_TOKENS  # tokens generated per trajectory (EOS does not stop them)
 
     def validate(self) -> None:
         """Each option inside its range (the CLI's names), before anything is read or written."""
