@@ -173,7 +173,7 @@ under `skip`, which skips that step's update and finishes."""
     assert code == 2 and "already holds a run" in err and "--overwrite" in err, err
     code, _, err = run_cli("tune", *TINY, "--steps", "4", "--nan-policy", "skip", "--out", stopped, "--overwrite")
     assert code == 0, err
-    logged = rows(stopped)  # the stopped run replaced: none of its rows left
-    assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3, 4] and math.isnan(logged[2]["grad_norm"])
+    trained = [r for r in rows(stopped) if "loss" in r]  # the stopped run replaced: none of its rows left
+    assert [r["step"] for r in trained] == [1, 2, 3, 4] and math.isnan(trained[2]["grad_norm"])
     assert (stopped / "posterior.safetensors").exists()
     assert sorted(p.name for p in (stopped / "checkpoint").glob("step-*")) == ["step-00000002", "step-00000004"]
