@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import EptkUsageError, choices
 
 DEFAULT_MODEL = "smollm2"
-DEVICE_MAPS = ("auto",)
+DEVICE_MAPS = ("auto", "balanced", "sequential")
 SCHEDULES = ("cosine", "linear", "constant")
 NAN_POLICIES = ("stop", "skip")
 LR_SCALES = ("prior", "none")
@@ -51,6 +51,7 @@ class TuneConfig:
     trust_remote_code: bool = False
     stats_samples: int = 2048
     device_map: str = ""
+    offload_dir: str = ""
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -76,8 +77,7 @@ class TuneConfig:
                 raise EptkUsageError(f"--{name} must be a non-negative number (got {value})")
         if self.schedule not in SCHEDULES:
             raise EptkUsageError(f"unknown schedule {self.schedule!r}; valid: {choices(SCHEDULES)}")
-        if self.device_map and self.device_map not in DEVICE_MAPS:
-            raise EptkUsageError(f"unknown --device-map {self.device_map!r}; valid: {choices(DEVICE_MAPS)}")
+        check_device_map(self.device_map, self.offload_dir)
         if self.lr_scale not in LR_SCALES:
             raise EptkUsageError(f"unknown --lr-scale {self.lr_scale!r}; valid: {choices(LR_SCALES)}")
         if self.nan_policy not in NAN_POLICIES:
@@ -111,6 +111,14 @@ class TuneConfig:
         cfg = cls.from_dict(read_json(path, "config"))
         cfg.out = str(out) if out is not None else cfg.out
         return cfg
+
+
+def check_device_map(device_map: str, offload_dir: str = "") -> None:
+    """A --device-map value names a strategy or an existing JSON file (read against the model when it loads)."""
+    if device_map and device_map not in DEVICE_MAPS and not (device_map.endswith(".json") and Path(device_map).is_file()):
+        raise EptkUsageError(f"unknown --device-map {device_map!r}; valid: {choices(DEVICE_MAPS)} or an existing FILE.json")
+    if offload_dir and not device_map:
+        raise EptkUsageError("--offload-dir holds the weights a --device-map puts on \"disk\"; give --device-map too")
 
 
 def default_run_name(cfg: TuneConfig) -> str:

@@ -21,7 +21,7 @@ from .errors import EptkUsageError, Stop
 from .evaluate import answer_loss, evaluate
 from .families import family_of
 from .methods import get_method
-from .models import frozen_dtype, load_model, resolve_device
+from .models import frozen_dtype, input_device, load_model, resolve_device
 from .priors import PriorContext, build_prior, parse_spec
 from .prompts import PromptedModel
 from .runs import prepare_out_dir
@@ -72,9 +72,8 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
         raise EptkUsageError("--device-map splits one process's model over GPUs; under torchrun every rank holds "
                              "a whole copy (data parallel): use one or the other")
     loaded = load_model(cfg.model, device=device, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
-                        device_map=cfg.device_map or None)
-    if cfg.device_map:
-        device = loaded.model.get_input_embeddings().weight.device  # batches enter where the embeddings are
+                        device_map=cfg.device_map or None, offload_dir=cfg.offload_dir or None)
+    device = input_device(loaded.model)  # batches enter where the embeddings execute (--device-map moves them)
     dims = family_of(loaded.model).dims(loaded.model)
     method_class = get_method(cfg.method)
     layers = method_class.resolve_layers(cfg.layers, dims["num_layers"])

@@ -3,19 +3,22 @@
 Built from the prompt's declared tensors only: key/value tensors become a prefilled HF cache (the way
 PEFT prefix tuning runs); otherwise inputs_embeds = [embedding-space tensor (or zeros) ; token
 embeddings], and each activation-space tensor replaces the slot states entering its layer through a
-pre-hook ("prepend to each layer's input, cut from its output"). Plain HF attention ("sdpa"), no eptk
-code in the forward.
+pre-hook ("prepend to each layer's input, cut from its output"). Plain HF attention, no eptk code in the
+forward: "eager", the one implementation of every feature (transformers 5.24's "sdpa" refuses Gemma-2's
+attention soft-cap, 5.17's ignores it), with HF's own masks (sliding windows counted over the indices of
+[slots ; tokens], padding included) and HF's own LM head (final soft-cap).
 """
 import torch
 
 from eptk.families import decoder_layers
+from eptk.transformers_api import cache_kwargs
 
 
 def full_forward(prompted, input_ids, attention_mask, keep_graph=False):
     grab = (lambda t: t) if keep_graph else (lambda t: t.detach())
     model = prompted.model
     prev = model.config._attn_implementation
-    model.set_attn_implementation("sdpa")
+    model.set_attn_implementation("eager")
     hooks = []
     try:
         P, B = prompted.tokens, input_ids.shape[0]
@@ -32,7 +35,7 @@ def full_forward(prompted, input_ids, attention_mask, keep_graph=False):
                 v = grab(prompted.param(by_space["value"][l])).unsqueeze(0).expand(B, -1, -1, -1)
                 cache.update(k.contiguous(), v.contiguous(), l)
             out = model(input_ids=input_ids, attention_mask=full_mask, position_ids=positions[:, P:],
-                        past_key_values=cache, use_cache=True)
+                        use_cache=True, **cache_kwargs(model, cache))
             return out.logits.float()
         embeds = model.get_input_embeddings()(input_ids)
         soft = grab(prompted.param(by_space["embedding"][0])) if by_space["embedding"] else torch.zeros(P, embeds.shape[-1])

@@ -43,7 +43,7 @@ class _DecodedTokens(Sequence):
 
 
 def load_vocabulary(model_name: str) -> Vocabulary:
-    """The token embeddings (as layer-0 states) and token strings of `model_name`."""
+    """The token embeddings (in the soft prompt's space, `inputs_embeds`) and token strings of `model_name`."""
     from ..families import family_of
     from ..models import load_model
 

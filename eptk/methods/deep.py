@@ -58,8 +58,9 @@ class DeepPrompt(SoftPrompt):
         return hook
 
     def slot_states(self, prompted, layer: int, hidden: torch.Tensor) -> torch.Tensor:
-        """The slots' hidden states [1,P,d] entering `layer` in place of `hidden`: the layer's vectors."""
-        return prompted.param(f"deep.{layer}").to(prompted.dtype).unsqueeze(0)
+        """The slots' hidden states [1,P,d] entering `layer` in place of `hidden`: the layer's vectors (on the
+        layer's device, which a dispatched model may place elsewhere)."""
+        return prompted.param(f"deep.{layer}").to(hidden.device, prompted.dtype).unsqueeze(0)
 
     def prefix(self, prompted):
         if self.soft:

@@ -17,13 +17,16 @@ from .base import PromptMethod, register_method
 
 def slot_pass(prompted, slots: torch.Tensor, first_layer: int = 0) -> dict:
     """Run the P slots (inputs_embeds [P,d]) through the frozen model; layer -> (k, v) [Hkv,P,D] of every
-    layer from `first_layer` on (the methods' hooks may replace slot states on the way)."""
+    layer from `first_layer` on (the methods' hooks may replace slot states on the way).
+
+    The soft prompt's space is the space of `inputs_embeds`, the embedding module's output: the model
+    applies to it whatever it applies to token embeddings after the lookup (GPT-2's positions), and an
+    embedding module's own scale (Gemma's √d) is already in the vocabulary reference the priors use."""
     P = slots.shape[0]
-    scale = prompted.family.embedding_scale(prompted.model)  # slots are layer-0 states; the model scales its inputs
     state = SlotPass(first_layer=first_layer, backend=prompted.backend, owner=prompted)
     with active(state):
         prompted.family.base_model(prompted.model)(
-            inputs_embeds=(slots if scale == 1 else slots / scale).to(prompted.dtype).unsqueeze(0),
+            inputs_embeds=slots.to(prompted.device, prompted.dtype).unsqueeze(0),
             position_ids=torch.arange(P, device=prompted.device).unsqueeze(0), use_cache=False)
     return state.kv
 

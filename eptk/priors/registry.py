@@ -21,7 +21,7 @@ ParamInfo = TensorSpec  # a prior sees a prompt tensor as its method declares it
 @dataclass
 class PriorContext:
     """What prior families may read. `stats(task, layer)` returns captured activation statistics."""
-    embeddings: torch.Tensor | None = None          # [V,d] float32 token embeddings as layer-0 states
+    embeddings: torch.Tensor | None = None          # [V,d] float32 token embeddings in the soft prompt's space
     tokenizer: object = None
     task: str | None = None
     model: str | None = None
