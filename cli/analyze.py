@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import app
+from .app import DEVICE_HELP, app
 
 
 @app.command()
@@ -23,10 +23,12 @@ def analyze(
     max_data: Annotated[int, typer.Option("--max-data", min=2, help="Captured samples per layer used for kNN, MMD and energy.")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of every subsample and permutation.")] = 0,
     tsne: Annotated[bool, typer.Option("--tsne", help="Task-cluster maps by t-SNE (scikit-learn) instead of PCA.")] = False,
+    device: Annotated[str, typer.Option("--device", help=f"Where the runs' models load for the vocabulary metrics: {DEVICE_HELP}.")] = "auto",
 ) -> None:
     """Analyze runs: displacement, vocabulary collapse, geometry, position against the data, task clusters."""
     from eptk.analysis import AnalysisOptions, analyze_runs
 
     options = AnalysisOptions(top_k=top_k, knn_k=knn_k, n_perm=permutations, max_data=max_data, seed=seed,
                               cluster_projection="tsne" if tsne else "pca")
-    analyze_runs(paths, out, stats=stats or (), vocab=None if no_vocab else "auto", plots=not no_plots, options=options)
+    analyze_runs(paths, out, stats=stats or (), vocab=None if no_vocab else "auto", plots=not no_plots, options=options,
+                 device=device)

@@ -41,13 +41,14 @@ def _print_scores(run: Path) -> None:
     print(f"run directory: {run}")
 
 
-def evaluate(run: Path, task: str | None = None, split: str = "test", size: int = 200, backend: str = "auto") -> dict:
+def evaluate(run: Path, task: str | None = None, split: str = "test", size: int = 200, backend: str = "auto", *,
+             device: str = "auto", device_map: str = "", offload_dir: str = "") -> dict:
     """Score a tuned run and the no-prompt baseline on a task split (the scorer that writes eval.json)."""
     from .evaluate import evaluate as score_both
     from .loading import load_run
     from .tasks import load_task
 
-    tuned = load_run(run, backend=backend)
+    tuned = load_run(run, backend=backend, device=device, device_map=device_map or None, offload_dir=offload_dir or None)
     the_task = load_task(task or tuned.config["task"], int(tuned.config.get("seed", 0)))
     result = score_both(tuned, the_task, the_task.examples(split, size), split, prefix_mass=False)
     summary = {k: result[k] for k in ("task", "split", "metric")}
@@ -57,23 +58,25 @@ def evaluate(run: Path, task: str | None = None, split: str = "test", size: int 
 
 
 def generate(run: Path, text: str, max_new_tokens: int = 32, sample: bool = False, temperature: float = 1.0,
-             seed: int = 0) -> str:
+             seed: int = 0, *, device: str = "auto", device_map: str = "", offload_dir: str = "") -> str:
     """Continue `text` with the tuned prompt in front; print and return the continuation."""
     import torch
 
     from .loading import load_run
 
-    tuned = load_run(run)
-    enc = tuned.tokenizer(text, return_tensors="pt")
+    tuned = load_run(run, device=device, device_map=device_map or None, offload_dir=offload_dir or None)
+    enc = {k: v.to(tuned.device) for k, v in tuned.tokenizer(text, return_tensors="pt").items()}
+    generator = torch.Generator(tuned.device).manual_seed(seed)  # sampling draws where the logits are
     out = tuned.generate(enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens, do_sample=sample,
-                         temperature=temperature, generator=torch.Generator().manual_seed(seed))
+                         temperature=temperature, generator=generator)
     answer = tuned.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     print(answer)
     return answer
 
 
 def capture(model: str, task: str, layers: str = "all", samples: int = 2048, examples: int = 512, seed: int = 0,
-            batch_size: int = 16, out: Path | None = None, device: str = "auto", progress: bool = True) -> Path:
+            batch_size: int = 16, out: Path | None = None, device: str = "auto", progress: bool = True, *,
+            device_map: str = "", offload_dir: str = "") -> Path:
     """Capture a task's activation statistics into `out`, or into the cache tuning reuses; return the folder."""
     from rich.console import Console
 
@@ -87,7 +90,8 @@ def capture(model: str, task: str, layers: str = "all", samples: int = 2048, exa
     if samples < 1 or examples < 1 or batch_size < 1:
         raise EptkUsageError("--samples, --examples and --batch-size must be at least 1")
     dev = resolve_device(device)
-    loaded = load_model(model, device=dev, dtype=frozen_dtype(dev))
+    loaded = load_model(model, device=dev, dtype=frozen_dtype(dev), device_map=device_map or None,
+                        offload_dir=offload_dir or None)
     num_layers = model_dims(loaded.model)["num_layers"]
     chosen = parse_layers(layers, num_layers, lowest=0, highest=num_layers)
     if out is None:

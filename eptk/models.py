@@ -46,9 +46,13 @@ def resolve_device(name: str, default: str | None = None) -> torch.device:
     if name == "auto":
         return torch.device(default or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise EptkUsageError(f"unknown --device {name!r}; valid: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise EptkUsageError(f"--device {name}: {torch.cuda.device_count()} CUDA device(s) visible; valid: auto, cpu"
+                             + (", cuda, cuda:N" if torch.cuda.is_available() else ""))
+    return device
 
 
 def frozen_dtype(device: torch.device) -> torch.dtype:

@@ -153,7 +153,7 @@ class PromptedModel(nn.Module):
         step_ids = ids
         for _ in range(max_new_tokens):
             out, _ = self.hidden(step_ids, mask, prefix, past_key_values=cache, use_cache=use_cache)
-            logits = self.lm_head(out.last_hidden_state[:, -1]).float()
+            logits = self.lm_head(out.last_hidden_state[:, -1]).float().to(ids.device)
             if do_sample:
                 probs = torch.softmax(logits / max(temperature, 1e-5), dim=-1)
                 nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)

@@ -37,6 +37,13 @@ def files(tmp_path_factory):
     save_tensors_atomic(wide / "posterior.safetensors", {"soft": torch.zeros(20, 576)})
     (root / "notarun").mkdir()
     (root / "notarun" / "x.txt").write_text("keep me")
+    whole = {"model.embed_tokens": "cpu", "model.layers": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu",
+             "lm_head": "cpu"}
+    maps = {"badmodule": dict(whole, **{"model.decoder": "cpu"}), "partial": {"model.layers": "cpu"},
+            "baddevice": dict(whole, lm_head="tpu"), "absentgpu": dict(whole, lm_head=99),
+            "disk": dict(whole, **{"model.layers": "disk"}), "notamap": ["cpu"]}
+    for name, content in maps.items():
+        (root / f"{name}.json").write_text(json.dumps(content))
     return root
 
 
@@ -61,6 +68,16 @@ CASES = {
     "bad backend": ["--backend", "cuda-graphs"],
     "bad nan policy": ["--nan-policy", "ignore"],
     "bad device map": ["--device-map", "balanced-ish"],
+    "device map file missing": ["--device-map", "{root}/nothere.json"],
+    "device map names no module": ["--device-map", "{root}/badmodule.json"],
+    "device map misses modules": ["--device-map", "{root}/partial.json"],
+    "device map bad device": ["--device-map", "{root}/baddevice.json"],
+    "device map absent GPU": ["--device-map", "{root}/absentgpu.json"],
+    "device map not an object": ["--device-map", "{root}/notamap.json"],
+    "disk without offload dir": ["--device-map", "{root}/disk.json"],
+    "offload dir without map": ["--offload-dir", "{root}/offload"],
+    "unknown device": ["--device", "tpu"],
+    "absent GPU": ["--device", "cuda:99"],
     "bad lr scale": ["--lr-scale", "layerwise"],
     "non-integer tokens": ["--tokens", "many"],
     "unknown option": ["--frobnicate"],
@@ -98,7 +115,10 @@ def test_bad_tune_input(files, run_cli, case):
 
 
 @pytest.mark.parametrize("args", [["eval", "{root}/notarun"], ["generate", "{root}/notarun", "hi"],
-                                  ["eval", "{root}/truncated"], ["nosuchcommand"]])
+                                  ["eval", "{root}/truncated"], ["nosuchcommand"],
+                                  ["eval", "{root}/run", "--device", "cuda:99"],
+                                  ["generate", "{root}/run", "hi", "--device-map", "{root}/partial.json"],
+                                  ["capture", "--model", "tiny", "--device-map", "{root}/disk.json"]])
 def test_bad_other_commands(files, run_cli, args):
     code, stdout, stderr = run_cli(*[a.format(root=files) for a in args])
     assert code == 2, stderr
