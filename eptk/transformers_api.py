@@ -7,11 +7,11 @@ import inspect
 
 
 @functools.lru_cache(maxsize=None)
-def _cache_parameter(forward_owner: type) -> str:
-    """The name the model's forward takes its KV cache under: `cache` (transformers 5.2x renamed it;
-    `past_key_values` is deprecated there) or `past_key_values`."""
+def cache_parameter(function) -> str:
+    """The name `function` (a model's forward, a mask builder) takes the KV cache under: `cache`
+    (transformers 5.2x renamed it; `past_key_values` is deprecated there) or `past_key_values`."""
     try:
-        parameters = inspect.signature(forward_owner.forward).parameters
+        parameters = inspect.signature(function).parameters
     except (TypeError, ValueError):
         return "past_key_values"
     return "cache" if "cache" in parameters else "past_key_values"
@@ -19,7 +19,7 @@ def _cache_parameter(forward_owner: type) -> str:
 
 def cache_kwargs(model, cache) -> dict:
     """{name: cache} for calling `model` with a KV cache under the name its transformers release expects."""
-    return {_cache_parameter(type(model)): cache}
+    return {cache_parameter(type(model).forward): cache}
 
 
 def returned_cache(output):

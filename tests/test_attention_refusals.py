@@ -7,6 +7,7 @@ from torch import nn
 from eptk.attention import eptk_attention, use_eptk_attention
 from eptk.errors import EptkUsageError
 from eptk.models import build_tiny
+from eptk.transformers_api import cache_parameter
 
 
 class Attention(nn.Module):
@@ -88,7 +89,7 @@ def test_a_custom_mask_function_is_refused():
     embeds = torch.zeros(2, 9, 64)
     mask = torch.ones(2, 9, dtype=torch.long)
     args = dict(config=model.config, inputs_embeds=embeds, attention_mask=mask, position_ids=torch.arange(9)[None])
-    args[_cache_parameter(create_causal_mask)] = None
+    args[cache_parameter(create_causal_mask)] = None
     assert create_causal_mask(**args) is None and create_sliding_window_causal_mask(**args) is None
     refused("custom mask", create_causal_mask, **args, or_mask_function=lambda b, h, q, kv: kv < 3)
     refused("custom mask", create_sliding_window_causal_mask, **args, and_mask_function=lambda b, h, q, kv: kv > 0)
@@ -101,9 +102,3 @@ def test_packed_sequences_are_refused():
     ids = torch.randint(5, 90, (2, 9))
     refused("custom mask", model, input_ids=ids, position_ids=torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3, 4]] * 2),
             use_cache=False)
-
-
-def _cache_parameter(fn) -> str:
-    """The cache parameter of transformers' mask builders (renamed from past_key_values in 5.2x)."""
-    import inspect
-    return "cache" if "cache" in inspect.signature(fn).parameters else "past_key_values"
