@@ -14,7 +14,7 @@ from .config import DEFAULT_MODEL, check_device_map
 from .errors import EptkUsageError, choices
 from .families import family_of
 
-TINY_FAMILIES = ("llama", "qwen2", "mistral", "gpt2", "gemma2", "gemma3", "phi3")
+TINY_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gpt2", "gemma2", "gemma3", "phi3")
 MODEL_CHOICES = ("smollm2", "tiny", f"tiny:<{'|'.join(TINY_FAMILIES)}>", "a local directory", "a .gguf file",
                  "a hub id (owner/name)")
 DEVICE_NAMES = ("cpu", "disk", "cuda", "cuda:N", "N (a GPU index)")
@@ -273,7 +273,7 @@ def build_tiny_tokenizer():
 def tiny_config(family: str, vocab_size: int):
     """A small random config per family, with the family's attention features switched on and smaller than
     the tests' [slots ; tokens] (5 + 11): sliding windows of 6 positions (every layer in Mistral and Phi-3,
-    layers 1.. in Qwen2, alternating local/global layers in Gemma-2/3) and Gemma-2's soft-caps, set low
+    layers 1.. in Qwen2 and Qwen3, alternating local/global layers in Gemma-2/3) and Gemma-2's soft-caps, set low
     enough to change the logits of random weights."""
     import transformers
 
@@ -288,6 +288,10 @@ def tiny_config(family: str, vocab_size: int):
         return transformers.Qwen2Config(hidden_size=48, intermediate_size=96, num_hidden_layers=3,
                                         num_attention_heads=6, num_key_value_heads=2, use_sliding_window=True,
                                         sliding_window=window, max_window_layers=1, **common)
+    if family == "qwen3":  # Qwen2's layout with q/k norms
+        return transformers.Qwen3Config(hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                                        num_attention_heads=6, num_key_value_heads=2, head_dim=8,
+                                        use_sliding_window=True, sliding_window=window, max_window_layers=1, **common)
     if family == "mistral":
         return transformers.MistralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                                           num_attention_heads=4, num_key_value_heads=1, sliding_window=window,

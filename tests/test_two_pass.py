@@ -1,6 +1,6 @@
 """The two-pass forward equals the full [slots ; tokens] forward (fp32, max relative error <= 1e-4), on a
 tiny model of every family with its attention features on: sliding windows smaller than [slots ; tokens]
-(Mistral, Qwen2's upper layers, Phi-3, Gemma's local layers), Gemma-2's soft-caps, Gemma's √d embedding
+(Mistral, Qwen2 and Qwen3 upper layers, Phi-3, Gemma's local layers), Gemma-2's soft-caps, Gemma's √d embedding
 scale, Gemma-3's q/k norms and local RoPE base, Phi-3's fused qkv."""
 import warnings
 
@@ -15,7 +15,7 @@ from eptk.spaces import parse_layers
 from reference_forward import full_forward
 
 TOL = 1e-4
-WINDOWED = ("qwen2", "mistral", "gemma2", "gemma3", "phi3")
+WINDOWED = ("qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3")
 
 
 def make_prompted(loaded, method, layer_spec="all", tokens=5, soft=True, seed=0):
@@ -43,6 +43,14 @@ def batch(seed=0, left=False):
 def rel_err(a, b, mask):
     m = mask.bool()
     return float((a - b).abs()[m].max() / b[m].abs().max())
+
+
+@pytest.mark.parametrize("family", WINDOWED)
+def test_windowed_families_have_windows_shorter_than_slots_and_tokens(tiny_models, family):
+    """Else the equivalence tests below would pass with every window ignored."""
+    config = tiny_models[family].model.config
+    layer_types = getattr(config, "layer_types", None) or ["sliding_attention"]  # Mistral, Phi-3: every layer
+    assert config.sliding_window < 5 + 11 and "sliding_attention" in layer_types
 
 
 CASES = [("soft", "all"), ("deep", "all"), ("deep", "last:1"), ("deep", "1,2"), ("prefix", "all")]
