@@ -15,8 +15,9 @@ the torch profiler's allocation timeline — tracemalloc does not see torch's al
 ratios eptk_speedup (hidden-states time / eptk time) and overhead (eptk time / forward time).
 
 `setup()` builds one step for (provider, setting) and `measure()` times it and takes its peak
-memory; the pytest-benchmark rows and `python benchmarks/bench_capture.py` (a table and
-benchmarks/results/capture-<device>.json) share them. On CPU: SmolLM2 at a small size (the tiny
+memory; the pytest-benchmark rows and `python benchmarks/bench_capture.py [--out PATH]` (a table and
+benchmarks/results/capture-<device>-<date>.json) share them; `--dry-run` runs every path at tiny
+sizes on a CPU (the GPU check's dry run). On CPU: SmolLM2 at a small size (the tiny
 model when SmolLM2 is not installed), so the suite runs in well under a minute.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DEVICE, GPU, device_name, measure, peak_bytes, sync as _sync  # noqa: E402
+from common import DEVICE, GPU, device_name, measure, peak_bytes, random_model, slug, sync as _sync  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ GPU_SETTINGS = [Setting("smollm2", 16, 512, tuple(range(31)), "bfloat16"),
                 Setting("smollm2", 16, 512, (0, 8, 15), "bfloat16"),
                 Setting("smollm2", 64, 128, (28, 29, 30), "bfloat16")]
 CPU_SETTINGS = [Setting("smollm2", 2, 16, (0, 4, 8))]
+DRY_SETTINGS = [Setting("tiny", 2, 16, (0, 2, 4))]  # `--dry-run` (the GPU check's, on a CPU)
 PROVIDERS = ["forward", "eptk", "hidden-states"]   # forward first: the others' ratios need it
 
 _models: dict[tuple, object] = {}
@@ -61,21 +63,10 @@ _models: dict[tuple, object] = {}
 def smollm2_architecture(dtype: torch.dtype):
     """SmolLM2-135M's architecture with random weights (where the real weights are not installed:
     capture throughput does not depend on the weights)."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
     from eptk.models import LoadedModel, build_tiny_tokenizer
 
-    config = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, head_dim=64, vocab_size=49152, max_position_embeddings=8192,
-                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-                         rope_theta=100000.0)
-    config._attn_implementation = "sdpa"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model.to(DEVICE).eval().requires_grad_(False)
-    return LoadedModel(model=model, tokenizer=build_tiny_tokenizer(), name="smollm2-architecture",
-                       source="random weights, SmolLM2-135M architecture")
+    return LoadedModel(model=random_model("smollm2-shaped", dtype), tokenizer=build_tiny_tokenizer(),
+                       name="smollm2-architecture", source="random weights, SmolLM2-135M architecture")
 
 
 def load(setting: Setting):
@@ -194,6 +185,7 @@ def test_capture(benchmark, setting, provider):
 
 KERNEL_SHAPES = [(16, 512, 576), (8, 2048, 2048), (64, 128, 576)] if GPU else [(2, 64, 96)]
 KERNEL_PROVIDERS = ["triton", "torch"] if GPU else ["torch"]
+DRY_KERNEL_SHAPES = [(2, 64, 96)]
 
 
 def kernel_setup(provider: str, shape: tuple, dtype: torch.dtype = torch.bfloat16 if GPU else torch.float32):
@@ -258,16 +250,27 @@ def profile(setting: Setting, provider: str = "eptk", rows: int = 25) -> None:
 
 
 def main() -> None:
-    import sys
+    import argparse
+    import datetime
+    import os
 
-    settings = GPU_SETTINGS if GPU else CPU_SETTINGS
-    if "--profile" in sys.argv:
+    parser = argparse.ArgumentParser(description="capture benchmark: a table and a JSON of its rows")
+    parser.add_argument("--out", help="output path without suffix (default: results/capture-<device>-<date>)")
+    parser.add_argument("--dry-run", action="store_true", help="CPU, the tiny model, the kernel interpreted")
+    parser.add_argument("--profile", action="store_true", help="first the torch profiler's table of one step")
+    args = parser.parse_args()
+    settings, kernel_shapes, kernel_providers = GPU_SETTINGS if GPU else CPU_SETTINGS, KERNEL_SHAPES, KERNEL_PROVIDERS
+    if args.dry_run:  # every provider's path at tiny sizes; the timings mean nothing
+        os.environ["TRITON_INTERPRET"] = "1"
+        settings, kernel_shapes, kernel_providers = DRY_SETTINGS, DRY_KERNEL_SHAPES, ["triton", "torch"]
+    if args.profile:
         profile(settings[0])
+    rounds = 1 if args.dry_run else 10 if GPU else 3
     medians, rows = {}, []
     for setting in settings:
         for provider in PROVIDERS:
             try:
-                info = describe(provider, setting, measure(setup(provider, setting), 10 if GPU else 3), medians)
+                info = describe(provider, setting, measure(setup(provider, setting), rounds), medians)
             except torch.cuda.OutOfMemoryError:
                 info = {"provider": provider, **asdict(setting), "error": "out of memory"}
                 torch.cuda.empty_cache()
@@ -277,19 +280,18 @@ def main() -> None:
                   f"{info.get('tokens_per_s', 0):12.0f} tok/s  peak {info.get('peak_bytes', 0) / 2**20:9.1f} MiB"
                   f"  overhead {info.get('overhead', 1):5.2f}  eptk_speedup {info.get('eptk_speedup', nan):5.2f}",
                   flush=True)
-    for shape in KERNEL_SHAPES:
+    for shape in kernel_shapes:
         base = None
-        for provider in KERNEL_PROVIDERS:
+        for provider in kernel_providers:
             info = {"bench": "capture_stats", "device": device_name(), "provider": provider,
-                    "shape": list(shape), **measure(kernel_setup(provider, shape), 20 if GPU else 3)}
+                    "shape": list(shape), **measure(kernel_setup(provider, shape), 1 if args.dry_run else 20 if GPU else 3)}
             base = base or info["ms"]
             rows.append(info)
             print(f"capture_stats B,T,d={shape!s:18s} {provider:8s} {info['ms']:8.3f} ms  "
                   f"peak {info['peak_bytes'] / 2**20:8.1f} MiB  vs first {info['ms'] / base:5.2f}", flush=True)
-    out = Path(__file__).resolve().parent / "results"
-    out.mkdir(exist_ok=True)
-    slug = "".join(c if c.isalnum() else "-" for c in device_name()).strip("-").lower()
-    path = out / f"capture-{slug}.json"
+    default = Path(__file__).resolve().parent / "results" / f"capture-{slug(device_name())}-{datetime.date.today()}"
+    path = Path(args.out or default).with_suffix(".json")
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rows, indent=2, default=str) + "\n")
     print(f"wrote {path}")
 

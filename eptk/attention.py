@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 from dataclasses import dataclass, field
 
 from eptk.kernels import prefix_attention
@@ -26,6 +27,11 @@ class SlotPass:
     backend: str = "auto"
     owner: object = None  # the prompted model running this pass (its method's hooks act only for it)
 
+    def for_recompute(self) -> "SlotPass":
+        """The state a checkpointed layer recomputes under in backward: the same pass, whose keys/values
+        go to a throwaway dict (the ones the token pass read stay in place)."""
+        return dataclasses.replace(self, kv={})
+
 
 @dataclass
 class TokenPass:
@@ -35,6 +41,10 @@ class TokenPass:
     record_mass: bool = False
     mass: dict = field(default_factory=dict)  # layer -> [Hq] sum of prefix mass over real queries
     mass_rows: dict = field(default_factory=dict)  # layer -> number of real query rows summed
+
+    def for_recompute(self) -> "TokenPass":
+        """The same prefix without recording the prefix mass again (see SlotPass.for_recompute)."""
+        return dataclasses.replace(self, record_mass=False, mass={}, mass_rows={})
 
 
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("eptk_prompt_pass", default=None)

@@ -45,6 +45,7 @@ class TuneConfig:
     seed: int = 0
     out: str = ""
     backend: str = "auto"
+    grad_checkpointing: bool = False
     device: str = "auto"
     nan_policy: str = "stop"
     lr_scale: str = "prior"

@@ -8,10 +8,13 @@ the full forward over [slots ; tokens] (tests/test_two_pass.py checks it).
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
 from .attention import TokenPass, active, use_eptk_attention
+from .checkpointing import check_checkpointable, recompute_layers
 from .errors import EptkUsageError
 from .families import family_of
 from .methods import NoPrompt, PromptMethod
@@ -26,19 +29,24 @@ def _key(name: str) -> str:  # ParameterDict keys cannot hold dots
 class PromptedModel(nn.Module):
     """A frozen causal LM plus trainable prompt tensors, callable like an HF causal LM.
 
-    Logits cover the real tokens only. `backend` picks the prefix-attention kernel.
+    Logits cover the real tokens only. `backend` picks the prefix-attention kernel; with
+    `grad_checkpointing` both passes recompute their decoder layers in backward instead of keeping
+    their activations (eptk/checkpointing.py).
     """
 
     def __init__(self, model, tokenizer, method: PromptMethod, init: dict[str, torch.Tensor] | None = None,
-                 backend: str = "auto"):
+                 backend: str = "auto", grad_checkpointing: bool = False):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.method = method
         self.backend = backend
+        self.grad_checkpointing = bool(grad_checkpointing)
         self.family = family_of(model)
         self.dims = self.family.dims(model)
         self._check_attention_layers()
+        if self.grad_checkpointing:
+            check_checkpointable(self.family.decoder_layers(model))
         self.specs = method.tensor_specs()
         self.params = nn.ParameterDict()
         for name, spec in self.specs.items():
@@ -91,7 +99,14 @@ class PromptedModel(nn.Module):
 
     def prefix(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """layer -> (prefix_k, prefix_v) [Hkv,P,D]: every layer's slot keys/values, built by the method."""
-        return self.method.prefix(self)
+        with self._recompute():
+            return self.method.prefix(self)
+
+    def _recompute(self):
+        """Gradient checkpointing of the decoder layers for a pass that records gradients, when asked."""
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return recompute_layers(self.family.decoder_layers(self.model))
+        return contextlib.nullcontext()
 
     # ---- the token pass -----------------------------------------------------------------------
     def positions(self, attention_mask: torch.Tensor, past: int = 0, length: int | None = None):
@@ -115,7 +130,7 @@ class PromptedModel(nn.Module):
         T = input_ids.shape[1]
         state = TokenPass(prefix=prefix, backend=self.backend, record_mass=record_mass)
         base = self.family.base_model(self.model)
-        with active(state):
+        with active(state), self._recompute():
             out = base(input_ids=input_ids, attention_mask=attention_mask,
                        position_ids=self.positions(attention_mask, length=T),
                        use_cache=use_cache, **cache_kwargs(base, past_key_values))

@@ -88,7 +88,7 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
     ctx = prior_context(loaded, cfg)
     prior = build_prior(cfg.prior, ctx, specs)
     init = prior.sample(torch.Generator().manual_seed(cfg.seed))
-    prompted = PromptedModel(loaded.model, loaded.tokenizer, method, init, cfg.backend)
+    prompted = PromptedModel(loaded.model, loaded.tokenizer, method, init, cfg.backend, cfg.grad_checkpointing)
     prior.to(device)
     resolved["lr_scales"] = lr_scales(init, cfg.lr_scale)
     if ctx.stats is not None and ctx.stats.folders:

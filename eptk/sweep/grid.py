@@ -25,7 +25,7 @@ GRID_KEYS = {"tasks": "task", "methods": "method", "layers": "layers", "priors":
              "seeds": "seed"}
 TOP_KEYS = (*GRID_KEYS, "fixed", "out")
 NOT_FIXED = ("out", "extra")  # TuneConfig fields a sweep does not set
-EXECUTION_ONLY = ("device", "backend")  # settings that do not change what a run computes
+EXECUTION_ONLY = ("device", "backend", "grad_checkpointing")  # settings that do not change what a run computes
 
 
 @dataclass
