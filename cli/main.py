@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import analyze, capture, export, priors, sweep, tune  # noqa: F401  (each registers its commands)
+from . import analyze, capture, export, priors, reproduce, sweep, tune  # noqa: F401  (each registers its commands)
 from .app import app
 
 

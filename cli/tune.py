@@ -24,6 +24,9 @@ def tune(
     tokens: int = typer.Option(D.tokens, help="prompt length P (slots)"),
     layers: str = typer.Option(D.layers, help="deep layers: all, last:N (paper: last:3) or 4,8,12"),
     soft: bool = typer.Option(D.soft, "--soft/--no-soft", help="deep: also tune the layer-0 (soft) vectors"),
+    keep_sink: bool = typer.Option(D.keep_sink, "--keep-sink/--no-keep-sink",
+                                   help="soft/deep: one extra first slot left to the model (its BOS, else EOS, "
+                                        "token; never trained or replaced): the attention sink"),
     steps: int = typer.Option(D.steps, help="optimizer steps"),
     batch_size: int = typer.Option(D.batch_size, help="examples per micro-batch"),
     grad_accum: int = typer.Option(D.grad_accum, help="micro-batches per step"),
@@ -59,7 +62,7 @@ def tune(
     from eptk import commands
 
     settings = dict(model=model, task=task, method=method, prior=prior, prior_weight=prior_weight, tokens=tokens,
-                    layers=layers, soft=soft, steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+                    layers=layers, soft=soft, keep_sink=keep_sink, steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
                     weight_decay=weight_decay, schedule=schedule, warmup=warmup, clip=clip, eval_every=eval_every,
                     eval_size=eval_size, test_size=test_size, train_size=train_size,
                     checkpoint_every=checkpoint_every, seed=seed, out=str(out) if out else "", backend=backend,

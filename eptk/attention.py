@@ -12,6 +12,8 @@ import contextvars
 import dataclasses
 from dataclasses import dataclass, field
 
+import torch
+
 from eptk.kernels import prefix_attention
 
 from .errors import EptkUsageError
@@ -40,6 +42,7 @@ class TokenPass:
     backend: str = "auto"
     record_mass: bool = False
     mass: dict = field(default_factory=dict)  # layer -> [Hq] sum of prefix mass over real queries
+    first_slot_mass: dict = field(default_factory=dict)  # layer -> [Hq] the same for prefix slot 0 alone
     mass_rows: dict = field(default_factory=dict)  # layer -> number of real query rows summed
 
     def for_recompute(self) -> "TokenPass":
@@ -97,7 +100,8 @@ def eptk_attention(module, query, key, value, attention_mask, scaling=None, drop
                               return_prefix_mass=want_mass, backend=backend, window=sliding_window, softcap=softcap)
     if want_mass:
         out, mass = result
-        _accumulate_mass(state, layer, mass.detach(), padding, query.shape[2])
+        first = first_slot_mass(query, key, prefix_k, padding, scaling, sliding_window, softcap)
+        _accumulate_mass(state, layer, {"mass": mass.detach(), "first_slot_mass": first}, padding, query.shape[2])
     else:
         out = result
     return out.transpose(1, 2).contiguous(), None
@@ -121,14 +125,35 @@ def check_supported(module, attention_mask, dropout, kwargs) -> None:
                              f"an additive bias such as ALiBi) is not implemented by eptk; it takes 2-D padding masks")
 
 
-def _accumulate_mass(state: TokenPass, layer: int, mass, padding, queries: int) -> None:
-    """Sum the prefix mass [B,Hq,T] over real query rows, per head."""
+@torch.no_grad()
+def first_slot_mass(query, key, prefix_k, padding, scale, window=None, softcap=None) -> torch.Tensor:
+    """[B,Hq,T] softmax probability on prefix slot 0, by the explicit-softmax reference: with the value of slot 0
+    set to a unit vector e_0 and every other value to zero, the attention output's first coordinate is exactly
+    that probability (the reference's own causal, window, soft-cap and padding masks apply)."""
+    from eptk.kernels import prefix_attention_reference
+
+    B, Hkv, S, D = key.shape
+    if prefix_k.shape[1] == 0:
+        return query.new_zeros(query.shape[:3], dtype=torch.float32)
+    values = key.new_zeros(B, Hkv, S, D)
+    prefix_values = prefix_k.new_zeros(prefix_k.shape)
+    prefix_values[:, 0, 0] = 1.0
+    out, _ = prefix_attention_reference(query, key, values, prefix_k, prefix_values, key_padding_mask=padding,
+                                        scale=scale, return_prefix_mass=True, window=window,
+                                        softcap=softcap)
+    return out[..., 0].float()
+
+
+def _accumulate_mass(state: TokenPass, layer: int, masses: dict, padding, queries: int) -> None:
+    """Sum each prefix mass [B,Hq,T] (by its TokenPass field name) over real query rows, per head."""
+    some = next(iter(masses.values()))
     if padding is not None:
-        real = padding[:, -queries:].to(mass.dtype)          # [B,T]
+        real = padding[:, -queries:].to(some.dtype)          # [B,T]
     else:
-        real = mass.new_ones(mass.shape[0], queries)
-    total = (mass * real.unsqueeze(1)).sum(dim=(0, 2)).cpu()
-    state.mass[layer] = state.mass.get(layer, 0) + total
+        real = some.new_ones(some.shape[0], queries)
+    for name, mass in masses.items():
+        totals = getattr(state, name)
+        totals[layer] = totals.get(layer, 0) + (mass * real.unsqueeze(1)).sum(dim=(0, 2)).cpu()
     state.mass_rows[layer] = state.mass_rows.get(layer, 0) + float(real.sum())
 
 

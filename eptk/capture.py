@@ -29,6 +29,7 @@ import torch
 from .errors import EptkUsageError
 from .families import decoder_layers, model_dims
 from .models import LoadedModel, input_device
+from .progress import progress_bar
 from .batches import encode_batch
 from .stats import EXCLUDED, FORMAT, ActivationStats
 from .version import __version__
@@ -198,24 +199,11 @@ def capture(loaded: LoadedModel, texts_or_batches, layers: list[int], samples: i
     activations, and every sequence's mean activation."""
     capturer = Capturer(loaded, layers, samples=samples, seed=seed, backend=backend)
     batches = list(_batches(loaded.tokenizer, texts_or_batches, batch_size, max_length))
-    with _progress(progress, "capturing activations", len(batches)) as advance:
+    with progress_bar(progress, "capturing activations", len(batches)) as advance:
         for batch in batches:
             capturer.add(batch["input_ids"], batch["attention_mask"])
             advance()
     return capturer.finish(meta)
-
-
-@contextmanager
-def _progress(enabled: bool, description: str, total: int | None):
-    if not enabled:
-        yield lambda: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda: bar.advance(task)
 
 
 # ---- trajectories ---------------------------------------------------------------------------------
@@ -255,6 +243,48 @@ def trajectories(loaded: LoadedModel, prompts: list[str], layers: list[int], max
                       lambda l, h: states.__setitem__(l, h[0].float().cpu().clone()))
         answer = tokenizer.decode(ids[0, prompt_len:].tolist(), skip_special_tokens=True)
         out.append(Trajectory(prompt, answer, ids[0].cpu(), prompt_len, states))
+    return out
+
+
+@dataclass
+class GeneratedStates:
+    prompt: str
+    text: str                        # the generated continuation, decoded
+    states: dict[int, torch.Tensor]  # layer -> [new_tokens, d] float32: the generated tokens' hidden states
+
+
+@torch.no_grad()
+def generated_states(prompted, prompts: list[str], layers: list[int], new_tokens: int, batch_size: int = 8,
+                     advance=None) -> list[GeneratedStates]:
+    """Greedy continuations of exactly `new_tokens` tokens (EOS does not stop them: every trajectory has the
+    same length) by a prompted model (eptk.prompts.PromptedModel, any method, or the frozen model through
+    the no-prompt baseline), and the generated tokens' hidden states at `layers`, taken from one forward
+    of the prompted model over prompt + continuation (what the cached generation computed at those
+    positions). `advance(n)` is called after each batch of n prompts."""
+    from .batches import encode_prompts
+
+    layers = check_layers(prompted.model, layers)
+    tokenizer = prompted.tokenizer
+    prefix = prompted.prefix()
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        enc = encode_prompts(tokenizer, chunk)  # left-padded: the continuations are the last columns
+        ids, mask = enc["input_ids"].to(prompted.device), enc["attention_mask"].to(prompted.device)
+        ids = prompted.generate(ids, mask, max_new_tokens=new_tokens, eos_token_id=-1, prefix=prefix)
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], new_tokens)], dim=1)
+        states: dict[int, torch.Tensor] = {}
+        with layer_hooks(prompted.model, layers,
+                         lambda l, h: states.__setitem__(l, h[:, h.shape[1] - new_tokens:].float().cpu())):
+            try:
+                prompted.hidden(ids, mask, prefix=prefix)
+            except _StopForward:
+                pass
+        for i, prompt in enumerate(chunk):
+            text = tokenizer.decode(ids[i, ids.shape[1] - new_tokens:].tolist(), skip_special_tokens=False)
+            out.append(GeneratedStates(prompt, text, {l: states[l][i].clone() for l in layers}))
+        if advance is not None:
+            advance(len(chunk))
     return out
 
 

@@ -164,3 +164,12 @@ def priors() -> None:
     for family in PRIORS.values():
         table.add_row(escape(f"{family.name}{family.args}"), "yes" if family.needs_stats else "", escape(family.description))
     Console().print(table)
+
+
+def reproduce(out: Path, *, model: str, quick: bool = False, jobs: int | None = None, shard: str | None = None,
+              stages=None, dry_run: bool = False, progress: bool = True) -> int:
+    """Run the study's stages into `out` (complete items skipped) and write its findings; return the exit code."""
+    from .reproduce import reproduce as run_study
+
+    return run_study(out, model=model, quick=quick, jobs=jobs, shard=shard, stages=stages, dry_run=dry_run,
+                     progress=progress)

@@ -29,6 +29,7 @@ class TuneConfig:
     tokens: int = 20
     layers: str = "last:3"
     soft: bool = True
+    keep_sink: bool = False
     steps: int = 150
     batch_size: int = 16
     grad_accum: int = 1
@@ -62,7 +63,7 @@ class TuneConfig:
         from .methods import METHODS
         from .priors import parse_spec
 
-        METHODS[self.method]  # an unknown method is a usage error naming the valid ones
+        METHODS[self.method].check_options(soft=self.soft, keep_sink=self.keep_sink)  # an unknown method: usage error
         positive = {"tokens": self.tokens, "steps": self.steps, "batch-size": self.batch_size,
                     "grad-accum": self.grad_accum}
         for name, value in positive.items():

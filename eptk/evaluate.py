@@ -52,14 +52,20 @@ def score(prompted, tokenizer, task: Task, examples: list[Example], batch_size: 
 
 def evaluate(prompted, task: Task, examples: list[Example], split: str = "test", prefix_mass: bool = True) -> dict:
     """Scores without any prompt (the baseline) and with the tuned one; with `prefix_mass`, the attention
-    mass on the prompt per layer and head when the method reports it."""
+    mass on the prompt per layer and head when the method reports it: on all slots (`prefix_mass`), on slot 0
+    (`prefix_mass_first_slot`: the sink with --keep-sink, else the first trained slot) and on the others
+    (`prefix_mass_other_slots`), each the mean over the real (not padding) query tokens."""
     tokenizer = prompted.tokenizer
     result = {"task": task.name, "split": split, "metric": task.metric,
               "baseline": score(prompted.baseline(), tokenizer, task, examples),
               "tuned": score(prompted, tokenizer, task, examples)}
     if prefix_mass and prompted.method.reports_prefix_mass:
         batch = encode_batch(tokenizer, examples[:64])
-        mass = prompted.prefix_mass(batch["input_ids"].to(prompted.device), batch["attention_mask"].to(prompted.device))
-        result["prefix_mass"] = {f"layer{l}": [round(float(x), 6) for x in v] for l, v in sorted(mass.items())}
+        total, first = prompted.slot_mass(batch["input_ids"].to(prompted.device),
+                                          batch["attention_mask"].to(prompted.device))
+        others = {l: total[l] - first[l] for l in total}
+        for key, mass in (("prefix_mass", total), ("prefix_mass_first_slot", first),
+                          ("prefix_mass_other_slots", others)):
+            result[key] = {f"layer{l}": [round(float(x), 6) for x in v] for l, v in sorted(mass.items())}
     return result
 

@@ -1,4 +1,4 @@
-"""Atomic file writes and checked safetensors reads (never pickle)."""
+"""Atomic file writes, checked safetensors reads (never pickle), and where eptk caches what it computes once."""
 from __future__ import annotations
 
 import json
@@ -9,6 +9,11 @@ from pathlib import Path
 import torch
 
 from .errors import EptkUsageError
+
+
+def cache_dir() -> Path:
+    """eptk's cache (models, activation statistics, trained VAE priors): EPTK_CACHE, default ~/.cache/eptk."""
+    return Path(os.environ.get("EPTK_CACHE", Path.home() / ".cache" / "eptk"))
 
 
 def _atomic_replace(path: Path, write) -> None:

@@ -419,14 +419,18 @@ def silhouette(x, labels) -> float:
     s = (b − a) / max(a, b), a = mean distance to its own cluster, b = smallest mean distance to
     another cluster (s = 0 for a point alone in its cluster). In [−1, 1]; high = separated."""
     z = _rows(x)
+    return silhouette_from_distances(torch.cdist(z, z), labels)
+
+
+def silhouette_from_distances(dist: torch.Tensor, labels) -> float:
+    """`silhouette` from the pairwise distance matrix [n, n] (a permutation test reuses one matrix)."""
     _, codes = np.unique(np.asarray(labels), return_inverse=True)
     codes = torch.as_tensor(codes.reshape(-1))
     if int(codes.max()) < 1:
         return float("nan")
-    dist = torch.cdist(z, z)
     onehot = torch.nn.functional.one_hot(codes).double()  # [n, K]
     sizes = onehot.sum(dim=0)
-    sums = dist @ onehot  # [n, K] summed distance to each cluster
+    sums = dist.double() @ onehot  # [n, K] summed distance to each cluster
     own = onehot.bool()
     own_size = (onehot * sizes).sum(dim=1)
     a = (sums * onehot).sum(dim=1) / (own_size - 1).clamp_min(1)
@@ -498,6 +502,37 @@ def trajectory_localization(trajectory, vocab, *, n_random: int = 1000, seed: in
     res = mannwhitneyu(steps, rand, alternative="less")
     return {"median_step": float(np.median(steps)), "median_random_step": float(np.median(rand)),
             "u": float(res.statistic), "p": float(res.pvalue)}
+
+
+def trajectory_against_data(states, data, *, n_perm: int = 200, walk_pairs: int = 4096, seed: int = 0) -> dict:
+    """Is a generated trajectory [n, d] localized, against the data's token activations [m, d] at its layer?
+
+    `mean_step` = mean ‖x_{t+1} − x_t‖; `walk_step` = the mean step of a random walk over the data (distance
+    between two uniformly drawn data tokens, `walk_pairs` pairs); `step_ratio` = mean_step / walk_step.
+    `radius` = mean distance of the trajectory's points to their centroid, `data_radius` the same for the
+    data; `spread_ratio` = radius / data_radius. `order_p` = one-sided permutation p-value of the order
+    ((1 + #{shuffled orders with a mean step ≤ the observed}) / (1 + n_perm)): small = consecutive states
+    are closer than the same states in random order. `points` = n.
+    """
+    x, ref = _rows(states), _rows(data)
+    nan = float("nan")
+    if x.shape[0] < 2 or ref.shape[0] < 2:
+        return {"points": int(x.shape[0]), "mean_step": nan, "walk_step": nan, "step_ratio": nan, "radius": nan,
+                "data_radius": nan, "spread_ratio": nan, "order_p": nan}
+    g = _generator(seed)
+    i = torch.randint(ref.shape[0], (walk_pairs,), generator=g)
+    j = (i + torch.randint(1, ref.shape[0], (walk_pairs,), generator=g)) % ref.shape[0]  # two distinct tokens
+    walk = (ref[i] - ref[j]).norm(dim=1).mean().item()
+    observed = float(step_lengths(x).mean())
+    order = torch.stack([torch.randperm(x.shape[0], generator=g) for _ in range(n_perm)])   # [n_perm, n]
+    shuffled = x[order]
+    null = (shuffled[:, 1:] - shuffled[:, :-1]).norm(dim=-1).mean(dim=1)
+    radius = (x - x.mean(dim=0)).norm(dim=1).mean().item()
+    data_radius = (ref - ref.mean(dim=0)).norm(dim=1).mean().item()
+    return {"points": int(x.shape[0]), "mean_step": observed, "walk_step": walk,
+            "step_ratio": observed / walk if walk > 0 else nan, "radius": radius, "data_radius": data_radius,
+            "spread_ratio": radius / data_radius if data_radius > 0 else nan,
+            "order_p": (1 + int((null <= observed + 1e-12).sum())) / (1 + n_perm)}
 
 
 def tsne_2d(x: torch.Tensor, seed: int = 0, perplexity: float = 30.0) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch
 from .config import DEFAULT_MODEL, check_device_map
 from .errors import EptkUsageError, choices
 from .families import family_of
+from .io import cache_dir  # noqa: F401  (eptk.models.cache_dir: where models and statistics are cached)
 
 TINY_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gpt2", "gemma2", "gemma3", "phi3")
 MODEL_CHOICES = ("smollm2", "tiny", f"tiny:<{'|'.join(TINY_FAMILIES)}>", "a local directory", "a .gguf file",
@@ -26,10 +27,6 @@ class LoadedModel:
     tokenizer: object           # a transformers tokenizer with a pad token
     name: str                   # the --model value as given
     source: str                 # where the weights came from
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("EPTK_CACHE", Path.home() / ".cache" / "eptk"))
 
 
 def smollm2_dir() -> Path:

@@ -72,7 +72,7 @@ def export_peft(run, out, *, device: str = "cpu") -> Path:
         raise EptkUsageError(f"run {run} {problem}")
     _check_out(out)
     weight, fields = prompt.to_peft(_RunSource(run, config, device))
-    adapter = dict(_common_config(config, prompt.tokens), **fields)
+    adapter = dict(_common_config(config, prompt.slots), **fields)  # the sink slot too, with --keep-sink
     meta = {"format": "pt", "eptk_model": str(config.get("model")), "eptk_method": str(method),
             "eptk_run": str(config.get("name") or run.name)}
     out.mkdir(parents=True, exist_ok=True)

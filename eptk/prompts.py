@@ -18,6 +18,7 @@ from .checkpointing import check_checkpointable, recompute_layers
 from .errors import EptkUsageError
 from .families import family_of
 from .methods import NoPrompt, PromptMethod
+from .methods.soft import sink_token_id
 from .models import input_device
 from .transformers_api import cache_kwargs, returned_cache
 
@@ -48,6 +49,7 @@ class PromptedModel(nn.Module):
         if self.grad_checkpointing:
             check_checkpointable(self.family.decoder_layers(model))
         self.specs = method.tensor_specs()
+        self.sink_token_id = sink_token_id(tokenizer) if method.keep_sink else None
         self.params = nn.ParameterDict()
         for name, spec in self.specs.items():
             value = init[name] if init is not None else torch.zeros(spec.shape)
@@ -73,7 +75,13 @@ class PromptedModel(nn.Module):
 
     @property
     def tokens(self) -> int:
+        """Trainable prompt vectors per layer (P)."""
         return self.method.tokens
+
+    @property
+    def slots(self) -> int:
+        """Positions in front of the real tokens: P, plus the sink slot with --keep-sink."""
+        return self.method.slots
 
     # ---- prompt tensors -----------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -110,12 +118,12 @@ class PromptedModel(nn.Module):
 
     # ---- the token pass -----------------------------------------------------------------------
     def positions(self, attention_mask: torch.Tensor, past: int = 0, length: int | None = None):
-        """Positions of the real tokens after the P slots; left padding shifts them like HF does."""
-        pos = self.tokens + attention_mask.long().cumsum(-1) - 1
-        pos = pos.clamp_min(self.tokens)
+        """Positions of the real tokens after the slots; left padding shifts them like HF does."""
+        pos = self.slots + attention_mask.long().cumsum(-1) - 1
+        pos = pos.clamp_min(self.slots)
         limit = self.family.exact_positions(self.model)
         if limit is not None and attention_mask.shape[1] and int(pos[:, -1].max()) >= limit:
-            raise EptkUsageError(f"{self.tokens} prompt slots + {attention_mask.shape[1]} tokens pass the "
+            raise EptkUsageError(f"{self.slots} prompt slots + {attention_mask.shape[1]} tokens pass the "
                                  f"{limit} positions this model's RoPE scaling is exact for in two passes (it "
                                  f"switches frequencies with the sequence length); use shorter inputs")
         return pos[:, -length:] if length is not None else pos
@@ -186,8 +194,16 @@ class PromptedModel(nn.Module):
     @torch.no_grad()
     def prefix_mass(self, input_ids, attention_mask) -> dict[int, torch.Tensor]:
         """layer -> [Hq] mean softmax mass on the prompt over the real query tokens."""
+        return self.slot_mass(input_ids, attention_mask)[0]
+
+    @torch.no_grad()
+    def slot_mass(self, input_ids, attention_mask) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+        """(on all slots, on slot 0): layer -> [Hq] mean softmax mass over the real query tokens. Slot 0 is the
+        sink with --keep-sink, else the first trained slot."""
         _, state = self.hidden(input_ids, attention_mask, record_mass=True)
-        return {l: state.mass[l] / max(state.mass_rows[l], 1.0) for l in state.mass}
+        rows = {l: max(state.mass_rows[l], 1.0) for l in state.mass}
+        return ({l: state.mass[l] / rows[l] for l in state.mass},
+                {l: state.first_slot_mass[l] / rows[l] for l in state.mass})
 
     def remove_hooks(self) -> None:
         for handle in self._hooks:

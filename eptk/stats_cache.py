@@ -17,10 +17,13 @@ from pathlib import Path
 from . import capture
 from .errors import EptkUsageError
 from .families import model_dims
-from .models import LoadedModel, cache_dir
+from .io import cache_dir
+from .models import LoadedModel
 from .stats import FORMAT, ActivationStats, LayerActivations
 
 log = logging.getLogger(__name__)
+
+REFERENCE_SEED = 0  # the capture seed of statistics a prior reads independently of the run seed (vae)
 
 
 def stats_key(model_name: str, model_source: str, task_spec: str, layers: list[int], samples: int,

@@ -48,14 +48,17 @@ def batch_indices(seed: int, step: int, n_train: int, batch: int) -> torch.Tenso
     return torch.randint(n_train, (batch,), generator=gen)
 
 
-def prior_context(loaded, cfg: TuneConfig) -> PriorContext:
+def prior_context(loaded, cfg: TuneConfig, progress: bool = False) -> PriorContext:
     family, _ = parse_spec(cfg.prior)
-    stats = None
-    if family.needs_stats:
-        from .stats_cache import StatsCache
+    stats = reference = None
+    if family.needs_stats:  # captured lazily, on a family's first look-up
+        from .stats_cache import REFERENCE_SEED, StatsCache
         stats = StatsCache(loaded, cfg.model, cfg.task, samples=cfg.stats_samples, seed=cfg.seed)
+        reference = stats if cfg.seed == REFERENCE_SEED else \
+            StatsCache(loaded, cfg.model, cfg.task, samples=cfg.stats_samples, seed=REFERENCE_SEED)
     return PriorContext(embeddings=family_of(loaded.model).token_embeddings(loaded.model), tokenizer=loaded.tokenizer,
-                        task=cfg.task, model=cfg.model, seed=cfg.seed, stats=stats)
+                        task=cfg.task, model=cfg.model, seed=cfg.seed, stats=stats, reference_stats=reference,
+                        progress=progress)
 
 
 def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
@@ -77,7 +80,7 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
     dims = family_of(loaded.model).dims(loaded.model)
     method_class = get_method(cfg.method)
     layers = method_class.resolve_layers(cfg.layers, dims["num_layers"])
-    method = method_class(cfg.tokens, dims, layers, cfg.soft)
+    method = method_class(cfg.tokens, dims, layers, cfg.soft, cfg.keep_sink)
     specs = method.tensor_specs()
     out = Path(cfg.out or default_run_name(cfg))
     resolved = dict(dataclasses.asdict(cfg), out=str(out), layers_resolved=layers, **dims,
@@ -85,14 +88,17 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
                     parameters=sum(math.prod(spec.shape) for spec in specs.values()))
     resolved["layers_spec"], resolved["layers"] = cfg.layers, layers
     # Everything that can fail on bad input happens before the run directory is touched.
-    ctx = prior_context(loaded, cfg)
+    ctx = prior_context(loaded, cfg, progress=progress and dist.is_main)
     prior = build_prior(cfg.prior, ctx, specs)
     init = prior.sample(torch.Generator().manual_seed(cfg.seed))
     prompted = PromptedModel(loaded.model, loaded.tokenizer, method, init, cfg.backend, cfg.grad_checkpointing)
+    if prompted.sink_token_id is not None:
+        resolved["sink_token_id"] = prompted.sink_token_id
     prior.to(device)
     resolved["lr_scales"] = lr_scales(init, cfg.lr_scale)
-    if ctx.stats is not None and ctx.stats.folders:
-        resolved["stats"] = dict(ctx.stats.folders)  # eptk analyze finds the data region here
+    if ctx.stats is not None and (ctx.stats.folders or ctx.reference_stats.folders):
+        # eptk analyze finds the data region here (the run seed's capture where the prior used one)
+        resolved["stats"] = {**ctx.reference_stats.folders, **ctx.stats.folders}
     rates = {k: d.acceptance_rate for k, d in prior.dists.items() if hasattr(d, "acceptance_rate")}
     if rates:
         resolved["prior_acceptance_rate"] = rates
@@ -149,6 +155,9 @@ def _train(cfg, run, out, task, loaded, names, prompted, prior, resume, progress
     stop_flag = {"signal": None}
     handlers = _install_signal_handlers(stop_flag)
     bar = _progress(progress and dist.is_main, cfg.steps, start)
+    if run is not None and start == 0 and cfg.eval_every and dist.is_main:
+        # the prior's validation loss: where a learning curve starts (steps to 95% of the improvement)
+        run.log({"step": 0, "val_loss": answer_loss(prompted, tok, val)})
     tokens_seen, t0 = 0, time.perf_counter()
     step = start
     try:

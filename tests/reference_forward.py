@@ -3,10 +3,11 @@
 Built from the prompt's declared tensors only: key/value tensors become a prefilled HF cache (the way
 PEFT prefix tuning runs); otherwise inputs_embeds = [embedding-space tensor (or zeros) ; token
 embeddings], and each activation-space tensor replaces the slot states entering its layer through a
-pre-hook ("prepend to each layer's input, cut from its output"). Plain HF attention, no eptk code in the
-forward: "eager", the one implementation of every feature (transformers 5.24's "sdpa" refuses Gemma-2's
-attention soft-cap, 5.17's ignores it), with HF's own masks (sliding windows counted over the indices of
-[slots ; tokens], padding included) and HF's own LM head (final soft-cap).
+pre-hook ("prepend to each layer's input, cut from its output"). With --keep-sink the sink token's embedding
+goes first and the pre-hooks leave its state alone. Plain HF attention, no eptk code in the forward: "eager"
+by default, the one implementation of every feature (transformers 5.24's "sdpa" refuses Gemma-2's attention
+soft-cap, 5.17's ignores it), with HF's own masks (sliding windows counted over the indices of [slots ;
+tokens], padding included) and HF's own LM head (final soft-cap).
 """
 import torch
 
@@ -14,14 +15,17 @@ from eptk.families import decoder_layers
 from eptk.transformers_api import cache_kwargs
 
 
-def full_forward(prompted, input_ids, attention_mask, keep_graph=False):
+def full_forward(prompted, input_ids, attention_mask, keep_graph=False, attn="eager", attentions=False):
+    """Logits of the real tokens; with `attentions` (eager), also each layer's attention probabilities
+    [B,Hq,S,S] over the whole [slots ; tokens] sequence."""
     grab = (lambda t: t) if keep_graph else (lambda t: t.detach())
     model = prompted.model
     prev = model.config._attn_implementation
-    model.set_attn_implementation("eager")
+    model.set_attn_implementation(attn)
     hooks = []
     try:
-        P, B = prompted.tokens, input_ids.shape[0]
+        P, B = prompted.slots, input_ids.shape[0]
+        sink = int(prompted.method.keep_sink)
         full_mask = torch.cat([attention_mask.new_ones(B, P), attention_mask], dim=1)
         positions = (full_mask.long().cumsum(-1) - 1).clamp_min(0)
         specs = prompted.method.tensor_specs().values()
@@ -39,6 +43,8 @@ def full_forward(prompted, input_ids, attention_mask, keep_graph=False):
             return out.logits.float()
         embeds = model.get_input_embeddings()(input_ids)
         soft = grab(prompted.param(by_space["embedding"][0])) if by_space["embedding"] else torch.zeros(P, embeds.shape[-1])
+        if sink:
+            soft = torch.cat([model.get_input_embeddings()(torch.tensor([prompted.sink_token_id]))[0:1], soft])
         embeds = torch.cat([soft.unsqueeze(0).expand(B, -1, -1), embeds], dim=1)
         layers = decoder_layers(model)
         for l, name in by_space["activation"].items():
@@ -46,13 +52,15 @@ def full_forward(prompted, input_ids, attention_mask, keep_graph=False):
 
             def hook(module, args, kwargs, vec=vec):
                 hs = args[0] if args else kwargs["hidden_states"]
-                hs = torch.cat([vec.unsqueeze(0).expand(hs.shape[0], -1, -1), hs[:, P:]], dim=1)
+                hs = torch.cat([hs[:, :sink], vec.unsqueeze(0).expand(hs.shape[0], -1, -1), hs[:, P:]], dim=1)
                 if args:
                     return (hs,) + tuple(args[1:]), kwargs
                 return args, dict(kwargs, hidden_states=hs)
             hooks.append(layers[l].register_forward_pre_hook(hook, with_kwargs=True))
-        out = model(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions)
-        return out.logits[:, P:].float()
+        out = model(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions,
+                    output_attentions=attentions)
+        logits = out.logits[:, P:].float()
+        return (logits, out.attentions) if attentions else logits
     finally:
         for h in hooks:
             h.remove()

@@ -24,6 +24,8 @@ def runs(tmp_path_factory):
         "soft": _tune(root / "soft", "tiny", "soft"),
         "deep": _tune(root / "deep", "tiny", "deep", "--layers", "all"),
         "prefix": _tune(root / "prefix", "tiny", "prefix"),
+        "soft-sink": _tune(root / "soft-sink", "tiny", "soft", "--keep-sink"),  # the sink slot is exported too
+        "deep-sink": _tune(root / "deep-sink", "tiny", "deep", "--layers", "all", "--keep-sink"),
     }
 
 
@@ -70,13 +72,14 @@ def _eptk_logits(run, ids, mask):
         return tuned(input_ids=ids, attention_mask=mask).logits, tuned
 
 
-@pytest.mark.parametrize("method", ["soft", "deep", "prefix"])
+@pytest.mark.parametrize("method", ["soft", "deep", "prefix", "soft-sink", "deep-sink"])
 def test_peft_loads_the_export_with_the_same_logits(method, runs, exports):
     from eptk.models import load_model
 
     config = json.loads((exports[method] / "adapter_config.json").read_text())
-    assert config["peft_type"] == ("PROMPT_TUNING" if method == "soft" else "PREFIX_TUNING")
-    assert config["num_virtual_tokens"] == 20 and config["task_type"] == "CAUSAL_LM"
+    assert config["peft_type"] == ("PROMPT_TUNING" if method.startswith("soft") else "PREFIX_TUNING")
+    slots = 21 if method.endswith("-sink") else 20
+    assert config["num_virtual_tokens"] == slots and config["task_type"] == "CAUSAL_LM"
     assert sorted(p.name for p in exports[method].iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
 
     tokenizer = load_model("tiny").tokenizer
@@ -88,7 +91,7 @@ def test_peft_loads_the_export_with_the_same_logits(method, runs, exports):
         plain = load_model("tiny").model(input_ids=ids, attention_mask=mask).logits
     assert _rel(ours, plain, mask) > 1e-2
 
-    if method != "soft":  # PEFT's cache holds eptk's slot keys/values, layer by layer (GQA: 2 kv heads)
+    if not method.startswith("soft"):  # PEFT's cache holds eptk's slot keys/values, layer by layer (GQA: 2 kv heads)
         cache = wrapped.get_prompt(batch_size=1)
         with torch.no_grad():
             kv = tuned.prefix()

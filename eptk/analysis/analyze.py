@@ -18,7 +18,8 @@ from .columns import num
 from .findings import findings, print_findings, wide_console
 from .measure import AnalysisOptions, analyze_run, task_cluster_metrics
 from .read import TaskActivations, VocabCache, VocabSource, load_stats, read_run, stats_named_by_runs
-from .write import make_plots, safe_name, write_report, write_tables
+from .trajectories import run_trajectories
+from .write import make_plots, safe_name, write_report, write_tables, write_trajectories
 
 
 @dataclass
@@ -47,7 +48,8 @@ def analyze_runs(paths: Sequence, out="analysis", *, stats: Sequence = (), vocab
       None to skip them. A model that cannot be loaded only skips those metrics, with a note.
     device: where "auto" loads those models (auto: CUDA when present, in bfloat16 there).
     Writes summary.csv, summary.json, details.json, report.html, plots/*.png and, with two or
-    more tasks, tasks.csv/json and frechet.csv; prints the findings table to `console`.
+    more tasks, tasks.csv/json and frechet.csv; with `options.trajectories` N, trajectories.csv (N generated
+    trajectories per complete run, eptk/analysis/trajectories.py); prints the findings table to `console`.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -107,11 +109,20 @@ def analyze_runs(paths: Sequence, out="analysis", *, stats: Sequence = (), vocab
                                                                    projection=opts.cluster_projection)
     if loaded_stats and not task_rows and not frechet_rows:
         notes.append("task cluster metrics need statistics of two or more tasks of one model")
+    trajectory_rows = []
+    if opts.trajectories:
+        trajectory_rows, trajectory_notes = run_trajectories(run_dirs, n=opts.trajectories,
+                                                             new_tokens=opts.trajectory_tokens, n_perm=opts.n_perm,
+                                                             progress=progress)
+        notes += trajectory_notes
 
     files = write_tables(out, rows, details, task_rows, frechet_rows)
+    if opts.trajectories:
+        files.update(write_trajectories(out, trajectory_rows))
     figures: list[dict] = []
     if plots:
-        figures = make_plots(out / "plots", rows, run_panels, curves, prefix_masses, cluster_panels, notes)
+        figures = make_plots(out / "plots", rows, run_panels, curves, prefix_masses, cluster_panels, notes,
+                             trajectory_rows)
         for fig in figures:
             files[f"plots/{fig['path'].name}"] = fig["path"]
     table_rows = findings(rows)

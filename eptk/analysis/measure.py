@@ -12,6 +12,7 @@ from .. import metrics as M
 from ..spaces import RESIDUAL
 from .columns import SUMMARY_COLUMNS, BlockView, RunView, block_values, run_values
 from .read import Block, RunData, TaskActivations, VocabCache
+from .trajectories import TRAJECTORY_TOKENS
 
 
 @dataclass
@@ -25,6 +26,8 @@ class AnalysisOptions:
     max_data: int = 1000       # data samples per layer used for kNN / MMD / energy
     max_reference: int = 3000  # reference points drawn in PCA plots
     cluster_projection: str = "pca"  # task-cluster maps: "pca" or "tsne" (scikit-learn)
+    trajectories: int = 0      # test prompts per run whose generated trajectories are measured (0: none)
+    trajectory_tokens: int = TRAJECTORY_TOKENS  # tokens generated per trajectory (EOS does not stop them)
 
 
 def _match_stats(run: RunData, stats: Sequence[TaskActivations]) -> TaskActivations | None:

@@ -206,3 +206,37 @@ def plot_prefix_mass(run: str, mass: dict, path) -> Path | None:
     ax.set_title(f"{run}: attention mass on the prompt")
     fig.colorbar(im, ax=ax, label="mean probability on prompt slots")
     return _save(fig, path)
+
+
+def plot_trajectories(rows: list[dict], path, *, group_key=lambda r: r["run"]) -> Path:
+    """Step and spread ratios of generated trajectories (rows of eptk.analysis.trajectories) by layer: one marker
+    per group (default: run) and layer at the mean over trajectories, bars ±1 standard deviation; the dashed line
+    at 1 is the data itself (random data tokens, the data's own spread)."""
+    import numpy as np
+
+    groups = list(dict.fromkeys(group_key(r) for r in rows))
+    layers = sorted({r["layer"] for r in rows})
+    colours = _colours(groups)
+    fig = _figure(max(7.0, 1.2 * len(layers) + 4), 4.6)
+    axes = fig.subplots(1, 2)
+    width = 0.8 / max(1, len(groups))
+    for ax, key, title in ((axes[0], "step_ratio", "step length / random walk over the data"),
+                           (axes[1], "spread_ratio", "spread / the data's spread")):
+        for g, group in enumerate(groups):
+            xs, means, sds = [], [], []
+            for i, layer in enumerate(layers):
+                vals = [r[key] for r in rows if group_key(r) == group and r["layer"] == layer
+                        and r.get(key) is not None and math.isfinite(r[key])]
+                if vals:
+                    xs.append(i - 0.4 + width * (g + 0.5))
+                    means.append(float(np.mean(vals)))
+                    sds.append(float(np.std(vals)))
+            ax.errorbar(xs, means, yerr=sds, fmt="o", ms=4, capsize=2, color=colours[group], label=str(group))
+        ax.axhline(1.0, color="#666666", ls="--", lw=1)
+        ax.set_xticks(range(len(layers)), [str(l) for l in layers])
+        ax.set_xlabel("layer")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="best")
+    fig.suptitle("Generated trajectories against the task's captured activations", fontsize=12)
+    return _save(fig, path)

@@ -134,6 +134,10 @@ class TaskActivations:
     def samples(self, layer: int) -> torch.Tensor:
         return self.stats.layer(layer).samples
 
+    def pooled(self, layer: int) -> torch.Tensor:
+        """Per-sequence mean activations [N, d] (empty in statistics captured before they were kept)."""
+        return self.stats.pooled(layer)
+
     def gaussian(self, layer: int) -> M.DataGaussian:
         """The layer's data Gaussian with the covariance shrunk by the δ eptk.stats shrinks it by for the
         region priors (Ledoit–Wolf from the reservoir and the token count), so `inside_share` and a

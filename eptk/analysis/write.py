@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..io import write_json_atomic, write_text_atomic
+
+TRAJECTORIES = "trajectories.csv"
 from .columns import FRECHET_COLUMNS, SUMMARY_COLUMNS, TASK_COLUMNS, num
 from .findings import FINDINGS_COLUMNS
 
@@ -61,6 +63,35 @@ def write_tables(out: Path, rows, details, task_rows, frechet_rows) -> dict[str,
     return files
 
 
+def write_trajectories(out: Path, rows: list[dict]) -> dict[str, Path]:
+    """trajectories.csv: one row per run × test prompt × prompted layer (columns: analysis/trajectories.py)."""
+    from .trajectories import TRAJECTORY_COLUMNS
+
+    _write_csv(out / TRAJECTORIES, rows, list(TRAJECTORY_COLUMNS))
+    return {TRAJECTORIES: out / TRAJECTORIES}
+
+
+def has_trajectories(out: Path) -> bool:
+    return (Path(out) / TRAJECTORIES).is_file()
+
+
+def read_trajectories(out: Path) -> list[dict]:
+    """The rows `write_trajectories` wrote, numbers as numbers (empty cells as None)."""
+    from .trajectories import TRAJECTORY_TEXT
+
+    with open(Path(out) / TRAJECTORIES, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return [{k: (v if k in TRAJECTORY_TEXT else _number(v)) for k, v in r.items()} for r in rows]
+
+
+def _number(text):
+    """A CSV cell as int (layer, index, count), float, or None when empty."""
+    if text in ("", None):
+        return None
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+
+
 def write_report(out: Path, *, table_rows, rows, task_rows, frechet_rows, figures, notes, details) -> Path:
     from .report import write_report as render
 
@@ -70,11 +101,18 @@ def write_report(out: Path, *, table_rows, rows, task_rows, frechet_rows, figure
     return out / "report.html"
 
 
-def make_plots(folder: Path, rows, run_panels, curves, prefix_masses, cluster_panels, notes) -> list[dict]:
+def make_plots(folder: Path, rows, run_panels, curves, prefix_masses, cluster_panels, notes,
+               trajectory_rows=()) -> list[dict]:
     from . import plots as P
 
     folder.mkdir(parents=True, exist_ok=True)
     figures = []
+    if trajectory_rows:
+        path = folder / "trajectories.png"
+        P.plot_trajectories(list(trajectory_rows), path)
+        figures.append({"path": path, "title": "Generated trajectories",
+                        "caption": "Step length against a random walk over the task's captured activations, and "
+                                   "spread against the data's, per run and layer (mean ± sd over test prompts)."})
     for name, safe, panels in run_panels:
         if panels:
             path = folder / f"run_{safe}_pca.png"

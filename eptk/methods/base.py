@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import torch
 
-from ..errors import EptkUsageError
+from ..errors import EptkUsageError, choices
 from ..registry import Registry
 from ..spaces import TensorSpec
 
@@ -31,12 +31,27 @@ class PromptMethod:
     reports_prefix_mass: ClassVar[bool] = False  # eval.json records the attention mass on the prompt
     peft_type: ClassVar[str | None] = None      # the PEFT adapter type it is imported from
     exportable: ClassVar[bool] = True           # `eptk export --format peft` can write it
+    can_keep_sink: ClassVar[bool] = False       # has a slot pass whose first slot --keep-sink can leave to the model
     patterns: ClassVar[dict[str, str]] = {}      # tensor-name regex -> space; group 1, if any, is the layer
 
-    def __init__(self, tokens: int, dims: dict, layers=(), soft: bool = True):
+    def __init__(self, tokens: int, dims: dict, layers=(), soft: bool = True, keep_sink: bool = False):
         if tokens < 1:
             raise EptkUsageError(f"--tokens must be at least 1 (got {tokens})")
-        self.tokens, self.dims = int(tokens), dict(dims)
+        self.check_options(soft=soft, keep_sink=keep_sink)
+        self.tokens, self.dims, self.keep_sink = int(tokens), dict(dims), bool(keep_sink)
+
+    @classmethod
+    def check_options(cls, *, soft: bool = True, keep_sink: bool = False) -> None:
+        """Refuse option combinations this method cannot honour (before anything is loaded or written)."""
+        if keep_sink and not cls.can_keep_sink:
+            able = choices(name for name, method in METHODS.items() if method.can_keep_sink)
+            raise EptkUsageError(f"--keep-sink leaves the first slot of a slot pass to the model; --method {cls.name} "
+                                 f"has no slot pass (valid with --keep-sink: {able})")
+
+    @property
+    def slots(self) -> int:
+        """Slots in front of the real tokens: the P trainable ones, plus the model's own first slot with --keep-sink."""
+        return self.tokens + int(self.keep_sink)
 
     # ---- declaration ------------------------------------------------------------------------------
     @classmethod
@@ -92,8 +107,8 @@ class NoPrompt(PromptMethod):
     name = "none"
     exportable = False
 
-    def __init__(self, tokens: int = 0, dims: dict | None = None, layers=(), soft: bool = True):
-        self.tokens, self.dims = 0, dict(dims or {})
+    def __init__(self, tokens: int = 0, dims: dict | None = None, layers=(), soft: bool = True, keep_sink: bool = False):
+        self.tokens, self.dims, self.keep_sink = 0, dict(dims or {}), False
 
     def tensor_specs(self):
         return {}
@@ -107,8 +122,9 @@ def get_method(name: str) -> type[PromptMethod]:
     return METHODS[name]
 
 
-def build_method(name: str, tokens: int, dims: dict, layers=(), soft: bool = True) -> PromptMethod:
-    return get_method(name)(tokens, dims, layers, soft)
+def build_method(name: str, tokens: int, dims: dict, layers=(), soft: bool = True,
+                 keep_sink: bool = False) -> PromptMethod:
+    return get_method(name)(tokens, dims, layers, soft, keep_sink)
 
 
 def method_from_config(config: dict, dims: dict | None = None) -> PromptMethod:
@@ -116,7 +132,7 @@ def method_from_config(config: dict, dims: dict | None = None) -> PromptMethod:
     dims = dims if dims is not None else {k: config.get(k) for k in
                                           ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim")}
     return build_method(config["method"], int(config["tokens"]), dims, config.get("layers") or [],
-                        bool(config.get("soft", True)))
+                        bool(config.get("soft", True)), bool(config.get("keep_sink", False)))  # older runs: no sink
 
 
 def locate(name: str) -> tuple[int, str] | None:

@@ -26,11 +26,17 @@ class DeepPrompt(SoftPrompt):
     peft_type = None  # its export is a PREFIX_TUNING adapter, which imports as a prefix prompt
     patterns = {r"soft": "embedding", r"deep\.(\d+)": "activation"}
 
-    def __init__(self, tokens: int, dims: dict, layers=(), soft: bool = True):
-        super().__init__(tokens, dims)
+    def __init__(self, tokens: int, dims: dict, layers=(), soft: bool = True, keep_sink: bool = False):
+        super().__init__(tokens, dims, layers, soft, keep_sink)
         self.layers, self.soft = [int(l) for l in layers], bool(soft)
         if not self.soft and not self.layers:
             raise EptkUsageError("a deep prompt without a soft prompt needs at least one layer")
+
+    @classmethod
+    def check_options(cls, *, soft=True, keep_sink=False):
+        super().check_options(soft=soft, keep_sink=keep_sink)
+        if keep_sink and not soft:
+            raise EptkUsageError("--keep-sink needs the layer-0 slots, where the sink token enters: drop --no-soft")
 
     @classmethod
     def resolve_layers(cls, spec, num_layers):
@@ -58,9 +64,11 @@ class DeepPrompt(SoftPrompt):
         return hook
 
     def slot_states(self, prompted, layer: int, hidden: torch.Tensor) -> torch.Tensor:
-        """The slots' hidden states [1,P,d] entering `layer` in place of `hidden`: the layer's vectors (on the
-        layer's device, which a dispatched model may place elsewhere)."""
-        return prompted.param(f"deep.{layer}").to(hidden.device, prompted.dtype).unsqueeze(0)
+        """The slots' hidden states [1,S,d] entering `layer` in place of `hidden`: the layer's vectors (on the
+        layer's device, which a dispatched model may place elsewhere), behind the model's own sink state (row 0,
+        never replaced) with --keep-sink."""
+        vectors = prompted.param(f"deep.{layer}").to(hidden.device, prompted.dtype).unsqueeze(0)
+        return torch.cat([hidden[:, :1], vectors], dim=1) if self.keep_sink else vectors
 
     def prefix(self, prompted):
         if self.soft:

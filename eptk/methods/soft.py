@@ -16,25 +16,40 @@ from .base import PromptMethod, register_method
 
 
 def slot_pass(prompted, slots: torch.Tensor, first_layer: int = 0) -> dict:
-    """Run the P slots (inputs_embeds [P,d]) through the frozen model; layer -> (k, v) [Hkv,P,D] of every
-    layer from `first_layer` on (the methods' hooks may replace slot states on the way).
+    """Run the slots (inputs_embeds [P,d]) through the frozen model; layer -> (k, v) [Hkv,S,D] of every layer
+    from `first_layer` on (the methods' hooks may replace slot states on the way). With --keep-sink the model's
+    own first token goes first (S = P + 1), as an input embedding: never trained.
 
     The soft prompt's space is the space of `inputs_embeds`, the embedding module's output: the model
     applies to it whatever it applies to token embeddings after the lookup (GPT-2's positions), and an
     embedding module's own scale (Gemma's √d) is already in the vocabulary reference the priors use."""
-    P = slots.shape[0]
+    inputs = slots.to(prompted.device, prompted.dtype)
+    if prompted.method.keep_sink:
+        sink = torch.tensor([prompted.sink_token_id], device=prompted.device)
+        inputs = torch.cat([prompted.model.get_input_embeddings()(sink).to(prompted.dtype), inputs])
     state = SlotPass(first_layer=first_layer, backend=prompted.backend, owner=prompted)
     with active(state):
         prompted.family.base_model(prompted.model)(
-            inputs_embeds=slots.to(prompted.device, prompted.dtype).unsqueeze(0),
-            position_ids=torch.arange(P, device=prompted.device).unsqueeze(0), use_cache=False)
+            inputs_embeds=inputs.unsqueeze(0),
+            position_ids=torch.arange(inputs.shape[0], device=prompted.device).unsqueeze(0), use_cache=False)
     return state.kv
+
+
+def sink_token_id(tokenizer) -> int:
+    """The token whose state --keep-sink leaves in the first slot: BOS when the tokenizer has one, else EOS."""
+    for name in ("bos_token_id", "eos_token_id"):
+        token = getattr(tokenizer, name, None)
+        if token is not None:
+            return int(token)
+    raise EptkUsageError("--keep-sink needs a tokenizer with a BOS or EOS token")
 
 
 @register_method
 class SoftPrompt(PromptMethod):
     name = "soft"
     peft_type = "PROMPT_TUNING"
+    can_keep_sink = True
+    reports_prefix_mass = True
     patterns = {r"soft": "embedding"}
 
     def tensor_specs(self):
@@ -51,6 +66,10 @@ class SoftPrompt(PromptMethod):
         d = source.config.get("hidden_size", weight.shape[1])
         if tuple(weight.shape) != (self.tokens, d):
             raise EptkUsageError(f"soft tensor has shape {tuple(weight.shape)}, expected {(self.tokens, d)}")
+        if self.keep_sink:  # the sink slot is part of the exported prompt: its token's embedding, first
+            prompted = source.prompted()
+            sink = prompted.family.token_embeddings(prompted.model)[prompted.sink_token_id]
+            weight = torch.cat([sink.unsqueeze(0), weight])
         config = source.config
         return weight, {"peft_type": self.peft_type, "token_dim": int(d), "num_attention_heads": config.get("num_heads"),
                         "num_layers": config.get("num_layers"), "prompt_tuning_init": "RANDOM",

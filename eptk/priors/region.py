@@ -32,8 +32,10 @@ POOL_ROWS = 256     # region:new: drawn points whose kernel mixture is the log-d
 
 # ---- shared --------------------------------------------------------------------------------------
 
-def layer_stats_for(family: str, ctx: PriorContext, param: ParamInfo, task: str | None) -> LayerActivations:
-    """The captured statistics at the layer of `param`, checked for width."""
+def layer_stats_for(family: str, ctx: PriorContext, param: ParamInfo, task: str | None,
+                    reference: bool = False) -> LayerActivations:
+    """The captured statistics at the layer of `param`, checked for width (`reference`: those of the fixed
+    capture seed, `ctx.reference_stats`, when the context has them)."""
     if not param.residual:
         raise EptkUsageError(f"prior {family!r}: region priors apply to soft and deep prompts; prefix tensors "
                              f"are keys/values, not activation vectors (use normal, uniform or xavier with "
@@ -41,7 +43,8 @@ def layer_stats_for(family: str, ctx: PriorContext, param: ParamInfo, task: str 
     if ctx.stats is None:
         raise EptkUsageError(f"prior {family!r} needs captured activation statistics of a task "
                              f"(give --task, or name one: {family}:<task>)")
-    stats = ctx.stats(task or ctx.task, param.layer)
+    source = ctx.reference_stats if reference and ctx.reference_stats is not None else ctx.stats
+    stats = source(task or ctx.task, param.layer)
     check_width(family, param, stats.dim)
     return stats
 

@@ -20,7 +20,9 @@ ParamInfo = TensorSpec  # a prior sees a prompt tensor as its method declares it
 
 @dataclass
 class PriorContext:
-    """What prior families may read. `stats(task, layer)` returns captured activation statistics."""
+    """What prior families may read. `stats(task, layer)` returns captured activation statistics of the run's
+    seed; `reference_stats(task, layer)` those of one fixed capture seed, for a prior that must be the same
+    distribution for every run seed (`vae`); without it, `stats` serves both."""
     embeddings: torch.Tensor | None = None          # [V,d] float32 token embeddings in the soft prompt's space
     tokenizer: object = None
     task: str | None = None
@@ -28,6 +30,8 @@ class PriorContext:
     seed: int = 0
     stats: Callable | None = None
     generator: torch.Generator = field(default=None)
+    reference_stats: Callable | None = None
+    progress: bool = False                          # progress bars for long prior preparation (VAE training)
 
     def __post_init__(self):
         if self.generator is None:

@@ -136,7 +136,7 @@ def load_sweep(path) -> Sweep:
         raise EptkUsageError(f"{path}: empty grid: give at least one of {choices(GRID_KEYS)}")
 
     sweep = Sweep(path=path, grid=grid, fixed=fixed_checked, out=out)
-    sweep.runs = _expand(sweep)
+    sweep.runs = expand(grid, fixed_checked, str(path))
     return sweep
 
 
@@ -147,18 +147,20 @@ def _grid_key_of(name: str) -> str | None:
     return None
 
 
-def _expand(sweep: Sweep) -> list[SweepRun]:
+def expand(grid: dict, fixed: dict, where: str = "grid") -> list[SweepRun]:
+    """The runs of a grid (grid key -> values) with fixed settings, named and validated (errors name `where`).
+    `eptk sweep` and `eptk reproduce` both build their runs here, so one grid gives one set of names."""
     defaults = TuneConfig()
-    keys = list(sweep.grid)
+    keys = list(grid)
     runs, seen = [], set()
-    for combo in itertools.product(*(sweep.grid[k] for k in keys)):
+    for combo in itertools.product(*(grid[k] for k in keys)):
         values = {GRID_KEYS[k]: v for k, v in zip(keys, combo)}
-        settings = dict(values, **sweep.fixed)
+        settings = dict(values, **fixed)
         effective = lambda name: settings.get(name, getattr(defaults, name))  # noqa: E731
         if not takes_layers(effective("method")) and "layers" in values:
             del settings["layers"]  # only methods with layers get one run per layers value
-            if "layers" in sweep.fixed:
-                settings["layers"] = sweep.fixed["layers"]
+            if "layers" in fixed:
+                settings["layers"] = fixed["layers"]
         key = json.dumps(settings, sort_keys=True)
         if key in seen:
             continue
@@ -169,7 +171,7 @@ def _expand(sweep: Sweep) -> list[SweepRun]:
         try:
             run.config().validate()
         except EptkUsageError as exc:
-            raise EptkUsageError(f"{sweep.path}: run {run.name}: {exc}") from None
+            raise EptkUsageError(f"{where}: run {run.name}: {exc}") from None
     return runs
 
 

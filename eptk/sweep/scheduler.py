@@ -85,8 +85,9 @@ def _now() -> str:
 
 
 def run_sweep(sweep: Sweep, out=None, *, jobs: int | None = None, shard: tuple[int, int] | None = None,
-              analyze: bool = True, progress: bool = True, console=None) -> dict:
-    """Run (or resume) the sweep's runs of this shard, at most `jobs` at a time; write <out>/sweep.json."""
+              analyze: bool = True, progress: bool = True, console=None, summary: str = SUMMARY) -> dict:
+    """Run (or resume) the sweep's runs of this shard, at most `jobs` at a time; write <out>/sweep.json (or
+    the `summary` file name: several grids may share one directory)."""
     from rich.console import Console
 
     console = console or Console()
@@ -108,6 +109,7 @@ def run_sweep(sweep: Sweep, out=None, *, jobs: int | None = None, shard: tuple[i
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // min(jobs, max(1, len(rows)))))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+    base = summary
     summary = {"file": str(sweep.path), "out": str(out), "shard": f"{shard[0]}/{shard[1]}" if shard else None,
                "jobs": jobs, "gpus": gpus, "started": _now(), "finished": None, "grid": sweep.grid,
                "fixed": sweep.fixed, "runs": [], "analysis": None}
@@ -183,16 +185,17 @@ def run_sweep(sweep: Sweep, out=None, *, jobs: int | None = None, shard: tuple[i
     if interrupted is None and analyze:
         summary["analysis"] = _analyze(out, shard, summary["runs"], logs, env, console)
     summary["finished"] = _now()
-    write_json_atomic(out / summary_name(shard), summary)
+    write_json_atomic(out / summary_name(shard, base), summary)
     if interrupted is not None:
-        console.print(f"sweep interrupted; rerun the same command to continue (summary: {out / summary_name(shard)})")
+        console.print(f"sweep interrupted; rerun the same command to continue (summary: {out / summary_name(shard, base)})")
         raise KeyboardInterrupt from None
     return summary
 
 
-def summary_name(shard) -> str:
-    """sweep.json; a shard writes its own (shards may run at once on a shared directory)."""
-    return SUMMARY if shard is None or shard[1] == 1 else f"sweep.shard{shard[0]}of{shard[1]}.json"
+def summary_name(shard, base: str = SUMMARY) -> str:
+    """sweep.json (or `base`); a shard writes its own (shards may run at once on a shared directory)."""
+    stem = base.removesuffix(".json")
+    return base if shard is None or shard[1] == 1 else f"{stem}.shard{shard[0]}of{shard[1]}.json"
 
 
 def _finish(job: _Job, code: int, results: dict, console, interrupted: bool = False) -> None:

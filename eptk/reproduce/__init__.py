@@ -1,0 +1,68 @@
+"""`eptk reproduce`: the paper's claims measured on one model, resumably, with a findings report.
+
+stages.py says which runs, captures and trajectories the study holds (full or --quick); run.py runs them
+(training through eptk.sweep); gather.py reads what exists; claims.py and intervals.py hold the lead's
+statistics and verdict rules (docs/findings/RULES.md); findings.py measures each claim or says what it
+misses; report.py and figures.py write DIR/FINDINGS.md, findings.html, runs.csv, claims.json, figures/.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from .stages import STAGES, Study, parse_stages
+
+__all__ = ["STAGES", "Study", "parse_stages", "reproduce"]
+
+
+def reproduce(out, *, model: str, quick: bool = False, jobs: int | None = None, shard: str | None = None,
+              stages=None, dry_run: bool = False, progress: bool = True, console=None, n_perm: int = 200) -> int:
+    """Run (or, with `dry_run`, list) the chosen stages; the report stage writes the findings from whatever is
+    complete. Returns 1 when a run failed, else 0."""
+    from rich.console import Console
+
+    from ..errors import EptkUsageError
+    from ..sweep import parse_shard
+    from . import run as R
+
+    chosen = parse_stages(stages)
+    parsed = parse_shard(shard)
+    if jobs is not None and jobs < 1:
+        raise EptkUsageError(f"--jobs must be at least 1 (got {jobs})")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise EptkUsageError(f"--out {out} exists and is not a directory")
+    study = Study.build(model, out, quick=quick)
+    if dry_run:
+        R.dry_run(study, chosen, parsed)
+        return 0
+    console = console or Console()
+    failed, models = 0, {}
+    for stage in chosen:
+        console.print(f"[bold]stage {stage}[/]")
+        if stage in R.TRAINING:
+            failed += R.run_training(study, stage, jobs=jobs, shard=parsed, progress=progress, console=console)
+        elif stage == "captures":
+            R.run_captures(study, parsed, models=models, progress=progress, console=console)
+        elif stage == "trajectories":
+            R.run_trajectories_stage(study, parsed, models=models, progress=progress, console=console)
+        elif stage == "report":
+            _report(study, n_perm=n_perm, console=console)
+    return 1 if failed else 0
+
+
+def _report(study: Study, *, n_perm: int, console) -> None:
+    from ..config import versions
+    from .findings import measure_claims
+    from .gather import Gathered
+    from .report import write_report
+
+    g = Gathered(study)
+    results = measure_claims(g, n_perm=n_perm)
+    rows, _ = g.trajectory_rows()
+    command = "eptk " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "eptk reproduce"
+    files = write_report(g, results, command=command, versions=versions(), trajectory_rows=rows)
+    for r in results:
+        console.print(f"claim {r['claim']}: {r['verdict']} — {r['why']}", markup=False, highlight=False)
+    console.print(f"report: {files['FINDINGS.md']}, {files['findings.html']}", markup=False)

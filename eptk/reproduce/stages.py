@@ -1,0 +1,156 @@
+"""The study of `eptk reproduce`: which runs, captures and trajectories each stage holds, full or `--quick`.
+
+Training stages are grids expanded by eptk.sweep (`expand`), so a main-grid run has exactly the name
+`eptk sweep` gives it and a directory filled by `eptk sweep` is picked up as it is. Runs are selected
+by their settings (`Study.runs(stage, method=..., prior=...)`), never by parsing names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import EptkUsageError, choices
+from ..sweep import SweepRun, expand
+from ..sweep.grid import _safe
+
+STAGES = ("main", "transfer", "sink", "captures", "trajectories", "report")
+TASKS = ("arith", "qa", "fill")  # the tasks of claims 3 and 4
+TRANSFER_TARGET = "arith:+:3"
+MAIN_PRIORS = ("normal", "xavier", "fitted", "exclusion", "region:data", "region:new", "region:between:arith,qa",
+               "vae")
+DEEP_LAYERS = "last:3"
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Everything that differs between the full study and `--quick`."""
+    priors: tuple
+    seeds: tuple
+    weights: tuple               # transfer: prior weights λ of the posterior starts
+    fixed: dict                  # tune settings of every run (steps, batch size, evaluation sizes, ...)
+    transfer_eval_every: int
+    capture_samples: int
+    capture_examples: int
+    trajectories: int            # test prompts per run and task
+    trajectory_tokens: int
+    max_sequences: int           # per task and layer, for the cluster silhouettes of claim 4
+
+
+FULL = Scale(priors=MAIN_PRIORS, seeds=(0, 1, 2), weights=(0.0, 1.0, 10.0, 100.0),
+             fixed={"steps": 150, "batch_size": 16, "eval_every": 25, "eval_size": 100, "test_size": 200,
+                    "checkpoint_every": 25},
+             transfer_eval_every=10, capture_samples=2048, capture_examples=512, trajectories=16,
+             trajectory_tokens=16, max_sequences=200)
+QUICK = Scale(priors=("normal", "region:data", "region:new"), seeds=(0, 1), weights=(0.0, 10.0),
+              fixed={"steps": 6, "batch_size": 4, "eval_every": 2, "eval_size": 4, "test_size": 8,
+                     "checkpoint_every": 0, "tokens": 4},
+              transfer_eval_every=2, capture_samples=64, capture_examples=16, trajectories=2,
+              trajectory_tokens=4, max_sequences=16)
+
+
+def parse_stages(names) -> tuple[str, ...]:
+    """The stages to run, in study order; one-line error on an unknown name."""
+    if not names:
+        return STAGES
+    chosen = []
+    for item in names:
+        for name in str(item).split(","):
+            name = name.strip()
+            if name not in STAGES:
+                raise EptkUsageError(f"unknown stage {name!r}; valid: {choices(STAGES)}")
+            chosen.append(name)
+    return tuple(s for s in STAGES if s in chosen)
+
+
+@dataclass
+class Capture:
+    task: str
+    seed: int
+    name: str  # folder under <out>/captures
+
+
+@dataclass
+class Study:
+    model: str
+    out: Path
+    scale: Scale
+    stage_runs: dict = field(default_factory=dict)  # stage -> list[SweepRun]
+    sources: dict = field(default_factory=dict)     # transfer run name -> the main run it starts from
+
+    @classmethod
+    def build(cls, model: str, out: Path, quick: bool = False) -> "Study":
+        study = cls(model=model, out=Path(out).resolve(), scale=QUICK if quick else FULL)
+        study.stage_runs = {"main": study._main(), "sink": study._sink()}
+        study.stage_runs["transfer"] = study._transfer()
+        return study
+
+    def _fixed(self) -> dict:
+        return {"model": self.model, **self.scale.fixed}
+
+    @staticmethod
+    def _grid(**grid) -> dict:
+        order = ("tasks", "methods", "layers", "priors", "tokens", "seeds")  # the sweep files' order (seeds innermost)
+        return {k: grid[k] for k in order if k in grid}
+
+    def _main(self) -> list[SweepRun]:
+        tokens = self.scale.fixed.get("tokens", 20)
+        fixed = {k: v for k, v in self._fixed().items() if k != "tokens"}
+        grid = self._grid(tasks=["arith"], methods=["soft", "deep"], layers=[DEEP_LAYERS],
+                          priors=list(self.scale.priors), tokens=[tokens], seeds=list(self.scale.seeds))
+        return expand(grid, fixed, "reproduce main")
+
+    def _sink(self) -> list[SweepRun]:
+        runs = []
+        for keep in (False, True):
+            fixed = dict(self._fixed(), keep_sink=True) if keep else self._fixed()
+            for run in expand(self._grid(tasks=["arith"], methods=["deep"], layers=["all"], priors=["normal"],
+                                         seeds=list(self.scale.seeds)), fixed, "reproduce sink"):
+                if keep:
+                    run.name = run.name.replace("-deep-all-", "-deep-all-keepsink-", 1)
+                runs.append(run)
+        return runs
+
+    def _transfer(self) -> list[SweepRun]:
+        fixed = dict(self._fixed(), eval_every=self.scale.transfer_eval_every)
+        runs = expand(self._grid(tasks=[TRANSFER_TARGET], methods=["soft"], priors=["normal"],
+                                 seeds=list(self.scale.seeds)), fixed, "reproduce transfer")
+        for seed in self.scale.seeds:
+            (source,) = self.runs("main", method="soft", prior="normal", seed=seed)
+            for weight in self.scale.weights:
+                (run,) = expand(self._grid(tasks=[TRANSFER_TARGET], methods=["soft"],
+                                           priors=[f"posterior:{self.run_dir(source)}"], seeds=[seed]),
+                                dict(fixed, prior_weight=float(weight)), "reproduce transfer")
+                run.name = f"{_safe(TRANSFER_TARGET)}-soft-from-{source.name}-w{weight:g}"
+                self.sources[run.name] = source.name
+                runs.append(run)
+        for i, run in enumerate(runs):
+            run.index = i
+        return runs
+
+    # ---- selection -----------------------------------------------------------------------------
+    def runs(self, stage: str, **settings) -> list[SweepRun]:
+        """The stage's runs whose settings match every given value (prior_weight / keep_sink default 0 / off)."""
+        defaults = {"prior_weight": 0.0, "keep_sink": False}
+        return [r for r in self.stage_runs[stage]
+                if all(r.settings.get(k, defaults.get(k)) == v for k, v in settings.items())]
+
+    def run_dir(self, run: SweepRun) -> Path:
+        return self.out / run.name
+
+    def source_of(self, run: SweepRun) -> SweepRun | None:
+        """The main-grid run whose posterior a transfer run starts from (None for a fresh start)."""
+        name = self.sources.get(run.name)
+        return next((r for r in self.stage_runs["main"] if r.name == name), None)
+
+    def captures(self) -> list[Capture]:
+        return [Capture(task, seed, f"{task}-s{seed}") for task in TASKS for seed in self.scale.seeds]
+
+    def capture_dir(self, capture: Capture) -> Path:
+        return self.out / "captures" / capture.name
+
+    def trajectory_runs(self) -> list[SweepRun]:
+        """Main runs whose generations claim 3 measures: soft and deep, from `normal` and `region:new`."""
+        return [r for prior in ("normal", "region:new") for r in self.runs("main", prior=prior)]
+
+    def trajectory_dir(self, run: SweepRun) -> Path:
+        return self.out / "trajectories" / run.name

@@ -1,0 +1,156 @@
+"""--keep-sink: one extra first slot left to the model (its BOS, else EOS, token), never trained and never replaced.
+The two passes equal the full forward with that slot; the per-slot prefix mass equals the attention probabilities
+of the full forward; the option is refused where it cannot apply; older runs read as without it."""
+import json
+
+import pytest
+import torch
+
+from eptk.config import TuneConfig
+from eptk.errors import EptkUsageError
+from eptk.families import decoder_layers, model_dims
+from eptk.methods import build_method, get_method, method_from_config
+from eptk.prompts import PromptedModel
+from reference_forward import full_forward
+from test_two_pass import TOL, batch, rel_err
+
+
+def sink_prompted(loaded, method="deep", layers="all", keep_sink=True, tokens=5, seed=0):
+    dims = model_dims(loaded.model)
+    chosen = get_method(method).resolve_layers(layers, dims["num_layers"])
+    prompt = build_method(method, tokens, dims, chosen, keep_sink=keep_sink)
+    gen = torch.Generator().manual_seed(seed)
+    init = {k: torch.randn(s.shape, generator=gen) * 0.5 for k, s in prompt.tensor_specs().items()}
+    return PromptedModel(loaded.model, loaded.tokenizer, prompt, init, backend="torch")
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gpt2"])
+@pytest.mark.parametrize("method,layers", [("soft", "all"), ("deep", "all"), ("deep", "last:1")])
+@pytest.mark.parametrize("left", [False, True])
+def test_two_pass_equals_full_forward_with_the_sink_slot(tiny_models, family, method, layers, left):
+    prompted = sink_prompted(tiny_models[family], method, layers)
+    try:
+        assert prompted.slots == prompted.tokens + 1 and prompted.sink_token_id == 1  # tiny: <bos>
+        assert all(tuple(p.shape) == (5, model_dims(prompted.model)["hidden_size"]) for p in prompted.params.values())
+        ids, mask = batch(left=left)
+        with torch.no_grad():
+            two_pass = prompted(ids, mask).logits
+            full = full_forward(prompted, ids, mask)
+            without = full_forward(sink_prompted(tiny_models[family], method, layers, keep_sink=False), ids, mask)
+        assert rel_err(two_pass, full, mask) <= TOL, f"{family} {method} {layers} left={left}"
+        assert rel_err(two_pass, without, mask) > 1e-3, "the sink slot changes the function"
+    finally:
+        prompted.remove_hooks()
+
+
+def test_gradients_match_the_full_forward_and_reach_only_the_prompt(tiny_models):
+    prompted = sink_prompted(tiny_models["llama"], "deep", "1,3")
+    try:
+        ids, mask = batch()
+        labels = ids.masked_fill(mask == 0, -100)
+        prompted(ids, mask, labels=labels).loss.backward()
+        two = {n: p.grad.clone() for n, p in prompted.params.items()}
+        prompted.zero_grad()
+        logits = full_forward(prompted, ids, mask, keep_graph=True)
+        where = labels[:, 1:] != -100
+        torch.nn.functional.cross_entropy(logits[:, :-1][where], labels[:, 1:][where]).backward()
+        for n, p in prompted.params.items():
+            assert float((two[n] - p.grad).abs().max() / p.grad.abs().max()) < 1e-4, n
+        assert prompted.model.get_input_embeddings().weight.grad is None  # the sink's embedding is not trained
+    finally:
+        prompted.remove_hooks()
+
+
+def test_slot_pass_keeps_row_0_the_models_own(tiny_models):
+    """Layer 0 receives the sink token's embedding in row 0; every deep layer passes row 0 on as it came and
+    puts its vectors in rows 1..P."""
+    loaded = tiny_models["llama"]
+    prompted = sink_prompted(loaded, "deep", "all")
+    seen, handles = {}, []
+    layers = decoder_layers(loaded.model)
+
+    def grab(tag, l):
+        def hook(module, args, kwargs):
+            seen[(tag, l)] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
+        return hook
+    try:
+        for l, layer in enumerate(layers):  # before and after the method's own pre-hook
+            handles.append(layer.register_forward_pre_hook(grab("in", l), with_kwargs=True, prepend=True))
+            handles.append(layer.register_forward_pre_hook(grab("out", l), with_kwargs=True))
+        with torch.no_grad():
+            prompted.prefix()
+        bos = loaded.model.get_input_embeddings().weight[1]
+        torch.testing.assert_close(seen[("out", 0)][0, 0], bos, rtol=0, atol=0)
+        torch.testing.assert_close(seen[("out", 0)][0, 1:], prompted.param("soft").detach(), rtol=0, atol=0)
+        for l in range(1, len(layers)):
+            assert seen[("out", l)].shape[1] == 6
+            torch.testing.assert_close(seen[("out", l)][0, 0], seen[("in", l)][0, 0], rtol=0, atol=0)
+            torch.testing.assert_close(seen[("out", l)][0, 1:], prompted.param(f"deep.{l}").detach(), rtol=0, atol=0)
+            assert not torch.equal(seen[("in", l)][0, 0], bos)  # it is the model's state, carried up the layers
+    finally:
+        for h in handles:
+            h.remove()
+        prompted.remove_hooks()
+
+
+@pytest.mark.parametrize("keep_sink", [False, True])
+def test_slot_mass_equals_the_full_forward_attention(tiny_models, keep_sink):
+    """prefix_mass (all slots) and prefix_mass_first_slot (slot 0) are the attention probabilities of the full
+    forward on those key columns, averaged over real query rows (padding rows excluded)."""
+    prompted = sink_prompted(tiny_models["llama"], "deep", "last:2", keep_sink=keep_sink)
+    try:
+        ids, mask = batch()
+        total, first = prompted.slot_mass(ids, mask)
+        with torch.no_grad():
+            _, attn = full_forward(prompted, ids, mask, attn="eager", attentions=True)
+        S, real = prompted.slots, mask.bool()
+        for l, probs in enumerate(attn):
+            queries = probs[:, :, S:]                                              # [B,H,T,S+T]
+            for got, cols in ((total[l], slice(0, S)), (first[l], slice(0, 1))):
+                want = (queries[..., cols].sum(-1) * real[:, None]).sum((0, 2)) / real.sum()
+                torch.testing.assert_close(got.float(), want.float(), rtol=1e-4, atol=1e-6)
+            assert bool((first[l] <= total[l] + 1e-7).all())
+    finally:
+        prompted.remove_hooks()
+
+
+def test_tune_records_the_sink_and_eval_splits_the_mass(tmp_path, run_cli):
+    out = tmp_path / "run"
+    code, _, err = run_cli("tune", "--model", "tiny", "--method", "deep", "--layers", "all", "--keep-sink",
+                           "--tokens", "4", "--steps", "2", "--batch-size", "2", "--eval-size", "2", "--test-size", "2",
+                           "--quiet", "--out", out)
+    assert code == 0, err
+    config = json.loads((out / "config.json").read_text())
+    assert config["keep_sink"] is True and config["sink_token_id"] == 1
+    from safetensors.torch import load_file
+    post = load_file(str(out / "posterior.safetensors"))
+    assert all(tuple(t.shape) == (4, 64) for t in post.values())  # P trainable rows, the run format's shape
+    ev = json.loads((out / "eval.json").read_text())
+    for l in range(4):
+        total, first, others = (ev[k][f"layer{l}"] for k in ("prefix_mass", "prefix_mass_first_slot",
+                                                               "prefix_mass_other_slots"))
+        assert all(abs(t - f - o) < 2e-6 and 0 <= f <= t + 1e-6 for t, f, o in zip(total, first, others))
+    import eptk
+    tuned = eptk.load_run(out)
+    assert tuned.slots == 5 and tuned.method.keep_sink
+
+
+@pytest.mark.parametrize("args,message", [(["--method", "prefix"], "has no slot pass"),
+                                          (["--method", "deep", "--no-soft"], "drop --no-soft")])
+def test_keep_sink_is_refused_where_it_cannot_apply(tmp_path, run_cli, args, message):
+    out = tmp_path / "run"
+    code, _, err = run_cli("tune", "--model", "tiny", "--keep-sink", *args, "--steps", "1", "--quiet", "--out", out)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert "soft, deep" in err or "no-soft" in err
+    assert not out.exists()
+    with pytest.raises(EptkUsageError):
+        TuneConfig(method=args[1], keep_sink=True, soft="--no-soft" not in args).validate()
+
+
+def test_runs_without_the_key_read_as_no_sink():
+    old = {"method": "deep", "tokens": 3, "layers": [2], "soft": True, "hidden_size": 64, "num_layers": 4,
+           "num_heads": 4, "num_kv_heads": 2, "head_dim": 16}
+    assert TuneConfig.from_dict(old).keep_sink is False
+    method = method_from_config(old)
+    assert method.keep_sink is False and method.slots == 3
+    assert method_from_config(dict(old, keep_sink=True)).slots == 4
