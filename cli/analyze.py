@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import app
+from .app import DEVICE_HELP, app
 
 
 @app.command()
@@ -23,6 +23,7 @@ def analyze(
     max_data: Annotated[int, typer.Option("--max-data", min=2, help="Captured samples per layer used for kNN, MMD and energy.")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of every subsample and permutation.")] = 0,
     tsne: Annotated[bool, typer.Option("--tsne", help="Task-cluster maps by t-SNE (scikit-learn) instead of PCA.")] = False,
+    device: Annotated[str, typer.Option("--device", help=f"Where the runs' models load for the vocabulary metrics: {DEVICE_HELP}.")] = "auto",
     trajectories: Annotated[int, typer.Option("--trajectories", min=0, help="Generate greedily with each complete run's prompt "
                                               "on N test prompts of its task and measure the trajectories at every prompted "
                                               "layer (trajectories.csv).")] = 0,
@@ -35,4 +36,5 @@ def analyze(
     options = AnalysisOptions(top_k=top_k, knn_k=knn_k, n_perm=permutations, max_data=max_data, seed=seed,
                               cluster_projection="tsne" if tsne else "pca", trajectories=trajectories,
                               trajectory_tokens=trajectory_tokens)
-    analyze_runs(paths, out, stats=stats or (), vocab=None if no_vocab else "auto", plots=not no_plots, options=options)
+    analyze_runs(paths, out, stats=stats or (), vocab=None if no_vocab else "auto", plots=not no_plots, options=options,
+                 device=device)

@@ -10,7 +10,7 @@ import typer
 from eptk.config import TuneConfig
 from eptk.tasks import task_choices
 
-from .app import app
+from .app import DEVICE_HELP, DEVICE_MAP_HELP, OFFLOAD_HELP, app
 
 D = TuneConfig()
 
@@ -28,7 +28,9 @@ def capture(
     batch_size: int = typer.Option(16, help="examples per forward"),
     out: Optional[Path] = typer.Option(None, help="folder for stats.safetensors + meta.json, new or replaced whole "
                                                   "(default: the statistics cache that tuning reuses)"),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    device_map: str = typer.Option("", help=DEVICE_MAP_HELP),
+    offload_dir: str = typer.Option("", help=OFFLOAD_HELP),
     quiet: bool = typer.Option(False, help="no progress bar"),
     allow_pickle_weights: bool = typer.Option(False, help="load a model whose weights exist only as pickle files "
                                               "(unpickling can run code): off unless asked"),
@@ -37,4 +39,4 @@ def capture(
     from eptk import commands
 
     commands.capture(model, task, layers, samples, examples, seed, batch_size, out, device, progress=not quiet,
-                     allow_pickle_weights=allow_pickle_weights)
+                     device_map=device_map, offload_dir=offload_dir, allow_pickle_weights=allow_pickle_weights)

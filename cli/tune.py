@@ -9,7 +9,7 @@ import typer
 from eptk.config import TuneConfig
 from eptk.tasks import task_choices
 
-from .app import app
+from .app import DEVICE_HELP, DEVICE_MAP_HELP, OFFLOAD_HELP, app
 
 D = TuneConfig()  # defaults live in one place
 
@@ -46,9 +46,9 @@ def tune(
     backend: str = typer.Option(D.backend, help="prefix-attention kernel: auto (Triton on CUDA), triton, torch"),
     grad_checkpointing: bool = typer.Option(D.grad_checkpointing, help="recompute the frozen model's layers in "
                                             "backward: less memory for long sequences, about a third more time"),
-    device: str = typer.Option(D.device, help="auto, cpu, cuda, cuda:N"),
-    device_map: str = typer.Option(D.device_map, help="auto: spread one frozen model over the visible GPUs "
-                                   "(accelerate); single process only"),
+    device: str = typer.Option(D.device, help=DEVICE_HELP),
+    device_map: str = typer.Option(D.device_map, help=DEVICE_MAP_HELP),
+    offload_dir: str = typer.Option(D.offload_dir, help=OFFLOAD_HELP),
     nan_policy: str = typer.Option(D.nan_policy, help="stop or skip on a non-finite loss/gradient"),
     lr_scale: str = typer.Option(D.lr_scale, help="prior: each tensor's lr × its prior sample's RMS / the soft "
                                  "prompt's (deep vectors move at their layer's scale); none: one lr"),
@@ -73,7 +73,7 @@ def tune(
                     eval_size=eval_size, test_size=test_size, train_size=train_size,
                     checkpoint_every=checkpoint_every, seed=seed, out=str(out) if out else "", backend=backend,
                     grad_checkpointing=grad_checkpointing, device=device, nan_policy=nan_policy, lr_scale=lr_scale,
-                    device_map=device_map,
+                    device_map=device_map, offload_dir=offload_dir,
                     trust_remote_code=trust_remote_code, stats_samples=stats_samples,
                     allow_pickle_weights=allow_pickle_weights)
     commands.tune(settings, given=given_options(ctx, settings), resume=resume, config=config, overwrite=overwrite,
@@ -92,12 +92,15 @@ def eval_command(
     task: Optional[str] = typer.Option(None, help="task to score on (default: the run's task)"),
     split: str = typer.Option("test", help="train, validation or test"),
     size: int = typer.Option(200, help="examples"),
-    backend: str = typer.Option("auto"),
+    backend: str = typer.Option("auto", help="prefix-attention kernel: auto (Triton on CUDA), triton, torch"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    device_map: str = typer.Option("", help=DEVICE_MAP_HELP),
+    offload_dir: str = typer.Option("", help=OFFLOAD_HELP),
 ) -> None:
     """Score a tuned run (and the no-prompt baseline) on a task split."""
     from eptk import commands
 
-    commands.evaluate(run, task, split, size, backend)
+    commands.evaluate(run, task, split, size, backend, device=device, device_map=device_map, offload_dir=offload_dir)
 
 
 @app.command()
@@ -108,8 +111,12 @@ def generate(
     sample: bool = typer.Option(False, help="sample instead of greedy"),
     temperature: float = typer.Option(1.0),
     seed: int = typer.Option(0),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    device_map: str = typer.Option("", help=DEVICE_MAP_HELP),
+    offload_dir: str = typer.Option("", help=OFFLOAD_HELP),
 ) -> None:
     """Continue TEXT with the tuned prompt in front."""
     from eptk import commands
 
-    commands.generate(run, text, max_new_tokens, sample, temperature, seed)
+    commands.generate(run, text, max_new_tokens, sample, temperature, seed, device=device, device_map=device_map,
+                      offload_dir=offload_dir)

@@ -16,6 +16,8 @@ import torch
 
 from eptk.kernels import prefix_attention
 
+from .errors import EptkUsageError
+
 ATTN_NAME = "eptk"
 
 
@@ -65,13 +67,21 @@ def active(state):
         _ACTIVE.reset(token)
 
 
-def eptk_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """HF attention interface: q [B,Hq,T,D], k/v [B,Hkv,S,D]; returns ([B,T,Hq,D], None)."""
+# Keyword arguments transformers passes that change nothing here: the positions are already rotated
+# into the keys (flash attention's packed-sequence path is the only reader), and caching is the model's.
+IGNORED_KWARGS = ("position_ids", "cache_position", "use_cache")
+
+
+def eptk_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None,
+                   softcap=None, **kwargs):
+    """HF attention interface: q [B,Hq,T,D], k/v [B,Hkv,S,D]; returns ([B,T,Hq,D], None).
+
+    Honours the layer's `sliding_window` and `softcap` (Gemma-2's attention logit soft-capping); anything
+    else that would change the result and that eptk does not implement stops with an error naming it."""
+    check_supported(module, attention_mask, dropout, kwargs)
     state = _ACTIVE.get()
     layer = getattr(module, "layer_idx", None)
-    padding = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
-    if attention_mask is not None and padding is None:
-        raise RuntimeError("eptk attention expects a 2-D padding mask from its registered mask function")
+    padding = attention_mask
     empty = key.new_zeros(key.shape[1], 0, key.shape[3])
     prefix_k = prefix_v = empty
     backend = "auto"
@@ -87,21 +97,39 @@ def eptk_attention(module, query, key, value, attention_mask, scaling=None, drop
             prefix_k, prefix_v = prefix_k.to(key.device, key.dtype), prefix_v.to(value.device, value.dtype)
     want_mass = isinstance(state, TokenPass) and state.record_mass
     result = prefix_attention(query, key, value, prefix_k, prefix_v, key_padding_mask=padding, scale=scaling,
-                              return_prefix_mass=want_mass, backend=backend)
+                              return_prefix_mass=want_mass, backend=backend, window=sliding_window, softcap=softcap)
     if want_mass:
         out, mass = result
-        first = first_slot_mass(query, key, prefix_k, padding, scaling)
+        first = first_slot_mass(query, key, prefix_k, padding, scaling, sliding_window, softcap)
         _accumulate_mass(state, layer, {"mass": mass.detach(), "first_slot_mass": first}, padding, query.shape[2])
     else:
         out = result
     return out.transpose(1, 2).contiguous(), None
 
 
+def check_supported(module, attention_mask, dropout, kwargs) -> None:
+    """Stop on what eptk's attention does not compute: it never silently computes something else."""
+    unknown = sorted(k for k, v in kwargs.items() if k not in IGNORED_KWARGS and v is not None)
+    if unknown:
+        raise EptkUsageError(f"{type(module).__name__} passes attention argument(s) eptk does not implement: "
+                             f"{', '.join(unknown)}")
+    if dropout:
+        raise EptkUsageError(f"{type(module).__name__}: attention dropout {dropout} in training mode is not "
+                             f"implemented by eptk (set the model's attention dropout to 0 or call .eval())")
+    if getattr(module, "is_cross_attention", False):
+        raise EptkUsageError(f"{type(module).__name__}: cross-attention is not implemented by eptk")
+    if getattr(module, "is_causal", True) is False:
+        raise EptkUsageError(f"{type(module).__name__}: bidirectional (non-causal) attention is not implemented by eptk")
+    if attention_mask is not None and attention_mask.dim() != 2:
+        raise EptkUsageError(f"{type(module).__name__}: a {attention_mask.dim()}-D attention mask (a custom mask or "
+                             f"an additive bias such as ALiBi) is not implemented by eptk; it takes 2-D padding masks")
+
+
 @torch.no_grad()
-def first_slot_mass(query, key, prefix_k, padding, scale) -> torch.Tensor:
+def first_slot_mass(query, key, prefix_k, padding, scale, window=None, softcap=None) -> torch.Tensor:
     """[B,Hq,T] softmax probability on prefix slot 0, by the explicit-softmax reference: with the value of slot 0
     set to a unit vector e_0 and every other value to zero, the attention output's first coordinate is exactly
-    that probability (the reference's own causal and padding masks apply)."""
+    that probability (the reference's own causal, window, soft-cap and padding masks apply)."""
     from eptk.kernels import prefix_attention_reference
 
     B, Hkv, S, D = key.shape
@@ -111,7 +139,8 @@ def first_slot_mass(query, key, prefix_k, padding, scale) -> torch.Tensor:
     prefix_values = prefix_k.new_zeros(prefix_k.shape)
     prefix_values[:, 0, 0] = 1.0
     out, _ = prefix_attention_reference(query, key, values, prefix_k, prefix_values, key_padding_mask=padding,
-                                        scale=scale, return_prefix_mass=True)
+                                        scale=scale, return_prefix_mass=True, window=window,
+                                        softcap=softcap)
     return out[..., 0].float()
 
 
@@ -129,12 +158,36 @@ def _accumulate_mass(state: TokenPass, layer: int, masses: dict, padding, querie
 
 
 def eptk_mask(batch_size, q_length=None, kv_length=None, q_offset=0, kv_offset=0, mask_function=None,
-              attention_mask=None, **kwargs):
-    """Mask interface: hand the 2-D padding mask [B,S] (or None) through; causality is the kernel's."""
+              attention_mask=None, local_size=None, device=None, **kwargs):
+    """Mask interface: hand the 2-D padding mask [B,S] (or None) through. Causality and the sliding window
+    are the kernel's, so the model's mask function must be plain causal (with `local_size`: sliding-window)
+    attention; a custom one (bidirectional, block-wise, packed sequences, an or/and overlay) stops here."""
+    if mask_function is not None and q_length is not None and kv_length is not None:
+        check_mask_function(mask_function, batch_size, q_length, kv_length, q_offset, kv_offset, local_size,
+                            device if device is not None else "cpu")
     if attention_mask is None:
         return None
     attention_mask = attention_mask[:, -kv_length:].bool() if kv_length else attention_mask.bool()
     return None if bool(attention_mask.all()) else attention_mask
+
+
+def check_mask_function(mask_function, batch_size, q_length, kv_length, q_offset, kv_offset, window, device) -> None:
+    """Evaluate the model's mask function on the (batch, query, key) index grid, as transformers' own mask
+    builders do, and compare it with causal attention, within `window` positions when one is given."""
+    import torch
+
+    batch = torch.arange(batch_size, device=device).view(-1, 1, 1, 1)
+    rows = (torch.arange(q_length, device=device) + q_offset).view(1, 1, -1, 1)
+    cols = (torch.arange(kv_length, device=device) + kv_offset).view(1, 1, 1, -1)
+    expected = cols <= rows
+    if window is not None:
+        expected = expected & (rows - cols < window)
+    got = torch.as_tensor(mask_function(batch, torch.zeros_like(batch), rows, cols), device=device)
+    if not bool((got.bool() == expected).all()):
+        kind = f"sliding-window ({window}) causal" if window is not None else "causal"
+        name = getattr(mask_function, "__qualname__", type(mask_function).__name__)
+        raise EptkUsageError(f"the model's attention mask ({name}) is not plain {kind} attention; eptk does not "
+                             f"implement custom mask functions")
 
 
 def register() -> None:

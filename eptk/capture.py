@@ -29,7 +29,7 @@ import torch
 from . import linalg
 from .errors import EptkUsageError
 from .families import decoder_layers, model_dims
-from .models import LoadedModel
+from .models import LoadedModel, input_device
 from .progress import progress_bar
 from .batches import encode_batch
 from .stats import EXCLUDED, FORMAT, ActivationStats
@@ -120,10 +120,6 @@ def without_massive(hidden: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return real & (norms <= MASSIVE * norms[real].median())
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _batches(tokenizer, texts_or_batches, batch_size: int, max_length: int | None):
     """Yield dicts with input_ids / attention_mask from strings (right-padded) or ready batches."""
     items = list(texts_or_batches) if not isinstance(texts_or_batches, list) else texts_or_batches
@@ -153,7 +149,7 @@ class Capturer:
         self.loaded, self.backend = loaded, backend
         self.layers = check_layers(loaded.model, layers)
         self.dims = model_dims(loaded.model)
-        self.device = _device(loaded.model)
+        self.device = input_device(loaded.model)
         self.samples, self.seed = samples, seed
         self.stats = ActivationStats(self.dims["hidden_size"], self.layers, samples, seed=seed, device=self.device)
         self.sequences = 0
@@ -256,7 +252,7 @@ def trajectories(loaded: LoadedModel, prompts: list[str], layers: list[int], max
     """Greedy answers to each prompt and the hidden states of prompt + answer at the given layers."""
     model, tokenizer = loaded.model, loaded.tokenizer
     layers = check_layers(model, layers)
-    device = _device(model)
+    device = input_device(model)
     eos = tokenizer.eos_token_id if stop_at_eos else None
     out = []
     for prompt in prompts:

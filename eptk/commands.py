@@ -72,7 +72,8 @@ def _print_scores(run: Path) -> None:
     print(f"run directory: {run}")
 
 
-def evaluate(run: Path, task: str | None = None, split: str = "test", size: int = 200, backend: str = "auto") -> dict:
+def evaluate(run: Path, task: str | None = None, split: str = "test", size: int = 200, backend: str = "auto", *,
+             device: str = "auto", device_map: str = "", offload_dir: str = "") -> dict:
     """Score a tuned run and the no-prompt baseline on a task split (the scorer that writes eval.json)."""
     from .errors import EptkUsageError, check_range, choices
     from .evaluate import evaluate as score_both
@@ -84,16 +85,26 @@ def evaluate(run: Path, task: str | None = None, split: str = "test", size: int 
     if backend not in BACKENDS:
         raise EptkUsageError(f"unknown --backend {backend!r}; valid: {choices(BACKENDS)}")
     config = _run_config(run)
+    _check_placement(device, device_map, offload_dir)
     the_task = load_task(task or config["task"], int(config.get("seed", 0)))
     examples = the_task.examples(split, size)
     if not examples:
         raise EptkUsageError(f"task {the_task.name!r} has no {split} examples to score")
-    tuned = load_run(run, backend=backend)
+    tuned = load_run(run, backend=backend, device=device, device_map=device_map or None, offload_dir=offload_dir or None)
     result = score_both(tuned, the_task, examples, split, prefix_mass=False)
     summary = {k: result[k] for k in ("task", "split", "metric")}
     summary.update({which: {k: result[which][k] for k in ("score", "loss", "n")} for which in ("baseline", "tuned")})
     print(json.dumps(summary, indent=2))
     return summary
+
+
+def _check_placement(device: str, device_map: str, offload_dir: str) -> None:
+    """--device, --device-map and --offload-dir checked before any model loads."""
+    from .config import check_device_map
+    from .models import resolve_device
+
+    resolve_device(device)
+    check_device_map(device_map, offload_dir)
 
 
 def _run_config(run: Path) -> dict:
@@ -110,7 +121,7 @@ def _run_config(run: Path) -> dict:
 
 
 def generate(run: Path, text: str, max_new_tokens: int = 32, sample: bool = False, temperature: float = 1.0,
-             seed: int = 0) -> str:
+             seed: int = 0, *, device: str = "auto", device_map: str = "", offload_dir: str = "") -> str:
     """Continue `text` with the tuned prompt in front; print and return the continuation."""
     import torch
 
@@ -121,22 +132,24 @@ def generate(run: Path, text: str, max_new_tokens: int = 32, sample: bool = Fals
     check_range("--temperature", temperature, 0.0, 100.0, above=True)
     check_range("--seed", seed, 0, 2**32 - 1)
     _run_config(run)
+    _check_placement(device, device_map, offload_dir)
     if not text:
         raise EptkUsageError("the text to continue is empty; give a prompt, e.g. eptk generate RUN \"47+35=\"")
-    tuned = load_run(run)
-    enc = tuned.tokenizer(text, return_tensors="pt")
+    tuned = load_run(run, device=device, device_map=device_map or None, offload_dir=offload_dir or None)
+    enc = {k: v.to(tuned.device) for k, v in tuned.tokenizer(text, return_tensors="pt").items()}
     if enc["input_ids"].shape[1] == 0:
         raise EptkUsageError(f"the text {text!r} has no tokens for this model's tokenizer")
+    generator = torch.Generator(tuned.device).manual_seed(seed)  # sampling draws where the logits are
     out = tuned.generate(enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens, do_sample=sample,
-                         temperature=temperature, generator=torch.Generator().manual_seed(seed))
+                         temperature=temperature, generator=generator)
     answer = tuned.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     print(answer)
     return answer
 
 
 def capture(model: str, task: str, layers: str = "all", samples: int = 2048, examples: int = 512, seed: int = 0,
-            batch_size: int = 16, out: Path | None = None, device: str = "auto", progress: bool = True,
-            allow_pickle_weights: bool = False) -> Path:
+            batch_size: int = 16, out: Path | None = None, device: str = "auto", progress: bool = True, *,
+            device_map: str = "", offload_dir: str = "", allow_pickle_weights: bool = False) -> Path:
     """Capture a task's activation statistics into `out`, or into the cache tuning reuses; return the folder.
     Every option is checked before the model loads; `out` is replaced whole at the end."""
     from rich.console import Console
@@ -164,7 +177,9 @@ def capture(model: str, task: str, layers: str = "all", samples: int = 2048, exa
         if out.is_dir() and any(out.iterdir()) and not is_stats_folder(out):
             raise EptkUsageError(f"--out {out} is a non-empty folder that holds no activation statistics; choose "
                                  f"a new or empty folder (a statistics folder is replaced)")
-    loaded = load_model(model, device=dev, dtype=frozen_dtype(dev), allow_pickle_weights=allow_pickle_weights)
+    _check_placement(device, device_map, offload_dir)
+    loaded = load_model(model, device=dev, dtype=frozen_dtype(dev), device_map=device_map or None,
+                        offload_dir=offload_dir or None, allow_pickle_weights=allow_pickle_weights)
     num_layers = model_dims(loaded.model)["num_layers"]
     chosen = parse_layers(layers, num_layers, lowest=0, highest=num_layers)
     if out is None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from .errors import EptkUsageError, check_range, choices
 
 DEFAULT_MODEL = "smollm2"
-DEVICE_MAPS = ("auto",)
+DEVICE_MAPS = ("auto", "balanced", "sequential")
 SCHEDULES = ("cosine", "linear", "constant")
 NAN_POLICIES = ("stop", "skip")
 LR_SCALES = ("prior", "none")
@@ -71,6 +71,7 @@ class TuneConfig:
     # [{"at_step": s, "steps": n}, ...]: steps before s ran under a schedule for n steps in all (a run
     # extended by `--resume --steps`); later steps follow `steps`. Recorded so `--config` reruns it exactly.
     extensions: list = field(default_factory=list)
+    offload_dir: str = ""
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -85,8 +86,7 @@ class TuneConfig:
             check_range(option(name), getattr(self, name), lowest, highest, above=above)
         if self.schedule not in SCHEDULES:
             raise EptkUsageError(f"unknown schedule {self.schedule!r}; valid: {choices(SCHEDULES)}")
-        if self.device_map and self.device_map not in DEVICE_MAPS:
-            raise EptkUsageError(f"unknown --device-map {self.device_map!r}; valid: {choices(DEVICE_MAPS)}")
+        check_device_map(self.device_map, self.offload_dir)
         if self.lr_scale not in LR_SCALES:
             raise EptkUsageError(f"unknown --lr-scale {self.lr_scale!r}; valid: {choices(LR_SCALES)}")
         if self.nan_policy not in NAN_POLICIES:
@@ -147,6 +147,14 @@ class TuneConfig:
 def option(name: str) -> str:
     """The command-line option of a setting: batch_size -> --batch-size."""
     return "--" + name.replace("_", "-")
+
+
+def check_device_map(device_map: str, offload_dir: str = "") -> None:
+    """A --device-map value names a strategy or an existing JSON file (read against the model when it loads)."""
+    if device_map and device_map not in DEVICE_MAPS and not (device_map.endswith(".json") and Path(device_map).is_file()):
+        raise EptkUsageError(f"unknown --device-map {device_map!r}; valid: {choices(DEVICE_MAPS)} or an existing FILE.json")
+    if offload_dir and not device_map:
+        raise EptkUsageError("--offload-dir holds the weights a --device-map puts on \"disk\"; give --device-map too")
 
 
 def default_run_name(cfg: TuneConfig) -> str:

@@ -6,15 +6,17 @@ from pathlib import Path
 from .errors import EptkUsageError
 from .families import model_dims
 from .methods import method_from_config
-from .models import LoadedModel, load_model
+from .models import LoadedModel, frozen_dtype, load_model, resolve_device
 from .prompts import PromptedModel
 from .runs import CONFIG, RunDir, is_run
 
 
-def load_run(path, *, device: str = "cpu", backend: str = "auto", tensors: str = "posterior",
+def load_run(path, *, device: str = "auto", backend: str = "auto", tensors: str = "posterior",
+             device_map: str | None = None, offload_dir: str | None = None,
              loaded: LoadedModel | None = None) -> PromptedModel:
-    """The frozen model plus the run's posterior (or `tensors="prior"`). `loaded`: the run's model, already
-    loaded (several runs of one model share it; remove each one's hooks when done)."""
+    """The frozen model plus the run's posterior (or `tensors="prior"`), on `device` (auto: CUDA when present,
+    in bfloat16 there; float32 on the CPU) or dispatched over devices by `device_map`. `loaded`: the run's
+    model, already loaded (several runs of one model share it; remove each one's hooks when done)."""
     path = Path(path)
     if not is_run(path):
         raise EptkUsageError(f"{path} is not a run directory (no {CONFIG})")
@@ -22,8 +24,9 @@ def load_run(path, *, device: str = "cpu", backend: str = "auto", tensors: str =
     config = run.config()
     values = run.tensors(tensors, "prompt tensors")  # a damaged file fails before the model loads
     if loaded is None:
-        loaded = load_model(config["model"], device=device,
-                            trust_remote_code=bool(config.get("trust_remote_code", False)),
+        dev = resolve_device(device)
+        loaded = load_model(config["model"], device=dev, dtype=frozen_dtype(dev), device_map=device_map,
+                            offload_dir=offload_dir, trust_remote_code=bool(config.get("trust_remote_code", False)),
                             allow_pickle_weights=bool(config.get("allow_pickle_weights", False)))
     elif loaded.name != config["model"]:
         raise EptkUsageError(f"run {path} was tuned on model {config['model']!r}, not {loaded.name!r}")

@@ -8,15 +8,16 @@ from pathlib import Path
 
 import torch
 
-from .config import DEFAULT_MODEL, DEVICE_MAPS
+from .config import DEFAULT_MODEL, check_device_map
 from .errors import EptkUsageError, choices
 from .io import replace_folder
 from .families import family_of
 from .io import cache_dir  # noqa: F401  (eptk.models.cache_dir: where models and statistics are cached)
 
-TINY_FAMILIES = ("llama", "qwen2", "mistral", "gpt2")
-MODEL_CHOICES = ("smollm2", "tiny", "tiny:<llama|qwen2|mistral|gpt2>", "a local directory", "a .gguf file",
+TINY_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gpt2", "gemma2", "gemma3", "phi3")
+MODEL_CHOICES = ("smollm2", "tiny", f"tiny:<{'|'.join(TINY_FAMILIES)}>", "a local directory", "a .gguf file",
                  "a hub id (owner/name)")
+DEVICE_NAMES = ("cpu", "disk", "cuda", "cuda:N", "N (a GPU index)")
 
 
 @dataclass
@@ -100,11 +101,22 @@ def pickle_refusal(name: str) -> str:
             f"or pass --allow-pickle-weights if you trust the source")
 
 
+def input_device(model) -> torch.device:
+    """Where inputs enter a model: the input embeddings' device, or for a model dispatched over devices
+    (--device-map) the device the embedding layer executes on (offloaded weights execute on the main device)."""
+    module = model.get_input_embeddings()
+    executes_on = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+    if executes_on is not None:
+        return torch.device(f"cuda:{executes_on}" if isinstance(executes_on, int) else executes_on)
+    return module.weight.device
+
+
 def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                trust_remote_code: bool = False, seed: int = 0, device_map: str | None = None,
-               allow_pickle_weights: bool = False) -> LoadedModel:
-    """Load `name` frozen in eval mode. Raises EptkUsageError for anything the user can fix. Weights load
-    from safetensors (or GGUF) only, unless `allow_pickle_weights`."""
+               offload_dir: str | None = None, allow_pickle_weights: bool = False) -> LoadedModel:
+    """Load `name` frozen in eval mode, on `device` or, with `device_map`, dispatched over devices. Raises
+    EptkUsageError for anything the user can fix. Weights load from safetensors (or GGUF) only, unless
+    `allow_pickle_weights`."""
     kind = check_model_name(name, allow_pickle_weights)
     if kind == "tiny":
         family = name.split(":", 1)[1] if ":" in name else "llama"
@@ -125,7 +137,7 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
     family_of(model)  # refuses an unsupported architecture, naming the supported ones
     _ensure_pad_token(tokenizer)
     if device_map:
-        model = _dispatch(model, device_map, dtype)
+        model = _dispatch(model, device_map, dtype, offload_dir)
     else:
         model.to(device)
     model.eval()
@@ -133,16 +145,63 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, source=source)
 
 
-def _dispatch(model, device_map: str, dtype):
-    """Spread one frozen model over the visible GPUs (and the CPU) with accelerate: `--device-map auto`."""
-    if device_map not in DEVICE_MAPS:
-        raise EptkUsageError(f"unknown --device-map {device_map!r}; valid: {choices(DEVICE_MAPS)}")
+def _dispatch(model, device_map: str, dtype, offload_dir: str | None):
+    """Spread one frozen model over devices with accelerate: `auto`/`balanced` (even over the visible GPUs),
+    `sequential` (fill GPU 0 first), or a JSON file mapping module names to devices (accelerate's format,
+    "cpu" and "disk" included; disk needs --offload-dir)."""
     from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
 
+    check_device_map(device_map, offload_dir or "")
     if dtype is not None:
         model.to(dtype)
-    placement = infer_auto_device_map(model, no_split_module_classes=list(model._no_split_modules or []))
-    return dispatch_model(model, device_map=placement)
+    no_split = list(model._no_split_modules or [])
+    if device_map in ("auto", "balanced"):
+        memory = get_balanced_memory(model, no_split_module_classes=no_split)
+        placement = infer_auto_device_map(model, max_memory=memory, no_split_module_classes=no_split)
+    elif device_map == "sequential":
+        placement = infer_auto_device_map(model, no_split_module_classes=no_split)
+    else:
+        placement = read_device_map(device_map, model)
+    if "disk" in placement.values() and not offload_dir:
+        raise EptkUsageError(f"--device-map {device_map} puts modules on \"disk\": give --offload-dir DIR for their weights")
+    return dispatch_model(model, device_map=placement, offload_dir=offload_dir)
+
+
+def read_device_map(path: str, model) -> dict:
+    """An accelerate device map from a JSON file ({"module.name": device}), checked against the model."""
+    from accelerate.utils import check_device_map
+
+    from .io import read_json
+
+    placement = read_json(Path(path), "device map")
+    if not isinstance(placement, dict) or not placement:
+        raise EptkUsageError(f"{path}: a device map is a JSON object {{\"module.name\": device}}")
+    modules = dict(model.named_modules())
+    for name, where in placement.items():
+        if name not in modules:
+            raise EptkUsageError(f"{path}: {name!r} is not a module of {type(model).__name__} (e.g. "
+                                 f"{choices(list(modules)[1:4])})")
+        placement[name] = _map_device(where, path, name)
+    try:
+        check_device_map(model, placement)
+    except ValueError as exc:
+        raise EptkUsageError(f"{path}: {str(exc).strip().splitlines()[0]}") from None
+    return placement
+
+
+def _map_device(where, path, name):
+    """One device of a device map: "cpu", "disk", a CUDA device present here (index, "cuda" or "cuda:N")."""
+    if where in ("cpu", "disk"):
+        return where
+    index = where if isinstance(where, int) and not isinstance(where, bool) else None
+    if isinstance(where, str) and (where == "cuda" or where.startswith("cuda:")):
+        index = 0 if where == "cuda" else int(where[5:]) if where[5:].isdigit() else None
+    if index is None:
+        raise EptkUsageError(f"{path}: device {where!r} of {name!r} is not one of {choices(DEVICE_NAMES)}")
+    if index >= torch.cuda.device_count():
+        raise EptkUsageError(f"{path}: {name!r} is mapped to GPU {index}, but {torch.cuda.device_count()} are visible")
+    return index
 
 
 def looks_like_hub_id(name: str) -> bool:
@@ -247,20 +306,49 @@ def build_tiny_tokenizer():
 
 
 def tiny_config(family: str, vocab_size: int):
-    from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+    """A small random config per family, with the family's attention features switched on and smaller than
+    the tests' [slots ; tokens] (5 + 11): sliding windows of 6 positions (every layer in Mistral and Phi-3,
+    layers 1.. in Qwen2 and Qwen3, alternating local/global layers in Gemma-2/3) and Gemma-2's soft-caps, set low
+    enough to change the logits of random weights."""
+    import transformers
 
-    common = dict(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    common = dict(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=0, max_position_embeddings=512)
+    window = 6
+    alternating = ["sliding_attention", "full_attention"] * 2
     if family == "llama":
-        return LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                           num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True, **common)
+        return transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                                        **common)
     if family == "qwen2":
-        return Qwen2Config(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=6,
-                           num_key_value_heads=2, max_position_embeddings=512, use_sliding_window=False, **common)
+        return transformers.Qwen2Config(hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                                        num_attention_heads=6, num_key_value_heads=2, use_sliding_window=True,
+                                        sliding_window=window, max_window_layers=1, **common)
+    if family == "qwen3":  # Qwen2's layout with q/k norms
+        return transformers.Qwen3Config(hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                                        num_attention_heads=6, num_key_value_heads=2, head_dim=8,
+                                        use_sliding_window=True, sliding_window=window, max_window_layers=1, **common)
     if family == "mistral":
-        return MistralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                             num_key_value_heads=1, max_position_embeddings=512, sliding_window=None, **common)
+        return transformers.MistralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                          num_attention_heads=4, num_key_value_heads=1, sliding_window=window,
+                                          **common)
     if family == "gpt2":
-        return GPT2Config(n_embd=64, n_layer=3, n_head=4, n_positions=512, **common)
+        common.pop("max_position_embeddings")
+        return transformers.GPT2Config(n_embd=64, n_layer=3, n_head=4, n_positions=512, **common)
+    if family == "gemma2":
+        return transformers.Gemma2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                         query_pre_attn_scalar=16, sliding_window=window, layer_types=alternating,
+                                         attn_logit_softcapping=1.0, final_logit_softcapping=2.0,
+                                         initializer_range=0.2, **common)
+    if family == "gemma3":
+        return transformers.Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                             num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                             query_pre_attn_scalar=16, sliding_window=window,
+                                             layer_types=alternating, initializer_range=0.2, **common)
+    if family == "phi3":
+        return transformers.Phi3Config(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                       num_attention_heads=4, num_key_value_heads=2, sliding_window=window,
+                                       **common)
     raise EptkUsageError(f"unknown tiny model family {family!r}; valid: {choices(TINY_FAMILIES)}")
 
 
@@ -269,7 +357,8 @@ def build_tiny(family: str = "llama", seed: int = 0):
 
     tokenizer = build_tiny_tokenizer()
     config = tiny_config(family, len(tokenizer))
-    config._attn_implementation = "sdpa"
+    # HF's sdpa has no attention soft-cap (5.17 drops it, 5.24 refuses it): eager is Gemma-2's own choice
+    config._attn_implementation = "eager" if getattr(config, "attn_logit_softcapping", None) else "sdpa"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

@@ -19,6 +19,8 @@ from .errors import EptkUsageError
 from .families import family_of
 from .methods import NoPrompt, PromptMethod
 from .methods.soft import sink_token_id
+from .models import input_device
+from .transformers_api import cache_kwargs, returned_cache
 
 
 def _key(name: str) -> str:  # ParameterDict keys cannot hold dots
@@ -56,7 +58,9 @@ class PromptedModel(nn.Module):
             self.params[_key(name)] = nn.Parameter(value.detach().clone().float())
         self._hooks = method.install(self)
         use_eptk_attention(model)
-        self.to(next(model.parameters()).device)
+        # Only the prompt moves: a model dispatched over devices (--device-map) stays where it was put, and
+        # each layer reads the prompt's keys/values on its own device (eptk_attention).
+        self.params.to(self.device)
 
     def _check_attention_layers(self) -> None:
         """The registered attention function finds a layer's prefix by the attention module's layer_idx."""
@@ -93,8 +97,9 @@ class PromptedModel(nn.Module):
         return self.params[_key(name)]
 
     @property
-    def device(self):
-        return next(self.model.parameters()).device
+    def device(self) -> torch.device:
+        """Where inputs enter the model (the input embeddings' execution device) and the prompt lives."""
+        return input_device(self.model)
 
     @property
     def dtype(self):
@@ -116,6 +121,11 @@ class PromptedModel(nn.Module):
         """Positions of the real tokens after the slots; left padding shifts them like HF does."""
         pos = self.slots + attention_mask.long().cumsum(-1) - 1
         pos = pos.clamp_min(self.slots)
+        limit = self.family.exact_positions(self.model)
+        if limit is not None and attention_mask.shape[1] and int(pos[:, -1].max()) >= limit:
+            raise EptkUsageError(f"{self.slots} prompt slots + {attention_mask.shape[1]} tokens pass the "
+                                 f"{limit} positions this model's RoPE scaling is exact for in two passes (it "
+                                 f"switches frequencies with the sequence length); use shorter inputs")
         return pos[:, -length:] if length is not None else pos
 
     def hidden(self, input_ids, attention_mask=None, prefix=None, past_key_values=None, use_cache=False,
@@ -131,7 +141,7 @@ class PromptedModel(nn.Module):
         with active(state), self._recompute():
             out = base(input_ids=input_ids, attention_mask=attention_mask,
                        position_ids=self.positions(attention_mask, length=T),
-                       past_key_values=past_key_values, use_cache=use_cache)
+                       use_cache=use_cache, **cache_kwargs(base, past_key_values))
         return out, state
 
     def lm_head(self, hidden):
@@ -144,7 +154,7 @@ class PromptedModel(nn.Module):
         out, _ = self.hidden(input_ids, attention_mask, prefix, past_key_values, use_cache)
         hidden = out.last_hidden_state
         if labels is None:
-            return PromptOutput(logits=self.lm_head(hidden).float(), past_key_values=out.past_key_values)
+            return PromptOutput(logits=self.lm_head(hidden).float(), past_key_values=returned_cache(out))
         total, count = answer_loss_sum(self.lm_head, hidden, labels)
         return PromptOutput(loss=total / max(count, 1), loss_sum=total, tokens=count)
 
@@ -166,7 +176,7 @@ class PromptedModel(nn.Module):
         step_ids = ids
         for _ in range(max_new_tokens):
             out, _ = self.hidden(step_ids, mask, prefix, past_key_values=cache, use_cache=use_cache)
-            logits = self.lm_head(out.last_hidden_state[:, -1]).float()
+            logits = self.lm_head(out.last_hidden_state[:, -1]).float().to(ids.device)
             if do_sample:
                 probs = torch.softmax(logits / max(temperature, 1e-5), dim=-1)
                 nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
@@ -212,7 +222,7 @@ class PromptOutput(dict):
 
 def answer_loss_sum(lm_head, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over labelled positions and their count; the LM head runs only there."""
-    targets = labels[:, 1:]
+    targets = labels[:, 1:].to(hidden.device)  # (a dispatched model's last layer may sit elsewhere)
     where = targets != -100
     picked = hidden[:, :-1][where]
     if picked.shape[0] == 0:

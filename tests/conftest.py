@@ -28,7 +28,8 @@ def triton_mode(request, monkeypatch):
 def tiny_models():
     """One loaded tiny model per family (random weights, char tokenizer)."""
     from eptk.models import load_model
-    return {family: load_model(f"tiny:{family}") for family in ("llama", "qwen2", "mistral", "gpt2")}
+    from eptk.models import TINY_FAMILIES
+    return {family: load_model(f"tiny:{family}") for family in TINY_FAMILIES}
 
 
 @pytest.fixture

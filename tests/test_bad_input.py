@@ -66,6 +66,13 @@ def files(tmp_path_factory):
     (root / "locked" / "config.json").write_text((run / "config.json").read_text())
     (root / "locked" / ".lock").write_text("123")
     (root / "grid.toml").write_text('seeds = [0]\n[fixed]\nmodel = "tiny"\nsteps = 2\nbatch_size = 2\n')
+    whole = {"model.embed_tokens": "cpu", "model.layers": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu",
+             "lm_head": "cpu"}
+    maps = {"badmodule": dict(whole, **{"model.decoder": "cpu"}), "partial": {"model.layers": "cpu"},
+            "baddevice": dict(whole, lm_head="tpu"), "absentgpu": dict(whole, lm_head=99),
+            "disk": dict(whole, **{"model.layers": "disk"}), "notamap": ["cpu"]}
+    for name, content in maps.items():
+        (root / f"{name}.json").write_text(json.dumps(content))
     return root
 
 
@@ -160,6 +167,15 @@ TUNE_CASES = {
     "bad backend": ["--backend", "cuda-graphs"],
     "bad nan policy": ["--nan-policy", "ignore"],
     "bad device map": ["--device-map", "balanced-ish"],
+    "device map file missing": ["--device-map", "{root}/nothere.json"],
+    "device map names no module": ["--device-map", "{root}/badmodule.json"],
+    "device map misses modules": ["--device-map", "{root}/partial.json"],
+    "device map bad device": ["--device-map", "{root}/baddevice.json"],
+    "device map absent GPU": ["--device-map", "{root}/absentgpu.json"],
+    "device map not an object": ["--device-map", "{root}/notamap.json"],
+    "disk without offload dir": ["--device-map", "{root}/disk.json"],
+    "offload dir without map": ["--offload-dir", "{root}/offload"],
+    "absent GPU": ["--device", "cuda:99"],
     "bad lr scale": ["--lr-scale", "layerwise"],
     "non-integer tokens": ["--tokens", "many"],
     "unknown option": ["--frobnicate"],
@@ -271,6 +287,9 @@ OTHER_CASES = {
     "sweep out below a file": ["sweep", "{root}/grid.toml", "--out", "{root}/a_file/sweep"],
     "sweep bad shard": ["sweep", "{root}/grid.toml", "--shard", "3/2"],
     "no such command": ["nosuchcommand"],
+    "eval absent GPU": ["eval", "{root}/run", "--device", "cuda:99"],
+    "generate device map misses modules": ["generate", "{root}/run", "hi", "--device-map", "{root}/partial.json"],
+    "capture disk without offload dir": ["capture", "--model", "tiny", "--device-map", "{root}/disk.json"],
 }
 # (a command with what it needs, {option: (zero is valid, integer)})
 OTHER_NUMBERS = [

@@ -281,9 +281,7 @@ def test_cli_capture_writes_the_stats_files(run_cli, tmp_path):
     assert code == 2 and "0..4" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available() or __import__("os").environ.get("TRITON_INTERPRET") == "1",
-                    reason="needs a CUDA device and TRITON_INTERPRET unset or 0")
+@pytest.mark.gpu  # conftest: skipped without CUDA, interpreter off
 def test_capture_on_gpu_matches_the_cpu_capture():
     """The CUDA path (Triton capture_stats, float64 merges on the GPU) equals the CPU capture."""
     cpu = load_model("tiny")

@@ -23,10 +23,11 @@ def rel_err(a, b):
 
 
 def prompt_gradients(prompted, left):
-    """Prompt gradients of the answer loss, and how often the last decoder layer ran."""
+    """Prompt gradients of the answer loss, and how often the last decoder layer's attention ran. (Counted
+    inside the layer: transformers 5.2x checkpoints the layer's forward, so the layer's own hooks run once.)"""
     calls = []
-    layer = prompted.family.decoder_layers(prompted.model)[-1]
-    handle = layer.register_forward_pre_hook(lambda *args: calls.append(1))
+    attention = prompted.family.attention_modules(prompted.model)[-1]
+    handle = attention.register_forward_pre_hook(lambda *args: calls.append(1))
     try:
         ids, mask = batch(left=left)
         prompted(ids, mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()

@@ -12,7 +12,7 @@ from eptk.families import decoder_layers, model_dims
 from eptk.methods import build_method, get_method, method_from_config
 from eptk.prompts import PromptedModel
 from reference_forward import full_forward
-from test_two_pass import TOL, batch, rel_err
+from test_two_pass import TOL, WINDOWED, batch, rel_err
 
 
 def sink_prompted(loaded, method="deep", layers="all", keep_sink=True, tokens=5, seed=0):
@@ -38,7 +38,9 @@ def test_two_pass_equals_full_forward_with_the_sink_slot(tiny_models, family, me
             full = full_forward(prompted, ids, mask)
             without = full_forward(sink_prompted(tiny_models[family], method, layers, keep_sink=False), ids, mask)
         assert rel_err(two_pass, full, mask) <= TOL, f"{family} {method} {layers} left={left}"
-        assert rel_err(two_pass, without, mask) > 1e-3, "the sink slot changes the function"
+        # (unless Mistral's 6-position window hides the sink from every token and deep replaces every slot state)
+        if not (family in WINDOWED and (method, layers) == ("deep", "all")):
+            assert rel_err(two_pass, without, mask) > 1e-3, "the sink slot changes the function"
     finally:
         prompted.remove_hooks()
 

@@ -101,16 +101,24 @@ def test_peft_loads_the_export_with_the_same_logits(method, runs, exports):
             torch.testing.assert_close(cache.layers[l].values[0], v, rtol=0, atol=1e-6)
 
 
-def test_gpt2_soft_export(tmp_path):
-    from eptk.cli.main import main
+@pytest.mark.parametrize("model,method", [("tiny:gpt2", "soft"), ("tiny:gemma3", "soft"), ("tiny:gemma2", "soft"),
+                                          ("tiny:gemma2", "deep")])
+def test_other_families_export_and_import(model, method, tmp_path, run_cli):
+    """PEFT gives eptk's logits on GPT-2 (positions added to inputs_embeds), Gemma-3 and Gemma-2 (√d-scaled
+    embedding module, which PEFT's prompt bypasses as eptk's does; Gemma-2's windows and soft-caps), and
+    the import gives them back."""
     from eptk.models import load_model
 
-    run = _tune(tmp_path / "run", "tiny:gpt2", "soft")
-    assert main(["export", str(run), "--out", str(tmp_path / "adapter")]) == 0
-    ids, mask = _batch(load_model("tiny:gpt2").tokenizer)
+    run = _tune(tmp_path / "run", model, method, *(["--layers", "all"] if method == "deep" else []))
+    assert run_cli("export", run, "--out", tmp_path / "adapter")[0] == 0
+    code, _, err = run_cli("import-peft", tmp_path / "adapter", "--out", tmp_path / "imported")
+    assert code == 0, err
+    ids, mask = _batch(load_model(model).tokenizer)
     ours, _ = _eptk_logits(run, ids, mask)
-    theirs, _ = _peft_logits("tiny:gpt2", tmp_path / "adapter", ids, mask)
+    theirs, _ = _peft_logits(model, tmp_path / "adapter", ids, mask)
+    again, _ = _eptk_logits(tmp_path / "imported", ids, mask)
     assert _rel(ours, theirs, mask) <= TOL
+    assert _rel(ours, again, mask) <= TOL
 
 
 def test_deep_without_soft_is_refused(tmp_path, run_cli):

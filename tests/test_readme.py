@@ -38,3 +38,11 @@ def test_layout_names_every_module():
              or (p.is_dir() and (p / "__init__.py").is_file())]
     missing = [n for n in names if (n if n.endswith(".py") else n + "/") not in layout]
     assert not missing, missing
+
+
+def test_model_table_lists_every_family():
+    """The README's model-support table has a row for every architecture eptk accepts."""
+    from eptk.families import FAMILIES
+    table = README[README.index("| family (`model_type`)"):README.index("### Methods")]
+    missing = [model_type for model_type in FAMILIES if f"(`{model_type}`)" not in table]
+    assert not missing, missing

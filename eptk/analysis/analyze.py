@@ -37,7 +37,7 @@ class AnalysisResult:
 
 def analyze_runs(paths: Sequence, out="analysis", *, stats: Sequence = (), vocab: VocabSource = "auto",
                  plots: bool = True, options: AnalysisOptions | None = None, console=None,
-                 progress: bool = True) -> AnalysisResult:
+                 progress: bool = True, device: str = "auto") -> AnalysisResult:
     """Analyze every run under `paths` and write the results to `out`.
 
     stats: activation-statistics folders (`eptk capture` output) or loaded TaskActivations; a run
@@ -47,6 +47,7 @@ def analyze_runs(paths: Sequence, out="analysis", *, stats: Sequence = (), vocab
       "auto" (load config `model` through eptk.models.load_model), a mapping model name →
       Vocabulary or (embeddings [V, d], token strings), a callable name → the same or None, or
       None to skip them. A model that cannot be loaded only skips those metrics, with a note.
+    device: where "auto" loads those models (auto: CUDA when present, in bfloat16 there).
     Writes summary.csv, summary.json, details.json, report.html, plots/*.png and, with two or
     more tasks, tasks.csv/json and frechet.csv; with `options.trajectories` N, trajectories.csv (N generated
     trajectories per complete run, eptk/analysis/trajectories.py); prints the findings table to `console`.
@@ -61,7 +62,7 @@ def analyze_runs(paths: Sequence, out="analysis", *, stats: Sequence = (), vocab
     pca_cache: dict = {}
     stats = list(stats) + stats_named_by_runs(paths, stats)
     loaded_stats = [s if isinstance(s, TaskActivations) else load_stats(s) for s in stats]
-    vocabs = VocabCache(vocab)
+    vocabs = VocabCache(vocab, device)
     notes: list[str] = []
     rows: list[dict] = []
     details: dict = {}

@@ -42,12 +42,14 @@ class _DecodedTokens(Sequence):
         return self._cache[i]
 
 
-def load_vocabulary(model_name: str) -> Vocabulary:
-    """The token embeddings (as layer-0 states) and token strings of `model_name`."""
+def load_vocabulary(model_name: str, device: str = "auto") -> Vocabulary:
+    """The token embeddings (in the soft prompt's space, `inputs_embeds`) and token strings of `model_name`,
+    loaded on `device` (auto: CUDA when present)."""
     from ..families import family_of
-    from ..models import load_model
+    from ..models import frozen_dtype, load_model, resolve_device
 
-    loaded = load_model(model_name)
+    dev = resolve_device(device)
+    loaded = load_model(model_name, device=dev, dtype=frozen_dtype(dev))
     weight = family_of(loaded.model).token_embeddings(loaded.model)
     return Vocabulary(weight, _DecodedTokens(loaded.tokenizer, weight.shape[0]))
 
@@ -58,8 +60,8 @@ VocabSource = Callable[[str], "Vocabulary | tuple | None"] | Mapping[str, "Vocab
 class VocabCache:
     """Resolves a model name to a Vocabulary once, recording why when it cannot."""
 
-    def __init__(self, source: VocabSource):
-        self.source = source
+    def __init__(self, source: VocabSource, device: str = "auto"):
+        self.source, self.device = source, device
         self.cache: dict[str, Vocabulary | None] = {}
         self.thresholds: dict[str, float] = {}
         self.notes: list[str] = []
@@ -72,7 +74,7 @@ class VocabCache:
         vocab, why = None, None
         try:
             if self.source == "auto":
-                vocab = load_vocabulary(model)
+                vocab = load_vocabulary(model, self.device)
             elif isinstance(self.source, Mapping):
                 vocab = self.source.get(model)
                 why = None if vocab is not None else "not in the given vocabularies"

@@ -1,9 +1,9 @@
 """What eptk needs to know about an architecture family, in one adapter class.
 
 The prompt passes, capture and the priors reach a model only through its family's adapter: where the
-decoder layers and their attention modules are, the dimensions of keys and values, the scale between
-the token-embedding matrix and the input of decoder layer 0, and the LM head. Families with sliding
-windows, logit soft-capping or fused projections override these.
+decoder layers and their attention modules are, the dimensions of keys and values, the space of the
+soft prompt (the model's `inputs_embeds`), the LM head, and what eptk cannot honour. Sliding windows and
+attention soft-capping need nothing here: the attention modules pass them to `eptk_attention`.
 """
 from __future__ import annotations
 
@@ -26,7 +26,26 @@ class ModelFamily:
 
     def unsupported(self, config) -> str | None:
         """Why a model of this family cannot be prompted (a setting eptk does not honour), or None."""
+        if getattr(config, "is_causal", True) is False or getattr(config, "use_bidirectional_attention", False):
+            return "bidirectional attention (is_causal=False / use_bidirectional_attention) is not implemented by eptk"
+        if getattr(config, "add_cross_attention", False):
+            return "cross-attention (add_cross_attention=True) is not implemented by eptk"
         return None
+
+    def exact_positions(self, model) -> int | None:
+        """How many positions ([slots ; tokens]) the two passes can span and still equal one full forward, or
+        None for no limit. RoPE variants that switch their frequencies by the largest position of a forward
+        (dynamic NTK, LongRoPE) switch in each pass on its own, so past their original length they differ."""
+        limits = []
+        for params in rope_parameter_sets(model.config):
+            kind = str(params.get("rope_type") or params.get("type") or "default")
+            if "dynamic" in kind:
+                limits.append(model.config.max_position_embeddings)
+            elif kind == "longrope":
+                limits.append(params.get("original_max_position_embeddings")
+                              or getattr(model.config, "original_max_position_embeddings", None)
+                              or model.config.max_position_embeddings)
+        return min(limits) if limits else None
 
     def base_model(self, model) -> torch.nn.Module:
         """The decoder stack without the LM head (what the slot and token passes call)."""
@@ -51,12 +70,16 @@ class ModelFamily:
                 "num_kv_heads": kv_heads, "head_dim": head_dim}
 
     def embedding_scale(self, model) -> float:
-        """The factor the model applies to input embeddings before decoder layer 0 (√d in Gemma; 1 here)."""
-        return 1.0
+        """The factor the input-embedding module multiplies its rows by, in the weights' dtype as the module
+        applies it: its `embed_scale` (√d in Gemma-2/3), else 1. `inputs_embeds` bypass the module."""
+        module = model.get_input_embeddings()
+        scale = getattr(module, "embed_scale", None)
+        return 1.0 if scale is None else float(torch.as_tensor(scale).to(module.weight.dtype))
 
     def token_embeddings(self, model) -> torch.Tensor:
-        """The vocabulary as layer-0 states: the input-embedding matrix [V,d] times the embedding scale,
-        float32 on the CPU (what vocabulary priors sample and analyze compares soft prompts with)."""
+        """The vocabulary in the soft prompt's space, the space of the model's `inputs_embeds`: the
+        input-embedding matrix [V,d] times the embedding scale, float32 on the CPU (what vocabulary priors
+        sample and analyze compares soft prompts with)."""
         weight = model.get_input_embeddings().weight.detach().float().cpu()
         scale = self.embedding_scale(model)
         return weight if scale == 1 else weight * scale
@@ -64,6 +87,15 @@ class ModelFamily:
     def logits(self, model, hidden: torch.Tensor) -> torch.Tensor:
         """The LM head on final hidden states (after the final norm)."""
         return model.get_output_embeddings()(hidden)
+
+
+def rope_parameter_sets(config) -> list[dict]:
+    """The RoPE settings of a config: one dict, or one per layer type (Gemma-3's local and global layers)."""
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if not isinstance(params, dict):
+        return []
+    nested = [v for v in params.values() if isinstance(v, dict)]
+    return nested if nested else [params]
 
 
 def register_family(*model_types: str):

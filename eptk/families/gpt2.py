@@ -10,4 +10,4 @@ class GPT2Family(ModelFamily):
     def unsupported(self, config):
         if getattr(config, "reorder_and_upcast_attn", False):
             return "reorder_and_upcast_attn=True bypasses the attention interface eptk injects the prompt through"
-        return None
+        return super().unsupported(config)

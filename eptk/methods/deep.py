@@ -64,9 +64,10 @@ class DeepPrompt(SoftPrompt):
         return hook
 
     def slot_states(self, prompted, layer: int, hidden: torch.Tensor) -> torch.Tensor:
-        """The slots' hidden states [1,S,d] entering `layer` in place of `hidden`: the layer's vectors, behind
-        the model's own sink state (row 0, never replaced) with --keep-sink."""
-        vectors = prompted.param(f"deep.{layer}").to(prompted.dtype).unsqueeze(0)
+        """The slots' hidden states [1,S,d] entering `layer` in place of `hidden`: the layer's vectors (on the
+        layer's device, which a dispatched model may place elsewhere), behind the model's own sink state (row 0,
+        never replaced) with --keep-sink."""
+        vectors = prompted.param(f"deep.{layer}").to(hidden.device, prompted.dtype).unsqueeze(0)
         return torch.cat([hidden[:, :1], vectors], dim=1) if self.keep_sink else vectors
 
     def prefix(self, prompted):

@@ -16,11 +16,14 @@ from .base import PromptMethod, register_method
 
 
 def slot_pass(prompted, slots: torch.Tensor, first_layer: int = 0) -> dict:
-    """Run the slots (inputs_embeds [P,d], layer-0 states) through the frozen model; layer -> (k, v) [Hkv,S,D] of
-    every layer from `first_layer` on (the methods' hooks may replace slot states on the way). With --keep-sink
-    the model's own first token goes first (S = P + 1), as an input embedding: never trained."""
-    scale = prompted.family.embedding_scale(prompted.model)  # slots are layer-0 states; the model scales its inputs
-    inputs = (slots if scale == 1 else slots / scale).to(prompted.dtype)
+    """Run the slots (inputs_embeds [P,d]) through the frozen model; layer -> (k, v) [Hkv,S,D] of every layer
+    from `first_layer` on (the methods' hooks may replace slot states on the way). With --keep-sink the model's
+    own first token goes first (S = P + 1), as an input embedding: never trained.
+
+    The soft prompt's space is the space of `inputs_embeds`, the embedding module's output: the model
+    applies to it whatever it applies to token embeddings after the lookup (GPT-2's positions), and an
+    embedding module's own scale (Gemma's √d) is already in the vocabulary reference the priors use."""
+    inputs = slots.to(prompted.device, prompted.dtype)
     if prompted.method.keep_sink:
         sink = torch.tensor([prompted.sink_token_id], device=prompted.device)
         inputs = torch.cat([prompted.model.get_input_embeddings()(sink).to(prompted.dtype), inputs])

@@ -23,7 +23,7 @@ class PriorContext:
     """What prior families may read. `stats(task, layer)` returns captured activation statistics of the run's
     seed; `reference_stats(task, layer)` those of one fixed capture seed, for a prior that must be the same
     distribution for every run seed (`vae`); without it, `stats` serves both."""
-    embeddings: torch.Tensor | None = None          # [V,d] float32 token embeddings as layer-0 states
+    embeddings: torch.Tensor | None = None          # [V,d] float32 token embeddings in the soft prompt's space
     tokenizer: object = None
     task: str | None = None
     model: str | None = None
