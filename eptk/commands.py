@@ -79,13 +79,14 @@ def evaluate(run: Path, task: str | None = None, split: str = "test", size: int 
     from .evaluate import evaluate as score_both
     from eptk.kernels import BACKENDS
     from .loading import load_run
+    from .models import check_placement
     from .tasks import load_task
 
     check_range("--size", size, 1, 10**7)
     if backend not in BACKENDS:
         raise EptkUsageError(f"unknown --backend {backend!r}; valid: {choices(BACKENDS)}")
     config = _run_config(run)
-    _check_placement(device, device_map, offload_dir)
+    check_placement(device, device_map, offload_dir)
     the_task = load_task(task or config["task"], int(config.get("seed", 0)))
     examples = the_task.examples(split, size)
     if not examples:
@@ -96,15 +97,6 @@ def evaluate(run: Path, task: str | None = None, split: str = "test", size: int 
     summary.update({which: {k: result[which][k] for k in ("score", "loss", "n")} for which in ("baseline", "tuned")})
     print(json.dumps(summary, indent=2))
     return summary
-
-
-def _check_placement(device: str, device_map: str, offload_dir: str) -> None:
-    """--device, --device-map and --offload-dir checked before any model loads."""
-    from .config import check_device_map
-    from .models import resolve_device
-
-    resolve_device(device)
-    check_device_map(device_map, offload_dir)
 
 
 def _run_config(run: Path) -> dict:
@@ -127,12 +119,13 @@ def generate(run: Path, text: str, max_new_tokens: int = 32, sample: bool = Fals
 
     from .errors import EptkUsageError, check_range
     from .loading import load_run
+    from .models import check_placement
 
     check_range("--max-new-tokens", max_new_tokens, 1, 4096)
     check_range("--temperature", temperature, 0.0, 100.0, above=True)
     check_range("--seed", seed, 0, 2**32 - 1)
     _run_config(run)
-    _check_placement(device, device_map, offload_dir)
+    check_placement(device, device_map, offload_dir)
     if not text:
         raise EptkUsageError("the text to continue is empty; give a prompt, e.g. eptk generate RUN \"47+35=\"")
     tuned = load_run(run, device=device, device_map=device_map or None, offload_dir=offload_dir or None)
@@ -158,7 +151,7 @@ def capture(model: str, task: str, layers: str = "all", samples: int = 2048, exa
     from .errors import EptkUsageError, check_range
     from .families import model_dims
     from .io import check_output_dir, remove_partials
-    from .models import check_model_name, frozen_dtype, load_model, resolve_device
+    from .models import check_model_name, check_placement, frozen_dtype, load_model
     from .spaces import check_layer_spec, parse_layers
     from .stats import is_stats_folder
     from .stats_cache import ensure_stats, stats_folder
@@ -169,7 +162,7 @@ def capture(model: str, task: str, layers: str = "all", samples: int = 2048, exa
         check_range(name, value, lowest, highest)
     check_layer_spec(layers, lowest=0)
     check_model_name(model, allow_pickle_weights)
-    dev = resolve_device(device)
+    dev = check_placement(device, device_map, offload_dir)
     if not load_task(task, seed).examples("train", examples):
         raise EptkUsageError(f"task {task!r} has no train examples to capture")
     if out is not None:
@@ -177,7 +170,6 @@ def capture(model: str, task: str, layers: str = "all", samples: int = 2048, exa
         if out.is_dir() and any(out.iterdir()) and not is_stats_folder(out):
             raise EptkUsageError(f"--out {out} is a non-empty folder that holds no activation statistics; choose "
                                  f"a new or empty folder (a statistics folder is replaced)")
-    _check_placement(device, device_map, offload_dir)
     loaded = load_model(model, device=dev, dtype=frozen_dtype(dev), device_map=device_map or None,
                         offload_dir=offload_dir or None, allow_pickle_weights=allow_pickle_weights)
     num_layers = model_dims(loaded.model)["num_layers"]

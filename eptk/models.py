@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .config import DEFAULT_MODEL, check_device_map
+from .config import DEFAULT_MODEL, DEVICE_MAPS, check_device_map
 from .errors import EptkUsageError, choices
 from .io import replace_folder
 from .families import family_of
@@ -162,27 +162,45 @@ def _dispatch(model, device_map: str, dtype, offload_dir: str | None):
     elif device_map == "sequential":
         placement = infer_auto_device_map(model, no_split_module_classes=no_split)
     else:
-        placement = read_device_map(device_map, model)
+        placement = read_device_map(device_map, model, offload_dir)
     if "disk" in placement.values() and not offload_dir:
         raise EptkUsageError(f"--device-map {device_map} puts modules on \"disk\": give --offload-dir DIR for their weights")
     return dispatch_model(model, device_map=placement, offload_dir=offload_dir)
 
 
-def read_device_map(path: str, model) -> dict:
-    """An accelerate device map from a JSON file ({"module.name": device}), checked against the model."""
-    from accelerate.utils import check_device_map
+def check_placement(device: str, device_map: str = "", offload_dir: str = "", default: str | None = None):
+    """--device, --device-map and --offload-dir checked without a model: the device, the strategy or the map
+    file's shape and devices ("disk" needs --offload-dir); the map's module names are checked at load."""
+    resolved = resolve_device(device, default=default)
+    check_device_map(device_map, offload_dir)
+    if device_map and device_map not in DEVICE_MAPS:
+        read_device_map_file(device_map, offload_dir)
+    return resolved
 
+
+def read_device_map_file(path: str, offload_dir: str | None = None) -> dict:
+    """A device map JSON file ({"module.name": device}) with each device checked, before any model loads."""
     from .io import read_json
 
     placement = read_json(Path(path), "device map")
     if not isinstance(placement, dict) or not placement:
         raise EptkUsageError(f"{path}: a device map is a JSON object {{\"module.name\": device}}")
+    placement = {name: _map_device(where, path, name) for name, where in placement.items()}
+    if "disk" in placement.values() and not offload_dir:
+        raise EptkUsageError(f"--device-map {path} puts modules on \"disk\": give --offload-dir DIR for their weights")
+    return placement
+
+
+def read_device_map(path: str, model, offload_dir: str | None = None) -> dict:
+    """An accelerate device map from a JSON file, checked against the model."""
+    from accelerate.utils import check_device_map
+
+    placement = read_device_map_file(path, offload_dir)
     modules = dict(model.named_modules())
-    for name, where in placement.items():
+    for name in placement:
         if name not in modules:
             raise EptkUsageError(f"{path}: {name!r} is not a module of {type(model).__name__} (e.g. "
                                  f"{choices(list(modules)[1:4])})")
-        placement[name] = _map_device(where, path, name)
     try:
         check_device_map(model, placement)
     except ValueError as exc:

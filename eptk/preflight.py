@@ -13,7 +13,7 @@ import torch
 from .config import TuneConfig, default_run_name
 from .errors import EptkUsageError, NothingToDo
 from .methods import get_method
-from .models import check_model_name, resolve_device
+from .models import check_model_name, check_placement
 from .priors import PriorContext, check_prior
 from .runs import RunDir, check_out_dir
 from .spaces import check_layer_spec
@@ -41,7 +41,7 @@ def check_tune(cfg: TuneConfig, *, resume: bool = False, overwrite: bool = False
     if get_method(cfg.method).takes_layers:
         check_layer_spec(cfg.layers)
     check_model_name(cfg.model, cfg.allow_pickle_weights)
-    device = resolve_device(cfg.device, default=default_device)
+    device = check_placement(cfg.device, cfg.device_map, cfg.offload_dir, default=default_device)
     task = load_task(cfg.task, cfg.seed)
     train = task.examples("train", cfg.train_size)
     if not train:
