@@ -163,8 +163,7 @@ def _dispatch(model, device_map: str, dtype, offload_dir: str | None):
         placement = infer_auto_device_map(model, no_split_module_classes=no_split)
     else:
         placement = read_device_map(device_map, model, offload_dir)
-    if "disk" in placement.values() and not offload_dir:
-        raise EptkUsageError(f"--device-map {device_map} puts modules on \"disk\": give --offload-dir DIR for their weights")
+    _check_disk(placement, device_map, offload_dir)
     return dispatch_model(model, device_map=placement, offload_dir=offload_dir)
 
 
@@ -186,9 +185,14 @@ def read_device_map_file(path: str, offload_dir: str | None = None) -> dict:
     if not isinstance(placement, dict) or not placement:
         raise EptkUsageError(f"{path}: a device map is a JSON object {{\"module.name\": device}}")
     placement = {name: _map_device(where, path, name) for name, where in placement.items()}
-    if "disk" in placement.values() and not offload_dir:
-        raise EptkUsageError(f"--device-map {path} puts modules on \"disk\": give --offload-dir DIR for their weights")
+    _check_disk(placement, path, offload_dir)
     return placement
+
+
+def _check_disk(placement: dict, device_map: str, offload_dir: str | None) -> None:
+    """Modules placed on "disk" need --offload-dir for their weights."""
+    if "disk" in placement.values() and not offload_dir:
+        raise EptkUsageError(f"--device-map {device_map} puts modules on \"disk\": give --offload-dir DIR for their weights")
 
 
 def read_device_map(path: str, model, offload_dir: str | None = None) -> dict:
