@@ -29,6 +29,12 @@ class Distributed:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         owns = False
         if not dist.is_initialized():
+            # Imported before the group exists, since its functions take `group=group.WORLD` as a default
+            # evaluated at import: imported after (transformers imports it via fsdp), they pin the default
+            # group forever, destroy_process_group cannot free it, and gloo's worker threads then free
+            # their last collective during interpreter shutdown and abort ("terminate called without an
+            # active exception", one exit in five).
+            import torch.distributed.nn.functional  # noqa: F401
             if torch.cuda.is_available():
                 if local_rank < torch.cuda.device_count():  # more ranks than GPUs: a --device cpu run
                     torch.cuda.set_device(local_rank)
@@ -127,10 +133,15 @@ class Distributed:
         dist.broadcast(buffer, src=0)
         return bytes(buffer.tolist()).decode("utf-8")
 
-    def close(self) -> None:
-        """Leave the process group this object created (ranks do not wait for rank 0's evaluation)."""
+    def close(self, synchronize: bool = False) -> None:
+        """Leave the process group this object created. `synchronize` where every rank gets here (after
+        the last step): a barrier first, so that no rank tears its connections down while another still
+        uses them; rank 0 then evaluates alone. Error paths skip it: a rank that failed alone must not
+        wait in a collective the others never join."""
         if self.owns_group:
             import torch.distributed as dist
             if dist.is_initialized():
+                if synchronize:
+                    dist.barrier()
                 dist.destroy_process_group()
             self.owns_group = False

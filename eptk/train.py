@@ -242,6 +242,7 @@ def _train(cfg, run, plan, loaded, names, prompted, prior, resume, progress, dev
     finally:
         bar.close()
         _restore_signal_handlers(handlers)
+    dist.close(synchronize=True)  # every rank finished the last step; rank 0 evaluates alone
     if run is None:
         return out
     run.write_posterior(prompted.tensors())
