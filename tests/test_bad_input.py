@@ -289,6 +289,13 @@ OTHER_CASES = {
     "sweep out is a file": ["sweep", "{root}/grid.toml", "--out", "{root}/a_file"],
     "sweep out below a file": ["sweep", "{root}/grid.toml", "--out", "{root}/a_file/sweep"],
     "sweep bad shard": ["sweep", "{root}/grid.toml", "--shard", "3/2"],
+    "reproduce unknown stage": ["reproduce", "--model", "tiny", "--quick", "--out", "{root}/study", "--stages", "nope"],
+    "reproduce bad shard": ["reproduce", "--model", "tiny", "--quick", "--out", "{root}/study", "--shard", "3/2"],
+    "reproduce unknown model": ["reproduce", "--model", "nope", "--quick", "--out", "{root}/study"],
+    "reproduce out is a file": ["reproduce", "--model", "tiny", "--quick", "--out", "{root}/a_file"],
+    "reproduce out below a file": ["reproduce", "--model", "tiny", "--quick", "--out", "{root}/a_file/study"],
+    "reproduce out is a non-study folder": ["reproduce", "--model", "tiny", "--quick", "--out", "{root}/notarun",
+                                            "--stages", "report"],
     "no such command": ["nosuchcommand"],
     "eval absent GPU": ["eval", "{root}/run", "--device", "cuda:99"],
     "generate device map misses modules": ["generate", "{root}/run", "hi", "--device-map", "{root}/partial.json"],
@@ -305,6 +312,7 @@ OTHER_NUMBERS = [
      {"--top-k": (False, True), "--knn-k": (False, True), "--permutations": (False, True),
       "--max-data": (False, True), "--seed": (True, True)}),
     (["sweep", "{root}/grid.toml", "--out", "{root}/sweep"], {"--jobs": (False, True)}),
+    (["reproduce", "--model", "tiny", "--quick", "--out", "{root}/study"], {"--jobs": (False, True)}),
 ]
 for _command, _options in OTHER_NUMBERS:
     for _name, _args in numbers(_options, _command[0]).items():

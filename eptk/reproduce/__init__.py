@@ -22,18 +22,20 @@ def reproduce(out, *, model: str, quick: bool = False, jobs: int | None = None, 
     complete. Returns 1 when a run failed, else 0."""
     from rich.console import Console
 
-    from ..errors import EptkUsageError
+    from ..errors import check_range
+    from ..io import check_output_dir
+    from ..models import check_model_name
     from ..sweep import parse_shard
     from . import run as R
 
+    # Every check before anything is written: a bad model would otherwise fail each run of a stage.
     chosen = parse_stages(stages)
     parsed = parse_shard(shard)
-    if jobs is not None and jobs < 1:
-        raise EptkUsageError(f"--jobs must be at least 1 (got {jobs})")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise EptkUsageError(f"--out {out} exists and is not a directory")
-    study = Study.build(model, out, quick=quick)
+    if jobs is not None:
+        check_range("--jobs", jobs, 1, 1024)
+    check_model_name(model)
+    study = Study.build(model, check_output_dir(out, "--out"), quick=quick)
+    study.check_folder()
     if dry_run:
         R.dry_run(study, chosen, parsed)
         return 0

@@ -14,6 +14,9 @@ from ..sweep import SweepRun, expand
 from ..sweep.grid import _safe
 
 STAGES = ("main", "transfer", "sink", "captures", "trajectories", "report")
+# what a study folder holds besides its run folders (reproduce-<stage>.json summaries too)
+STUDY_ENTRIES = {"captures", "trajectories", "logs", "figures", "sweep.json", "FINDINGS.md", "findings.html",
+                 "runs.csv", "claims.json"}
 TASKS = ("arith", "qa", "fill")  # the tasks of claims 3 and 4
 TRANSFER_TARGET = "arith:+:3"
 MAIN_PRIORS = ("normal", "xavier", "fitted", "exclusion", "region:data", "region:new", "region:between:arith,qa",
@@ -154,3 +157,16 @@ class Study:
 
     def trajectory_dir(self, run: SweepRun) -> Path:
         return self.out / "trajectories" / run.name
+
+    def check_folder(self) -> None:
+        """Refuse an --out that holds files but nothing of a study: its runs, captures and report would
+        be scattered among someone else's files. A new, empty or earlier study folder is fine."""
+        if not self.out.is_dir():
+            return
+        entries = {p.name for p in self.out.iterdir()}
+        own = {run.name for runs in self.stage_runs.values() for run in runs} | STUDY_ENTRIES
+        if entries and not any(name in own or name.startswith("reproduce-") for name in entries):
+            from ..errors import EptkUsageError
+            shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
+            raise EptkUsageError(f"--out {self.out} holds files that are not a reproduction study ({shown}); "
+                                 f"choose a new or empty folder, or an earlier study's")
