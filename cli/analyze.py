@@ -23,7 +23,7 @@ def analyze(
     max_data: Annotated[int, typer.Option("--max-data", min=2, help="Captured samples per layer used for kNN, MMD and energy.")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of every subsample and permutation.")] = 0,
     tsne: Annotated[bool, typer.Option("--tsne", help="Task-cluster maps by t-SNE (scikit-learn) instead of PCA.")] = False,
-    device: Annotated[str, typer.Option("--device", help=f"Where the runs' models load for the vocabulary metrics: {DEVICE_HELP}.")] = "auto",
+    device: Annotated[str, typer.Option("--device", help=f"Where the runs' models load for the vocabulary metrics and trajectories: {DEVICE_HELP}.")] = "auto",
     trajectories: Annotated[int, typer.Option("--trajectories", min=0, help="Generate greedily with each complete run's prompt "
                                               "on N test prompts of its task and measure the trajectories at every prompted "
                                               "layer (trajectories.csv).")] = 0,

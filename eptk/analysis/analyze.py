@@ -47,7 +47,8 @@ def analyze_runs(paths: Sequence, out="analysis", *, stats: Sequence = (), vocab
       "auto" (load config `model` through eptk.models.load_model), a mapping model name →
       Vocabulary or (embeddings [V, d], token strings), a callable name → the same or None, or
       None to skip them. A model that cannot be loaded only skips those metrics, with a note.
-    device: where "auto" loads those models (auto: CUDA when present, in bfloat16 there).
+    device: where "auto" loads those models, and the models that generate trajectories (auto: CUDA when
+      present, in bfloat16 there).
     Writes summary.csv, summary.json, details.json, report.html, plots/*.png and, with two or
     more tasks, tasks.csv/json and frechet.csv; with `options.trajectories` N, trajectories.csv (N generated
     trajectories per complete run, eptk/analysis/trajectories.py); prints the findings table to `console`.
@@ -115,7 +116,7 @@ def analyze_runs(paths: Sequence, out="analysis", *, stats: Sequence = (), vocab
     if opts.trajectories:
         trajectory_rows, trajectory_notes = run_trajectories(run_dirs, n=opts.trajectories,
                                                              new_tokens=opts.trajectory_tokens, n_perm=opts.n_perm,
-                                                             progress=progress)
+                                                             progress=progress, device=device)
         notes += trajectory_notes
 
     files = write_tables(out, rows, details, task_rows, frechet_rows)

@@ -72,13 +72,13 @@ def measure_trajectories(prompted, task_spec: str, seed: int, layers: Sequence[i
 
 def run_trajectories(run_dirs: Sequence[Path], *, n: int, new_tokens: int = TRAJECTORY_TOKENS, n_perm: int = 200,
                      tasks: Sequence[str] | None = None, models: dict | None = None,
-                     progress: bool = True) -> tuple[list[dict], list[str]]:
+                     progress: bool = True, device: str = "cpu") -> tuple[list[dict], list[str]]:
     """Trajectories of every complete run (its posterior) on its task's test prompts (or on each of `tasks`),
     against that task's captured activations (the cached statistics of capture seed 0, captured now when
-    missing). Each model is loaded once (`models`: name -> loaded model, shared between calls)."""
+    missing). Each model is loaded once, on `device` (`models`: name -> loaded model, shared between calls)."""
     from ..families import model_dims
     from ..loading import load_run
-    from ..models import load_model
+    from ..models import frozen_dtype, load_model, resolve_device
     from ..runs import RunDir
     from ..stats_cache import REFERENCE_SEED, StatsCache
 
@@ -93,7 +93,8 @@ def run_trajectories(run_dirs: Sequence[Path], *, n: int, new_tokens: int = TRAJ
             continue
         model = str(config.get("model"))
         if model not in models:
-            models[model] = load_model(model)
+            dev = resolve_device(device)
+            models[model] = load_model(model, device=dev, dtype=frozen_dtype(dev))
         loaded = models[model]
         prompted = load_run(run_dir, loaded=loaded)
         try:
