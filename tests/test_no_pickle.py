@@ -120,3 +120,73 @@ def test_error_messages_cross_ranks_as_tensors():
         assert d.broadcast_error(None) is None
     finally:
         dist.destroy_process_group()
+
+
+def _pickle_only_copy(folder):
+    """The tiny Llama saved as a folder whose weights are only pytorch_model.bin (transformers 5 writes
+    safetensors whatever it is asked, so the .bin is written with torch.save)."""
+    import torch
+
+    from eptk.models import build_tiny
+
+    model, tokenizer = build_tiny("llama", seed=0)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    for f in folder.glob("*.safetensors"):
+        f.unlink()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    return model
+
+
+def test_pickle_weights_load_only_when_allowed(tmp_path):
+    """End to end: a pickle-only folder is refused by load_model and by `eptk tune` (exit 2, no run written);
+    with --allow-pickle-weights it loads the same weights and the run records the flag."""
+    import json
+
+    import torch
+
+    from eptk.cli.main import main
+    from eptk.errors import EptkUsageError
+    from eptk.models import load_model
+
+    folder = tmp_path / "model"
+    original = _pickle_only_copy(folder)
+    with pytest.raises(EptkUsageError, match="--allow-pickle-weights"):
+        load_model(str(folder))
+    loaded = load_model(str(folder), allow_pickle_weights=True)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        assert torch.equal(original(ids).logits, loaded.model(ids).logits)
+
+    args = ["tune", "--model", str(folder), "--steps", "1", "--batch-size", "2", "--eval-size", "2",
+            "--test-size", "2", "--train-size", "8", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "refused")]) == 2
+    assert not (tmp_path / "refused").exists()
+    assert main([*args, "--allow-pickle-weights", "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["allow_pickle_weights"] is True
+
+
+class _Marker:
+    """A pickle that touches a file when unpickled: code run by loading."""
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import pathlib
+        return pathlib.Path.touch, (pathlib.Path(self.path),)
+
+
+def test_a_code_running_pickle_is_never_run(tmp_path):
+    """A pytorch_model.bin whose unpickling runs code: refused without the flag, and nothing ran."""
+    import pickle
+
+    from eptk.errors import EptkUsageError
+    from eptk.models import load_model
+
+    folder = tmp_path / "model"
+    _pickle_only_copy(folder)
+    marker = tmp_path / "ran"
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"w": _Marker(marker)}))
+    with pytest.raises(EptkUsageError, match="--allow-pickle-weights"):
+        load_model(str(folder))
+    assert not marker.exists()
