@@ -6,7 +6,7 @@ from pathlib import Path
 from .errors import EptkUsageError
 from .families import model_dims
 from .methods import method_from_config
-from .models import LoadedModel, frozen_dtype, load_model, resolve_device
+from .models import LoadedModel, load_frozen
 from .prompts import PromptedModel
 from .runs import CONFIG, RunDir, is_run
 
@@ -24,10 +24,9 @@ def load_run(path, *, device: str = "auto", backend: str = "auto", tensors: str 
     config = run.config()
     values = run.tensors(tensors, "prompt tensors")  # a damaged file fails before the model loads
     if loaded is None:
-        dev = resolve_device(device)
-        loaded = load_model(config["model"], device=dev, dtype=frozen_dtype(dev), device_map=device_map,
-                            offload_dir=offload_dir, trust_remote_code=bool(config.get("trust_remote_code", False)),
-                            allow_pickle_weights=bool(config.get("allow_pickle_weights", False)))
+        loaded = load_frozen(config["model"], device, device_map=device_map, offload_dir=offload_dir,
+                             trust_remote_code=bool(config.get("trust_remote_code", False)),
+                             allow_pickle_weights=bool(config.get("allow_pickle_weights", False)))
     elif loaded.name != config["model"]:
         raise EptkUsageError(f"run {path} was tuned on model {config['model']!r}, not {loaded.name!r}")
     dims = model_dims(loaded.model)

@@ -61,6 +61,12 @@ def frozen_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def load_frozen(name: str, device: str | torch.device = "auto", **options) -> "LoadedModel":
+    """`load_model` on `device` (auto: CUDA when present) in the dtype a frozen model runs in there."""
+    dev = resolve_device(device) if isinstance(device, str) else device
+    return load_model(name, device=dev, dtype=frozen_dtype(dev), **options)
+
+
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")  # torch.save files: unpickled to load
 
 

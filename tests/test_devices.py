@@ -55,7 +55,7 @@ def loads(monkeypatch):
         calls.append((name, str(device), device_map))
         return real(name, device="cpu", dtype=torch.float32, **kwargs)
 
-    for module in (eptk.models, eptk.loading, eptk.train):
+    for module in (eptk.models, eptk.train):  # eptk.loading and eptk.analysis load through eptk.models
         monkeypatch.setattr(module, "load_model", spy)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

@@ -46,10 +46,9 @@ def load_vocabulary(model_name: str, device: str = "auto") -> Vocabulary:
     """The token embeddings (in the soft prompt's space, `inputs_embeds`) and token strings of `model_name`,
     loaded on `device` (auto: CUDA when present)."""
     from ..families import family_of
-    from ..models import frozen_dtype, load_model, resolve_device
+    from ..models import load_frozen
 
-    dev = resolve_device(device)
-    loaded = load_model(model_name, device=dev, dtype=frozen_dtype(dev))
+    loaded = load_frozen(model_name, device)
     weight = family_of(loaded.model).token_embeddings(loaded.model)
     return Vocabulary(weight, _DecodedTokens(loaded.tokenizer, weight.shape[0]))
 

@@ -78,7 +78,7 @@ def run_trajectories(run_dirs: Sequence[Path], *, n: int, new_tokens: int = TRAJ
     missing). Each model is loaded once, on `device` (`models`: name -> loaded model, shared between calls)."""
     from ..families import model_dims
     from ..loading import load_run
-    from ..models import frozen_dtype, load_model, resolve_device
+    from ..models import load_frozen
     from ..runs import RunDir
     from ..stats_cache import REFERENCE_SEED, StatsCache
 
@@ -93,8 +93,7 @@ def run_trajectories(run_dirs: Sequence[Path], *, n: int, new_tokens: int = TRAJ
             continue
         model = str(config.get("model"))
         if model not in models:
-            dev = resolve_device(device)
-            models[model] = load_model(model, device=dev, dtype=frozen_dtype(dev))
+            models[model] = load_frozen(model, device)
         loaded = models[model]
         prompted = load_run(run_dir, loaded=loaded)
         try:
