@@ -75,7 +75,7 @@ def _print_scores(run: Path) -> None:
 def evaluate(run: Path, task: str | None = None, split: str = "test", size: int = 200, backend: str = "auto", *,
              device: str = "auto", device_map: str = "", offload_dir: str = "") -> dict:
     """Score a tuned run and the no-prompt baseline on a task split (the scorer that writes eval.json)."""
-    from .errors import EptkUsageError, check_range, choices
+    from .errors import EptkUsageError, check_choice, check_range
     from .evaluate import evaluate as score_both
     from eptk.kernels import BACKENDS
     from .loading import load_run
@@ -83,8 +83,7 @@ def evaluate(run: Path, task: str | None = None, split: str = "test", size: int 
     from .tasks import load_task
 
     check_range("--size", size, 1, 10**7)
-    if backend not in BACKENDS:
-        raise EptkUsageError(f"unknown --backend {backend!r}; valid: {choices(BACKENDS)}")
+    check_choice("--backend", backend, BACKENDS)
     config = _run_config(run)
     check_placement(device, device_map, offload_dir)
     the_task = load_task(task or config["task"], int(config.get("seed", 0)))
@@ -117,13 +116,14 @@ def generate(run: Path, text: str, max_new_tokens: int = 32, sample: bool = Fals
     """Continue `text` with the tuned prompt in front; print and return the continuation."""
     import torch
 
+    from .config import check_setting
     from .errors import EptkUsageError, check_range
     from .loading import load_run
     from .models import check_placement
 
     check_range("--max-new-tokens", max_new_tokens, 1, 4096)
     check_range("--temperature", temperature, 0.0, 100.0, above=True)
-    check_range("--seed", seed, 0, 2**32 - 1)
+    check_setting("seed", seed)
     _run_config(run)
     check_placement(device, device_map, offload_dir)
     if not text:
@@ -148,6 +148,7 @@ def capture(model: str, task: str, layers: str = "all", samples: int = 2048, exa
     from rich.console import Console
 
     from .capture import capture_task
+    from .config import check_setting
     from .errors import EptkUsageError, check_range
     from .families import model_dims
     from .io import check_output_dir, remove_partials
@@ -157,9 +158,10 @@ def capture(model: str, task: str, layers: str = "all", samples: int = 2048, exa
     from .stats_cache import ensure_stats, stats_folder
     from .tasks import load_task
 
-    for name, value, lowest, highest in (("--samples", samples, 1, 10**7), ("--examples", examples, 1, 10**7),
-                                         ("--batch-size", batch_size, 1, 65536), ("--seed", seed, 0, 2**32 - 1)):
-        check_range(name, value, lowest, highest)
+    check_range("--samples", samples, 1, 10**7)
+    check_range("--examples", examples, 1, 10**7)
+    check_setting("batch_size", batch_size)
+    check_setting("seed", seed)
     check_layer_spec(layers, lowest=0)
     check_model_name(model, allow_pickle_weights)
     dev = check_placement(device, device_map, offload_dir)
@@ -198,13 +200,13 @@ def sweep(file: Path, *, jobs: int | None = None, shard: str | None = None, out:
 
     from rich.console import Console
 
-    from .errors import check_range
+    from .config import check_setting
     from .io import check_output_dir
     from .sweep import load_sweep, parse_shard, plan, run_sweep, select_shard, summary_name
 
     parsed_shard = parse_shard(shard)
     if jobs is not None:
-        check_range("--jobs", jobs, 1, 1024)
+        check_setting("jobs", jobs)
     spec = load_sweep(file)
     target = check_output_dir(out if out is not None else spec.default_out(), "--out")
     if dry_run:

@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import EptkUsageError, check_range, choices
+from .errors import EptkUsageError, check_choice, check_range, choices
 
 DEFAULT_MODEL = "smollm2"
 DEVICE_MAPS = ("auto", "balanced", "sequential")
@@ -31,6 +31,14 @@ LIMITS = {
     # region:new needs more than its k = 5 neighbours; a covariance's shrinkage needs a few rows
     "stats_samples": (16, 10**7, False),
 }
+COMMAND_LIMITS = {"jobs": (1, 1024, False)}  # options of other commands (sweep, reproduce) that share a bound
+
+
+def check_setting(name: str, value) -> None:
+    """`value` inside the range of the setting `name` (LIMITS, else COMMAND_LIMITS); the error names the
+    command-line option. Every command that takes the setting checks it here, against one bound."""
+    lowest, highest, above = LIMITS[name] if name in LIMITS else COMMAND_LIMITS[name]
+    check_range(option(name), value, lowest, highest, above=above)
 
 
 @dataclass
@@ -82,17 +90,14 @@ class TuneConfig:
         from .priors import parse_spec
 
         METHODS[self.method].check_options(soft=self.soft, keep_sink=self.keep_sink)  # an unknown method: usage error
-        for name, (lowest, highest, above) in LIMITS.items():
-            check_range(option(name), getattr(self, name), lowest, highest, above=above)
+        for name in LIMITS:
+            check_setting(name, getattr(self, name))
         if self.schedule not in SCHEDULES:
             raise EptkUsageError(f"unknown schedule {self.schedule!r}; valid: {choices(SCHEDULES)}")
         check_device_map(self.device_map, self.offload_dir)
-        if self.lr_scale not in LR_SCALES:
-            raise EptkUsageError(f"unknown --lr-scale {self.lr_scale!r}; valid: {choices(LR_SCALES)}")
-        if self.nan_policy not in NAN_POLICIES:
-            raise EptkUsageError(f"unknown --nan-policy {self.nan_policy!r}; valid: {choices(NAN_POLICIES)}")
-        if self.backend not in BACKENDS:
-            raise EptkUsageError(f"unknown --backend {self.backend!r}; valid: {choices(BACKENDS)}")
+        check_choice("--lr-scale", self.lr_scale, LR_SCALES)
+        check_choice("--nan-policy", self.nan_policy, NAN_POLICIES)
+        check_choice("--backend", self.backend, BACKENDS)
         parse_spec(self.prior)
 
     def schedule_steps(self, step: int) -> int:

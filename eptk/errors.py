@@ -35,5 +35,11 @@ def check_range(option: str, value, lowest, highest, *, above: bool = False) -> 
     raise EptkUsageError(f"{option} must be {kind} {low} {high} (got {value})")
 
 
+def check_choice(option: str, value, valid) -> None:
+    """`value` one of `valid`: otherwise a usage error naming the option and the valid choices."""
+    if value not in valid:
+        raise EptkUsageError(f"unknown {option} {value!r}; valid: {choices(valid)}")
+
+
 class NothingToDo(Exception):
     """The work a command was asked for is already done: the CLI prints the message and exits 0."""

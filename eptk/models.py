@@ -10,8 +10,8 @@ import torch
 
 from .config import DEFAULT_MODEL, DEVICE_MAPS, check_device_map
 from .errors import EptkUsageError, choices
-from .io import replace_folder
 from .families import family_of
+from .io import replace_folder
 from .io import cache_dir  # noqa: F401  (eptk.models.cache_dir: where models and statistics are cached)
 
 TINY_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gpt2", "gemma2", "gemma3", "phi3")
@@ -67,6 +67,11 @@ def load_frozen(name: str, device: str | torch.device = "auto", **options) -> "L
     return load_model(name, device=dev, dtype=frozen_dtype(dev), **options)
 
 
+def tiny_family(name: str) -> str:
+    """The family of a `tiny` / `tiny:<family>` model name (llama by default)."""
+    return name.split(":", 1)[1] if ":" in name else "llama"
+
+
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")  # torch.save files: unpickled to load
 
 
@@ -75,7 +80,7 @@ def check_model_name(name: str, allow_pickle_weights: bool = False) -> str:
     anything: a usage error for a name that cannot load (an unknown tiny family, a missing file, a folder
     with pickle weights only, a hub id while offline)."""
     if name == "tiny" or name.startswith("tiny:"):
-        family = name.split(":", 1)[1] if ":" in name else "llama"
+        family = tiny_family(name)
         if family not in TINY_FAMILIES:
             raise EptkUsageError(f"unknown tiny model family {family!r}; valid: {choices(TINY_FAMILIES)}")
         return "tiny"
@@ -125,7 +130,7 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
     `allow_pickle_weights`."""
     kind = check_model_name(name, allow_pickle_weights)
     if kind == "tiny":
-        family = name.split(":", 1)[1] if ":" in name else "llama"
+        family = tiny_family(name)
         model, tokenizer = build_tiny(family, seed=seed)
         source = f"random tiny {family} (seed {seed})"
     elif kind == "smollm2":

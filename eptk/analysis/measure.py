@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import metrics as M
+from ..config import check_setting
 from ..errors import check_range
 from ..spaces import RESIDUAL
 from .columns import SUMMARY_COLUMNS, BlockView, RunView, block_values, run_values
@@ -34,8 +35,9 @@ class AnalysisOptions:
         """Each option inside its range (the CLI's names), before anything is read or written."""
         for name, value, lowest, highest in (("--top-k", self.top_k, 1, 1000), ("--knn-k", self.knn_k, 1, 1000),
                                              ("--permutations", self.n_perm, 1, 10**6),
-                                             ("--max-data", self.max_data, 2, 10**7), ("--seed", self.seed, 0, 2**32 - 1)):
+                                             ("--max-data", self.max_data, 2, 10**7)):
             check_range(name, value, lowest, highest)
+        check_setting("seed", self.seed)
 
 
 def _match_stats(run: RunData, stats: Sequence[TaskActivations]) -> TaskActivations | None:

@@ -22,7 +22,7 @@ def reproduce(out, *, model: str, quick: bool = False, jobs: int | None = None, 
     complete. Returns 1 when a run failed, else 0."""
     from rich.console import Console
 
-    from ..errors import check_range
+    from ..config import check_setting
     from ..io import check_output_dir
     from ..models import check_model_name
     from ..sweep import parse_shard
@@ -32,7 +32,7 @@ def reproduce(out, *, model: str, quick: bool = False, jobs: int | None = None, 
     chosen = parse_stages(stages)
     parsed = parse_shard(shard)
     if jobs is not None:
-        check_range("--jobs", jobs, 1, 1024)
+        check_setting("jobs", jobs)
     check_model_name(model)
     study = Study.build(model, check_output_dir(out, "--out"), quick=quick)
     study.check_folder()
