@@ -152,7 +152,7 @@ def capture(model: str, task: str, layers: str = "all", samples: int = 2048, exa
     from .errors import EptkUsageError, check_range
     from .families import model_dims
     from .io import check_output_dir, remove_partials
-    from .models import check_model_name, check_placement, frozen_dtype, load_model
+    from .models import check_model_name, check_placement, load_frozen
     from .spaces import check_layer_spec, parse_layers
     from .stats import is_stats_folder
     from .stats_cache import ensure_stats, stats_folder
@@ -172,8 +172,8 @@ def capture(model: str, task: str, layers: str = "all", samples: int = 2048, exa
         if out.is_dir() and any(out.iterdir()) and not is_stats_folder(out):
             raise EptkUsageError(f"--out {out} is a non-empty folder that holds no activation statistics; choose "
                                  f"a new or empty folder (a statistics folder is replaced)")
-    loaded = load_model(model, device=dev, dtype=frozen_dtype(dev), device_map=device_map or None,
-                        offload_dir=offload_dir or None, allow_pickle_weights=allow_pickle_weights)
+    loaded = load_frozen(model, dev, device_map=device_map or None, offload_dir=offload_dir or None,
+                         allow_pickle_weights=allow_pickle_weights)
     num_layers = model_dims(loaded.model)["num_layers"]
     chosen = parse_layers(layers, num_layers, lowest=0, highest=num_layers)
     if out is None:

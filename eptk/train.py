@@ -21,7 +21,7 @@ from .errors import EptkUsageError, Stop
 from .evaluate import answer_loss, evaluate, skipped
 from .families import family_of
 from .methods import get_method
-from .models import frozen_dtype, input_device, load_model
+from .models import input_device, load_frozen
 from .priors import PriorContext, build_prior, parse_spec
 from .prompts import PromptedModel
 from .runs import prepare_out_dir
@@ -85,9 +85,9 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
     if resume and cfg.steps != plan.run_steps and plan.resume_step > 0:
         # the steps so far ran under the old total's schedule; record it, so lr_factor and --config follow
         cfg.extensions = [*cfg.extensions, {"at_step": plan.resume_step, "steps": plan.run_steps}]
-    loaded = load_model(cfg.model, device=device, dtype=frozen_dtype(device), trust_remote_code=cfg.trust_remote_code,
-                        device_map=cfg.device_map or None, offload_dir=cfg.offload_dir or None,
-                        allow_pickle_weights=cfg.allow_pickle_weights)
+    loaded = load_frozen(cfg.model, device, trust_remote_code=cfg.trust_remote_code,
+                         device_map=cfg.device_map or None, offload_dir=cfg.offload_dir or None,
+                         allow_pickle_weights=cfg.allow_pickle_weights)
     device = input_device(loaded.model)  # batches enter where the embeddings execute (--device-map moves them)
     dims = family_of(loaded.model).dims(loaded.model)
     method_class = get_method(cfg.method)

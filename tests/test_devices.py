@@ -44,9 +44,7 @@ def test_a_model_on_cpu_and_disk_trains_and_scores_like_one_on_the_cpu(tmp_path,
 def loads(monkeypatch):
     """Every load_model call as (model, device, device_map), with CUDA pretended present; the model still
     loads on the CPU (this machine's device)."""
-    import eptk.loading
     import eptk.models
-    import eptk.train
 
     real = eptk.models.load_model
     calls = []
@@ -55,8 +53,7 @@ def loads(monkeypatch):
         calls.append((name, str(device), device_map))
         return real(name, device="cpu", dtype=torch.float32, **kwargs)
 
-    for module in (eptk.models, eptk.train):  # eptk.loading and eptk.analysis load through eptk.models
-        monkeypatch.setattr(module, "load_model", spy)
+    monkeypatch.setattr(eptk.models, "load_model", spy)  # every command loads through it (models.load_frozen)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     return calls
