@@ -154,6 +154,7 @@ class Capturer:
         self.stats = ActivationStats(self.dims["hidden_size"], self.layers, samples, seed=seed, device=self.device)
         self.sequences = 0
         self.massive: dict[int, int] = {}
+        self._whiten: dict | None = None  # layer -> (scale_tril, mean) of the final Gaussians, for add_extremes
 
     def add(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         from . import kernels
@@ -182,7 +183,7 @@ class Capturer:
         under the layer's final shrunk Gaussian (what a `region:new` sample must clear: every captured
         token, not only the reservoir's). The same tokens are kept as in the first pass."""
         stats = self.stats
-        if not hasattr(self, "_whiten"):
+        if self._whiten is None:
             self._whiten = {l: (stats.layer(l).scale_tril().double().to(self.device),
                                 stats.layer(l).mean.double().to(self.device)) for l in self.layers}
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
