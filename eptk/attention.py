@@ -68,8 +68,10 @@ def active(state):
 
 
 # Keyword arguments transformers passes that change nothing here: the positions are already rotated
-# into the keys (flash attention's packed-sequence path is the only reader), and caching is the model's.
-IGNORED_KWARGS = ("position_ids", "cache_position", "use_cache")
+# into the keys (flash attention's packed-sequence path is the only reader), caching is the model's, and
+# output_hidden_states (handed down to attention by transformers 5.24) asks the model, not the layer, for
+# its hidden states.
+IGNORED_KWARGS = ("position_ids", "cache_position", "use_cache", "output_hidden_states")
 
 
 def eptk_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None,

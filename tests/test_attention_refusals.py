@@ -36,8 +36,22 @@ def test_plain_call_and_every_argument_transformers_passes_work():
     q, k, v = qkv()
     out, weights = eptk_attention(Attention(), q, k, v, None, scaling=0.3, dropout=0.0, sliding_window=3,
                                   softcap=5.0, position_ids=torch.arange(5)[None], use_cache=False,
-                                  cache_position=None, head_mask=None)
+                                  cache_position=None, head_mask=None, output_hidden_states=True)
     assert out.shape == (2, 5, 2, 8) and weights is None
+
+
+def test_hidden_states_of_a_model_on_eptk_attention():
+    """model(..., output_hidden_states=True) works on eptk's attention and gives the same states as the
+    model's own attention (transformers 5.24 hands the flag down to every attention call)."""
+    model, _ = build_tiny("llama")
+    ids = torch.randint(5, 90, (1, 6))
+    with torch.no_grad():
+        before = model(input_ids=ids, output_hidden_states=True).hidden_states
+        use_eptk_attention(model)
+        after = model(input_ids=ids, output_hidden_states=True).hidden_states
+    assert len(before) == len(after)
+    for a, b in zip(before, after):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name,value", [("alibi_slopes", torch.ones(2)),   # ALiBi
