@@ -111,6 +111,7 @@ def test_close_frees_the_process_group(tmp_path):
         "pg = dist.group.WORLD\n"
         "d.close(synchronize=True)\n"
         "refs = sys.getrefcount(pg) - 1  # -1: getrefcount's own argument\n"
+        "del pg  # the script's own reference must go too, or the group is freed at shutdown: the abort itself\n"
         "pathlib.Path(sys.argv[1], f'rank{d.rank}.txt').write_text(f'{total} {refs}')\n")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
