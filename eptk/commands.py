@@ -151,7 +151,7 @@ def capture(model: str, task: str, layers: str = "all", samples: int = 2048, exa
     from .config import check_setting
     from .errors import EptkUsageError, check_range
     from .families import model_dims
-    from .io import check_output_dir, remove_partials
+    from .io import check_folder_is_ours, check_output_dir, remove_partials
     from .models import check_model_name, check_placement, load_frozen
     from .spaces import check_layer_spec, parse_layers
     from .stats import is_stats_folder
@@ -169,9 +169,8 @@ def capture(model: str, task: str, layers: str = "all", samples: int = 2048, exa
         raise EptkUsageError(f"task {task!r} has no train examples to capture")
     if out is not None:
         check_output_dir(out, "--out", replaced=True)
-        if out.is_dir() and any(out.iterdir()) and not is_stats_folder(out):
-            raise EptkUsageError(f"--out {out} is a non-empty folder that holds no activation statistics; choose "
-                                 f"a new or empty folder (a statistics folder is replaced)")
+        check_folder_is_ours(out, "--out", "activation statistics", is_stats_folder,
+                             hint="choose a new or empty folder (a statistics folder is replaced)")
     loaded = load_frozen(model, dev, device_map=device_map or None, offload_dir=offload_dir or None,
                          allow_pickle_weights=allow_pickle_weights)
     num_layers = model_dims(loaded.model)["num_layers"]

@@ -180,6 +180,20 @@ def check_output_dir(path, option: str, replaced: bool = False) -> Path:
     return path
 
 
+def check_folder_is_ours(path, option: str, what: str, ours, ignore=None, hint: str | None = None) -> None:
+    """Refuse `path` when it is a folder holding files and `ours(path)` does not recognise it as `what`:
+    the command would scatter its files among someone else's. The message names a few of those files, so
+    the user sees whose folder it is. `ignore(entry)`: entries that do not count (a lock, a partial)."""
+    path = Path(path)
+    if not path.is_dir() or ours(path):
+        return
+    entries = sorted(p.name for p in path.iterdir() if not (ignore and ignore(p)))
+    if entries:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise EptkUsageError(f"{option} {path} holds files that are not {what} ({shown}); "
+                             f"{hint or 'choose a new or empty folder'}")
+
+
 def _writable(folder: Path) -> bool:
     effective = os.access in os.supports_effective_ids
     return os.access(folder, os.W_OK | os.X_OK, effective_ids=effective)

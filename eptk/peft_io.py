@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .errors import EptkUsageError, choices
-from .io import check_output_dir, load_tensors, read_json, save_tensors_atomic, write_json_atomic
+from .io import check_folder_is_ours, check_output_dir, load_tensors, read_json, save_tensors_atomic, write_json_atomic
 from .methods import METHODS, method_from_config, peft_types
 from .families import model_dims
 from .runs import CONFIG, IMPORTED, RunDir, is_run, prepare_out_dir
@@ -89,8 +89,7 @@ def export_peft(run, out, *, device: str = "cpu") -> Path:
 
 def _check_out(out: Path) -> None:
     check_output_dir(out, "--out")
-    if out.is_dir() and any(out.iterdir()) and not (out / ADAPTER_CONFIG).is_file():
-        raise EptkUsageError(f"--out {out} is a non-empty directory that is not a PEFT adapter; choose another --out")
+    check_folder_is_ours(out, "--out", "a PEFT adapter", lambda folder: (folder / ADAPTER_CONFIG).is_file())
 
 
 def _common_config(config: dict, P: int) -> dict:

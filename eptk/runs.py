@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from .errors import EptkUsageError
-from .io import append_jsonl, check_output_dir, is_temporary, load_tensors, read_json, read_jsonl, \
-    remove_temp_files, replace_folder, save_tensors_atomic, sync_file, write_json_atomic, write_text_atomic
+from .io import append_jsonl, check_folder_is_ours, check_output_dir, is_temporary, load_tensors, read_json, \
+    read_jsonl, remove_temp_files, replace_folder, save_tensors_atomic, sync_file, write_json_atomic, write_text_atomic
 
 CONFIG, PRIOR, POSTERIOR, METRICS, EVAL, CHECKPOINTS = ("config.json", "prior.safetensors", "posterior.safetensors",
                                                         "metrics.jsonl", "eval.json", "checkpoint")
@@ -230,9 +230,9 @@ def check_out_dir(out, overwrite: bool = False, resume: bool = False, option: st
     elif is_run(out) and not overwrite:
         raise EptkUsageError(f"{option} {out} already holds a run; pass --overwrite to replace it, "
                              f"or --resume {out} to continue it")
-    elif out.is_dir() and not is_run(out) and not overwrite and \
-            any(p for p in out.iterdir() if p.name != LOCK and not is_temporary(p)):
-        raise EptkUsageError(f"{option} {out} is a non-empty directory that is not a run; choose another {option}")
+    elif not overwrite:  # --overwrite removes only a run's own files (RunDir.reset), never someone else's
+        check_folder_is_ours(out, option, "a run", is_run, ignore=lambda p: p.name == LOCK or is_temporary(p),
+                             hint=f"choose another {option}")
     if RunDir(out).is_locked():
         raise EptkUsageError(f"another `eptk tune` is writing {out} (lock held)")
     return out

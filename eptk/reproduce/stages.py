@@ -161,12 +161,10 @@ class Study:
     def check_folder(self) -> None:
         """Refuse an --out that holds files but nothing of a study: its runs, captures and report would
         be scattered among someone else's files. A new, empty or earlier study folder is fine."""
-        if not self.out.is_dir():
-            return
-        entries = {p.name for p in self.out.iterdir()}
+        from ..io import check_folder_is_ours
+
         own = {run.name for runs in self.stage_runs.values() for run in runs} | STUDY_ENTRIES
-        if entries and not any(name in own or name.startswith("reproduce-") for name in entries):
-            from ..errors import EptkUsageError
-            shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
-            raise EptkUsageError(f"--out {self.out} holds files that are not a reproduction study ({shown}); "
-                                 f"choose a new or empty folder, or an earlier study's")
+        check_folder_is_ours(self.out, "--out", "a reproduction study",
+                             lambda folder: any(p.name in own or p.name.startswith("reproduce-")
+                                                for p in folder.iterdir()),
+                             hint="choose a new or empty folder, or an earlier study's")
