@@ -92,8 +92,7 @@ class TuneConfig:
         METHODS[self.method].check_options(soft=self.soft, keep_sink=self.keep_sink)  # an unknown method: usage error
         for name in LIMITS:
             check_setting(name, getattr(self, name))
-        if self.schedule not in SCHEDULES:
-            raise EptkUsageError(f"unknown schedule {self.schedule!r}; valid: {choices(SCHEDULES)}")
+        check_choice("--schedule", self.schedule, SCHEDULES)
         check_device_map(self.device_map, self.offload_dir)
         check_choice("--lr-scale", self.lr_scale, LR_SCALES)
         check_choice("--nan-policy", self.nan_policy, NAN_POLICIES)

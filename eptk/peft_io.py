@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import EptkUsageError, choices
+from .errors import EptkUsageError, check_choice, choices
 from .io import check_folder_is_ours, check_output_dir, load_tensors, read_json, save_tensors_atomic, write_json_atomic
 from .methods import METHODS, method_from_config, peft_types
 from .families import model_dims
@@ -32,8 +32,7 @@ WEIGHT_NAME = "prompt_embeddings"
 # ---- export ------------------------------------------------------------------------------------
 
 def export(run, out, fmt: str = "peft", *, device: str = "cpu") -> Path:
-    if fmt not in FORMATS:
-        raise EptkUsageError(f"unknown export format {fmt!r}; valid: {choices(FORMATS)}")
+    check_choice("--format", fmt, FORMATS)
     return export_peft(run, out, device=device)
 
 
