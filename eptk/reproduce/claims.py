@@ -1,5 +1,5 @@
 """The paper's claims, each measured: a statistic, its 95% interval over seeds, and a verdict by a rule
-fixed before the numbers (RULES below; the report prints them next to the results).
+stated in docs/findings/RULES.md (RULES below; the report prints them next to the results; RULES.md says when they were written).
 
 Inputs are plain data (tensors, lists, dicts) gathered by eptk.reproduce.gather, so every claim can be
 recomputed and tested without a model. A claim whose inputs are not there yet (a stage not run) is

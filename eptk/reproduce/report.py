@@ -122,8 +122,7 @@ def _markdown(g: Gathered, results, figures, command, versions) -> str:
     total = sum(len(v) for k, v in g.study.stage_runs.items())
     lines = ["# Findings: embedding priors in prompt-tuning, measured", "",
              f"Model `{g.study.model}`; {complete} of {total} runs complete. Every interval is a 95% interval over "
-             f"seeds; each verdict follows the rule printed next to it, fixed before the numbers "
-             f"(docs/findings/RULES.md).", "",
+             f"seeds; each verdict follows the rule printed next to it (docs/findings/RULES.md).", "",
              "| claim | statistic (95% CI) | verdict | rule |", "|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['claim']}. {r['text']} | {_statistic(r)} | **{r['verdict']}** | {r['rule']} |")
