@@ -200,7 +200,7 @@ class Capturer:
 
     def finish(self, meta: dict | None = None) -> ActivationStats:
         loaded, dims, stats = self.loaded, self.dims, self.stats
-        stats.meta = {"format": FORMAT, "model": loaded.name, "model_source": loaded.source,
+        stats.meta = {"format": FORMAT, "model": loaded.name, "model_source": loaded.source, "model_id": loaded.identity,
                       "hidden_size": dims["hidden_size"], "num_layers": dims["num_layers"], "task": None,
                       "layers": self.layers, "samples": self.samples, "seed": self.seed,
                       "sequences": self.sequences, "excluded": EXCLUDED,

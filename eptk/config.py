@@ -134,18 +134,61 @@ class TuneConfig:
         """The settings of the run in `path`, to continue it (`--resume`)."""
         from .runs import RunDir
 
-        cfg = cls.from_dict(RunDir(path).resume_config())
+        cfg = cls.from_dict(local_paths(RunDir(path).resume_config(), Path(path).resolve().parent))
         cfg.out = str(path)
         return cfg
 
     @classmethod
     def from_file(cls, path, out=None) -> "TuneConfig":
-        """The settings of a config.json, to rerun them (`--config`), into `out` when given."""
+        """The settings of a config.json, to rerun them (`--config`), into `out` when given. Its relative paths
+        are relative to the folder that holds its run (config.json's grandparent), wherever that is now."""
         from .io import read_json
 
-        cfg = cls.from_dict(read_json(path, "config"))
+        data = read_json(path, "config")
+        if isinstance(data, dict):
+            data = local_paths(data, Path(path).resolve().parent.parent)
+        cfg = cls.from_dict(data)
         cfg.out = str(out) if out is not None else cfg.out
         return cfg
+
+
+# Settings that can hold a path, with the text before it ("" = the whole value). config.json records each path
+# relative to the folder that holds the run when it lies inside it (a study's runs, their posterior: priors, a
+# task file beside them), so a committed study reruns from its config.json files on any machine.
+PATH_SETTINGS = {"out": "", "model": "", "task": "jsonl:", "prior": "posterior:", "device_map": "",
+                 "offload_dir": ""}
+
+
+def portable_paths(settings: dict, base: Path) -> dict:
+    """`settings` as config.json records them: paths inside `base` relative to it (POSIX), others unchanged."""
+    base = Path(base).resolve()
+    out = dict(settings)
+    for name, prefix in PATH_SETTINGS.items():
+        value = out.get(name)
+        if not isinstance(value, str) or not value.startswith(prefix) or not value[len(prefix):]:
+            continue
+        path = Path(value[len(prefix):])
+        if not (path.exists() or name == "out"):
+            continue
+        try:
+            out[name] = prefix + path.resolve().relative_to(base).as_posix()
+        except ValueError:
+            pass  # outside the run's folder: the user's own path, kept as given
+    return out
+
+
+def local_paths(settings: dict, base: Path) -> dict:
+    """The inverse of `portable_paths` for a run whose folder now lies in `base`: a relative path that exists
+    under `base` (or is the run's own `out`) becomes that path; anything else is left as written."""
+    out = dict(settings)
+    for name, prefix in PATH_SETTINGS.items():
+        value = out.get(name)
+        if not isinstance(value, str) or not value.startswith(prefix) or not value[len(prefix):]:
+            continue
+        path = Path(value[len(prefix):])
+        if not path.is_absolute() and (name == "out" or (Path(base) / path).exists()):
+            out[name] = prefix + str(Path(base) / path)
+    return out
 
 
 def option(name: str) -> str:

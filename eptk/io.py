@@ -44,6 +44,22 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EPTK_CACHE", Path.home() / ".cache" / "eptk"))
 
 
+def cache_relative(path) -> str:
+    """How a run records a folder of eptk's cache: relative to the cache (`stats/<key>`), so the record holds no
+    folder of this machine; a folder elsewhere keeps its full path. `in_cache` reads it back."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(cache_dir().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def in_cache(recorded) -> Path:
+    """The folder a run recorded with `cache_relative`, under this machine's cache (absolute records as they are)."""
+    path = Path(recorded)
+    return path if path.is_absolute() else cache_dir() / path
+
+
 def _atomic_replace(path: Path, write) -> None:
     """Write through a temporary file in the same folder, fsync it, give it the umask's mode, rename it
     over `path`."""

@@ -2,6 +2,8 @@
 onto the device a command asks for. What differs between architectures lives in eptk/families/."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,8 @@ class LoadedModel:
     model: torch.nn.Module      # frozen HF causal LM
     tokenizer: object           # a transformers tokenizer with a pad token
     name: str                   # the --model value as given
-    source: str                 # where the weights came from
+    source: str                 # where the weights came from, in words (no folder of this machine)
+    identity: str = ""          # the model by name and content hash: the same on every machine (model_identity)
 
 
 def smollm2_dir() -> Path:
@@ -138,10 +141,10 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
     elif kind == "gguf":
         path = Path(name)
         model, tokenizer = _from_gguf(path, dtype)
-        source = str(path)
+        source = path.name
     elif kind == "dir":
         model, tokenizer = _from_pretrained(name, dtype, trust_remote_code, allow_pickle_weights)
-        source = str(Path(name).resolve())
+        source = f"folder {Path(name).resolve().name}"
     else:
         model, tokenizer = _from_pretrained(name, dtype, trust_remote_code, allow_pickle_weights)
         source = f"hub:{name}"
@@ -153,7 +156,46 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
         model.to(device)
     model.eval()
     model.requires_grad_(False)
-    return LoadedModel(model=model, tokenizer=tokenizer, name=name, source=source)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, source=source,
+                       identity=model_identity(name, seed=seed))
+
+
+def model_identity(name: str, seed: int = 0) -> str:
+    """The model by name and content hash, never by where it lies: "smollm2 sha256:…" (the packaged GGUF's hash),
+    "<file> sha256:…" for a .gguf, "<folder> sha256:…" (its config and weight files) for a folder, "tiny:<family>
+    seed N", "hub:<id>". Keys the statistics cache and is recorded in config.json as `model_id`, so the same
+    model gets the same cached statistics under any EPTK_CACHE and on any machine."""
+    kind = check_model_name(name, allow_pickle_weights=True)
+    if kind == "tiny":
+        return f"tiny:{tiny_family(name)} seed {seed}"
+    if kind == "smollm2":
+        return f"smollm2 sha256:{file_sha256(smollm2_gguf())}"
+    if kind == "gguf":
+        return f"{Path(name).name} sha256:{file_sha256(Path(name))}"
+    if kind == "dir":
+        folder = Path(name)
+        files = sorted(p for p in folder.iterdir() if p.is_file() and (p.suffix in (".safetensors", ".json", ".bin")))
+        digest = hashlib.sha256()
+        for path in files:
+            digest.update(f"{path.name}\0{file_sha256(path)}\0".encode())
+        return f"{folder.resolve().name} sha256:{digest.hexdigest()}"
+    return f"hub:{name}"
+
+
+def file_sha256(path: Path) -> str:
+    """A file's sha256, computed once per process for a given size and modification time."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return _sha256_of(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _dispatch(model, device_map: str, dtype, offload_dir: str | None):
@@ -316,7 +358,7 @@ def _load_smollm2(dtype):
             tokenizer.save_pretrained(folder)
         replace_folder(cached, fill)
     model, tokenizer = _from_pretrained(str(cached), dtype, False)
-    return model, tokenizer, f"{smollm2_gguf().name} (cached at {cached})"
+    return model, tokenizer, f"{smollm2_gguf().name} (dequantized, cached by eptk)"
 
 
 # --- tiny random models with an in-code character tokenizer (tests, CI) -------------------------

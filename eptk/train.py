@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .batches import encode_batch, take_rows
-from .config import TuneConfig, versions
+from .config import TuneConfig, portable_paths, versions
 from .errors import EptkUsageError, Stop
 from .evaluate import answer_loss, evaluate, skipped
 from .families import family_of
@@ -95,7 +95,7 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
     method = method_class(cfg.tokens, dims, layers, cfg.soft, cfg.keep_sink)
     specs = method.tensor_specs()
     resolved = dict(dataclasses.asdict(cfg), out=str(out), layers_resolved=layers, **dims,
-                    model_source=loaded.source, versions=versions(), name=out.name,
+                    model_source=loaded.source, model_id=loaded.identity, versions=versions(), name=out.name,
                     parameters=sum(math.prod(spec.shape) for spec in specs.values()))
     resolved["layers_spec"], resolved["layers"] = cfg.layers, layers
     # The prior may capture activation statistics (into the statistics cache, never into the run).
@@ -113,6 +113,7 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
     rates = {k: d.acceptance_rate for k, d in prior.dists.items() if hasattr(d, "acceptance_rate")}
     if rates:
         resolved["prior_acceptance_rate"] = rates
+    resolved = portable_paths(resolved, out.parent)  # no folder of this machine in config.json (config.PATH_SETTINGS)
     run, error = None, None
     if dist.is_main:
         try:

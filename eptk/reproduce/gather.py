@@ -14,6 +14,7 @@ from ..analysis.measure import subsample_rows
 from ..analysis.read import load_stats, read_run
 from ..analysis.write import has_trajectories, read_trajectories
 from ..errors import EptkUsageError
+from ..io import in_cache
 from ..runs import RunDir
 from ..stats import is_stats_folder
 from .claims import PAIRS, TunedRun, silhouette_test, slot_distance
@@ -72,7 +73,7 @@ class Gathered:
     def data_stats(self, run: TunedRun):
         """The task activations a run is placed against: the statistics it recorded (region priors),
         else the study's capture of its task family at seed 0; None when neither exists."""
-        folders = list(run.extra["stats"].values())
+        folders = [str(in_cache(f)) for f in run.extra["stats"].values()]
         base = run.task.split(":")[0]
         capture = next((c for c in self.study.captures() if c.task == base and c.seed == 0), None)
         if capture is not None:
