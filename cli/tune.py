@@ -41,6 +41,10 @@ def tune(
     test_size: int = typer.Option(D.test_size, help="test examples for eval.json"),
     train_size: int = typer.Option(D.train_size, help="training examples drawn from the task"),
     checkpoint_every: int = typer.Option(D.checkpoint_every, help="checkpoint every N steps (0: only at the end)"),
+    early_stop: int = typer.Option(D.early_stop, help="stop after N validations that do not improve the best "
+                                   "validation loss, keeping the best prompt (0: off; needs --eval-every)"),
+    early_stop_delta: float = typer.Option(D.early_stop_delta, help="an improvement is a drop of at least this "
+                                           "share of the best validation loss"),
     seed: int = typer.Option(D.seed),
     out: Optional[Path] = typer.Option(None, help="run directory (default runs/<model>-<task>-<method>-<prior>-s<seed>)"),
     backend: str = typer.Option(D.backend, help="prefix-attention kernel: auto (Triton on CUDA), triton, torch"),
@@ -71,7 +75,8 @@ def tune(
                     layers=layers, soft=soft, keep_sink=keep_sink, steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
                     weight_decay=weight_decay, schedule=schedule, warmup=warmup, clip=clip, eval_every=eval_every,
                     eval_size=eval_size, test_size=test_size, train_size=train_size,
-                    checkpoint_every=checkpoint_every, seed=seed, out=str(out) if out else "", backend=backend,
+                    checkpoint_every=checkpoint_every, early_stop=early_stop, early_stop_delta=early_stop_delta,
+                    seed=seed, out=str(out) if out else "", backend=backend,
                     grad_checkpointing=grad_checkpointing, device=device, nan_policy=nan_policy, lr_scale=lr_scale,
                     device_map=device_map, offload_dir=offload_dir,
                     trust_remote_code=trust_remote_code, stats_samples=stats_samples,
@@ -96,11 +101,14 @@ def eval_command(
     device: str = typer.Option("auto", help=DEVICE_HELP),
     device_map: str = typer.Option("", help=DEVICE_MAP_HELP),
     offload_dir: str = typer.Option("", help=OFFLOAD_HELP),
+    save: bool = typer.Option(False, help="keep the scores and each item's prediction in the run "
+                              "(eval-<split>-<size>.json, predictions-<split>-<size>.jsonl)"),
 ) -> None:
     """Score a tuned run (and the no-prompt baseline) on a task split."""
     from eptk import commands
 
-    commands.evaluate(run, task, split, size, backend, device=device, device_map=device_map, offload_dir=offload_dir)
+    commands.evaluate(run, task, split, size, backend, device=device, device_map=device_map, offload_dir=offload_dir,
+                      save=save)
 
 
 @app.command()

@@ -73,10 +73,13 @@ def _print_scores(run: Path) -> None:
 
 
 def evaluate(run: Path, task: str | None = None, split: str = "test", size: int = 200, backend: str = "auto", *,
-             device: str = "auto", device_map: str = "", offload_dir: str = "") -> dict:
-    """Score a tuned run and the no-prompt baseline on a task split (the scorer that writes eval.json)."""
+             device: str = "auto", device_map: str = "", offload_dir: str = "", save: bool = False) -> dict:
+    """Score a tuned run and the no-prompt baseline on a task split (the scorer that writes eval.json); with
+    `save`, keep the evaluation and its per-item predictions in the run (eval-<split>-<size>.json beside
+    predictions-<split>-<size>.jsonl), e.g. to score a finished run on more test items without retraining."""
     from .errors import EptkUsageError, check_choice, check_range
-    from .evaluate import evaluate as score_both
+    from .evaluate import evaluate as score_both, item_rows
+    from .runs import RunDir
     from eptk.kernels import BACKENDS
     from .loading import load_run
     from .models import check_placement
@@ -85,6 +88,8 @@ def evaluate(run: Path, task: str | None = None, split: str = "test", size: int 
     check_range("--size", size, 1, 10**7)
     check_choice("--backend", backend, BACKENDS)
     config = _run_config(run)
+    if save and not RunDir(run).is_complete():
+        raise EptkUsageError(f"--save keeps a finished run's evaluation: {run} has not finished (no eval.json)")
     check_placement(device, device_map, offload_dir)
     the_task = load_task(task or config["task"], int(config.get("seed", 0)))
     examples = the_task.examples(split, size)
@@ -92,6 +97,11 @@ def evaluate(run: Path, task: str | None = None, split: str = "test", size: int 
         raise EptkUsageError(f"task {the_task.name!r} has no {split} examples to score")
     tuned = load_run(run, backend=backend, device=device, device_map=device_map or None, offload_dir=offload_dir or None)
     result = score_both(tuned, the_task, examples, split, prefix_mass=False)
+    rows = item_rows(result)
+    if save:
+        from .config import versions
+
+        RunDir(run).write_eval(dict(result, versions=versions()), rows, name=f"{split}-{size}")
     summary = {k: result[k] for k in ("task", "split", "metric")}
     summary.update({which: {k: result[which][k] for k in ("score", "loss", "n")} for which in ("baseline", "tuned")})
     print(json.dumps(summary, indent=2))

@@ -30,6 +30,7 @@ LIMITS = {
     "train_size": (1, 10**8, False), "checkpoint_every": (0, 10**9, False), "seed": (0, 2**32 - 1, False),
     # region:new needs more than its k = 5 neighbours; a covariance's shrinkage needs a few rows
     "stats_samples": (16, 10**7, False),
+    "early_stop": (0, 10**6, False), "early_stop_delta": (0.0, 1.0, False),
 }
 COMMAND_LIMITS = {"jobs": (1, 1024, False)}  # options of other commands (sweep, reproduce) that share a bound
 
@@ -65,6 +66,8 @@ class TuneConfig:
     test_size: int = 200
     train_size: int = 4000
     checkpoint_every: int = 50
+    early_stop: int = 0            # evaluations without improvement before stopping (0: train every step)
+    early_stop_delta: float = 0.0  # the share of the best validation loss an evaluation must improve it by
     seed: int = 0
     out: str = ""
     backend: str = "auto"
@@ -97,6 +100,9 @@ class TuneConfig:
         check_choice("--lr-scale", self.lr_scale, LR_SCALES)
         check_choice("--nan-policy", self.nan_policy, NAN_POLICIES)
         check_choice("--backend", self.backend, BACKENDS)
+        if self.early_stop and not (self.eval_every and self.eval_size):
+            raise EptkUsageError("--early-stop stops on the validation loss: give --eval-every N and --eval-size N "
+                                 "(both > 0) with it")
         parse_spec(self.prior)
 
     def schedule_steps(self, step: int) -> int:

@@ -21,6 +21,7 @@ from .io import append_jsonl, check_folder_is_ours, check_output_dir, is_tempora
 CONFIG, PRIOR, POSTERIOR, METRICS, EVAL, CHECKPOINTS = ("config.json", "prior.safetensors", "posterior.safetensors",
                                                         "metrics.jsonl", "eval.json", "checkpoint")
 LOCK, STATE, STATE_TENSORS, LATEST = ".lock", "state.json", "state.safetensors", "latest"
+PREDICTIONS = "predictions.jsonl"   # one row per test item of eval.json's evaluation (evaluate.item_rows)
 TENSORS = {"prior": PRIOR, "posterior": POSTERIOR}
 IMPORTED = "imported"  # the config "prior" of a run made from a PEFT adapter (no training state)
 
@@ -170,8 +171,25 @@ class RunDir:
         (self.path / EVAL).unlink(missing_ok=True)
         (self.path / POSTERIOR).unlink(missing_ok=True)
 
-    def write_eval(self, result: dict) -> None:
-        write_json_atomic(self.path / EVAL, result)
+    def write_eval(self, result: dict, rows: list[dict] | None = None, name: str | None = None) -> None:
+        """eval.json (and its items in predictions.jsonl); with `name`, a later evaluation of the finished run
+        (`eptk eval --save`) beside it: eval-<name>.json and predictions-<name>.jsonl. The items go first, so
+        an evaluation file always has its items."""
+        summary, items = (EVAL, PREDICTIONS) if name is None else (f"eval-{name}.json", f"predictions-{name}.jsonl")
+        if rows:
+            write_text_atomic(self.path / items, "".join(_jsonl(r) for r in rows))
+        write_json_atomic(self.path / summary, result)
+
+    def evaluations(self) -> list[tuple[dict, Path | None]]:
+        """Every evaluation of the run with its per-item file (None where it has none): eval.json first, then
+        the later ones (`eptk eval --save`) by name."""
+        found = []
+        for summary in [self.path / EVAL, *sorted(self.path.glob("eval-*.json"))]:
+            if summary.is_file():
+                items = self.path / (PREDICTIONS if summary.name == EVAL else
+                                     "predictions-" + summary.name[len("eval-"):-len(".json")] + ".jsonl")
+                found.append((read_json(summary, "evaluation"), items if items.is_file() else None))
+        return found
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, step: int, tensors: dict[str, torch.Tensor], state: dict, keep: int = 2) -> None:
