@@ -49,6 +49,8 @@ def reproduce(out, *, model: str, quick: bool = False, jobs: int | None = None, 
             R.run_captures(study, parsed, models=models, progress=progress, console=console)
         elif stage == "trajectories":
             R.run_trajectories_stage(study, parsed, models=models, progress=progress, console=console)
+        elif stage == "reeval":
+            failed += R.run_reevaluations(study, parsed, console=console)
         elif stage == "report":
             _report(study, n_perm=n_perm, console=console)
     return 1 if failed else 0

@@ -12,7 +12,8 @@ from ..stats import is_stats_folder
 from ..sweep import Sweep, plan, run_sweep, select_shard, summary_name
 from .stages import TASKS, Study
 
-TRAINING = ("main", "transfer", "sink")
+TRAINING = ("main", "transfer", "sink", "converged", "ablation")
+V1_TRAINING = ("main", "transfer", "sink")   # the runs `reeval` scores again on more test items
 
 
 def _waiting(study: Study, stage: str, runs: list) -> tuple[list, list]:
@@ -40,6 +41,10 @@ def dry_run(study: Study, stages, shard) -> list[dict]:
             for c in select_shard(study.captures(), shard):
                 done = is_stats_folder(study.capture_dir(c))
                 rows.append({"stage": stage, "item": f"captures/{c.name}", "action": "skip" if done else "fresh"})
+        elif stage == "reeval":
+            for run in select_shard(reeval_runs(study), shard):
+                rows.append({"stage": stage, "item": f"{run.name}/{reeval_file(study)}",
+                             "action": _reeval_action(study, run)})
         elif stage == "trajectories":
             for run in select_shard(study.trajectory_runs(), shard):
                 rows.append({"stage": stage, "item": f"trajectories/{run.name}", "action": _trajectory_action(study, run)})
@@ -111,6 +116,48 @@ def run_trajectories_stage(study: Study, shard, *, models: dict, progress: bool,
         write_trajectories(study.trajectory_dir(run), rows)
         console.print(f"✓ trajectories/{run.name} ({len(rows)} rows)", markup=False)
     return 0
+
+
+def reeval_runs(study: Study) -> list:
+    return [run for stage in V1_TRAINING for run in study.stage_runs[stage]]
+
+
+def reeval_file(study: Study) -> str:
+    return f"eval-test-{study.scale.reeval_size}.json"
+
+
+def _reeval_action(study: Study, run) -> str:
+    if (study.run_dir(run) / reeval_file(study)).is_file():
+        return "skip"
+    return "fresh" if RunDir(study.run_dir(run)).is_complete() else "waits"
+
+
+def run_reevaluations(study: Study, shard, *, console) -> int:
+    """Version-1 runs scored again from their posteriors on the study's 1,000 test items (`eptk eval --save`):
+    the per-item predictions version 2 reads, without retraining. Returns the number that failed."""
+    from ..commands import evaluate
+
+    failed = 0
+    for run in select_shard(reeval_runs(study), shard):
+        if _reeval_action(study, run) != "fresh":
+            continue
+        try:
+            with _quiet():
+                summary = evaluate(study.run_dir(run), size=study.scale.reeval_size, save=True)
+        except EptkUsageError as exc:
+            failed += 1
+            console.print(f"✗ {run.name}: {exc}", markup=False, highlight=False)
+            continue
+        console.print(f"✓ {run.name}: {summary['tuned']['score']:.1f} on {summary['tuned']['n']} test items",
+                      markup=False, highlight=False)
+    return failed
+
+
+def _quiet():
+    import contextlib
+    import io
+
+    return contextlib.redirect_stdout(io.StringIO())
 
 
 def _model(study: Study, models: dict):
