@@ -41,6 +41,10 @@ def dry_run(study: Study, stages, shard) -> list[dict]:
             for c in select_shard(study.captures(), shard):
                 done = is_stats_folder(study.capture_dir(c))
                 rows.append({"stage": stage, "item": f"captures/{c.name}", "action": "skip" if done else "fresh"})
+        elif stage == "tokens":
+            for c in select_shard(study.token_captures(), shard):
+                done = is_stats_folder(study.token_dir(c))
+                rows.append({"stage": stage, "item": f"tokens/{c.name}", "action": "skip" if done else "fresh"})
         elif stage == "reeval":
             for run in select_shard(reeval_runs(study), shard):
                 rows.append({"stage": stage, "item": f"{run.name}/{reeval_file(study)}",
@@ -80,19 +84,22 @@ def run_training(study: Study, stage: str, *, jobs, shard, progress: bool, conso
     return summary["counts"].get("failed", 0)
 
 
-def run_captures(study: Study, shard, *, models: dict, progress: bool, console) -> int:
-    """Claim 4's captures: every task's train split at every layer (per-sequence means kept), each seed."""
+def run_captures(study: Study, shard, *, models: dict, progress: bool, console, content_only: bool = False) -> int:
+    """Claim 4's captures: every task's train split at every layer, each seed; version 1's keep per-sequence means
+    of every token (`captures/`), version 2's the content tokens only, with the template variants (`tokens/`)."""
     from ..capture import capture_task
     from ..families import model_dims
 
-    todo = [c for c in select_shard(study.captures(), shard) if not is_stats_folder(study.capture_dir(c))]
+    items, folder = (study.token_captures(), study.token_dir) if content_only else (study.captures(), study.capture_dir)
+    todo = [c for c in select_shard(items, shard) if not is_stats_folder(folder(c))]
     for c in todo:
         loaded = _model(study, models)
         layers = list(range(model_dims(loaded.model)["num_layers"] + 1))
         stats = capture_task(loaded, study.model, c.task, layers, samples=study.scale.capture_samples, seed=c.seed,
-                             n_examples=study.scale.capture_examples, progress=progress)
-        stats.save(study.capture_dir(c))
-        console.print(f"✓ captures/{c.name} ({stats.meta.get('sequences', '?')} sequences)", markup=False)
+                             n_examples=study.scale.capture_examples, progress=progress, content_only=content_only)
+        stats.save(folder(c))
+        console.print(f"✓ {folder(c).parent.name}/{c.name} ({stats.meta.get('sequences', '?')} sequences)",
+                      markup=False)
     return 0
 
 
@@ -135,15 +142,14 @@ def _reeval_action(study: Study, run) -> str:
 def run_reevaluations(study: Study, shard, *, console) -> int:
     """Version-1 runs scored again from their posteriors on the study's 1,000 test items (`eptk eval --save`):
     the per-item predictions version 2 reads, without retraining. Returns the number that failed."""
-    from ..commands import evaluate
+    from ..loading import evaluate_run
 
     failed = 0
     for run in select_shard(reeval_runs(study), shard):
         if _reeval_action(study, run) != "fresh":
             continue
         try:
-            with _quiet():
-                summary = evaluate(study.run_dir(run), size=study.scale.reeval_size, save=True)
+            summary = evaluate_run(study.run_dir(run), size=study.scale.reeval_size, save=True)
         except EptkUsageError as exc:
             failed += 1
             console.print(f"✗ {run.name}: {exc}", markup=False, highlight=False)
@@ -151,13 +157,6 @@ def run_reevaluations(study: Study, shard, *, console) -> int:
         console.print(f"✓ {run.name}: {summary['tuned']['score']:.1f} on {summary['tuned']['n']} test items",
                       markup=False, highlight=False)
     return failed
-
-
-def _quiet():
-    import contextlib
-    import io
-
-    return contextlib.redirect_stdout(io.StringIO())
 
 
 def _model(study: Study, models: dict):

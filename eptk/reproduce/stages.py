@@ -15,12 +15,15 @@ from ..sweep.grid import _safe
 
 # Version 1's stages (main, transfer, sink, captures, trajectories) stay: claims 1, 3 and 5 read them. Version 2
 # (docs/findings/RULES.md) adds early-stopped runs for claims 2 (`converged`) and 6 (`ablation`), 1,000-item
-# re-evaluations of version-1 runs on 1,000 test items (`reeval`).
-STAGES = ("main", "transfer", "sink", "captures", "trajectories", "converged", "ablation", "reeval", "report")
+# re-evaluations of version-1 runs on 1,000 test items (`reeval`) and content-token captures of each task and two
+# template variants (`tokens`, claim 4).
+STAGES = ("main", "transfer", "sink", "captures", "trajectories", "converged", "ablation", "reeval", "tokens",
+          "report")
 # what a study folder holds besides its run folders (reproduce-<stage>.json summaries too)
-STUDY_ENTRIES = {"captures", "trajectories", "logs", "figures", "sweep.json", "FINDINGS.md", "findings.html",
+STUDY_ENTRIES = {"captures", "tokens", "measures", "trajectories", "logs", "figures", "sweep.json", "FINDINGS.md", "findings.html",
                  "runs.csv", "claims.json"}
 TASKS = ("arith", "qa", "fill")  # the tasks of claims 3 and 4
+TOKEN_TASKS = ("arith", "qa", "qa:b", "fill", "fill:b")  # claim 4 (version 2): the tasks and two template variants
 TRANSFER_TARGET = "arith:+:3"
 MAIN_PRIORS = ("normal", "xavier", "fitted", "exclusion", "region:data", "region:new", "region:between:arith,qa",
                "vae")
@@ -48,6 +51,7 @@ class Scale:
     ablation_seeds: tuple = ()
     soft_lrs: tuple = (1e-2, 1e-3)                     # soft's step sizes in the converged stage
     reeval_size: int = REEVAL_SIZE
+    ablation_depths: tuple = ABLATION_DEPTHS
 
 
 V2_FIXED = {"steps": 600, "batch_size": 16, "lr": 1e-2, "schedule": "constant", "warmup": 10, "eval_every": 25,
@@ -68,7 +72,7 @@ QUICK = Scale(priors=("normal", "region:data", "region:new"), seeds=(0, 1), weig
               converged={"steps": 8, "batch_size": 4, "lr": 1e-2, "schedule": "constant", "warmup": 1, "eval_every": 2,
                          "eval_size": 4, "test_size": 8, "early_stop": 2, "early_stop_delta": 0.01,
                          "checkpoint_every": 0, "tokens": 4},
-              converged_seeds=(0, 1), ablation_seeds=(0,), reeval_size=12)
+              converged_seeds=(0,), ablation_seeds=(0,), reeval_size=12, ablation_depths=(3, 2, 1))
 
 
 def parse_stages(names) -> tuple[str, ...]:
@@ -168,7 +172,7 @@ class Study:
     @staticmethod
     def arm_name(arm: dict) -> str:
         step = f"lrs{arm['lr_scale']}" if "lr_scale" in arm else f"lr{arm['lr']:g}"
-        where = f"deep-{_safe(arm['layers']).replace('-', '')}" if arm["method"] == "deep" else arm["method"]
+        where = f"{arm['method']}-{_safe(arm['layers']).replace('-', '')}" if "layers" in arm else arm["method"]
         return f"v2-arith-{where}-{_safe(arm['prior'])}-{step}"
 
     def _converged(self, seeds) -> list[SweepRun]:
@@ -182,19 +186,17 @@ class Study:
     def _ablation(self) -> list[SweepRun]:
         tokens = self.scale.converged["tokens"]
         runs = []
+        depths = self.scale.ablation_depths   # the deepest first: every layer >= 1 (with --keep-sink too)
         for seed in self.scale.ablation_seeds:
-            for depth in ABLATION_DEPTHS:
-                n = min(depth, 1 if self.scale is QUICK else depth)   # the tiny model has 2 layers
-                runs.append(self._v2(f"v2-arith-deep-last{n}-normal-t{tokens}-s{seed}",
-                                     {"method": "deep", "layers": f"last:{n}", "prior": "normal", "seed": seed}))
-            n = 1 if self.scale is QUICK else ABLATION_DEPTHS[0]
-            runs.append(self._v2(f"v2-arith-deep-last{n}-keepsink-normal-t{tokens}-s{seed}",
-                                 {"method": "deep", "layers": f"last:{n}", "prior": "normal", "keep_sink": True,
+            for depth in depths:
+                runs.append(self._v2(f"v2-arith-deep-last{depth}-normal-t{tokens}-s{seed}",
+                                     {"method": "deep", "layers": f"last:{depth}", "prior": "normal", "seed": seed}))
+            runs.append(self._v2(f"v2-arith-deep-last{depths[0]}-keepsink-normal-t{tokens}-s{seed}",
+                                 {"method": "deep", "layers": f"last:{depths[0]}", "prior": "normal", "keep_sink": True,
                                   "seed": seed}))
-        unique = list({r.name: r for r in runs}.values())
-        for i, run in enumerate(unique):
+        for i, run in enumerate(runs):
             run.index = i
-        return unique
+        return runs
 
     # ---- selection -----------------------------------------------------------------------------
     def runs(self, stage: str, **settings) -> list[SweepRun]:
@@ -216,6 +218,13 @@ class Study:
 
     def capture_dir(self, capture: Capture) -> Path:
         return self.out / "captures" / capture.name
+
+    def token_captures(self) -> list[Capture]:
+        """Claim 4's content-token captures: each task and template variant at each capture seed."""
+        return [Capture(task, seed, f"{_safe(task)}-s{seed}") for task in TOKEN_TASKS for seed in self.scale.seeds]
+
+    def token_dir(self, capture: Capture) -> Path:
+        return self.out / "tokens" / capture.name
 
     def trajectory_runs(self) -> list[SweepRun]:
         """Main runs whose generations claim 3 measures: soft and deep, from `normal` and `region:new`."""

@@ -20,6 +20,9 @@ SPLITS = ("train", "validation", "test")
 class Example:
     prompt: str
     answer: str
+    # (start, end) character spans of the prompt that are content, not template (the task's fixed words); empty
+    # when a task does not say. The answer is content. Claim 4 of the study compares tasks on content tokens only.
+    content: tuple = ()
 
 
 class Task:
