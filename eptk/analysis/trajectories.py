@@ -101,7 +101,7 @@ def run_trajectories(run_dirs: Sequence[Path], *, n: int, new_tokens: int = TRAJ
             layers = prompted_layers(prompted.method, model_dims(loaded.model)["num_layers"])
             for task in tasks or [config["task"]]:
                 rows += measure_trajectories(prompted, task, int(config.get("seed", 0)), layers,
-                                             lambda l, t=task: stats(config["task"], l).samples, n=n, new_tokens=new_tokens,
+                                             lambda l, t=task: stats(t, l).samples, n=n, new_tokens=new_tokens,
                                              n_perm=n_perm, label={"run": name, "model": model}, progress=progress)
         finally:
             prompted.remove_hooks()
