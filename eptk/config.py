@@ -25,7 +25,7 @@ RESUMABLE = ("steps",)                  # the one setting `--resume` may change 
 LIMITS = {
     "tokens": (1, 4096, False), "steps": (1, 10**9, False), "batch_size": (1, 65536, False),
     "grad_accum": (1, 65536, False), "lr": (0.0, 10.0, True), "weight_decay": (0.0, 100.0, False),
-    "prior_weight": (0.0, 1e6, False), "warmup": (0, 10**9, False), "clip": (0.0, 1e6, False),
+    "prior_weight": (0.0, 1e6, False), "prior_jitter": (0.0, 1.0, False), "warmup": (0, 10**9, False), "clip": (0.0, 1e6, False),
     "eval_every": (0, 10**9, False), "eval_size": (0, 10**7, False), "test_size": (0, 10**7, False),
     "train_size": (1, 10**8, False), "checkpoint_every": (0, 10**9, False), "seed": (0, 2**32 - 1, False),
     # region:new needs more than its k = 5 neighbours; a covariance's shrinkage needs a few rows
@@ -49,6 +49,7 @@ class TuneConfig:
     method: str = "deep"
     prior: str = "normal"
     prior_weight: float = 0.0
+    prior_jitter: float = 0.0      # relative noise on the prior sample (priors.jitter): sensitivity studies
     tokens: int = 20
     layers: str = "last:3"
     soft: bool = True

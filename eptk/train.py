@@ -23,7 +23,7 @@ from .evaluate import answer_loss, evaluate, item_rows, skipped
 from .families import family_of
 from .methods import get_method
 from .models import input_device, load_frozen
-from .priors import PriorContext, build_prior, parse_spec
+from .priors import PriorContext, build_prior, jitter, parse_spec
 from .prompts import PromptedModel
 from .runs import prepare_out_dir
 
@@ -102,7 +102,7 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
     # The prior may capture activation statistics (into the statistics cache, never into the run).
     ctx = prior_context(loaded, cfg, progress=progress and dist.is_main)
     prior = build_prior(cfg.prior, ctx, specs)
-    init = prior.sample(torch.Generator().manual_seed(cfg.seed))
+    init = jitter(prior.sample(torch.Generator().manual_seed(cfg.seed)), cfg.prior_jitter, cfg.seed)
     prompted = PromptedModel(loaded.model, loaded.tokenizer, method, init, cfg.backend, cfg.grad_checkpointing)
     if prompted.sink_token_id is not None:
         resolved["sink_token_id"] = prompted.sink_token_id
