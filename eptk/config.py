@@ -166,21 +166,24 @@ PATH_SETTINGS = {"out": "", "model": "", "task": "jsonl:", "prior": "posterior:"
                  "offload_dir": ""}
 
 
+def _path_settings(settings: dict):
+    """(name, prefix, path) of each setting in `settings` that holds a path (PATH_SETTINGS)."""
+    for name, prefix in PATH_SETTINGS.items():
+        value = settings.get(name)
+        if isinstance(value, str) and value.startswith(prefix) and value[len(prefix):]:
+            yield name, prefix, Path(value[len(prefix):])
+
+
 def portable_paths(settings: dict, base: Path) -> dict:
     """`settings` as config.json records them: paths inside `base` relative to it (POSIX), others unchanged."""
     base = Path(base).resolve()
     out = dict(settings)
-    for name, prefix in PATH_SETTINGS.items():
-        value = out.get(name)
-        if not isinstance(value, str) or not value.startswith(prefix) or not value[len(prefix):]:
-            continue
-        path = Path(value[len(prefix):])
-        if not (path.exists() or name == "out"):
-            continue
-        try:
-            out[name] = prefix + path.resolve().relative_to(base).as_posix()
-        except ValueError:
-            pass  # outside the run's folder: the user's own path, kept as given
+    for name, prefix, path in _path_settings(settings):
+        if path.exists() or name == "out":
+            try:
+                out[name] = prefix + path.resolve().relative_to(base).as_posix()
+            except ValueError:
+                pass  # outside the run's folder: the user's own path, kept as given
     return out
 
 
@@ -188,11 +191,7 @@ def local_paths(settings: dict, base: Path) -> dict:
     """The inverse of `portable_paths` for a run whose folder now lies in `base`: a relative path that exists
     under `base` (or is the run's own `out`) becomes that path; anything else is left as written."""
     out = dict(settings)
-    for name, prefix in PATH_SETTINGS.items():
-        value = out.get(name)
-        if not isinstance(value, str) or not value.startswith(prefix) or not value[len(prefix):]:
-            continue
-        path = Path(value[len(prefix):])
+    for name, prefix, path in _path_settings(settings):
         if not path.is_absolute() and (name == "out" or (Path(base) / path).exists()):
             out[name] = prefix + str(Path(base) / path)
     return out
