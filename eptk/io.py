@@ -67,6 +67,14 @@ def write_bytes_atomic(path, data: bytes) -> None:
     _atomic_replace(path, lambda handle: handle.write(data))
 
 
+def write_chunks_atomic(path, chunks) -> None:
+    """Write an iterable of byte strings as one file, atomically: an error raised while iterating leaves no file."""
+    def write(handle):
+        for chunk in chunks:
+            handle.write(chunk)
+    _atomic_replace(path, write)
+
+
 def write_text_atomic(path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
