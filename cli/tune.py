@@ -17,7 +17,7 @@ D = TuneConfig()  # defaults live in one place
 @app.command()
 def tune(
     ctx: typer.Context,
-    model: str = typer.Option(D.model, help="smollm2 (default), tiny, tiny:<family>, a local dir, a .gguf, a hub id"),
+    model: str = typer.Option(D.model, help="smollm2 (default), gemma3-270m, tiny, tiny:<family>, a local dir, a .gguf, a hub id"),
     task: str = typer.Option(D.task, help=task_choices()),
     method: str = typer.Option(D.method, help="soft, deep or prefix (eptk/methods/)"),
     prior: str = typer.Option(D.prior, help="prior spec family[:args]; see `eptk priors`"),

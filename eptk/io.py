@@ -2,6 +2,8 @@
 checks, checked safetensors reads (never pickle), and where eptk caches what it computes once."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import shutil
@@ -44,6 +46,22 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EPTK_CACHE", Path.home() / ".cache" / "eptk"))
 
 
+def file_sha256(path) -> str:
+    """A file's sha256 (hex), computed once per process for a given size and modification time."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return _sha256_of(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def cache_relative(path) -> str:
     """How a run records a folder of eptk's cache: relative to the cache (`stats/<key>`), so the record holds no
     folder of this machine; a folder elsewhere keeps its full path. `in_cache` reads it back."""
@@ -81,6 +99,14 @@ def _atomic_replace(path: Path, write) -> None:
 
 def write_bytes_atomic(path, data: bytes) -> None:
     _atomic_replace(path, lambda handle: handle.write(data))
+
+
+def write_chunks_atomic(path, chunks) -> None:
+    """Write an iterable of byte strings as one file, atomically: an error raised while iterating leaves no file."""
+    def write(handle):
+        for chunk in chunks:
+            handle.write(chunk)
+    _atomic_replace(path, write)
 
 
 def write_text_atomic(path, text: str) -> None:

@@ -46,3 +46,28 @@ def run_cli(tmp_path):
             code = main(list(map(str, args)))
         return code, out.getvalue(), err.getvalue()
     return run
+
+
+def gemma3_installed() -> bool:
+    """Gemma-3-270M's packages (`make gemma`): CI's environments lack them, so its tests skip there."""
+    from eptk.packaged import PACKAGED
+    return PACKAGED["gemma3-270m"].installed()
+
+
+@pytest.fixture(scope="session")
+def gemma3():
+    """The real Gemma-3-270M, loaded once (the first load ever assembles and dequantizes it: ~4 min)."""
+    if not gemma3_installed():
+        pytest.skip("needs Gemma-3-270M's packages (make gemma)")
+    from eptk.models import load_model
+    return load_model("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
+def gemma3_vocabulary():
+    """The pieces, scores and token types of Gemma-3-270M's GGUF (~30 s to read)."""
+    if not gemma3_installed():
+        pytest.skip("needs Gemma-3-270M's packages (make gemma)")
+    from eptk.gguf_tokenizer import read_vocabulary
+    from eptk.packaged import PACKAGED
+    return read_vocabulary(PACKAGED["gemma3-270m"].gguf())
