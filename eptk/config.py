@@ -166,10 +166,19 @@ PATH_SETTINGS = {"out": "", "model": "", "task": "jsonl:", "prior": "posterior:"
                  "offload_dir": ""}
 
 
+def _names_a_model(value: str) -> bool:
+    """A packaged or tiny model is loaded by name even when a folder of that name lies in the working directory
+    (models.model_kind checks names first), so its name is never rewritten as a path."""
+    from .packaged import PACKAGED
+    return value in PACKAGED or value == "tiny" or value.startswith("tiny:")
+
+
 def _path_settings(settings: dict):
     """(name, prefix, path) of each setting in `settings` that holds a path (PATH_SETTINGS)."""
     for name, prefix in PATH_SETTINGS.items():
         value = settings.get(name)
+        if name == "model" and isinstance(value, str) and _names_a_model(value):
+            continue
         if isinstance(value, str) and value.startswith(prefix) and value[len(prefix):]:
             yield name, prefix, Path(value[len(prefix):])
 
