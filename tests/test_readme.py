@@ -73,4 +73,4 @@ def test_findings_verdicts_are_the_studys():
 
     claims = json.loads((Path(__file__).parent.parent / "docs" / "findings" / "claims.json").read_text())["claims"]
     study = {str(c["claim"]): c["verdict"] for c in claims}
-    assert readme_verdicts(README, (HOLDS, FAILS, UNSURE, NOT_MEASURED)) == study
+    assert readme_verdicts(README, {HOLDS, FAILS, UNSURE, NOT_MEASURED, *study.values()}) == study
