@@ -20,6 +20,7 @@ from .config import TuneConfig, versions
 from .errors import EptkUsageError, Stop
 from .evaluate import answer_loss, evaluate, skipped
 from .families import family_of
+from .io import crash_point
 from .methods import get_method
 from .models import input_device, load_frozen
 from .priors import PriorContext, build_prior, parse_spec
@@ -139,6 +140,7 @@ def _write_start(run, resolved: dict, init, cfg: TuneConfig, plan, resume: bool)
     --steps (a finished run reopened first), and its prior if it died before writing it."""
     if not resume:
         run.write_config(resolved)
+        crash_point("config")  # a config and no prior yet
     elif cfg.steps != plan.run_steps:
         config = run.config()
         if run.is_complete():
@@ -246,6 +248,7 @@ def _train(cfg, run, plan, loaded, names, prompted, prior, resume, progress, dev
     if run is None:
         return out
     run.write_posterior(prompted.tensors())
+    crash_point("posterior")  # a posterior and no eval.json yet
     # No score without examples: --test-size 0 / --eval-size 0 skip their evaluation and say so.
     result = evaluate(prompted, plan.task, plan.test) if plan.test else skipped(plan.task, "--test-size 0")
     final = {"step": cfg.steps}
