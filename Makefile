@@ -10,7 +10,7 @@ TORCH_SPEC := $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 
 VENV_LATEST ?= .venv-latest
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup browser demo test test-latest test-fast bench gpu-check gpu-check-dry-run clean
+.PHONY: setup browser demo test test-latest test-fast bench mutation gpu-check gpu-check-dry-run clean
 
 setup: $(VENV)/.installed
 
@@ -58,6 +58,12 @@ bench: setup
 	name=$$(cd benchmarks && ../$(BIN)/python -c "from common import device_name, slug; print(slug(device_name()))")-$$(date +%F); \
 	$(BIN)/python -m pytest -q benchmarks --benchmark-json=benchmarks/results/$$name.json && \
 	$(BIN)/python benchmarks/summarize.py benchmarks/results/$$name.json
+
+# Mutation testing (not part of CI: hours on two cores), one module at a time against the tests that cover it:
+# every module benchmarks/mutation.py lists, or one (make mutation MODULE=eptk/linalg.py). Writes
+# benchmarks/results/mutation-<module>.json and mutation.md.
+mutation: setup
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/mutation.py $(MODULE)
 
 gpu-check:
 	bash benchmarks/gpu_check.sh
