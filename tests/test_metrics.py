@@ -154,3 +154,92 @@ def test_trajectory_localization(vocab):
     assert M.trajectory_localization(local, vocab)["p"] < 1e-6
     unrelated = vocab[torch.randint(0, 500, (40,), generator=gen(14))]
     assert M.trajectory_localization(unrelated, vocab, seed=1)["p"] > 0.05
+
+
+# ---- the functions mutation testing found untested (benchmarks/results/mutation.md) ---------------------------
+
+def test_pca_2d_is_the_top_two_principal_directions(data):
+    """Exact SVD when few rows or dimensions (min(n, d) ≤ 20), randomized subspace iteration above: both give
+    the top two right singular vectors of the centred rows (up to sign) and their variance shares."""
+    samples, _ = data
+    for x in (samples[:15], samples, torch.cat([samples, samples[:, :8] * 0.5], dim=1)):  # n ≤ 20; d ≤ 20; both > 20
+        x64 = x.double()
+        xc = x64 - x64.mean(0)
+        _, s, vh = torch.linalg.svd(xc, full_matrices=False)
+        got = M.pca_2d(x, max_n=None if x.shape[0] > 5000 else 5000)
+        torch.testing.assert_close(got["mean"], x64.mean(0))
+        assert got["components"].shape == (2, x.shape[1])
+        for i in range(2):
+            assert abs(float(got["components"][i] @ vh[i])) == pytest.approx(1.0, abs=1e-6), i
+        assert got["explained"] == pytest.approx((s[:2] ** 2 / (s ** 2).sum()).tolist(), rel=1e-6)
+
+
+def test_pca_2d_subsamples_seeded_and_handles_degenerate_input(data):
+    samples, _ = data
+    a, b = M.pca_2d(samples, max_n=50, seed=3), M.pca_2d(samples, max_n=50, seed=3)
+    torch.testing.assert_close(a["components"], b["components"])
+    assert not torch.allclose(a["mean"], M.pca_2d(samples, max_n=50, seed=4)["mean"])  # another subsample
+    assert not torch.allclose(a["mean"], samples.double().mean(0))
+    torch.testing.assert_close(M.pca_2d(samples.numpy())["mean"], samples.double().mean(0))  # arrays too
+    torch.testing.assert_close(M.pca_2d(samples.reshape(8, 100, 16))["mean"], samples.double().mean(0))
+    one = M.pca_2d(samples[:1])
+    assert torch.equal(one["components"], torch.eye(2, 16, dtype=torch.float64))
+    assert all(math.isnan(v) for v in one["explained"])
+    line = M.pca_2d(torch.arange(10.0)[:, None])  # one dimension: a second, zero component
+    assert line["components"].shape == (2, 1) and float(line["components"][1, 0]) == 0.0
+    assert line["explained"] == pytest.approx([1.0, 0.0])
+
+
+def explicit_trajectory_against_data(x, ref, walk_pairs, n_perm, seed):
+    """The docstring's quantities, computed row by row with the same seeded draws."""
+    x, ref = x.double(), ref.double()
+    g = torch.Generator().manual_seed(seed)
+    i = torch.randint(ref.shape[0], (walk_pairs,), generator=g)
+    j = (i + torch.randint(1, ref.shape[0], (walk_pairs,), generator=g)) % ref.shape[0]
+    walk = float(np.mean([float((ref[a] - ref[b]).norm()) for a, b in zip(i.tolist(), j.tolist())]))
+    mean_step = float(np.mean([float((x[t + 1] - x[t]).norm()) for t in range(x.shape[0] - 1)]))
+    null = []
+    for _ in range(n_perm):
+        y = x[torch.randperm(x.shape[0], generator=g)]
+        null.append(float(np.mean([float((y[t + 1] - y[t]).norm()) for t in range(y.shape[0] - 1)])))
+    radius = float(np.mean([float((r - x.mean(0)).norm()) for r in x]))
+    data_radius = float(np.mean([float((r - ref.mean(0)).norm()) for r in ref]))
+    return {"points": x.shape[0], "mean_step": mean_step, "walk_step": walk, "step_ratio": mean_step / walk,
+            "radius": radius, "data_radius": data_radius, "spread_ratio": radius / data_radius,
+            "order_p": (1 + sum(v <= mean_step + 1e-12 for v in null)) / (1 + n_perm)}
+
+
+def test_trajectory_against_data_is_its_definition(data):
+    samples, _ = data
+    ref = samples[:60]
+    smooth = samples[0] + torch.linspace(0, 1, 12)[:, None] * (samples[1] - samples[0])  # a straight path
+    jumpy = samples[100:112]
+    for x in (smooth, jumpy):
+        got = M.trajectory_against_data(x, ref, n_perm=40, walk_pairs=64, seed=5)
+        want = explicit_trajectory_against_data(x, ref, 64, 40, 5)
+        assert got.keys() == want.keys()
+        for key in want:
+            assert got[key] == pytest.approx(want[key], rel=1e-9), key
+    assert M.trajectory_against_data(smooth, ref, n_perm=40, seed=5)["order_p"] == pytest.approx(1 / 41)
+
+
+def test_trajectory_against_data_needs_two_points_on_each_side(data):
+    samples, _ = data
+    for x, ref in ((samples[:1], samples[:10]), (samples[:5], samples[:1])):
+        got = M.trajectory_against_data(x, ref)
+        assert got["points"] == x.shape[0]
+        assert all(math.isnan(got[k]) for k in ("mean_step", "walk_step", "step_ratio", "radius", "data_radius",
+                                                "spread_ratio", "order_p"))
+    same = samples[:1].repeat(4, 1)  # every data token at one point: no walk, no radius, ratios undefined
+    got = M.trajectory_against_data(samples[:3], same, n_perm=5)
+    assert got["walk_step"] == 0 and math.isnan(got["step_ratio"]) and math.isnan(got["spread_ratio"])
+
+
+def test_tsne_2d_separates_planted_clusters_reproducibly():
+    g = gen(7)
+    x = torch.cat([torch.randn(20, 6, generator=g), torch.randn(20, 6, generator=g) + 12.0])
+    a = M.tsne_2d(x, seed=1)
+    assert a.shape == (40, 2) and a.dtype == torch.float64
+    torch.testing.assert_close(a, M.tsne_2d(x, seed=1))
+    assert M.silhouette(a, [0] * 20 + [1] * 20) > 0.5
+    assert M.tsne_2d(x[:5], seed=0).shape == (5, 2)  # perplexity capped below the row count
