@@ -243,3 +243,65 @@ def test_tsne_2d_separates_planted_clusters_reproducibly():
     torch.testing.assert_close(a, M.tsne_2d(x, seed=1))
     assert M.silhouette(a, [0] * 20 + [1] * 20) > 0.5
     assert M.tsne_2d(x[:5], seed=0).shape == (5, 2)  # perplexity capped below the row count
+
+
+def test_participation_ratio_is_its_formula_from_the_covariance(data):
+    samples, _ = data
+    x = samples[:40].double()
+    lam = torch.linalg.eigvalsh(torch.cov(x.T, correction=0) * x.shape[0])  # eigenvalues of the centred scatter
+    assert M.participation_ratio(x) == pytest.approx(float(lam.sum() ** 2 / (lam ** 2).sum()), rel=1e-9)
+    shifted = x + 100.0  # centred: the mean does not count
+    assert M.participation_ratio(shifted) == pytest.approx(M.participation_ratio(x), rel=1e-9)
+    two = torch.tensor([[0.0, 0.0], [1.0, 3.0]])
+    assert M.participation_ratio(two) == pytest.approx(1.0)  # two points: one direction of variance
+    assert M.participation_ratio(torch.eye(3)[:, :1] * 0.01) == pytest.approx(1.0)  # small variance still counts
+    assert math.isnan(M.participation_ratio(x[:1]))
+    assert math.isnan(M.participation_ratio(x[:1].repeat(5, 1)))  # no variance at all
+
+
+def test_collapse_threshold_edge_cases():
+    assert math.isnan(M.collapse_threshold(torch.randn(1, 4, generator=gen(0))))
+    assert M.collapse_threshold(torch.eye(2), quantile=1.0) == pytest.approx(0.0, abs=1e-7)  # never a row with itself
+    assert M.collapse_threshold(torch.eye(6).numpy(), quantile=1.0) == pytest.approx(0.0, abs=1e-7)
+    same = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]])
+    assert M.collapse_threshold(same) == pytest.approx(1.0)
+    mixed = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # pairs: cos 0 (4 of 6 orders) or 1 (2 of 6)
+    assert M.collapse_threshold(mixed, quantile=0.5, n_pairs=20000, seed=1) == pytest.approx(0.0, abs=1e-7)
+    assert M.collapse_threshold(mixed, quantile=0.9, n_pairs=20000, seed=1) == pytest.approx(1.0)
+    assert M.collapse_threshold(mixed, n_pairs=500, seed=3) == M.collapse_threshold(mixed, n_pairs=500, seed=3)
+
+
+def test_trajectory_localization_edge_cases_and_direction(vocab):
+    empty = M.trajectory_localization(vocab[:1], vocab, n_random=50, seed=2)
+    assert set(empty) == {"median_step", "median_random_step", "u", "p"}
+    assert math.isnan(empty["median_step"]) and math.isnan(empty["u"]) and math.isnan(empty["p"])
+    assert empty["median_random_step"] == pytest.approx(float(np.median(M.random_walk_step_lengths(vocab, 50, seed=2))))
+    one_step = M.trajectory_localization(vocab[:2], vocab, n_random=50, seed=2)
+    assert one_step["median_step"] == pytest.approx(float((vocab[1] - vocab[0]).norm()), rel=1e-6)
+    far = M.trajectory_localization(vocab[:20] * 10, vocab, n_random=200, seed=0)  # steps longer than the walk's
+    assert far["p"] > 0.99  # one-sided: long steps are not evidence of localization
+    from scipy.stats import mannwhitneyu
+    steps, rand = M.step_lengths(vocab[:20] * 10), M.random_walk_step_lengths(vocab, 200, seed=0)
+    assert far["u"] == pytest.approx(float(mannwhitneyu(steps, rand, alternative="less").statistic))
+    assert M.trajectory_localization(vocab[:20], vocab, n_random=200, seed=5)["median_random_step"] != \
+        far["median_random_step"]  # the seed picks the walk
+
+
+def test_data_gaussian_symmetrizes_and_chooses_its_shrinkage(data):
+    from eptk import linalg
+
+    samples, _ = data
+    x = samples.double()
+    mean, cov = x.mean(0), torch.cov(x.T)
+    skew = cov + 1e-3 * torch.triu(torch.ones(16, 16, dtype=torch.float64), 1)
+    a, b = M.DataGaussian(mean, skew, shrinkage=0.2), M.DataGaussian(mean, (skew + skew.T) / 2, shrinkage=0.2)
+    torch.testing.assert_close(a.mahalanobis(x[:5]), b.mahalanobis(x[:5]))
+    want = linalg.mahalanobis(x[:5], linalg.psd_cholesky(linalg.shrink((skew + skew.T) / 2, 0.2), ridge=1e-10), mean)
+    torch.testing.assert_close(b.mahalanobis(x[:5]).double(), want, rtol=1e-6, atol=1e-9)
+    assert M.DataGaussian(mean, cov, x[:3]).shrinkage == pytest.approx(linalg.ledoit_wolf_shrinkage(x[:3]))
+    assert M.DataGaussian(mean, cov, x[:2]).shrinkage == 0.1 and M.DataGaussian(mean, cov).shrinkage == 0.1
+    assert M.DataGaussian(mean, cov, x[:, :2]).dim == 16
+    singular = torch.zeros(16, 16, dtype=torch.float64)
+    singular[0, 0] = 1.0
+    g = M.DataGaussian(mean, singular, shrinkage=0.0)  # a ridge (×100 per try, from 1e-10) makes it factorable
+    assert torch.isfinite(g.mahalanobis(x[:3])).all()
