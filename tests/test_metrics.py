@@ -305,3 +305,145 @@ def test_data_gaussian_symmetrizes_and_chooses_its_shrinkage(data):
     singular[0, 0] = 1.0
     g = M.DataGaussian(mean, singular, shrinkage=0.0)  # a ridge (×100 per try, from 1e-10) makes it factorable
     assert torch.isfinite(g.mahalanobis(x[:3])).all()
+
+
+def explicit_knn(real, fake, k):
+    """Kynkäänniemi et al.'s precision and recall and Naeem et al.'s density and coverage, point by point."""
+    real, fake = real.double(), fake.double()
+    kr = min(k, real.shape[0] - 1)
+
+    def kth_radius(points, kk):
+        return [sorted(float((p - q).norm()) for q in points)[kk] for p in points]  # [0] is the point itself
+    r_real = kth_radius(real, kr)
+    inside = [[float((f - r).norm()) <= rad for r, rad in zip(real, r_real)] for f in fake]
+    out = {"precision": float(np.mean([any(row) for row in inside])),
+           "density": float(np.mean([sum(row) / kr for row in inside])),
+           "coverage": float(np.mean([any(inside[i][j] for i in range(len(fake))) for j in range(len(real))])),
+           "recall": float("nan")}
+    if fake.shape[0] > k:
+        r_fake = kth_radius(fake, k)
+        out["recall"] = float(np.mean([any(float((r - f).norm()) <= rad for f, rad in zip(fake, r_fake))
+                                       for r in real]))
+    return out
+
+
+@pytest.mark.parametrize("n_real,n_fake,k,shift", [(30, 12, 3, 0.0), (30, 12, 3, 1.5), (25, 4, 5, 0.5),
+                                                    (6, 10, 8, 0.3), (40, 6, 5, 0.0)])
+def test_knn_precision_recall_is_its_definition(n_real, n_fake, k, shift):
+    g = gen(n_real + n_fake + k)
+    real = torch.randn(n_real, 3, generator=g, dtype=torch.float64)
+    fake = torch.randn(n_fake, 3, generator=g, dtype=torch.float64) * 0.8 + shift
+    got = M.knn_precision_recall(real, fake, k=k)
+    want = explicit_knn(real, fake, k)
+    for key in ("precision", "density", "coverage", "recall"):
+        assert (math.isnan(got[key]) and math.isnan(want[key])) or got[key] == pytest.approx(want[key]), key
+
+
+def test_knn_ball_boundaries_count_as_inside():
+    """A point exactly on a ball's radius is inside it (≤), for precision, density, coverage and recall."""
+    real = torch.tensor([[0.0], [1.0], [2.0], [3.0]], dtype=torch.float64)   # each real radius (k=1) is 1
+    fake = torch.tensor([[4.0], [5.0], [6.0]], dtype=torch.float64)         # fake radii (k=1) are 1
+    got = M.knn_precision_recall(real, fake, k=1)
+    assert got == pytest.approx(explicit_knn(real, fake, 1))
+    assert got["precision"] == pytest.approx(1 / 3) and got["recall"] == pytest.approx(1 / 4)
+
+
+def test_knn_precision_recall_undefined_and_subsampled():
+    g = gen(9)
+    real, fake = torch.randn(50, 3, generator=g), torch.randn(5, 3, generator=g)
+    assert all(math.isnan(v) for v in M.knn_precision_recall(real[:1], fake).values())  # no neighbour in real
+    assert all(math.isnan(v) for v in M.knn_precision_recall(real, fake[:0]).values())
+    one = M.knn_precision_recall(real, fake[:1], k=1)
+    assert not math.isnan(one["precision"]) and math.isnan(one["recall"])
+    a = M.knn_precision_recall(real, fake, k=2, max_real=10, seed=1)
+    assert a == M.knn_precision_recall(real, fake, k=2, max_real=10, seed=1)
+    assert a != M.knn_precision_recall(real, fake, k=2, max_real=10, seed=2)  # the seed picks the subsample
+    assert a != M.knn_precision_recall(real, fake, k=2, max_real=None)
+
+
+def explicit_two_sample(x, y, n_perm, seed):
+    """Unbiased MMD² (RBF, median pooled distance as h) and energy distance over distinct pairs, with the same
+    seeded permutations: p = (1 + #{permuted ≥ observed}) / (1 + n_perm)."""
+    z = torch.cat([x, y]).double()
+    m, n = x.shape[0], y.shape[0]
+    dist = torch.cdist(z, z)
+    h = max(float(dist[~torch.eye(m + n, dtype=torch.bool)].median()), 1e-12)
+    rbf = torch.exp(-dist ** 2 / (2 * h * h))
+
+    def stats(idx):
+        a, b = idx[:m], idx[m:]
+        def mean_off(K, p, q, same):
+            vals = [float(K[i, j]) for i in p for j in q if not (same and i == j)]
+            return float(np.mean(vals))
+        mmd = mean_off(rbf, a, a, True) + mean_off(rbf, b, b, True) - 2 * mean_off(rbf, a, b, False)
+        energy = 2 * mean_off(dist, a, b, False) - mean_off(dist, a, a, True) - mean_off(dist, b, b, True)
+        return mmd, energy
+    observed = stats(list(range(m + n)))
+    g = torch.Generator().manual_seed(seed + 1)
+    null = []
+    for _ in range(n_perm):
+        chosen = torch.randperm(m + n, generator=g)[:m].tolist()
+        rest = [i for i in range(m + n) if i not in set(chosen)]
+        null.append(stats(sorted(chosen) + rest))
+    p = [(1 + sum(s[c] >= observed[c] - 1e-12 for s in null)) / (1 + n_perm) for c in (0, 1)]
+    return {"mmd2": observed[0], "mmd_p": p[0], "bandwidth": h, "energy": observed[1], "energy_p": p[1]}
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.8])
+def test_two_sample_tests_are_their_definitions(shift):
+    g = gen(11)
+    y = torch.randn(9, 2, generator=g, dtype=torch.float64)
+    x = torch.randn(6, 2, generator=g, dtype=torch.float64) + shift
+    got = M.DataSample(y, max_n=None).two_sample_tests(x, n_perm=15, seed=4)
+    want = explicit_two_sample(x, y, 15, 4)
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
+    mmd, energy = M.mmd_rbf(x, y, n_perm=15, seed=4, max_n=None), M.energy_distance(x, y, n_perm=15, seed=4, max_n=None)
+    assert mmd == pytest.approx({"mmd2": want["mmd2"], "p": want["mmd_p"], "bandwidth": want["bandwidth"]})
+    assert energy == pytest.approx({"energy": want["energy"], "p": want["energy_p"]})
+    assert M.mmd_rbf(x, y, n_perm=15, seed=4, max_n=5) != mmd  # the reference is subsampled first
+    assert M.energy_distance(x, y, n_perm=7, seed=4, max_n=None)["p"] * 8 == pytest.approx(
+        round(M.energy_distance(x, y, n_perm=7, seed=4, max_n=None)["p"] * 8))
+
+
+def test_two_sample_tests_need_two_points_on_each_side():
+    y = torch.randn(9, 2, generator=gen(12))
+    for sample, x in ((M.DataSample(y), y[:1]), (M.DataSample(y[:1]), y)):
+        out = sample.two_sample_tests(x, n_perm=5)
+        assert set(out) == {"mmd2", "mmd_p", "bandwidth", "energy", "energy_p"}
+        assert all(math.isnan(v) for v in out.values())
+
+
+def test_steps_to_fraction_edges():
+    assert M.steps_to_fraction([0, 10, 20], [2.0, 1.0, 1.0]) == 10
+    assert M.steps_to_fraction([0, 10, 20, 30], [2.0, 1.2, 1.0, 1.05], fraction=0.9) == 20  # the last is not the best
+    assert M.steps_to_fraction([0, 10], [2.0, 1.0]) == 10
+    assert M.steps_to_fraction([0, 10, 20], [0.5, 0.4, 0.45], fraction=1.0) == 10  # reached by step 10 already
+    assert M.steps_to_fraction([0, 10, 20], [0.5, 0.45, 0.4], fraction=1.0) == 20
+    assert M.steps_to_fraction([0, 5, 10], [1.0, float("nan"), 0.5]) == 10  # non-finite values are skipped
+    assert M.steps_to_fraction([0, 5, 10], [1.0, None, 0.5]) == 10
+    assert M.steps_to_fraction([0, 5], [1.0, float("inf")]) is None
+    assert M.steps_to_fraction([0, 10], [1.0, 1.0]) is None and M.steps_to_fraction([0], [1.0]) is None
+    assert M.steps_to_fraction([0, 10], [0.5, 0.4]) == 10        # a gain below one is a gain
+    assert M.steps_to_fraction([0, 10, 20], [1.0, 0.5, 0.75], fraction=3.0) == 20  # never reached: the last step
+    assert isinstance(M.steps_to_fraction([0.0, 10.0], [1.0, 0.0]), int)
+
+
+def test_nc1_and_silhouette_against_their_definitions():
+    sk = pytest.importorskip("sklearn.metrics")
+    g = gen(13)
+    x = torch.cat([torch.randn(7, 3, generator=g), torch.randn(5, 3, generator=g) + 2, torch.randn(1, 3, generator=g)])
+    labels = ["a"] * 7 + ["b"] * 5 + ["c"]  # a singleton cluster scores 0
+    assert M.silhouette(x, labels) == pytest.approx(float(sk.silhouette_score(x.double().numpy(), labels)), rel=1e-9)
+    assert M.silhouette(x[:12].double() * 1e-3, labels[:12]) == pytest.approx(
+        float(sk.silhouette_score(x[:12].double().numpy() * 1e-3, labels[:12])), rel=1e-9)  # scale-free
+    assert math.isnan(M.silhouette(x, ["a"] * 13))
+    lab = np.array(labels[:12])
+    z = x[:12].double()
+    means = torch.stack([z[torch.as_tensor(lab == c)].mean(0) for c in ("a", "b")])
+    within = [((z[torch.as_tensor(lab == c)] - means[i]) ** 2).sum(1).mean() for i, c in enumerate(("a", "b"))]
+    between = ((means - means.mean(0)) ** 2).sum(1).mean()
+    assert M.nc1(z, lab) == pytest.approx(float(torch.stack(within).mean() / between), rel=1e-9)
+    assert M.nc1(z * 1e-3, lab) == pytest.approx(float(torch.stack(within).mean() / between), rel=1e-9)
+    assert math.isnan(M.nc1(z, ["a"] * 12))
