@@ -447,3 +447,137 @@ def test_nc1_and_silhouette_against_their_definitions():
     assert M.nc1(z, lab) == pytest.approx(float(torch.stack(within).mean() / between), rel=1e-9)
     assert M.nc1(z * 1e-3, lab) == pytest.approx(float(torch.stack(within).mean() / between), rel=1e-9)
     assert math.isnan(M.nc1(z, ["a"] * 12))
+
+
+def test_row_helpers_take_arrays_and_any_shape():
+    x = np.arange(12.0).reshape(2, 3, 2)
+    assert M._rows(x).shape == (6, 2) and M._rows(x).dtype == torch.float64
+    assert M._rows(torch.ones(3)).shape == (1, 3)
+    r32 = M._rows32(x)
+    assert r32.dtype == torch.float32 and r32.device.type == "cpu" and torch.equal(r32, torch.as_tensor(x).float())
+    assert M._rows32(torch.ones(2, 2, dtype=torch.float64)).dtype == torch.float32
+    units = M._unit(torch.tensor([[3.0, 4.0], [0.0, 0.0], [1e-6, 0.0]]))
+    torch.testing.assert_close(units, torch.tensor([[0.6, 0.8], [0.0, 0.0], [1.0, 0.0]]))  # tiny norms still unit
+    g = torch.Generator()
+    rows = torch.arange(10.0)[:, None]
+    assert torch.equal(M._subsample(rows, None, g), rows) and torch.equal(M._subsample(rows, 10, g), rows)
+    picked = M._subsample(rows, 4, torch.Generator().manual_seed(1))
+    assert picked.shape == (4, 1) and len(set(picked[:, 0].tolist())) == 4
+    assert torch.equal(picked, M._subsample(rows, 4, torch.Generator().manual_seed(1)))
+    assert not torch.equal(picked, M._subsample(rows, 4, torch.Generator().manual_seed(2)))
+    assert M._subsample(torch.zeros(9, 20), 5, g).shape == (5, 20)
+
+
+def test_displacement_relative_to_small_priors_and_its_refusal():
+    p = torch.tensor([[0.5, 0.0], [0.0, 0.0]])
+    q = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
+    d = M.displacement(p, q)
+    assert d["l2_rel_rows"][0] == pytest.approx(1.0)                    # 0.5 moved from a norm of 0.5
+    assert d["l2_rel_rows"][1] == pytest.approx(1e12)                   # a zero prior row: divided by 1e-12
+    assert d["l2_rel"] == pytest.approx(np.mean(d["l2_rel_rows"])) and d["cos"] == pytest.approx(np.mean(d["cos_rows"]))
+    with pytest.raises(ValueError) as refused:
+        M.displacement(torch.zeros(2, 3), torch.zeros(3, 3))
+    assert str(refused.value) == "prior (2, 3) and posterior (3, 3) differ in shape"
+
+
+def test_effective_rank_drops_noise_below_the_input_precision():
+    basis = torch.linalg.qr(torch.randn(6, 6, generator=gen(3), dtype=torch.float64)).Q
+    r2 = basis[:, :2] @ torch.diag(torch.tensor([3.0, 3.0], dtype=torch.float64)) @ basis[:, :2].T
+    assert M.effective_rank(r2) == pytest.approx(2.0)
+    noisy = r2 + 1e-13 * torch.randn(6, 6, generator=gen(4), dtype=torch.float64)  # below float32's floor only
+    assert M.effective_rank(noisy.float()) == pytest.approx(2.0, abs=1e-3)
+    assert M.effective_rank(noisy) > 2.0 + 1e-12                     # float64 keeps it
+    assert M.effective_rank(noisy.numpy()) == pytest.approx(M.effective_rank(noisy))  # arrays count as float64
+    assert math.isnan(M.effective_rank(torch.zeros(3, 4)))
+    assert M.effective_rank(torch.eye(3)) == pytest.approx(3.0)
+
+
+def test_frechet_distance_is_its_formula_for_non_commuting_covariances():
+    from scipy.linalg import sqrtm
+    a = torch.randn(4, 4, generator=gen(5), dtype=torch.float64)
+    b = torch.randn(4, 4, generator=gen(6), dtype=torch.float64)
+    c1, c2 = a @ a.T + 0.1 * torch.eye(4, dtype=torch.float64), b @ b.T + 0.1 * torch.eye(4, dtype=torch.float64)
+    m1, m2 = torch.tensor([1.0, 2.0, 0.0, -1.0]), torch.tensor([0.5, -1.0, 2.0, 0.0])
+    cross = np.real(sqrtm(c1.numpy() @ c2.numpy())).trace()
+    want = float(((m1 - m2) ** 2).sum()) + float(c1.trace() + c2.trace()) - 2 * cross
+    assert M.frechet_distance(m1, c1, m2, c2) == pytest.approx(want, rel=1e-8)
+    assert M.frechet_distance(m1, c1, m1, c1) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_mean_pairwise_cosine_of_two_vectors():
+    assert M.mean_pairwise_cosine(torch.tensor([[1.0, 0.0], [1.0, 1.0]])) == pytest.approx(1 / math.sqrt(2))
+    assert M.mean_pairwise_cosine(torch.tensor([[1.0, 0.0], [-2.0, 0.0], [0.0, 3.0]])) == pytest.approx(-1 / 3)
+    assert math.isnan(M.mean_pairwise_cosine(torch.ones(1, 3)))
+
+
+def test_norm_position_ranks_ties_and_bounds():
+    ref = torch.arange(1.0, 101.0)[:, None]  # norms 1..100
+    got = M.norm_position(torch.tensor([[50.0], [0.5], [100.5]]), ref)
+    assert got["norm_pctile"] == pytest.approx((50 + 0 + 100) / 3)  # a tie counts as at or below
+    p1, p99 = float(torch.quantile(ref[:, 0], 0.01)), float(torch.quantile(ref[:, 0], 0.99))
+    assert (got["ref_p1"], got["ref_p50"], got["ref_p99"]) == pytest.approx((p1, 50.5, p99))
+    assert got["outside_share"] == pytest.approx(2 / 3) and got["norm_mean"] == pytest.approx(151 / 3)
+    on_bounds = M.norm_position(torch.tensor([[p1], [p99]]), ref)
+    assert on_bounds["outside_share"] == 0.0  # the range's ends are inside
+
+
+def test_random_walk_steps_are_seeded_draws_of_rows():
+    rows = torch.tensor([[0.0], [1.0], [3.0]])
+    steps = M.random_walk_step_lengths(rows, 2000, seed=1)
+    assert steps.shape == (2000,) and set(np.round(steps, 6)) == {0.0, 1.0, 2.0, 3.0}  # every pair, row 0 too
+    assert np.array_equal(steps, M.random_walk_step_lengths(rows, 2000, seed=1))
+    assert not np.array_equal(steps, M.random_walk_step_lengths(rows, 2000, seed=2))
+    assert M.random_walk_step_lengths(torch.eye(30), 5).shape == (5,)
+    assert np.allclose(M.step_lengths(torch.tensor([[0.0], [2.0], [7.0]])), [2.0, 5.0])
+
+
+def test_defaults_are_the_documented_ones(vocab, data):
+    samples, _ = data
+    traj = vocab[:8]
+    assert M.trajectory_localization(traj, vocab) == M.trajectory_localization(traj, vocab, n_random=1000, seed=0)
+    assert M.random_walk_step_lengths(vocab, 5).tolist() == M.random_walk_step_lengths(vocab, 5, seed=0).tolist()
+    assert M.knn_precision_recall(samples[:30], samples[30:40]) == \
+        M.knn_precision_recall(samples[:30], samples[30:40], k=5, max_real=2000, seed=0)
+    x, y = samples[:6], samples[100:1300]
+    assert M.mmd_rbf(x, y, n_perm=20) == M.mmd_rbf(x, y, n_perm=20, seed=0, max_n=1000)
+    assert M.energy_distance(x, y, n_perm=20) == M.energy_distance(x, y, n_perm=20, seed=0, max_n=1000)
+    assert M.energy_distance(x, y)["p"] == M.energy_distance(x, y, n_perm=200)["p"]
+    assert M.collapse_threshold(vocab) == M.collapse_threshold(vocab, quantile=0.999, n_pairs=100_000, seed=0)
+    assert M.vocab_neighbours(vocab[:3], vocab)["topk_ids"] == M.vocab_neighbours(vocab[:3], vocab, k=5)["topk_ids"]
+    assert M.DataSample(samples).n == 800 and M.DataSample(torch.cat([samples, samples])).n == 1000
+    assert M.DataGaussian(samples.mean(0), torch.cov(samples.T)).radius() == \
+        M.DataGaussian(samples.mean(0), torch.cov(samples.T)).radius(0.99)
+
+
+def test_the_region_radius_is_empirical_from_ten_samples(data):
+    samples, _ = data
+    mean, cov = samples.mean(0), torch.cov(samples.T)
+    assert M.DataGaussian(mean, cov, samples[:10]).radius()[1] == "empirical"
+    assert M.DataGaussian(mean, cov, samples[:9]).radius()[1] == "chi2"
+    g = M.DataGaussian(mean, cov, samples[:10], shrinkage=0.1)
+    near = g.mahalanobis(samples[:10]).sort().values
+    radius, _ = g.radius(0.5)
+    inside = M.region_position(torch.cat([samples[:10], mean[None]]), g, quantile=0.5)
+    assert inside["inside_share"] == pytest.approx(float(((near <= radius).sum() + 1) / 11))
+    on_edge = samples[:10][g.mahalanobis(samples[:10]).argsort()[4]][None]
+    assert M.region_position(on_edge, g, quantile=0.0)["inside_share"] == 0.0  # beyond the smallest distance
+    assert set(inside) == {"maha_mean", "maha_rel", "inside_share", "radius", "radius_kind"}
+
+
+def test_vocab_neighbours_chunks_arrays_and_small_vocabularies(vocab):
+    x = vocab[[7, 130, 260]] + 0.01
+    whole = M.vocab_neighbours(x, vocab, k=4, chunk=10_000)
+    for chunk in (1, 3, 128, 257):
+        assert M.vocab_neighbours(x, vocab.numpy(), k=4, chunk=chunk)["topk_ids"] == whole["topk_ids"], chunk
+    assert whole["nearest"] == [7, 130, 260]
+    tiny = M.vocab_neighbours(x, vocab[:3], k=9)
+    assert len(tiny["topk_ids"][0]) == 3 and all(c > -1.01 for row in tiny["topk_cos"] for c in row)
+    flat = M.vocab_neighbours(x.reshape(3, 2, 12), vocab[:, :12], k=0)
+    assert len(flat["nearest"]) == 6 and len(flat["topk_ids"][0]) == 1  # rows of the last dimension; k at least 1
+    highest, lowest = max(whole["max_cos"]), min(whole["max_cos"])
+    assert M.vocab_neighbours(x, vocab, threshold=highest)["collapsed_share"] == 0.0  # strictly above the threshold
+    assert M.vocab_neighbours(x, vocab, threshold=lowest)["collapsed_share"] == pytest.approx(2 / 3)
+    assert math.isnan(whole["collapsed_share"]) and whole["max_cos_mean"] == pytest.approx(np.mean(whole["max_cos"]))
+    kept = M.vocab_neighbours(x, vocab, k=3, prior=vocab[[7, 131, 260]], chunk=50)
+    assert kept["nn_kept"] == [True, False, True] and kept["nn_kept_share"] == pytest.approx(2 / 3)
+    assert math.isnan(M.vocab_neighbours(x[:0], vocab, prior=x[:0])["nn_kept_share"])
