@@ -227,3 +227,25 @@ def test_sqrtm_psd_squares_back_and_clips_rounding_negatives():
     tilted = 4.0 * torch.outer(v, v) - 1e-10 * torch.eye(2, dtype=torch.float64)  # eigenvalues 4 - ε, -ε
     torch.testing.assert_close(linalg.sqrtm_psd(tilted), 2.0 * torch.outer(v, v), rtol=0, atol=1e-6)
     assert not linalg.sqrtm_psd(tilted).isnan().any()
+
+
+def test_ledoit_wolf_divides_by_the_count_down_to_one():
+    """n = 1 divides the spread by 1 (only counts below one are raised to one), shown where δ is not capped."""
+    S = torch.diag(torch.tensor([4.0, 0.0, 0.0], dtype=torch.float64))
+    x = torch.tensor([[2.0, 0.5, 0.0]], dtype=torch.float64)          # x xᵀ − S has ‖·‖² = 2.0625
+    dist2 = float((S - 4 / 3 * torch.eye(3, dtype=torch.float64)).pow(2).sum())
+    assert linalg.ledoit_wolf_intensity(S, 1, x) == pytest.approx(2.0625 / dist2, rel=1e-12)
+    assert linalg.ledoit_wolf_intensity(S, 1.5, x) == pytest.approx(2.0625 / 1.5 / dist2, rel=1e-12)
+
+
+def test_oas_counts_from_one_and_is_scale_free(data):
+    """A rank-one S in 4 dimensions: δ = 2 / (n + 1 − 2/d), capped at 1: 1 at n = 1 (counts below one count as
+    one, not two), 0.8 at n = 2. The intensity does not depend on the data's units."""
+    v = torch.tensor([1.0, 2.0, 0.0, -1.0], dtype=torch.float64)
+    S = torch.outer(v, v)
+    assert linalg.oas_intensity(S, 1) == 1.0 and linalg.oas_intensity(S, 0.5) == 1.0
+    assert linalg.oas_intensity(S, 1.5) == pytest.approx(2 / 2.0, rel=1e-12)
+    assert linalg.oas_intensity(S, 2) == pytest.approx(2 / 2.5, rel=1e-12)
+    cov = torch.cov(data.double().T)
+    for scale in (1e-6, 1e-2, 1e3):
+        assert linalg.oas_intensity(cov * scale, 800) == pytest.approx(explicit_oas(cov, 800), rel=1e-9), scale
