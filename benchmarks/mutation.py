@@ -212,7 +212,7 @@ def write_report() -> Path:
                 why = triage(module, s["function"], s["from"], s["to"])
                 test = killed_later(module, s["function"], s["from"], s["to"])
                 change = f"`{s['from']}` → `{s['to']}`".replace("|", "\\|")
-                verdict = (f"equivalent: {why}" if why else f"killed by `{test}` (added after the run; watched "
+                verdict = (f"equivalent: {why}" if why else f"killed by `{test}` (added or extended after the run; watched "
                            f"failing with the mutant planted)" if test else f"**open** ({s['status']})")
                 details.append(f"| {s['mutant'].rsplit('.', 1)[-1]} | {s['function']} | {change} | {verdict} |")
     target = RESULTS / "mutation.md"

@@ -59,6 +59,7 @@ def test_tune_layers():
     assert parse_layers("all", 5) == [1, 2, 3, 4]
     assert parse_layers("last:3", 30) == [27, 28, 29]
     assert parse_layers("last:7", 8) == [1, 2, 3, 4, 5, 6, 7]   # every layer that can be chosen
+    assert parse_layers("last:1", 8) == [7]                     # the smallest count
     assert parse_layers("4,2", 8) == [2, 4]
     assert parse_layers("4, 2,4 ,", 8) == [2, 4]                # sorted, once each, blanks ignored
     assert parse_layers(" 7 ", 8) == [7] and parse_layers("1", 8) == [1]
