@@ -268,7 +268,16 @@ def test_collapse_threshold_edge_cases():
     mixed = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # pairs: cos 0 (4 of 6 orders) or 1 (2 of 6)
     assert M.collapse_threshold(mixed, quantile=0.5, n_pairs=20000, seed=1) == pytest.approx(0.0, abs=1e-7)
     assert M.collapse_threshold(mixed, quantile=0.9, n_pairs=20000, seed=1) == pytest.approx(1.0)
-    assert M.collapse_threshold(mixed, n_pairs=500, seed=3) == M.collapse_threshold(mixed, n_pairs=500, seed=3)
+    # every row is drawn as the first of a pair: 1/3 of the pairs are a row with its twin, above the 0.667 quantile
+    assert M.collapse_threshold(mixed, quantile=0.7, n_pairs=20000, seed=1) == pytest.approx(1.0)
+    pairs = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])  # the other row is any of the three
+    assert M.collapse_threshold(pairs, quantile=0.7, n_pairs=20000, seed=1) == pytest.approx(1.0)
+    assert M.collapse_threshold(pairs, quantile=0.6, n_pairs=20000, seed=1) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_collapse_threshold_is_seeded(vocab):
+    assert M.collapse_threshold(vocab, n_pairs=500, seed=3) == M.collapse_threshold(vocab, n_pairs=500, seed=3)
+    assert M.collapse_threshold(vocab, n_pairs=500, seed=3) != M.collapse_threshold(vocab, n_pairs=500, seed=4)
 
 
 def test_trajectory_localization_edge_cases_and_direction(vocab):
