@@ -180,3 +180,30 @@ def test_capture_stats_take_any_float_dtype_and_a_float_mask():
     assert got.gram.dtype == torch.float32
     torch.testing.assert_close(got.pooled[0], x[0, :2].mean(0))
     torch.testing.assert_close(got.gram, x[0, :2].T @ x[0, :2] + x[1].T @ x[1])
+
+
+def test_a_single_real_token_pools_to_itself():
+    hidden = torch.randn(2, 3, 4, generator=gen(5))
+    mask = torch.tensor([[0, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    got = capture_stats_reference(hidden, mask)
+    torch.testing.assert_close(got.pooled[0], hidden[0, 1])
+
+
+def test_low_precision_inputs_are_computed_in_float32():
+    """bf16 in, bf16 out: the softmax and products run in float32 and only the result is rounded (exactly what
+    the float32 computation gives, cast), on the fused and the explicit path."""
+    tensors = inputs(dtype=torch.bfloat16)
+    wide = [t.float() for t in tensors]
+    assert torch.equal(prefix_attention_reference(*tensors), prefix_attention_reference(*wide).to(torch.bfloat16))
+    out, mass = prefix_attention_reference(*tensors, return_prefix_mass=True, softcap=3.0)
+    want_out, want_mass = prefix_attention_reference(*wide, return_prefix_mass=True, softcap=3.0)
+    assert torch.equal(out, want_out.to(torch.bfloat16)) and torch.equal(mass, want_mass)
+
+
+def test_positions_follow_the_inputs_device():
+    """Every mask is built on the queries' device (the meta device stands for a GPU here)."""
+    tensors = [t.to("meta") for t in inputs()]
+    mask = torch.ones(2, 7, dtype=torch.bool, device="meta")
+    assert prefix_attention_reference(*tensors).device.type == "meta"
+    out, mass = prefix_attention_reference(*tensors, key_padding_mask=mask, return_prefix_mass=True, window=4)
+    assert out.device.type == "meta" and mass.shape == (2, 4, 5)
