@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -117,6 +118,26 @@ def write_json_atomic(path, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+# ---- crash points: where a test has the process killed ------------------------------------------
+
+CRASH_AT = "EPTK_CRASH_AT"  # name[:n]: SIGKILL this process the n-th time (default the first) it reaches `name`
+_crashes_reached: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    """A named moment between two writes ("config", "log", "checkpoint", "swap", "posterior", "job-started")
+    where the kill tests (tests/test_kill.py) have the process die of SIGKILL, exactly there rather than at a
+    timed guess. Without EPTK_CRASH_AT, nothing happens."""
+    wanted = os.environ.get(CRASH_AT)
+    if not wanted:
+        return
+    point, _, nth = wanted.partition(":")
+    if point == name:
+        _crashes_reached[name] = _crashes_reached.get(name, 0) + 1
+        if _crashes_reached[name] == int(nth or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def replace_folder(final, fill) -> Path:
     """Fill a fresh temporary folder next to `final` (`fill(folder)`), then put it in place of `final`:
     readers see the old folder or the new one, never a mix. A process killed midway leaves a hidden
@@ -130,9 +151,11 @@ def replace_folder(final, fill) -> Path:
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=PARTIAL_SUFFIX, dir=final.parent))
             os.replace(final, old / final.name)   # out of the way in one rename, removed below
+            crash_point("swap")                   # neither folder in place
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
+            crash_point("swap")
             os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -148,12 +171,16 @@ def remove_partials(final) -> None:
 
 
 def remove_temp_files(folder) -> None:
-    """Remove the temporary files that killed atomic writes left in `folder` (call it holding the folder's lock)."""
+    """Remove the temporary files and partial folders that killed atomic writes left in `folder` (call it holding
+    the folder's lock)."""
     folder = Path(folder)
     if folder.is_dir():
         for stale in folder.glob(f".*{TEMP_SUFFIX}"):
             if stale.is_file():
                 stale.unlink(missing_ok=True)
+        for stale in folder.glob(f".*{PARTIAL_SUFFIX}"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
 
 
 def is_temporary(path) -> bool:

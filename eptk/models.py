@@ -126,6 +126,8 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
     if kind == "tiny":
         family = tiny_family(name)
         model, tokenizer = build_tiny(family, seed=seed)
+        if dtype is not None:
+            model.to(dtype)  # built in float32 (the same random weights on every device), then cast
         source = f"random tiny {family} (seed {seed})"
     elif kind == "packaged":
         model, tokenizer, source = _load_packaged(PACKAGED[name], dtype)

@@ -21,6 +21,7 @@ from .errors import EptkUsageError, Stop
 from .early_stop import EarlyStop
 from .evaluate import answer_loss, evaluate, item_rows, skipped
 from .families import family_of
+from .io import crash_point
 from .methods import get_method
 from .models import input_device, load_frozen
 from .priors import PriorContext, build_prior, jitter, parse_spec
@@ -141,6 +142,7 @@ def _write_start(run, resolved: dict, init, cfg: TuneConfig, plan, resume: bool)
     --steps (a finished run reopened first), and its prior if it died before writing it."""
     if not resume:
         run.write_config(resolved)
+        crash_point("config")  # a config and no prior yet
     elif cfg.steps != plan.run_steps:
         config = run.config()
         if run.is_complete():
@@ -266,6 +268,7 @@ def _train(cfg, run, plan, loaded, names, prompted, prior, resume, progress, dev
     if early.enabled and early.best is not None:
         prompted.load_tensors(early.best)  # the posterior is the prompt of the best evaluation
     run.write_posterior(prompted.tensors())
+    crash_point("posterior")  # a posterior and no eval.json yet
     # No score without examples: --test-size 0 / --eval-size 0 skip their evaluation and say so.
     result = evaluate(prompted, plan.task, plan.test) if plan.test else skipped(plan.task, "--test-size 0")
     rows = item_rows(result)

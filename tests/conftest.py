@@ -71,3 +71,29 @@ def gemma3_vocabulary():
     from eptk.gguf_tokenizer import read_vocabulary
     from eptk.packaged import PACKAGED
     return read_vocabulary(PACKAGED["gemma3-270m"].gguf())
+
+
+class Artifacts(list):
+    """Files a test keeps for a person to look at (screenshots), in one folder under the pytest temporary folder."""
+    def __init__(self, folder):
+        super().__init__()
+        self.folder = folder
+
+
+ARTIFACTS = pytest.StashKey[Artifacts]()
+
+
+@pytest.fixture(scope="session")
+def browser_artifacts(tmp_path_factory, request):
+    """Where the browser tests keep their screenshots; the end of the run names every file kept."""
+    kept = Artifacts(tmp_path_factory.mktemp("screenshots"))
+    request.config.stash[ARTIFACTS] = kept
+    return kept
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    kept = config.stash.get(ARTIFACTS, None)
+    if kept:
+        terminalreporter.write_sep("-", f"{len(kept)} screenshots kept in {kept.folder}")
+        for path in kept:
+            terminalreporter.write_line(str(path))
