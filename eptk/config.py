@@ -188,7 +188,7 @@ def portable_paths(settings: dict, base: Path) -> dict:
     base = Path(base).resolve()
     out = dict(settings)
     for name, prefix, path in _path_settings(settings):
-        if path.exists() or name == "out":
+        if path.exists() or name == "out" or prefix:  # behind a prefix (posterior:, jsonl:) it is always a path
             try:
                 out[name] = prefix + path.resolve().relative_to(base).as_posix()
             except ValueError:
