@@ -36,6 +36,7 @@ MODULES = {
     "eptk/priors/region.py": ["tests/test_region_priors.py", "-m", "not slow"],  # not the SmolLM2 case
     "eptk/stats.py": ["tests/test_stats.py", "tests/test_capture.py"],
     "eptk/spaces.py": ["tests/test_spaces.py"],
+    "eptk/reproduce/inference.py": ["tests/test_inference.py"],
     "kernels/reference.py": ["tests/test_reference.py"],
 }
 # where each top-level source folder sits in the scratch copy (the package layout pyproject.toml maps)
