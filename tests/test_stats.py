@@ -88,6 +88,8 @@ def test_running_gaussian_from_moments_round_trip():
     assert empty.count == 0 and torch.equal(empty.m2, torch.zeros(5, 5, dtype=torch.float64))
     back.add(x)  # a loaded Gaussian keeps merging
     assert back.count == 40.0
+    big = 2 ** 24 + 1  # a capture's token count beyond float32's integers stays exact (float64)
+    assert RunningGaussian.from_moments(big, torch.ones(5), torch.eye(5)).count == big
 
 
 def test_shrunk_covariance_is_linalgs():
