@@ -254,8 +254,9 @@ def test_save_and_load_round_trip(tmp_path):
     assert meta["format"] == FORMAT and meta["hidden_size"] == 5 and meta["layers"] == [0, 2]
     assert meta["excluded"] == EXCLUDED and meta["tokens"] == {"0": 20.0, "2": 20.0} and meta["model"] == "tiny"
     from safetensors.torch import load_file
-    saved = load_file(str(tmp_path / "s" / STATS_FILE))  # the format's dtypes: a float64 count, an int64 seen
-    assert (saved["layer0.count"].dtype, saved["layer0.seen"].dtype) == (torch.float64, torch.int64)
+    saved = load_file(str(tmp_path / "s" / STATS_FILE))  # the format's dtypes: float64 count and distance, int64 seen
+    assert (saved["layer0.count"].dtype, saved["layer0.seen"].dtype, saved["layer2.max_mahalanobis"].dtype) == \
+        (torch.float64, torch.int64, torch.float64)
     back = ActivationStats.load(tmp_path / "s", model_name="tiny", hidden_size=5)
     assert back.layers == [0, 2] and back.dim == 5 and back.max_mahalanobis == {2: 7.5}
     for l in (0, 2):
