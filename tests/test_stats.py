@@ -10,6 +10,7 @@ from eptk import linalg
 from eptk.errors import EptkUsageError
 from eptk.stats import (EXCLUDED, FORMAT, META_FILE, STATS_FILE, ActivationStats, Reservoir, RunningGaussian,
                         check_model, is_stats_folder, layer_activations)
+from eptk.version import __version__
 
 
 def gen(seed):
@@ -252,7 +253,7 @@ def test_save_and_load_round_trip(tmp_path):
         (tmp_path / "half" / name).unlink()
     meta = json.loads((tmp_path / "s" / META_FILE).read_text())
     assert meta["format"] == FORMAT and meta["hidden_size"] == 5 and meta["layers"] == [0, 2]
-    assert meta["excluded"] == EXCLUDED and meta["tokens"] == {"0": 20.0, "2": 20.0} and meta["model"] == "tiny"
+    assert meta["eptk_version"] == __version__ and meta["excluded"] == EXCLUDED and meta["tokens"] == {"0": 20.0, "2": 20.0} and meta["model"] == "tiny"
     from safetensors.torch import load_file
     saved = load_file(str(tmp_path / "s" / STATS_FILE))  # the format's dtypes: float64 count and distance, int64 seen
     assert (saved["layer0.count"].dtype, saved["layer0.seen"].dtype, saved["layer2.max_mahalanobis"].dtype) == \
