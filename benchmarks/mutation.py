@@ -3,6 +3,7 @@
     python benchmarks/mutation.py                       # every module below, one at a time
     python benchmarks/mutation.py eptk/linalg.py        # one module (make mutation MODULE=eptk/linalg.py)
     python benchmarks/mutation.py --report              # only rewrite the report from the last runs
+    python benchmarks/mutation.py eptk/stats.py --collect-partial 2026-12-02T18:09   # a stopped run's results so far
 
 Each module runs in its own scratch copy of the package under .mutation/<module>/ (mutmut mutates a copy and
 puts it first on sys.path; the copy lays kernels/ and cli/ out as eptk/kernels and eptk/cli, so the modules keep
@@ -36,11 +37,13 @@ MODULES = {
     "eptk/priors/region.py": ["tests/test_region_priors.py", "-m", "not slow"],  # not the SmolLM2 case
     "eptk/stats.py": ["tests/test_stats.py", "tests/test_capture.py"],
     "eptk/spaces.py": ["tests/test_spaces.py"],
+    "eptk/reproduce/inference.py": ["tests/test_inference.py"],
     "kernels/reference.py": ["tests/test_reference.py"],
 }
 # where each top-level source folder sits in the scratch copy (the package layout pyproject.toml maps)
 LAYOUT = {"eptk": "eptk", "kernels": "eptk/kernels", "cli": "eptk/cli"}
 KILLED = {"killed", "timeout", "segfault"}  # a mutant the tests detected (a hang or a crash is detected too)
+NOT_CHECKED = "not checked"  # a mutant a stopped run never ran (a partial result)
 
 
 def slug(module: str) -> str:
@@ -137,11 +140,18 @@ def run_module(module: str) -> dict:
     proc = mutmut(folder, "run", "--max-children", "1")
     if proc.returncode != 0:
         raise SystemExit(f"mutmut run failed for {module} (exit {proc.returncode}); see the output above")
+    return collect(module, folder, started)
+
+
+def collect(module: str, folder: Path, started: dt.datetime, partial: bool = False) -> dict:
+    """The module's results from its scratch folder, written to its JSON. `partial`: a run stopped before the end
+    (--collect-partial); the mutants it never ran count as `not checked` and the score leaves them out."""
+    tests = MODULES[module]
     codes = statuses(folder, module)
     survivors = []
     for name, code in sorted(codes.items()):
         status = status_name(code)
-        if status in KILLED:
+        if status in KILLED or status == NOT_CHECKED:
             continue
         diff = mutmut(folder, "show", name, capture=True).stdout
         original, mutated = changed_lines(diff)
@@ -150,7 +160,7 @@ def run_module(module: str) -> dict:
                           "to": mutated, "equivalent": triage(module, function, original, mutated), "diff": diff})
     result = {"module": module, "tests": tests, "tool": f"mutmut {_version()}",
               "date": started.strftime("%Y-%m-%d"), "minutes": round((dt.datetime.now() - started).seconds / 60, 1),
-              "counts": _counts(codes), "survivors": survivors}
+              "counts": _counts(codes), "survivors": survivors, **({"partial": True} if partial else {})}
     write_json(RESULTS / f"mutation-{slug(module)}.json", result)
     return result
 
@@ -174,7 +184,7 @@ def write_json(path: Path, data: dict) -> None:
 def score(result: dict) -> tuple[int, int, int, float]:
     """(mutants, equivalent, killed, killed share of the non-equivalent ones), triage re-read from the file; a
     survivor killed by a later test counts as killed."""
-    total = sum(result["counts"].values())
+    total = sum(n for status, n in result["counts"].items() if status != NOT_CHECKED)
     killed = sum(n for status, n in result["counts"].items() if status in KILLED)
     killed += sum(1 for s in result["survivors"] if killed_later(result["module"], s["function"], s["from"], s["to"]))
     equivalent = sum(1 for s in result["survivors"]
@@ -203,7 +213,9 @@ def write_report() -> Path:
         total, equivalent, killed, share = score(result)
         open_ = [s for s in result["survivors"] if triage(module, s["function"], s["from"], s["to"]) is None
                  and not killed_later(module, s["function"], s["from"], s["to"])]
-        lines.append(f"| `{module}` | `{' '.join(result['tests'])}` | {total} | {killed} | "
+        unchecked = result["counts"].get(NOT_CHECKED, 0)
+        partial = f" (partial: {unchecked} of {total + unchecked} mutants not run)" if result.get("partial") else ""
+        lines.append(f"| `{module}` | `{' '.join(result['tests'])}` | {total}{partial} | {killed} | "
                      f"{equivalent} | {len(open_)} | {share:.1%}{'' if share >= GOAL else ' (below goal)'} | "
                      f"{result['date']}, {result['tool']}, {result['minutes']} min |")
         if result["survivors"]:
@@ -224,12 +236,22 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", help=f"modules to mutate (default all): {', '.join(MODULES)}")
     parser.add_argument("--report", action="store_true", help="only rewrite benchmarks/results/mutation.md")
+    parser.add_argument("--collect-partial", metavar="STARTED",
+                        help="a run stopped before its end: write its modules' results so far from their scratch "
+                             "folders (the mutants not run are listed as not checked); STARTED: when it began, "
+                             "YYYY-MM-DDTHH:MM")
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
         print(f"error: unknown module {unknown[0]!r}; valid: {', '.join(MODULES)}", file=sys.stderr)
         return 2
-    if not args.report:
+    if args.collect_partial:
+        started = dt.datetime.fromisoformat(args.collect_partial)
+        for module in args.modules:
+            total, equivalent, killed, share = score(collect(module, SCRATCH / slug(module), started, partial=True))
+            print(f"{module} (partial): {killed} of {total - equivalent} run non-equivalent mutants killed "
+                  f"({share:.1%})", flush=True)
+    elif not args.report:
         for module in args.modules or MODULES:
             result = run_module(module)
             total, equivalent, killed, share = score(result)

@@ -10,6 +10,7 @@ from eptk import linalg
 from eptk.errors import EptkUsageError
 from eptk.stats import (EXCLUDED, FORMAT, META_FILE, STATS_FILE, ActivationStats, Reservoir, RunningGaussian,
                         check_model, is_stats_folder, layer_activations)
+from eptk.version import __version__
 
 
 def gen(seed):
@@ -53,6 +54,29 @@ def test_running_gaussian_edges():
     assert g.device.type == "cpu" and g.cpu() is g
 
 
+def test_running_gaussian_merges_float32_rows_in_float64():
+    """Rows given in float32 are centred and multiplied in float64: the covariance of the float32 values exactly
+    (a float32 scatter would be off by float32's rounding, ~1e-7 relative)."""
+    x = rows(37, offset=100.0).float()
+    g = RunningGaussian(5).add(x)
+    torch.testing.assert_close(g.covariance(), torch.cov(x.double().T), rtol=1e-12, atol=1e-12)
+
+
+def test_state_follows_the_first_batch_onto_its_device():
+    """A Gaussian and a reservoir live on the device of their first rows, and later rows or Gaussians from another
+    device are moved there (meta tensors stand for a GPU: torch refuses to mix them with CPU tensors)."""
+    meta = torch.zeros(4, 3, device="meta")
+    g = RunningGaussian(3).add(meta).add(torch.ones(2, 3))
+    g.merge(RunningGaussian(3).add(torch.ones(5, 3)))
+    empty = RunningGaussian(3).merge(RunningGaussian(3).add(meta))
+    for gaussian in (g, empty):
+        assert {t.device.type for t in (gaussian._count, gaussian.mean, gaussian.m2)} == {"meta"}
+    r = Reservoir(4, 3)
+    r.add(meta)
+    r.add(torch.ones(5, 3))
+    assert r.rows.device.type == "meta" and r.seen == 9
+
+
 def test_running_gaussian_from_moments_round_trip():
     x = rows(20)
     g = RunningGaussian(5).add(x)
@@ -65,6 +89,8 @@ def test_running_gaussian_from_moments_round_trip():
     assert empty.count == 0 and torch.equal(empty.m2, torch.zeros(5, 5, dtype=torch.float64))
     back.add(x)  # a loaded Gaussian keeps merging
     assert back.count == 40.0
+    big = 2 ** 24 + 1  # a capture's token count beyond float32's integers stays exact (float64)
+    assert RunningGaussian.from_moments(big, torch.ones(5), torch.eye(5)).count == big
 
 
 def test_shrunk_covariance_is_linalgs():
@@ -132,6 +158,33 @@ def test_reservoir_merge_is_a_sample_of_both_streams():
     assert sum(shares) / len(shares) == pytest.approx(0.75, abs=0.04)
 
 
+def test_reservoir_merge_draws_from_its_own_generator_in_float64():
+    """The merge's draws, made again by hand from a copy of the reservoir's generator: each sample permuted, then
+    one float64 uniform per slot taking a row of a with probability (a's rows left) / (rows of both left). The
+    global generator is reseeded differently before each merge: a merge that drew from it would differ."""
+    def streams():
+        a, b = Reservoir(6, 1, seed=4), Reservoir(6, 1, seed=5)
+        a.add(torch.arange(40.0)[:, None])
+        b.add(torch.arange(100.0, 140.0)[:, None])
+        return a, b
+
+    a, b = streams()
+    g = torch.Generator()
+    g.set_state(a.generator.get_state())
+    mine, theirs = a.samples[torch.randperm(6, generator=g)], b.samples[torch.randperm(6, generator=g)]
+    left_a, left_b, picked = 40, 40, []
+    for draw in torch.rand(6, generator=g, dtype=torch.float64).tolist():
+        if draw * (left_a + left_b) < left_a:
+            picked.append(mine[40 - left_a]); left_a -= 1
+        else:
+            picked.append(theirs[40 - left_b]); left_b -= 1
+    assert min(40 - left_a, 40 - left_b) >= 2  # each stream supplies several rows: a wrong index would show
+    for global_seed in (0, 1):
+        a, b = streams()
+        torch.manual_seed(global_seed)
+        assert torch.equal(a.merge(b).samples, torch.stack(picked)) and a.seen == 80
+
+
 def test_layer_activations_shrink_when_there_are_few_tokens():
     many, few = RunningGaussian(5).add(rows(40)), RunningGaussian(5).add(rows(4))
     for g, shrunk_cov in ((many, False), (few, True)):
@@ -182,10 +235,10 @@ def test_activation_stats_merge():
     a.merge(b)
     assert a.gaussians[0].count == 40 and a.pooled(0).shape == (6, 5) and a.max_mahalanobis == {}
     assert a.layer(0) is not before and a.layer(0).count == 40
-    with pytest.raises(ValueError):
-        a.merge(filled(layers=(0,)))
-    with pytest.raises(ValueError):
-        a.merge(filled(d=4))
+    for other in (filled(layers=(0,)), filled(d=4)):
+        with pytest.raises(ValueError) as refused:
+            a.merge(other)
+        assert str(refused.value) == "cannot merge statistics of different widths or layers"
 
 
 def test_save_and_load_round_trip(tmp_path):
@@ -193,9 +246,18 @@ def test_save_and_load_round_trip(tmp_path):
     stats.max_mahalanobis[2] = 7.5
     stats.save(tmp_path / "s")
     assert is_stats_folder(tmp_path / "s") and not is_stats_folder(tmp_path)
+    for name in (STATS_FILE, META_FILE):  # one of the two files alone is not a statistics folder
+        (tmp_path / "half" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "half" / name).write_bytes((tmp_path / "s" / name).read_bytes())
+        assert not is_stats_folder(tmp_path / "half")
+        (tmp_path / "half" / name).unlink()
     meta = json.loads((tmp_path / "s" / META_FILE).read_text())
     assert meta["format"] == FORMAT and meta["hidden_size"] == 5 and meta["layers"] == [0, 2]
-    assert meta["excluded"] == EXCLUDED and meta["tokens"] == {"0": 20.0, "2": 20.0} and meta["model"] == "tiny"
+    assert meta["eptk_version"] == __version__ and meta["excluded"] == EXCLUDED and meta["tokens"] == {"0": 20.0, "2": 20.0} and meta["model"] == "tiny"
+    from safetensors.torch import load_file
+    saved = load_file(str(tmp_path / "s" / STATS_FILE))  # the format's dtypes: float64 count and distance, int64 seen
+    assert (saved["layer0.count"].dtype, saved["layer0.seen"].dtype, saved["layer2.max_mahalanobis"].dtype) == \
+        (torch.float64, torch.int64, torch.float64)
     back = ActivationStats.load(tmp_path / "s", model_name="tiny", hidden_size=5)
     assert back.layers == [0, 2] and back.dim == 5 and back.max_mahalanobis == {2: 7.5}
     for l in (0, 2):
