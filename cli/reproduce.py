@@ -21,9 +21,12 @@ def reproduce(
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="training runs at a time (default: one per GPU, "
                                                                   "else 1)"),
     shard: Optional[str] = typer.Option(None, help="I/N: every N-th item of each stage, starting at I (0-based)"),
-    model: str = typer.Option(TuneConfig().model, help="model of every run (smollm2, tiny, a hub id, ...)"),
+    model: str = typer.Option(TuneConfig().model, help="model of every run (smollm2, gemma3-270m, tiny, a hub id, ...)"),
     stages: Optional[List[str]] = typer.Option(None, "--stages", help="stages to run, repeated or comma-separated: "
-                                               "main, transfer, sink, captures, trajectories, report (default: all)"),
+                                               "main, transfer, sink, captures, trajectories, converged, ablation, "
+                                               "reeval, tokens, report (default: all)"),
+    report_to: Optional[Path] = typer.Option(None, help="write the report (FINDINGS.md, findings.html, runs.csv, "
+                                             "claims.json, figures/) here instead of the study directory"),
     dry_run: bool = typer.Option(False, "--dry-run", "--plan", help="list every item and what would happen to it "
                                                                    "(skip, resume, fresh, waits); run nothing"),
     quiet: bool = typer.Option(False, help="no progress bars"),
@@ -32,6 +35,6 @@ def reproduce(
     from eptk import commands
 
     code = commands.reproduce(out, model=model, quick=quick, jobs=jobs, shard=shard, stages=stages, dry_run=dry_run,
-                              progress=not quiet)
+                              progress=not quiet, report_to=report_to)
     if code:
         raise typer.Exit(code)

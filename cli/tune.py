@@ -17,11 +17,13 @@ D = TuneConfig()  # defaults live in one place
 @app.command()
 def tune(
     ctx: typer.Context,
-    model: str = typer.Option(D.model, help="smollm2 (default), tiny, tiny:<family>, a local dir, a .gguf, a hub id"),
+    model: str = typer.Option(D.model, help="smollm2 (default), gemma3-270m, tiny, tiny:<family>, a local dir, a .gguf, a hub id"),
     task: str = typer.Option(D.task, help=task_choices()),
     method: str = typer.Option(D.method, help="soft, deep or prefix (eptk/methods/)"),
     prior: str = typer.Option(D.prior, help="prior spec family[:args]; see `eptk priors`"),
     prior_weight: float = typer.Option(D.prior_weight, help="MAP term weight: loss += -λ·log p(θ)/n"),
+    prior_jitter: float = typer.Option(D.prior_jitter, help="multiply the prior sample by 1 + R·N(0,1) (R relative, "
+                                       "e.g. 1e-7): how much a run depends on its exact start"),
     tokens: int = typer.Option(D.tokens, help="prompt length P (slots)"),
     layers: str = typer.Option(D.layers, help="deep layers: all, last:N (paper: last:3) or 4,8,12"),
     soft: bool = typer.Option(D.soft, "--soft/--no-soft", help="deep: also tune the layer-0 (soft) vectors"),
@@ -41,6 +43,10 @@ def tune(
     test_size: int = typer.Option(D.test_size, help="test examples for eval.json"),
     train_size: int = typer.Option(D.train_size, help="training examples drawn from the task"),
     checkpoint_every: int = typer.Option(D.checkpoint_every, help="checkpoint every N steps (0: only at the end)"),
+    early_stop: int = typer.Option(D.early_stop, help="stop after N validations that do not improve the best "
+                                   "validation loss, keeping the best prompt (0: off; needs --eval-every)"),
+    early_stop_delta: float = typer.Option(D.early_stop_delta, help="an improvement is a drop of at least this "
+                                           "share of the best validation loss"),
     seed: int = typer.Option(D.seed),
     out: Optional[Path] = typer.Option(None, help="run directory (default runs/<model>-<task>-<method>-<prior>-s<seed>)"),
     backend: str = typer.Option(D.backend, help="prefix-attention kernel: auto (Triton on CUDA), triton, torch"),
@@ -67,11 +73,13 @@ def tune(
     """Prompt-tune a frozen causal LM from a chosen prior and write a run directory."""
     from eptk import commands
 
-    settings = dict(model=model, task=task, method=method, prior=prior, prior_weight=prior_weight, tokens=tokens,
+    settings = dict(model=model, task=task, method=method, prior=prior, prior_weight=prior_weight,
+                    prior_jitter=prior_jitter, tokens=tokens,
                     layers=layers, soft=soft, keep_sink=keep_sink, steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
                     weight_decay=weight_decay, schedule=schedule, warmup=warmup, clip=clip, eval_every=eval_every,
                     eval_size=eval_size, test_size=test_size, train_size=train_size,
-                    checkpoint_every=checkpoint_every, seed=seed, out=str(out) if out else "", backend=backend,
+                    checkpoint_every=checkpoint_every, early_stop=early_stop, early_stop_delta=early_stop_delta,
+                    seed=seed, out=str(out) if out else "", backend=backend,
                     grad_checkpointing=grad_checkpointing, device=device, nan_policy=nan_policy, lr_scale=lr_scale,
                     device_map=device_map, offload_dir=offload_dir,
                     trust_remote_code=trust_remote_code, stats_samples=stats_samples,
@@ -96,11 +104,14 @@ def eval_command(
     device: str = typer.Option("auto", help=DEVICE_HELP),
     device_map: str = typer.Option("", help=DEVICE_MAP_HELP),
     offload_dir: str = typer.Option("", help=OFFLOAD_HELP),
+    save: bool = typer.Option(False, help="keep the scores and each item's prediction in the run "
+                              "(eval-<split>-<size>.json, predictions-<split>-<size>.jsonl)"),
 ) -> None:
     """Score a tuned run (and the no-prompt baseline) on a task split."""
     from eptk import commands
 
-    commands.evaluate(run, task, split, size, backend, device=device, device_map=device_map, offload_dir=offload_dir)
+    commands.evaluate(run, task, split, size, backend, device=device, device_map=device_map, offload_dir=offload_dir,
+                      save=save)
 
 
 @app.command()

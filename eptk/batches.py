@@ -20,6 +20,24 @@ def encode_batch(tokenizer, examples: list[Example], with_answer: bool = True, e
     return _pad(rows, labels, tokenizer.pad_token_id, left=False)
 
 
+def encode_content_batch(tokenizer, examples: list[Example]) -> dict:
+    """`encode_batch` (prompt + answer + EOS) with a `content_mask` [B, T]: the tokens of the examples' content
+    spans (at least half of a token's characters inside one) and the answer's tokens; template words, special
+    tokens, EOS and padding are False. Needs a tokenizer that reports character offsets."""
+    batch = encode_batch(tokenizer, examples, with_answer=True)
+    mask = torch.zeros_like(batch["attention_mask"], dtype=torch.bool)
+    for row, ex in enumerate(examples):
+        enc = tokenizer(ex.prompt, return_offsets_mapping=True)
+        for i, (start, end) in enumerate(enc["offset_mapping"]):
+            if end > start and any(2 * (min(end, b) - max(start, a)) >= end - start for a, b in ex.content):
+                mask[row, i] = True
+        answer = tokenizer(ex.answer, add_special_tokens=False)["input_ids"]
+        n = len(enc["input_ids"])
+        mask[row, n:n + len(answer)] = True
+    batch["content_mask"] = mask & batch["attention_mask"].bool()
+    return batch
+
+
 def take_rows(batch: dict, rows: list[int]) -> dict:
     """The given rows of a right-padded batch, trimmed to their own longest row: equal to encoding
     just those examples."""

@@ -31,7 +31,7 @@ from .errors import EptkUsageError
 from .families import decoder_layers, model_dims
 from .models import LoadedModel, input_device
 from .progress import progress_bar
-from .batches import encode_batch
+from .batches import encode_batch, encode_content_batch
 from .stats import EXCLUDED, FORMAT, ActivationStats
 from .version import __version__
 from .tasks import load_task
@@ -94,14 +94,17 @@ def run_to_layers(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
             pass
 
 
-def real_tokens(tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B,T] bool: not padding, not BOS, not the first real token (the attention sink)."""
+def real_tokens(tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor, only=None) -> torch.Tensor:
+    """[B,T] bool: not padding, not BOS, not the first real token (the attention sink), and inside `only` when
+    given (e.g. content tokens)."""
     real = attention_mask.bool()
     first = real.long().cumsum(-1) == 1
     real = real & ~first
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is not None:
         real = real & (input_ids != bos)
+    if only is not None:
+        real = real & only.to(real.device).bool()
     return real
 
 
@@ -156,12 +159,13 @@ class Capturer:
         self.massive: dict[int, int] = {}
         self._whiten: dict | None = None  # layer -> (scale_tril, mean) of the final Gaussians, for add_extremes
 
-    def add(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    def add(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, only=None) -> None:
+        """One batch; `only` [B, T] (e.g. a content mask) keeps just those of its real tokens."""
         from . import kernels
 
         stats = self.stats
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
-        real = real_tokens(self.loaded.tokenizer, input_ids, attention_mask)
+        real = real_tokens(self.loaded.tokenizer, input_ids, attention_mask, only)
         token_index = torch.nonzero(real.reshape(-1)).squeeze(1)          # the one host sync
         seq_index = torch.nonzero(real.any(1)).squeeze(1)
         self.sequences += int(seq_index.numel())
@@ -178,7 +182,7 @@ class Capturer:
 
         run_to_layers(self.loaded.model, input_ids, attention_mask, self.layers, on_hidden)
 
-    def add_extremes(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    def add_extremes(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, only=None) -> None:
         """Second pass over a batch `add` saw: the largest Mahalanobis distance of any kept token at each layer
         under the layer's final shrunk Gaussian (what a `region:new` sample must clear: every captured
         token, not only the reservoir's). The same tokens are kept as in the first pass."""
@@ -187,7 +191,7 @@ class Capturer:
             self._whiten = {l: (stats.layer(l).scale_tril().double().to(self.device),
                                 stats.layer(l).mean.double().to(self.device)) for l in self.layers}
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
-        real = real_tokens(self.loaded.tokenizer, input_ids, attention_mask)
+        real = real_tokens(self.loaded.tokenizer, input_ids, attention_mask, only)
 
         def on_hidden(l, hidden):
             rows = hidden[without_massive(hidden, real)]
@@ -200,7 +204,7 @@ class Capturer:
 
     def finish(self, meta: dict | None = None) -> ActivationStats:
         loaded, dims, stats = self.loaded, self.dims, self.stats
-        stats.meta = {"format": FORMAT, "model": loaded.name, "model_source": loaded.source,
+        stats.meta = {"format": FORMAT, "model": loaded.name, "model_source": loaded.source, "model_id": loaded.identity,
                       "hidden_size": dims["hidden_size"], "num_layers": dims["num_layers"], "task": None,
                       "layers": self.layers, "samples": self.samples, "seed": self.seed,
                       "sequences": self.sequences, "excluded": EXCLUDED,
@@ -224,11 +228,11 @@ def capture(loaded: LoadedModel, texts_or_batches, layers: list[int], samples: i
     capturer = Capturer(loaded, layers, samples=samples, seed=seed, backend=backend)
     batches = list(_batches(loaded.tokenizer, texts_or_batches, batch_size, max_length))
     with progress_bar(progress, "capturing activations", 2 * len(batches)) as advance:
-        for batch in batches:
-            capturer.add(batch["input_ids"], batch["attention_mask"])
+        for batch in batches:   # a batch's `content_mask`, where it has one, keeps only the content tokens
+            capturer.add(batch["input_ids"], batch["attention_mask"], batch.get("content_mask"))
             advance()
         for batch in batches:  # the second pass: distances under the Gaussians the first one built
-            capturer.add_extremes(batch["input_ids"], batch["attention_mask"])
+            capturer.add_extremes(batch["input_ids"], batch["attention_mask"], batch.get("content_mask"))
             advance()
     return capturer.finish(meta)
 
@@ -317,21 +321,27 @@ def generated_states(prompted, prompts: list[str], layers: list[int], new_tokens
 
 # ---- a task's train split -------------------------------------------------------------------------
 
-def task_batches(tokenizer, task_spec: str, seed: int, n_examples: int, batch_size: int) -> list[dict]:
-    """prompt + answer (+ EOS) of the task's train examples, encoded like training encodes them."""
+def task_batches(tokenizer, task_spec: str, seed: int, n_examples: int, batch_size: int,
+                 content_only: bool = False) -> list[dict]:
+    """prompt + answer (+ EOS) of the task's train examples, encoded like training encodes them (with
+    `content_only`, each batch carries the content mask of `encode_content_batch`)."""
     examples = load_task(task_spec, seed).examples("train", n_examples)
     if not examples:
         raise EptkUsageError(f"task {task_spec!r} has no train examples to capture")
-    return [encode_batch(tokenizer, examples[i:i + batch_size], with_answer=True)
-            for i in range(0, len(examples), batch_size)]
+    if content_only and not all(ex.content for ex in examples):
+        raise EptkUsageError(f"task {task_spec!r} does not mark its content (only template-aware tasks do: "
+                             f"arith, qa, qa:b, fill, fill:b)")
+    encode = encode_content_batch if content_only else (lambda tok, ex: encode_batch(tok, ex, with_answer=True))
+    return [encode(tokenizer, examples[i:i + batch_size]) for i in range(0, len(examples), batch_size)]
 
 
 def capture_task(loaded: LoadedModel, model_name: str, task_spec: str, layers: list[int], samples: int = 2048,
                  seed: int = 0, n_examples: int = 512, batch_size: int = 16, progress: bool = True,
-                 backend: str = "auto") -> ActivationStats:
-    """Capture the task's train split (prompt + answer) at the given layers."""
-    batches = task_batches(loaded.tokenizer, task_spec, seed, n_examples, batch_size)
+                 backend: str = "auto", content_only: bool = False) -> ActivationStats:
+    """Capture the task's train split (prompt + answer) at the given layers (its content tokens only, with
+    `content_only`)."""
+    batches = task_batches(loaded.tokenizer, task_spec, seed, n_examples, batch_size, content_only)
     stats = capture(loaded, batches, layers, samples=samples, seed=seed, progress=progress, backend=backend,
-                    meta={"model": model_name, "task": task_spec, "split": "train",
+                    meta={"model": model_name, "task": task_spec, "split": "train", "content_only": content_only,
                           "examples": sum(b["input_ids"].shape[0] for b in batches)})
     return stats

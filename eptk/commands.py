@@ -73,42 +73,15 @@ def _print_scores(run: Path) -> None:
 
 
 def evaluate(run: Path, task: str | None = None, split: str = "test", size: int = 200, backend: str = "auto", *,
-             device: str = "auto", device_map: str = "", offload_dir: str = "") -> dict:
-    """Score a tuned run and the no-prompt baseline on a task split (the scorer that writes eval.json)."""
-    from .errors import EptkUsageError, check_choice, check_range
-    from .evaluate import evaluate as score_both
-    from eptk.kernels import BACKENDS
-    from .loading import load_run
-    from .models import check_placement
-    from .tasks import load_task
+             device: str = "auto", device_map: str = "", offload_dir: str = "", save: bool = False) -> dict:
+    """Score a tuned run and the no-prompt baseline on a task split and print the scores (eptk.loading.evaluate_run;
+    `save` keeps them in the run)."""
+    from .loading import evaluate_run
 
-    check_range("--size", size, 1, 10**7)
-    check_choice("--backend", backend, BACKENDS)
-    config = _run_config(run)
-    check_placement(device, device_map, offload_dir)
-    the_task = load_task(task or config["task"], int(config.get("seed", 0)))
-    examples = the_task.examples(split, size)
-    if not examples:
-        raise EptkUsageError(f"task {the_task.name!r} has no {split} examples to score")
-    tuned = load_run(run, backend=backend, device=device, device_map=device_map or None, offload_dir=offload_dir or None)
-    result = score_both(tuned, the_task, examples, split, prefix_mass=False)
-    summary = {k: result[k] for k in ("task", "split", "metric")}
-    summary.update({which: {k: result[which][k] for k in ("score", "loss", "n")} for which in ("baseline", "tuned")})
+    summary = evaluate_run(run, task, split, size, backend, device=device, device_map=device_map,
+                           offload_dir=offload_dir, save=save)
     print(json.dumps(summary, indent=2))
     return summary
-
-
-def _run_config(run: Path) -> dict:
-    """The config of the run `run` names, refused before any model loads when it is not a run."""
-    from .errors import EptkUsageError
-    from .runs import CONFIG, RunDir, is_run
-
-    if not is_run(run):
-        raise EptkUsageError(f"{run} is not a run directory (no {CONFIG})")
-    config = RunDir(run).config()
-    if not isinstance(config, dict) or "task" not in config or "model" not in config:
-        raise EptkUsageError(f"{Path(run) / CONFIG} is not an eptk run config (no task or model)")
-    return config
 
 
 def generate(run: Path, text: str, max_new_tokens: int = 32, sample: bool = False, temperature: float = 1.0,
@@ -118,13 +91,13 @@ def generate(run: Path, text: str, max_new_tokens: int = 32, sample: bool = Fals
 
     from .config import check_setting
     from .errors import EptkUsageError, check_range
-    from .loading import load_run
+    from .loading import load_run, run_config
     from .models import check_placement
 
     check_range("--max-new-tokens", max_new_tokens, 1, 4096)
     check_range("--temperature", temperature, 0.0, 100.0, above=True)
     check_setting("seed", seed)
-    _run_config(run)
+    run_config(run)
     check_placement(device, device_map, offload_dir)
     if not text:
         raise EptkUsageError("the text to continue is empty; give a prompt, e.g. eptk generate RUN \"47+35=\"")
@@ -250,9 +223,13 @@ def priors() -> None:
 
 
 def reproduce(out: Path, *, model: str, quick: bool = False, jobs: int | None = None, shard: str | None = None,
-              stages=None, dry_run: bool = False, progress: bool = True) -> int:
-    """Run the study's stages into `out` (complete items skipped) and write its findings; return the exit code."""
+              stages=None, dry_run: bool = False, progress: bool = True, report_to: Path | None = None) -> int:
+    """Run the study's stages into `out` (complete items skipped) and write its findings (into `report_to` when
+    given); return the exit code."""
+    from .io import check_output_dir
     from .reproduce import reproduce as run_study
 
+    if report_to is not None:
+        report_to = check_output_dir(report_to, "--report-to")
     return run_study(out, model=model, quick=quick, jobs=jobs, shard=shard, stages=stages, dry_run=dry_run,
-                     progress=progress)
+                     progress=progress, report_to=report_to)

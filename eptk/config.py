@@ -25,11 +25,12 @@ RESUMABLE = ("steps",)                  # the one setting `--resume` may change 
 LIMITS = {
     "tokens": (1, 4096, False), "steps": (1, 10**9, False), "batch_size": (1, 65536, False),
     "grad_accum": (1, 65536, False), "lr": (0.0, 10.0, True), "weight_decay": (0.0, 100.0, False),
-    "prior_weight": (0.0, 1e6, False), "warmup": (0, 10**9, False), "clip": (0.0, 1e6, False),
+    "prior_weight": (0.0, 1e6, False), "prior_jitter": (0.0, 1.0, False), "warmup": (0, 10**9, False), "clip": (0.0, 1e6, False),
     "eval_every": (0, 10**9, False), "eval_size": (0, 10**7, False), "test_size": (0, 10**7, False),
     "train_size": (1, 10**8, False), "checkpoint_every": (0, 10**9, False), "seed": (0, 2**32 - 1, False),
     # region:new needs more than its k = 5 neighbours; a covariance's shrinkage needs a few rows
     "stats_samples": (16, 10**7, False),
+    "early_stop": (0, 10**6, False), "early_stop_delta": (0.0, 1.0, False),
 }
 COMMAND_LIMITS = {"jobs": (1, 1024, False)}  # options of other commands (sweep, reproduce) that share a bound
 
@@ -48,6 +49,7 @@ class TuneConfig:
     method: str = "deep"
     prior: str = "normal"
     prior_weight: float = 0.0
+    prior_jitter: float = 0.0      # relative noise on the prior sample (priors.jitter): sensitivity studies
     tokens: int = 20
     layers: str = "last:3"
     soft: bool = True
@@ -65,6 +67,8 @@ class TuneConfig:
     test_size: int = 200
     train_size: int = 4000
     checkpoint_every: int = 50
+    early_stop: int = 0            # evaluations without improvement before stopping (0: train every step)
+    early_stop_delta: float = 0.0  # the share of the best validation loss an evaluation must improve it by
     seed: int = 0
     out: str = ""
     backend: str = "auto"
@@ -97,6 +101,9 @@ class TuneConfig:
         check_choice("--lr-scale", self.lr_scale, LR_SCALES)
         check_choice("--nan-policy", self.nan_policy, NAN_POLICIES)
         check_choice("--backend", self.backend, BACKENDS)
+        if self.early_stop and not (self.eval_every and self.eval_size):
+            raise EptkUsageError("--early-stop stops on the validation loss: give --eval-every N and --eval-size N "
+                                 "(both > 0) with it")
         parse_spec(self.prior)
 
     def schedule_steps(self, step: int) -> int:
@@ -134,18 +141,69 @@ class TuneConfig:
         """The settings of the run in `path`, to continue it (`--resume`)."""
         from .runs import RunDir
 
-        cfg = cls.from_dict(RunDir(path).resume_config())
+        cfg = cls.from_dict(local_paths(RunDir(path).resume_config(), Path(path).resolve().parent))
         cfg.out = str(path)
         return cfg
 
     @classmethod
     def from_file(cls, path, out=None) -> "TuneConfig":
-        """The settings of a config.json, to rerun them (`--config`), into `out` when given."""
+        """The settings of a config.json, to rerun them (`--config`), into `out` when given. Its relative paths
+        are relative to the folder that holds its run (config.json's grandparent), wherever that is now."""
         from .io import read_json
 
-        cfg = cls.from_dict(read_json(path, "config"))
+        data = read_json(path, "config")
+        if isinstance(data, dict):
+            data = local_paths(data, Path(path).resolve().parent.parent)
+        cfg = cls.from_dict(data)
         cfg.out = str(out) if out is not None else cfg.out
         return cfg
+
+
+# Settings that can hold a path, with the text before it ("" = the whole value). config.json records each path
+# relative to the folder that holds the run when it lies inside it (a study's runs, their posterior: priors, a
+# task file beside them), so a committed study reruns from its config.json files on any machine.
+PATH_SETTINGS = {"out": "", "model": "", "task": "jsonl:", "prior": "posterior:", "device_map": "",
+                 "offload_dir": ""}
+
+
+def _names_a_model(value: str) -> bool:
+    """A packaged or tiny model is loaded by name even when a folder of that name lies in the working directory
+    (models.model_kind checks names first), so its name is never rewritten as a path."""
+    from .packaged import PACKAGED
+    return value in PACKAGED or value == "tiny" or value.startswith("tiny:")
+
+
+def _path_settings(settings: dict):
+    """(name, prefix, path) of each setting in `settings` that holds a path (PATH_SETTINGS)."""
+    for name, prefix in PATH_SETTINGS.items():
+        value = settings.get(name)
+        if name == "model" and isinstance(value, str) and _names_a_model(value):
+            continue
+        if isinstance(value, str) and value.startswith(prefix) and value[len(prefix):]:
+            yield name, prefix, Path(value[len(prefix):])
+
+
+def portable_paths(settings: dict, base: Path) -> dict:
+    """`settings` as config.json records them: paths inside `base` relative to it (POSIX), others unchanged."""
+    base = Path(base).resolve()
+    out = dict(settings)
+    for name, prefix, path in _path_settings(settings):
+        if path.exists() or name == "out" or prefix:  # behind a prefix (posterior:, jsonl:) it is always a path
+            try:
+                out[name] = prefix + path.resolve().relative_to(base).as_posix()
+            except ValueError:
+                pass  # outside the run's folder: the user's own path, kept as given
+    return out
+
+
+def local_paths(settings: dict, base: Path) -> dict:
+    """The inverse of `portable_paths` for a run whose folder now lies in `base`: a relative path that exists
+    under `base` (or is the run's own `out`) becomes that path; anything else is left as written."""
+    out = dict(settings)
+    for name, prefix, path in _path_settings(settings):
+        if not path.is_absolute() and (name == "out" or (Path(base) / path).exists()):
+            out[name] = prefix + str(Path(base) / path)
+    return out
 
 
 def option(name: str) -> str:

@@ -48,12 +48,16 @@ def score(prompted, tokenizer, task: Task, examples: list[Example], batch_size: 
     if not examples:
         raise ValueError("score needs at least one example")
     predictions = predict(prompted, tokenizer, examples, task.max_answer_tokens, batch_size)
-    result = task.score(predictions, [e.answer for e in examples])
+    items = task.item_scores(predictions, [e.answer for e in examples])
+    result = task.mean_score(items)
     result["loss"] = answer_loss(prompted, tokenizer, examples, batch_size)
     result["metric"] = task.metric
     result["n"] = len(examples)
     result["examples"] = [{"prompt": e.prompt, "answer": e.answer, "prediction": p}
                           for e, p in zip(examples[:keep_examples], predictions[:keep_examples])]
+    # every item, for predictions.jsonl (split off before eval.json is written: `item_rows`)
+    result["items"] = [{"prompt": e.prompt, "answer": e.answer, "prediction": p, **s}
+                       for e, p, s in zip(examples, predictions, items)]
     return result
 
 
@@ -76,6 +80,22 @@ def evaluate(prompted, task: Task, examples: list[Example], split: str = "test",
             result[key] = {f"layer{l}": [round(float(x), 6) for x in v] for l, v in sorted(mass.items())}
     return result
 
+
+
+def item_rows(result: dict) -> list[dict]:
+    """Take the per-item results out of an evaluation (they go to predictions.jsonl, not eval.json): one row per
+    test item with its prompt, answer, and the baseline's and the tuned prompt's prediction and scores."""
+    rows = []
+    base, tuned = (result.get(k) or {} for k in ("baseline", "tuned"))
+    base_items, tuned_items = base.pop("items", None), tuned.pop("items", None)
+    if not tuned_items:
+        return rows
+    for index, item in enumerate(tuned_items):
+        row = {"index": index, "split": result.get("split"), **item}
+        if base_items:
+            row.update({f"baseline_{k}": v for k, v in base_items[index].items() if k not in ("prompt", "answer")})
+        rows.append(row)
+    return rows
 
 
 def skipped(task: Task, reason: str, split: str = "test") -> dict:

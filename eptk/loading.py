@@ -39,3 +39,47 @@ def load_run(path, *, device: str = "auto", backend: str = "auto", tensors: str 
                              f"is {prompted.sink_token_id}")
     prompted.config = config
     return prompted
+
+
+def evaluate_run(run: Path, task: str | None = None, split: str = "test", size: int = 200, backend: str = "auto", *,
+                 device: str = "auto", device_map: str = "", offload_dir: str = "", save: bool = False) -> dict:
+    """Score a tuned run and the no-prompt baseline on a task split (the scorer that writes eval.json); with
+    `save`, keep the evaluation and its per-item predictions in the run (eval-<split>-<size>.json beside
+    predictions-<split>-<size>.jsonl), e.g. to score a finished run on more test items without retraining.
+    Returns the scores (task, split, metric; baseline and tuned score, loss, n)."""
+    from eptk.kernels import BACKENDS
+
+    from .config import versions
+    from .errors import check_choice, check_range
+    from .evaluate import evaluate as score_both, item_rows
+    from .models import check_placement
+    from .tasks import load_task
+
+    check_range("--size", size, 1, 10**7)
+    check_choice("--backend", backend, BACKENDS)
+    config = run_config(run)
+    if save and not RunDir(run).is_complete():
+        raise EptkUsageError(f"--save keeps a finished run's evaluation: {run} has not finished (no eval.json)")
+    check_placement(device, device_map, offload_dir)
+    the_task = load_task(task or config["task"], int(config.get("seed", 0)))
+    examples = the_task.examples(split, size)
+    if not examples:
+        raise EptkUsageError(f"task {the_task.name!r} has no {split} examples to score")
+    tuned = load_run(run, backend=backend, device=device, device_map=device_map or None, offload_dir=offload_dir or None)
+    result = score_both(tuned, the_task, examples, split, prefix_mass=False)
+    rows = item_rows(result)
+    if save:
+        RunDir(run).write_eval(dict(result, versions=versions()), rows, name=f"{split}-{size}")
+    summary = {k: result[k] for k in ("task", "split", "metric")}
+    summary.update({which: {k: result[which][k] for k in ("score", "loss", "n")} for which in ("baseline", "tuned")})
+    return summary
+
+
+def run_config(run: Path) -> dict:
+    """The config of the run `run` names, refused before any model loads when it is not a run."""
+    if not is_run(run):
+        raise EptkUsageError(f"{run} is not a run directory (no {CONFIG})")
+    config = RunDir(run).config()
+    if not isinstance(config, dict) or "task" not in config or "model" not in config:
+        raise EptkUsageError(f"{Path(run) / CONFIG} is not an eptk run config (no task or model)")
+    return config

@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 
 from .errors import EptkUsageError
-from .io import append_jsonl, check_folder_is_ours, check_output_dir, is_temporary, load_tensors, read_json, \
-    read_jsonl, remove_temp_files, replace_folder, save_tensors_atomic, sync_file, write_json_atomic, write_text_atomic
+from .io import append_jsonl, check_folder_is_ours, check_output_dir, crash_point, is_temporary, load_tensors, \
+    read_json, read_jsonl, remove_temp_files, replace_folder, save_tensors_atomic, sync_file, write_json_atomic, write_text_atomic
 
 CONFIG, PRIOR, POSTERIOR, METRICS, EVAL, CHECKPOINTS = ("config.json", "prior.safetensors", "posterior.safetensors",
                                                         "metrics.jsonl", "eval.json", "checkpoint")
 LOCK, STATE, STATE_TENSORS, LATEST = ".lock", "state.json", "state.safetensors", "latest"
+PREDICTIONS = "predictions.jsonl"   # one row per test item of eval.json's evaluation (evaluate.item_rows)
 TENSORS = {"prior": PRIOR, "posterior": POSTERIOR}
 IMPORTED = "imported"  # the config "prior" of a run made from a PEFT adapter (no training state)
 
@@ -70,7 +71,8 @@ class RunDir:
         handle.write(str(os.getpid()))
         handle.flush()
         self._lock = handle
-        remove_temp_files(self.path)  # what a killed writer left: nobody else writes here now
+        for folder in (self.path, self.path / CHECKPOINTS):  # what a killed writer left: nobody else writes here now
+            remove_temp_files(folder)
         return self
 
     def is_locked(self) -> bool:
@@ -154,6 +156,7 @@ class RunDir:
 
     def log(self, row: dict) -> None:
         append_jsonl(self.path / METRICS, row)
+        crash_point("log")
 
     def truncate_metrics(self, after_step: int) -> None:
         """Keep the prior's row (step 0) and the training rows up to a checkpoint's step, so a resumed run
@@ -170,8 +173,25 @@ class RunDir:
         (self.path / EVAL).unlink(missing_ok=True)
         (self.path / POSTERIOR).unlink(missing_ok=True)
 
-    def write_eval(self, result: dict) -> None:
-        write_json_atomic(self.path / EVAL, result)
+    def write_eval(self, result: dict, rows: list[dict] | None = None, name: str | None = None) -> None:
+        """eval.json (and its items in predictions.jsonl); with `name`, a later evaluation of the finished run
+        (`eptk eval --save`) beside it: eval-<name>.json and predictions-<name>.jsonl. The items go first, so
+        an evaluation file always has its items."""
+        summary, items = (EVAL, PREDICTIONS) if name is None else (f"eval-{name}.json", f"predictions-{name}.jsonl")
+        if rows:
+            write_text_atomic(self.path / items, "".join(_jsonl(r) for r in rows))
+        write_json_atomic(self.path / summary, result)
+
+    def evaluations(self) -> list[tuple[dict, Path | None]]:
+        """Every evaluation of the run with its per-item file (None where it has none): eval.json first, then
+        the later ones (`eptk eval --save`) by name."""
+        found = []
+        for summary in [self.path / EVAL, *sorted(self.path.glob("eval-*.json"))]:
+            if summary.is_file():
+                items = self.path / (PREDICTIONS if summary.name == EVAL else
+                                     "predictions-" + summary.name[len("eval-"):-len(".json")] + ".jsonl")
+                found.append((read_json(summary, "evaluation"), items if items.is_file() else None))
+        return found
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, step: int, tensors: dict[str, torch.Tensor], state: dict, keep: int = 2) -> None:
@@ -184,6 +204,7 @@ class RunDir:
 
         def fill(folder):
             save_tensors_atomic(folder / STATE_TENSORS, tensors)
+            crash_point("checkpoint")  # half a checkpoint
             write_json_atomic(folder / STATE, dict(state, step=step))
         replace_folder(final, fill)
         write_text_atomic(root / LATEST, final.name + "\n")

@@ -14,7 +14,7 @@ from pathlib import Path
 from . import capture
 from .errors import EptkUsageError
 from .families import model_dims
-from .io import cache_dir
+from .io import cache_dir, cache_relative, file_sha256
 from .models import LoadedModel
 from .stats import FORMAT, ActivationStats, LayerActivations
 
@@ -23,9 +23,13 @@ log = logging.getLogger(__name__)
 REFERENCE_SEED = 0  # the capture seed of statistics a prior reads independently of the run seed (vae)
 
 
-def stats_key(model_name: str, model_source: str, task_spec: str, layers: list[int], samples: int,
+def stats_key(model_name: str, model_id: str, task_spec: str, layers: list[int], samples: int,
               seed: int, n_examples: int) -> str:
-    blob = json.dumps({"model": model_name, "source": model_source, "task": task_spec, "layers": sorted(layers),
+    """The cache entry's name: a hash of what the capture depends on. The model enters by its identity (name and
+    content hash, eptk.models.model_identity), never by a folder, so the key is the same under any EPTK_CACHE."""
+    if task_spec.startswith("jsonl:") and Path(task_spec[6:]).is_file():   # a task file by its content too
+        task_spec = f"jsonl sha256:{file_sha256(Path(task_spec[6:]))}"
+    blob = json.dumps({"model": model_name, "model_id": model_id, "task": task_spec, "layers": sorted(layers),
                        "samples": samples, "seed": seed, "examples": n_examples, "format": FORMAT},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -34,7 +38,7 @@ def stats_key(model_name: str, model_source: str, task_spec: str, layers: list[i
 def stats_folder(loaded: LoadedModel, model_name: str, task_spec: str, layers: list[int], samples: int = 2048,
                  seed: int = 0, n_examples: int = 512, root: Path | None = None) -> Path:
     root = Path(root) if root is not None else cache_dir() / "stats"
-    return root / stats_key(model_name, loaded.source, task_spec, layers, samples, seed, n_examples)
+    return root / stats_key(model_name, loaded.identity, task_spec, layers, samples, seed, n_examples)
 
 
 def ensure_stats(loaded: LoadedModel, model_name: str, task_spec: str, layers: list[int], samples: int = 2048,
@@ -54,7 +58,9 @@ def ensure_stats(loaded: LoadedModel, model_name: str, task_spec: str, layers: l
     # swapped in whole; another process (a DDP rank) storing the same key stores equal statistics
     stats.save(folder)
     log.info("activation statistics of %s on %s stored in %s", model_name, task_spec, folder)
-    return stats
+    # What a prior reads is what was saved: the captured moments are float64 in memory and float32 on disk, so a
+    # run that captured its statistics and a run that found them cached would otherwise sample different priors.
+    return ActivationStats.load(folder, model_name=model_name, hidden_size=hidden)
 
 
 class StatsCache:
@@ -71,7 +77,7 @@ class StatsCache:
         self.samples, self.seed, self.n_examples = samples, seed, n_examples
         self.batch_size, self.progress, self.root = batch_size, progress, root
         self.num_layers = model_dims(loaded.model)["num_layers"]
-        self.folders: dict[str, str] = {}  # task -> the statistics folder used (recorded in config.json)
+        self.folders: dict[str, str] = {}  # task -> the statistics folder used, as config.json records it
         self._stats: dict[str, ActivationStats] = {}
 
     def stats(self, task: str | None = None) -> ActivationStats:
@@ -84,8 +90,8 @@ class StatsCache:
             self._stats[task] = ensure_stats(self.loaded, self.model_name, task, layers,
                                              samples=self.samples, seed=self.seed, n_examples=self.n_examples,
                                              batch_size=self.batch_size, progress=self.progress, root=self.root)
-            self.folders[task] = str(stats_folder(self.loaded, self.model_name, task, layers, self.samples,
-                                                  self.seed, self.n_examples, self.root))
+            self.folders[task] = cache_relative(stats_folder(self.loaded, self.model_name, task, layers,
+                                                             self.samples, self.seed, self.n_examples, self.root))
         return self._stats[task]
 
     def __call__(self, task: str | None = None, layer: int = 0) -> LayerActivations:

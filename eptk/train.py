@@ -16,13 +16,15 @@ from pathlib import Path
 import torch
 
 from .batches import encode_batch, take_rows
-from .config import TuneConfig, versions
+from .config import TuneConfig, portable_paths, versions
 from .errors import EptkUsageError, Stop
-from .evaluate import answer_loss, evaluate, skipped
+from .early_stop import EarlyStop
+from .evaluate import answer_loss, evaluate, item_rows, skipped
 from .families import family_of
+from .io import crash_point
 from .methods import get_method
 from .models import input_device, load_frozen
-from .priors import PriorContext, build_prior, parse_spec
+from .priors import PriorContext, build_prior, jitter, parse_spec
 from .prompts import PromptedModel
 from .runs import prepare_out_dir
 
@@ -95,13 +97,13 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
     method = method_class(cfg.tokens, dims, layers, cfg.soft, cfg.keep_sink)
     specs = method.tensor_specs()
     resolved = dict(dataclasses.asdict(cfg), out=str(out), layers_resolved=layers, **dims,
-                    model_source=loaded.source, versions=versions(), name=out.name,
+                    model_source=loaded.source, model_id=loaded.identity, versions=versions(), name=out.name,
                     parameters=sum(math.prod(spec.shape) for spec in specs.values()))
     resolved["layers_spec"], resolved["layers"] = cfg.layers, layers
     # The prior may capture activation statistics (into the statistics cache, never into the run).
     ctx = prior_context(loaded, cfg, progress=progress and dist.is_main)
     prior = build_prior(cfg.prior, ctx, specs)
-    init = prior.sample(torch.Generator().manual_seed(cfg.seed))
+    init = jitter(prior.sample(torch.Generator().manual_seed(cfg.seed)), cfg.prior_jitter, cfg.seed)
     prompted = PromptedModel(loaded.model, loaded.tokenizer, method, init, cfg.backend, cfg.grad_checkpointing)
     if prompted.sink_token_id is not None:
         resolved["sink_token_id"] = prompted.sink_token_id
@@ -113,6 +115,7 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
     rates = {k: d.acceptance_rate for k, d in prior.dists.items() if hasattr(d, "acceptance_rate")}
     if rates:
         resolved["prior_acceptance_rate"] = rates
+    resolved = portable_paths(resolved, out.parent)  # no folder of this machine in config.json (config.PATH_SETTINGS)
     run, error = None, None
     if dist.is_main:
         try:
@@ -139,6 +142,7 @@ def _write_start(run, resolved: dict, init, cfg: TuneConfig, plan, resume: bool)
     --steps (a finished run reopened first), and its prior if it died before writing it."""
     if not resume:
         run.write_config(resolved)
+        crash_point("config")  # a config and no prior yet
     elif cfg.steps != plan.run_steps:
         config = run.config()
         if run.is_complete():
@@ -168,8 +172,9 @@ def _train(cfg, run, plan, loaded, names, prompted, prior, resume, progress, dev
     optimizer = torch.optim.AdamW([{"params": [prompted.param(n)], "lr_scale": scales[n]} for n in names],
                                   lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
+    early = EarlyStop(cfg.early_stop, cfg.early_stop_delta)
     if resume:
-        start = _restore(run, prompted, optimizer, names, dist)
+        start = _restore(run, prompted, optimizer, names, dist, early)
         if start > 0:
             dist.broadcast_optimizer_state(optimizer, trainable)
     dist.broadcast_params(trainable)
@@ -178,12 +183,17 @@ def _train(cfg, run, plan, loaded, names, prompted, prior, resume, progress, dev
     handlers = _install_signal_handlers(stop_flag)
     bar = _progress(progress and dist.is_main, cfg.steps, start)
     if run is not None and start == 0 and cfg.eval_every and val and dist.is_main:
-        # the prior's validation loss: where a learning curve starts (steps to 95% of the improvement)
-        run.log({"step": 0, "val_loss": answer_loss(prompted, tok, val)})
+        # the prior's validation loss: where a learning curve starts, and the first candidate for the best prompt
+        prior_loss = answer_loss(prompted, tok, val)
+        run.log({"step": 0, "val_loss": prior_loss})
+        if early.enabled:
+            early.update(0, prior_loss, prompted.tensors())
     tokens_seen, t0 = 0, time.perf_counter()
     step = start
+    # a run that had stopped early before it was killed stays stopped (its checkpoint holds the decision)
+    end = start if early.enabled and early.bad >= early.patience else cfg.steps
     try:
-        for step in range(start, cfg.steps):
+        for step in range(start, end):
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * group["lr_scale"] * lr_factor(step, cfg)
             idx = batch_indices(cfg.seed, step, len(train), cfg.batch_size * cfg.grad_accum)
@@ -225,41 +235,57 @@ def _train(cfg, run, plan, loaded, names, prompted, prior, resume, progress, dev
                 optimizer.step()
             row = {"step": step + 1, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"],
                    "grad_norm": float(grad_norm), "tokens_per_s": tokens_seen / max(time.perf_counter() - t0, 1e-9)}
-            if val and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and (step + 1) < cfg.steps \
-                    and dist.is_main:
-                row["val_loss"] = answer_loss(prompted, tok, val)
+            evaluating = val and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and \
+                ((step + 1) < cfg.steps or early.enabled)  # the last step's loss is the final row's, unless it may be the best
+            early_stop = False
+            if evaluating:
+                if dist.is_main:
+                    row["val_loss"] = answer_loss(prompted, tok, val)
+                    early_stop = early.enabled and early.update(step + 1, row["val_loss"], prompted.tensors())
+                    if early_stop:
+                        row["early_stop"] = {"best_step": early.best_step}
+                early_stop = bool(dist.broadcast_int(int(early_stop)))
             if run is not None:
                 run.log(row)
             bar.update(loss_value, row["tokens_per_s"], row.get("val_loss"))
-            last = step + 1 == cfg.steps
+            last = step + 1 == cfg.steps or early_stop
             if dist.world == 1:
                 stopping = stop_flag["signal"] is not None
             if run is not None and ((cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or last
                                     or stopping):
-                _checkpoint(run, step + 1, prompted, optimizer, names)
+                _checkpoint(run, step + 1, prompted, optimizer, names, early)
             if stopping:
                 raise Stop(stop_flag["signal"] or "SIGTERM", step + 1, out)
+            if early_stop:
+                break
     finally:
         bar.close()
         _restore_signal_handlers(handlers)
     dist.close(synchronize=True)  # every rank finished the last step; rank 0 evaluates alone
     if run is None:
         return out
+    last_step = early.stopped_at or cfg.steps
+    if early.enabled and early.best is not None:
+        prompted.load_tensors(early.best)  # the posterior is the prompt of the best evaluation
     run.write_posterior(prompted.tensors())
+    crash_point("posterior")  # a posterior and no eval.json yet
     # No score without examples: --test-size 0 / --eval-size 0 skip their evaluation and say so.
     result = evaluate(prompted, plan.task, plan.test) if plan.test else skipped(plan.task, "--test-size 0")
-    final = {"step": cfg.steps}
+    rows = item_rows(result)
+    if early.enabled:
+        result["early_stop"] = early.summary(last_step)
+    final = {"step": last_step}
     if val:
         final["val_loss"] = answer_loss(prompted, tok, val)
     if plan.test:
         final["val_score"] = result["tuned"]["score"]
     if len(final) > 1:
         run.log(final)
-    run.write_eval(result)
+    run.write_eval(result, rows)
     return out
 
 
-def _checkpoint(run, step, prompted, optimizer, names) -> None:
+def _checkpoint(run, step, prompted, optimizer, names, early) -> None:
     tensors = {f"param.{n}": t for n, t in prompted.tensors().items()}
     for n in names:
         state = optimizer.state.get(prompted.param(n), {})
@@ -269,10 +295,11 @@ def _checkpoint(run, step, prompted, optimizer, names) -> None:
         if "step" in state:
             tensors[f"adam.{n}.step"] = torch.as_tensor(state["step"], dtype=torch.float64).reshape(1)
     tensors["rng.torch"] = torch.get_rng_state()
+    tensors.update(early.tensors())
     run.save_checkpoint(step, tensors, {"lr": optimizer.param_groups[0]["lr"]})
 
 
-def _restore(run, prompted, optimizer, names, dist) -> int:
+def _restore(run, prompted, optimizer, names, dist, early) -> int:
     found = run.latest_checkpoint() if run is not None else None
     if found is None:
         if run is not None:
@@ -287,6 +314,9 @@ def _restore(run, prompted, optimizer, names, dist) -> int:
                                   "exp_avg_sq": tensors[f"adam.{n}.exp_avg_sq"].to(p.device),
                                   "step": torch.tensor(float(tensors[f"adam.{n}.step"][0]))}
     torch.set_rng_state(tensors["rng.torch"])
+    early.load(tensors)
+    if early.enabled and early.bad >= early.patience:
+        early.stopped_at = int(state["step"])
     run.truncate_metrics(int(state["step"]))
     return dist.broadcast_int(int(state["step"]))
 

@@ -104,3 +104,31 @@ def test_trajectory_table_reads_back_as_written(tmp_path):
     first, second = read_trajectories(tmp_path)
     assert first == row and type(first["layer"]) is int and type(first["radius"]) is float
     assert second["step_ratio"] is None  # not measured: an empty cell
+
+
+def test_each_task_is_measured_against_its_own_data(tmp_path, run_cli, monkeypatch):
+    """A run generating on several tasks: each task's trajectories are compared with that task's captured tokens,
+    not with the run's training task's (claim 3 of the study reads these rows)."""
+    from eptk.analysis import trajectories as T
+    from eptk.models import load_model
+    from eptk.stats_cache import StatsCache
+
+    monkeypatch.setenv("EPTK_CACHE", str(tmp_path / "cache"))
+    code, _, err = run_cli("tune", "--model", "tiny", "--method", "soft", "--tokens", "4", "--steps", "2",
+                           "--batch-size", "4", "--eval-size", "4", "--test-size", "4", "--train-size", "16",
+                           "--quiet", "--out", tmp_path / "run")
+    assert code == 0, err
+    seen = []
+    real = M.trajectory_against_data
+
+    def recording(states, data, **kw):
+        seen.append(data)
+        return real(states, data, **kw)
+    monkeypatch.setattr(T.M, "trajectory_against_data", recording)
+    models = {"tiny": load_model("tiny")}
+    rows, _ = T.run_trajectories([tmp_path / "run"], n=2, new_tokens=3, n_perm=5, tasks=["arith", "qa", "fill"],
+                                 models=models, progress=False)
+    stats = StatsCache(models["tiny"], "tiny", "arith", progress=False)
+    assert len(rows) == len(seen) and {r["task"] for r in rows} == {"arith", "qa", "fill"}
+    for row, data in zip(rows, seen):
+        assert torch.equal(data, stats(row["task"], row["layer"]).samples), (row["task"], row["layer"])

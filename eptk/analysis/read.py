@@ -11,6 +11,7 @@ import torch
 
 from .. import metrics as M
 from ..errors import EptkUsageError
+from ..io import in_cache
 from ..methods import PromptMethod, locate
 from ..runs import CONFIG, RunDir, find_runs
 from ..spaces import RESIDUAL, SPACES
@@ -249,9 +250,10 @@ def stats_named_by_runs(paths, given) -> list[Path]:
             config = RunDir(run).config()
         except EptkUsageError:
             continue
-        for folder in (config.get("stats") or {}).values() if isinstance(config, dict) else ():
-            key = str(Path(folder).resolve())
+        for recorded in (config.get("stats") or {}).values() if isinstance(config, dict) else ():
+            folder = in_cache(recorded)
+            key = str(folder.resolve())
             if key not in known and is_stats_folder(folder):
                 known.add(key)
-                found.append(Path(folder))
+                found.append(folder)
     return found

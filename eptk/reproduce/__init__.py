@@ -1,9 +1,10 @@
 """`eptk reproduce`: the paper's claims measured on one model, resumably, with a findings report.
 
 stages.py says which runs, captures and trajectories the study holds (full or --quick); run.py runs them
-(training through eptk.sweep); gather.py reads what exists; claims.py and intervals.py hold the lead's
-statistics and verdict rules (docs/findings/RULES.md); findings.py measures each claim or says what it
-misses; report.py and figures.py write DIR/FINDINGS.md, findings.html, runs.csv, claims.json, figures/.
+(training through eptk.sweep); gather.py reads what exists; claims/ holds one module per claim (its statistic,
+rule and figure; docs/findings/RULES.md) and inference.py the statistics they use (scipy, statsmodels);
+provenance.py reads from git when the rules and runs were committed; report.py and figures.py write FINDINGS.md,
+findings.html, runs.csv, claims.json and figures/.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ __all__ = ["STAGES", "Study", "parse_stages", "reproduce"]
 
 
 def reproduce(out, *, model: str, quick: bool = False, jobs: int | None = None, shard: str | None = None,
-              stages=None, dry_run: bool = False, progress: bool = True, console=None, n_perm: int = 200) -> int:
+              stages=None, dry_run: bool = False, progress: bool = True, console=None, n_perm: int = 999,
+              report_to=None) -> int:
     """Run (or, with `dry_run`, list) the chosen stages; the report stage writes the findings from whatever is
     complete. Returns 1 when a run failed, else 0."""
     from rich.console import Console
@@ -49,22 +51,37 @@ def reproduce(out, *, model: str, quick: bool = False, jobs: int | None = None, 
             R.run_captures(study, parsed, models=models, progress=progress, console=console)
         elif stage == "trajectories":
             R.run_trajectories_stage(study, parsed, models=models, progress=progress, console=console)
+        elif stage == "tokens":
+            R.run_captures(study, parsed, models=models, progress=progress, console=console, content_only=True)
+        elif stage == "reeval":
+            failed += R.run_reevaluations(study, parsed, console=console)
         elif stage == "report":
-            _report(study, n_perm=n_perm, console=console)
+            _report(study, n_perm=n_perm, console=console, into=report_to)
     return 1 if failed else 0
 
 
-def _report(study: Study, *, n_perm: int, console) -> None:
+def _report(study: Study, *, n_perm: int, console, into=None) -> None:
     from ..config import versions
-    from .findings import measure_claims
+    from .claims import measure_claims
     from .gather import Gathered
     from .report import write_report
 
     g = Gathered(study)
     results = measure_claims(g, n_perm=n_perm)
-    rows, _ = g.trajectory_rows()
-    command = "eptk " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "eptk reproduce"
-    files = write_report(g, results, command=command, versions=versions(), trajectory_rows=rows)
+    command = "eptk " + " ".join(shlex.quote(_portable(a)) for a in sys.argv[1:]) if sys.argv[1:] else "eptk reproduce"
+    files = write_report(g, results, command=command, versions=versions(), into=into)
     for r in results:
         console.print(f"claim {r['claim']}: {r['verdict']} — {r['why']}", markup=False, highlight=False)
     console.print(f"report: {files['FINDINGS.md']}, {files['findings.html']}", markup=False)
+
+
+def _portable(arg: str) -> str:
+    """A command-line argument as the report prints it: a path relative to the working directory, never a folder
+    of this machine outside it."""
+    path = Path(arg)
+    if not path.is_absolute():
+        return arg
+    try:
+        return path.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return path.name

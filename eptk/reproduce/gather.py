@@ -1,10 +1,11 @@
 """The claims' inputs, built from what the study's stages left in its directory: run directories (through
-eptk.analysis.read / eptk.runs), captured statistics (eptk.analysis.read.load_stats) and trajectory tables
-(eptk.analysis.write). No model is loaded. What is missing is listed, never an error.
+eptk.analysis.read / eptk.runs), their per-item test predictions, captured statistics (eptk.analysis.read.load_stats)
+and trajectory tables (eptk.analysis.write). What is missing is listed, never an error. Only claim 6's measures
+load the model (`sink_measures`), once, and keep what they measured in <study>/measures/.
 """
 from __future__ import annotations
 
-import math
+import json
 
 import numpy as np
 import torch
@@ -14,26 +15,29 @@ from ..analysis.measure import subsample_rows
 from ..analysis.read import load_stats, read_run
 from ..analysis.write import has_trajectories, read_trajectories
 from ..errors import EptkUsageError
+from ..io import in_cache, read_json, write_json_atomic
 from ..runs import RunDir
 from ..stats import is_stats_folder
-from .claims import PAIRS, TunedRun, silhouette_test, slot_distance
-from .stages import TASKS, Study
+from .claims.base import TunedRun, slot_distance
+from .stages import TASKS, TOKEN_TASKS, Study
+
+TRAINING_STAGES = ("main", "transfer", "sink", "converged", "ablation")
+TOKENS_PER_TASK = 400            # claim 4: content tokens sampled per task, layer and seed
+TOKEN_PAIRS = (("arith", "qa"), ("arith", "fill"), ("qa", "fill"), ("qa", "qa:b"), ("fill", "fill:b"))
+SEQUENCE_PAIRS = (("arith", "qa"), ("arith", "fill"), ("qa", "fill"))
 
 
 class Gathered:
-    """Every input of the claims, read once; `missing[stage]` names what is not there yet."""
+    """Every input of the claims, read once; `missing_of(stage)` names what is not there yet."""
 
     def __init__(self, study: Study):
         self.study = study
-        self.missing: dict[str, list[str]] = {}
         self.runs: dict[str, TunedRun] = {}  # name -> complete run
         self._stats: dict[str, object] = {}
-        for stage in ("main", "transfer", "sink"):
-            for run in study.stage_runs[stage]:
+        for stage in TRAINING_STAGES:
+            for run in study.stage_runs.get(stage, []):
                 tuned = self._read(run)
-                if tuned is None:
-                    self.missing.setdefault(stage, []).append(run.name)
-                else:
+                if tuned is not None:
                     self.runs[run.name] = tuned
 
     # ---- runs ----------------------------------------------------------------------------------
@@ -44,26 +48,30 @@ class Gathered:
         data = read_run(path)
         ev = data.eval or {}
         blocks = data.blocks()
-        logged = data.metrics
+        items, n_items = test_items(path)
         tuned = TunedRun(
             name=run.name, method=str(run.settings["method"]), prior=str(run.settings["prior"]),
             seed=int(run.settings["seed"]), layers=str(run.settings.get("layers", "")),
-            task=str(run.settings["task"]),
+            task=str(run.settings["task"]), settings=dict(run.settings),
             prior_tensors={b.name: b.prior for b in blocks if b.prior is not None},
             posterior_tensors={b.name: b.posterior for b in blocks if b.posterior is not None},
-            score=(ev.get("tuned") or {}).get("score"), baseline=(ev.get("baseline") or {}).get("score"),
-            losses=[(r["step"], r["loss"]) for r in logged if "loss" in r],
-            val=[(r["step"], r["val_loss"]) for r in logged if r.get("val_loss") is not None],
-            extra={"weight": float(run.settings.get("prior_weight", 0.0)),
-                   "keep_sink": bool(run.settings.get("keep_sink", False)), "steps": data.config.get("steps"),
-                   "prompt_mass": _mean_mass(ev.get("prefix_mass_other_slots")),
-                   "sink_mass": _mean_mass(ev.get("prefix_mass_first_slot")),
-                   "total_mass": _mean_mass(ev.get("prefix_mass")), "stats": data.config.get("stats") or {}})
-        tuned.extra["displacement"] = displacement(tuned)
+            score=100.0 * float(np.mean(items)) if items else (ev.get("tuned") or {}).get("score"),
+            baseline=(ev.get("baseline") or {}).get("score"), items=items,
+            losses=[(r["step"], r["loss"]) for r in data.metrics if "loss" in r],
+            val=_val_curve(data.metrics),
+            extra={"weight": float(run.settings.get("prior_weight", 0.0)), "eval": ev, "test_items": n_items,
+                   "early_stop": ev.get("early_stop"), "num_layers": data.config.get("num_layers"),
+                   "stats": data.config.get("stats") or {}})
+        tuned.extra["displacement"] = tuned.extra["source_displacement"] = displacement(tuned)
         return tuned
 
     def tuned(self, stage: str, **settings) -> list[TunedRun]:
-        return [self.runs[r.name] for r in self.study.runs(stage, **settings) if r.name in self.runs]
+        runs = [self.runs[r.name] for r in self.study.runs(stage, **settings) if r.name in self.runs]
+        if stage == "converged":
+            for run in runs:
+                if "position" not in run.extra:
+                    run.extra["position"] = self.position(run)
+        return runs
 
     def missing_of(self, stage: str, **settings) -> list[str]:
         return [r.name for r in self.study.runs(stage, **settings) if r.name not in self.runs]
@@ -72,7 +80,7 @@ class Gathered:
     def data_stats(self, run: TunedRun):
         """The task activations a run is placed against: the statistics it recorded (region priors),
         else the study's capture of its task family at seed 0; None when neither exists."""
-        folders = list(run.extra["stats"].values())
+        folders = [str(in_cache(f)) for f in run.extra["stats"].values()]
         base = run.task.split(":")[0]
         capture = next((c for c in self.study.captures() if c.task == base and c.seed == 0), None)
         if capture is not None:
@@ -87,28 +95,60 @@ class Gathered:
                 return self._stats[folder]
         return None
 
-    def inside_share(self, run: TunedRun) -> float | None:
-        """Share of the posterior's vectors inside the data's 99% region at their layer (residual blocks)."""
+    def position(self, run: TunedRun) -> dict | None:
+        """Where the posterior's vectors sit against the data's 99% region at their layer (residual blocks):
+        `inside_share` (share inside) and `distance` (median Mahalanobis distance over the region's radius)."""
         from ..methods import locate
 
         data = self.data_stats(run)
         if data is None:
             return None
-        inside, count = 0.0, 0
+        inside, count, ratios = 0.0, 0, []
         for name, post in run.posterior_tensors.items():
             layer, _ = locate(name)
             if layer not in data.layers:
                 continue
-            share = M.region_position(post, data.gaussian(layer))["inside_share"]
+            gaussian = data.gaussian(layer)
+            share = M.region_position(post, gaussian)["inside_share"]
+            radius, _ = gaussian.radius(0.99)
+            ratios += (gaussian.mahalanobis(post) / radius).tolist()
             inside += share * post.shape[0]
             count += post.shape[0]
-        return inside / count if count else None
+        if not count:
+            return None
+        return {"inside_share": inside / count, "distance": float(np.median(ratios))}
 
-    # ---- captures (claim 4) ------------------------------------------------------------------------
+    def inside_share(self, run: TunedRun) -> float | None:
+        place = self.position(run)
+        return None if place is None else place["inside_share"]
+
+    # ---- claim 4 ------------------------------------------------------------------------------------
+    def token_rows(self) -> tuple[list[dict], list[str]]:
+        """One row per (capture seed, layer, pair of TOKEN_PAIRS): the silhouette of the two tasks' content-token
+        activations (TOKENS_PER_TASK sampled from each capture's reservoir)."""
+        rows, missing = [], []
+        for seed in self.study.scale.seeds:
+            stats = {}
+            for c in self.study.token_captures():
+                if c.seed != seed:
+                    continue
+                if is_stats_folder(self.study.token_dir(c)):
+                    stats[c.task] = load_stats(self.study.token_dir(c))
+                else:
+                    missing.append(f"tokens/{c.name}")
+            if set(stats) != set(TOKEN_TASKS):
+                continue
+            layers = sorted(set.intersection(*(set(s.layers) for s in stats.values())))
+            for layer in layers:
+                sample = {t: subsample_rows(stats[t].samples(layer), TOKENS_PER_TASK, seed) for t in TOKEN_TASKS}
+                for a, b in TOKEN_PAIRS:
+                    rows.append({"seed": seed, "layer": layer, "pair": f"{a}-{b}",
+                                 "silhouette": silhouette(sample[a], sample[b])})
+        return rows, missing
+
     def cluster_rows(self, n_perm: int = 200) -> list[dict]:
-        """One row per (capture seed, layer, task pair): silhouette and its permutation p on per-sequence mean
-        activations (at most `max_sequences` per task), NC1 on the same points, Fréchet distance of the
-        tasks' captured Gaussians."""
+        """Version 1's view: one row per (capture seed, layer, task pair): the silhouette of per-sequence mean
+        activations and its permutation p."""
         rows, cap = [], self.study.scale.max_sequences
         for seed in self.study.scale.seeds:
             stats = {}
@@ -120,28 +160,24 @@ class Gathered:
             layers = sorted(set.intersection(*(set(s.layers) for s in stats.values())))
             for layer in layers:
                 pooled = {t: subsample_rows(stats[t].pooled(layer), cap, seed) for t in TASKS}
-                for a, b in PAIRS:
+                for a, b in SEQUENCE_PAIRS:
                     if min(pooled[a].shape[0], pooled[b].shape[0]) < 2:
                         continue
                     sil, p = silhouette_test(pooled[a], pooled[b], n_perm=n_perm, seed=seed)
-                    x = torch.cat([pooled[a], pooled[b]])
-                    labels = [0] * pooled[a].shape[0] + [1] * pooled[b].shape[0]
-                    rows.append({"seed": seed, "layer": layer, "pair": (a, b), "silhouette": sil, "p": p,
-                                 "nc1": M.nc1(x, labels),
-                                 "frechet": M.frechet_distance(stats[a].mean(layer), stats[a].covariance(layer),
-                                                               stats[b].mean(layer), stats[b].covariance(layer))})
+                    rows.append({"seed": seed, "layer": layer, "pair": f"{a}-{b}", "silhouette": sil, "p": p})
         return rows
 
     def missing_captures(self) -> list[str]:
         return [f"captures/{c.name}" for c in self.study.captures() if not is_stats_folder(self.study.capture_dir(c))]
 
-    # ---- trajectories (claim 3) --------------------------------------------------------------------
+    # ---- claim 3 ------------------------------------------------------------------------------------
     def trajectory_rows(self) -> tuple[list[dict], list[str]]:
+        """Every measured trajectory, with the seed of the run that generated it."""
         rows, missing = [], []
         for run in self.study.trajectory_runs():
             folder = self.study.trajectory_dir(run)
             if has_trajectories(folder):
-                rows += read_trajectories(folder)
+                rows += [dict(r, seed=int(run.settings["seed"])) for r in read_trajectories(folder)]
             else:
                 missing.append(f"trajectories/{run.name}")
         return rows, missing
@@ -154,6 +190,59 @@ class Gathered:
                 if self.study.source_of(r) is not None and r.name in self.runs]
         return fresh, warm
 
+    # ---- claim 6 --------------------------------------------------------------------------------
+    def sink_measures(self, runs: list[TunedRun], n_prompts: int = 32) -> dict:
+        """The unprompted model's attention mass on position 0 (mean over layers ≥ 1) and each run's replaced-state
+        norm ratio (eptk.reproduce.sink_measures), measured once with the model and kept in measures/sink.json."""
+        path = self.study.out / "measures" / "sink.json"
+        kept = read_json(path, "measures") if path.is_file() else {"runs": {}}
+        todo = [r for r in runs if r.name not in kept["runs"]]
+        if "baseline_position0_mass" in kept and not todo:
+            return kept
+        from ..models import load_frozen
+        from ..tasks import load_task
+        from .sink_measures import position0_mass, replaced_norm_ratio
+
+        loaded = load_frozen(self.study.model, "cpu")
+        prompts = [e.prompt + e.answer for e in load_task("arith", 0).examples("test", n_prompts)]
+        if "baseline_position0_mass" not in kept:
+            masses = position0_mass(loaded.model, loaded.tokenizer, prompts)
+            kept["position0_mass_by_layer"] = {str(k): v for k, v in masses.items()}
+            kept["baseline_position0_mass"] = float(np.mean([v for k, v in masses.items() if k >= 1]))
+        for run in todo:
+            kept["runs"][run.name] = {"norm_ratio": replaced_norm_ratio(loaded.model, loaded.tokenizer, prompts,
+                                                                        run.posterior_tensors)}
+        write_json_atomic(path, kept)
+        return kept
+
+
+def test_items(path) -> tuple[list[float], int]:
+    """Per-item exact match (0/1) of the run's largest test evaluation that kept its items, and its size."""
+    best: tuple[list[float], int] = ([], 0)
+    for summary, items in RunDir(path).evaluations():
+        if items is None or summary.get("split", "test") != "test":
+            continue
+        rows = [json.loads(line) for line in items.read_text().splitlines() if line.strip()]
+        if len(rows) > best[1]:
+            best = ([float(r["exact_match"]) for r in rows], len(rows))
+    return best
+
+
+def _val_curve(metrics: list[dict]) -> list[tuple[int, float]]:
+    """(step, validation loss) in step order: the prior's row and the training rows, and the final row where no
+    training row has its step (an early-stopped run's final row scores its best prompt, not the step it names)."""
+    curve, final = {}, []
+    for r in metrics:
+        if r.get("val_loss") is None:
+            continue
+        if "loss" in r or r.get("step") == 0:
+            curve[r["step"]] = r["val_loss"]
+        else:
+            final.append((r["step"], r["val_loss"]))
+    for step, value in final:
+        curve.setdefault(step, value)
+    return sorted(curve.items())
+
 
 def displacement(run: TunedRun) -> float | None:
     """Mean over the run's blocks of the mean slot distance between posterior and prior."""
@@ -162,11 +251,17 @@ def displacement(run: TunedRun) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def _mean_mass(mass) -> float | None:
-    """The mean over layers and heads of an eval.json prefix-mass table ({layer: [per head]}), or None."""
-    if not isinstance(mass, dict) or not mass:
-        return None
-    values = [float(v) for heads in mass.values() for v in (heads if isinstance(heads, list) else [heads])]
-    values = [v for v in values if math.isfinite(v)]
-    return float(np.mean(values)) if values else None
+def silhouette(a: torch.Tensor, b: torch.Tensor) -> float:
+    x = torch.cat([a, b]).double()
+    return float(M.silhouette_from_distances(torch.cdist(x, x), np.array([0] * a.shape[0] + [1] * b.shape[0])))
 
+
+def silhouette_test(a: torch.Tensor, b: torch.Tensor, *, n_perm: int = 200, seed: int = 0) -> tuple[float, float]:
+    """Silhouette of two labelled point sets and its permutation p-value (labels shuffled)."""
+    x = torch.cat([a, b]).double()
+    dist = torch.cdist(x, x)  # once: each permutation only relabels
+    labels = np.array([0] * a.shape[0] + [1] * b.shape[0])
+    observed = M.silhouette_from_distances(dist, labels)
+    rng = np.random.default_rng(seed)
+    null = [M.silhouette_from_distances(dist, rng.permutation(labels)) for _ in range(n_perm)]
+    return observed, (1 + sum(v >= observed - 1e-12 for v in null)) / (1 + n_perm)

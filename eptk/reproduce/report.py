@@ -9,14 +9,19 @@ import json
 import math
 from pathlib import Path
 
+from ..config import portable_paths
 from ..io import write_json_atomic, write_text_atomic
-from .figures import draw
-from .gather import Gathered
-from .intervals import fmt
+from . import provenance
+from .claims import CLAIMS
+from .gather import TRAINING_STAGES, Gathered
+from .inference import fmt
 
-RUN_COLUMNS = ("run", "stage", "status", "task", "method", "layers", "prior", "prior_weight", "keep_sink", "seed",
-               "steps", "baseline_score", "tuned_score", "final_val_loss", "final_train_loss", "displacement",
-               "inside_share", "prompt_mass", "sink_mass")
+RUN_COLUMNS = ("run", "stage", "status", "task", "method", "layers", "prior", "prior_weight", "lr", "lr_scale",
+               "keep_sink", "seed", "steps", "stopped_early", "best_step", "test_items", "baseline_score", "tuned_score",
+               "best_val_loss", "stalled", "final_train_loss", "displacement", "inside_share", "distance",
+               "slot0_mass", "trained_slot_mass")
+STAGE_GROUPS = {"version-2 design (converged, ablation)": ("converged", "ablation"),
+                "version-1 runs reused (main, transfer, sink)": ("main", "transfer", "sink")}
 
 
 def _clean(value):
@@ -34,24 +39,33 @@ def _clean(value):
     return value
 
 
+def final_loss(run, last: int = 10) -> float:
+    tail = [v for _, v in run.losses[-last:] if v is not None and math.isfinite(v)]
+    return float(sum(tail) / len(tail)) if tail else math.nan
+
+
 def run_rows(g: Gathered) -> list[dict]:
-    from .claims import final_loss
+    from .claims.sink import mean_mass
 
     rows = []
-    for stage in ("main", "transfer", "sink"):
+    for stage in TRAINING_STAGES:
         for run in g.study.stage_runs[stage]:
-            s = run.settings
+            s = portable_paths(run.settings, g.study.out)  # a transfer's posterior: by run name, no machine folder
             row = {"run": run.name, "stage": stage, "status": "complete" if run.name in g.runs else "missing",
                    "task": s["task"], "method": s["method"], "layers": s.get("layers", ""), "prior": s["prior"],
-                   "prior_weight": s.get("prior_weight", 0.0), "keep_sink": s.get("keep_sink", False),
-                   "seed": s["seed"], "steps": s.get("steps")}
+                   "prior_weight": s.get("prior_weight", 0.0), "lr": s.get("lr"), "lr_scale": s.get("lr_scale"),
+                   "keep_sink": s.get("keep_sink", False), "seed": s["seed"], "steps": s.get("steps")}
             tuned = g.runs.get(run.name)
             if tuned is not None:
-                row.update(baseline_score=tuned.baseline, tuned_score=tuned.score,
-                           final_val_loss=tuned.val[-1][1] if tuned.val else None,
+                place = g.position(tuned) or {}
+                stop = tuned.extra.get("early_stop") or {}
+                row.update(stopped_early=stop.get("stopped"), best_step=stop.get("best_step"),
+                           test_items=tuned.extra["test_items"] or None, baseline_score=tuned.baseline,
+                           tuned_score=tuned.score, best_val_loss=tuned.best_val, stalled=tuned.stalled,
                            final_train_loss=final_loss(tuned), displacement=tuned.extra["displacement"],
-                           inside_share=g.inside_share(tuned), prompt_mass=tuned.extra["prompt_mass"],
-                           sink_mass=tuned.extra["sink_mass"])
+                           inside_share=place.get("inside_share"), distance=place.get("distance"),
+                           slot0_mass=mean_mass(tuned.extra["eval"].get("prefix_mass_first_slot"), 0),
+                           trained_slot_mass=mean_mass(tuned.extra["eval"].get("prefix_mass_other_slots"), 0))
             rows.append(row)
     return rows
 
@@ -69,15 +83,15 @@ def _csv(rows: list[dict]) -> str:
 
 
 def _statistic(result: dict) -> str:
-    """The claim's headline numbers, each with its interval."""
+    """The claim's headline numbers, each with its interval where it has one (nested tables are in its section)."""
     parts = []
     for name, value in (result.get("statistics") or {}).items():
         if isinstance(value, dict) and "mean" in value:
             parts.append(f"{name} {fmt(value)}")
-        elif isinstance(value, dict) and value and all(isinstance(v, dict) and "mean" in v for v in value.values()):
-            parts += [f"{name}[{k}] {fmt(v, 1)}" for k, v in value.items()]
-        elif isinstance(value, dict):
-            parts += [f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in value.items() if isinstance(v, float))]
+        elif isinstance(value, dict) and "rho" in value:
+            parts.append(f"{name} ρ {value['rho']:.2f} (p {value['p']:.3g})" if _finite(value.get("rho")) else f"{name} n/a")
+        elif isinstance(value, bool):
+            parts.append(f"{name} {'yes' if value else 'no'}")
         elif isinstance(value, float) and math.isfinite(value):
             parts.append(f"{name} {value:.2f}")
         elif isinstance(value, int):
@@ -85,9 +99,15 @@ def _statistic(result: dict) -> str:
     return "; ".join(parts) or "—"
 
 
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def _cell(value) -> str:
     if isinstance(value, dict) and "mean" in value:
         return fmt(value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.3g}" if math.isfinite(value) else "n/a"
     return "" if value is None else str(value)
@@ -102,39 +122,51 @@ def _md_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def write_report(g: Gathered, results: list[dict], *, command: str, versions: dict, trajectory_rows=()) -> dict:
-    out = g.study.out
-    figures = {r["claim"]: draw(r, out / "figures", trajectory_rows if r["claim"] == "3" else ()) for r in results}
+def write_report(g: Gathered, results: list[dict], *, command: str, versions: dict, into: Path | None = None) -> dict:
+    """FINDINGS.md, findings.html, runs.csv, claims.json and figures/ in `into` (default: the study folder)."""
+    out = Path(into) if into is not None else g.study.out
+    figures = {r["claim"]: (CLAIMS[r["claim"]].draw(r, out / "figures") if CLAIMS[r["claim"]].draw else [])
+               for r in results}
     rows = run_rows(g)
+    groups = {label: [g.study.run_dir(r) for stage in stages for r in g.study.stage_runs[stage] if r.name in g.runs]
+              for label, stages in STAGE_GROUPS.items()}
+    record = provenance.record(out, groups)
     write_text_atomic(out / "runs.csv", _csv(rows))
-    write_json_atomic(out / "claims.json", _clean({"command": command, "versions": versions,
+    write_json_atomic(out / "claims.json", _clean({"command": command, "versions": versions, "provenance": record,
                                                    "claims": [{k: v for k, v in r.items() if k != "items"}
                                                               for r in results]}))
-    md = _markdown(g, results, figures, command, versions)
+    md = _markdown(g, results, figures, command, versions, record, out)
     write_text_atomic(out / "FINDINGS.md", md)
     write_text_atomic(out / "findings.html", _html(md, out))
     return {"FINDINGS.md": out / "FINDINGS.md", "findings.html": out / "findings.html", "runs.csv": out / "runs.csv",
             "claims.json": out / "claims.json"}
 
 
-def _markdown(g: Gathered, results, figures, command, versions) -> str:
+def _markdown(g: Gathered, results, figures, command, versions, record, out: Path) -> str:
     complete = len(g.runs)
-    total = sum(len(v) for k, v in g.study.stage_runs.items())
+    total = sum(len(g.study.stage_runs[s]) for s in TRAINING_STAGES)
     lines = ["# Findings: embedding priors in prompt-tuning, measured", "",
-             f"Model `{g.study.model}`; {complete} of {total} runs complete. Every interval is a 95% interval over "
-             f"seeds; each verdict follows the rule printed next to it (docs/findings/RULES.md).", "",
-             "| claim | statistic (95% CI) | verdict | rule |", "|---|---|---|---|"]
+             f"Model `{g.study.model}`; {complete} of {total} runs complete. Each verdict follows the rule printed "
+             f"next to it (the whole rule: docs/findings/RULES.md, version {provenance.RULES_VERSION}); intervals "
+             f"are 95%, from scipy.stats and statsmodels, over runs (seeds).", "",
+             provenance.describe(record), "",
+             "| claim | statistic | verdict | rule |", "|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['claim']}. {r['text']} | {_statistic(r)} | **{r['verdict']}** | {r['rule']} |")
     lines += ["", f"Command: `{command}`", "",
               "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
     for r in results:
         lines += [f"## Claim {r['claim']}: {r['text']}", "", f"**{r['verdict']}**: {r['why']}", ""]
-        lines += _md_table([{k: v for k, v in row.items() if not isinstance(v, (list, tuple))}
-                            for row in (r.get("figure") or {}).get("table", [])])
-        lines.append("")
+        figure = r.get("figure") or {}
+        for key, rows in figure.items():
+            if key in ("curves", "rows") or not isinstance(rows, list) or not rows or not isinstance(rows[0], dict):
+                continue
+            if key != "table":
+                lines += [f"*{key.replace('_', ' ')}*", ""]
+            lines += _md_table([{k: v for k, v in row.items() if not isinstance(v, (list, tuple))} for row in rows])
+            lines.append("")
         for path in figures.get(r["claim"], []):
-            lines += [f"![claim {r['claim']}]({path.relative_to(g.study.out).as_posix()})", ""]
+            lines += [f"![claim {r['claim']}]({Path(path).relative_to(out).as_posix()})", ""]
     return "\n".join(lines) + "\n"
 
 

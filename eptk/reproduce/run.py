@@ -12,7 +12,8 @@ from ..stats import is_stats_folder
 from ..sweep import Sweep, plan, run_sweep, select_shard, summary_name
 from .stages import TASKS, Study
 
-TRAINING = ("main", "transfer", "sink")
+TRAINING = ("main", "transfer", "sink", "converged", "ablation")
+V1_TRAINING = ("main", "transfer", "sink")   # the runs `reeval` scores again on more test items
 
 
 def _waiting(study: Study, stage: str, runs: list) -> tuple[list, list]:
@@ -40,6 +41,14 @@ def dry_run(study: Study, stages, shard) -> list[dict]:
             for c in select_shard(study.captures(), shard):
                 done = is_stats_folder(study.capture_dir(c))
                 rows.append({"stage": stage, "item": f"captures/{c.name}", "action": "skip" if done else "fresh"})
+        elif stage == "tokens":
+            for c in select_shard(study.token_captures(), shard):
+                done = is_stats_folder(study.token_dir(c))
+                rows.append({"stage": stage, "item": f"tokens/{c.name}", "action": "skip" if done else "fresh"})
+        elif stage == "reeval":
+            for run in select_shard(reeval_runs(study), shard):
+                rows.append({"stage": stage, "item": f"{run.name}/{reeval_file(study)}",
+                             "action": _reeval_action(study, run)})
         elif stage == "trajectories":
             for run in select_shard(study.trajectory_runs(), shard):
                 rows.append({"stage": stage, "item": f"trajectories/{run.name}", "action": _trajectory_action(study, run)})
@@ -75,19 +84,22 @@ def run_training(study: Study, stage: str, *, jobs, shard, progress: bool, conso
     return summary["counts"].get("failed", 0)
 
 
-def run_captures(study: Study, shard, *, models: dict, progress: bool, console) -> int:
-    """Claim 4's captures: every task's train split at every layer (per-sequence means kept), each seed."""
+def run_captures(study: Study, shard, *, models: dict, progress: bool, console, content_only: bool = False) -> int:
+    """Claim 4's captures: every task's train split at every layer, each seed; version 1's keep per-sequence means
+    of every token (`captures/`), version 2's the content tokens only, with the template variants (`tokens/`)."""
     from ..capture import capture_task
     from ..families import model_dims
 
-    todo = [c for c in select_shard(study.captures(), shard) if not is_stats_folder(study.capture_dir(c))]
+    items, folder = (study.token_captures(), study.token_dir) if content_only else (study.captures(), study.capture_dir)
+    todo = [c for c in select_shard(items, shard) if not is_stats_folder(folder(c))]
     for c in todo:
         loaded = _model(study, models)
         layers = list(range(model_dims(loaded.model)["num_layers"] + 1))
         stats = capture_task(loaded, study.model, c.task, layers, samples=study.scale.capture_samples, seed=c.seed,
-                             n_examples=study.scale.capture_examples, progress=progress)
-        stats.save(study.capture_dir(c))
-        console.print(f"✓ captures/{c.name} ({stats.meta.get('sequences', '?')} sequences)", markup=False)
+                             n_examples=study.scale.capture_examples, progress=progress, content_only=content_only)
+        stats.save(folder(c))
+        console.print(f"✓ {folder(c).parent.name}/{c.name} ({stats.meta.get('sequences', '?')} sequences)",
+                      markup=False)
     return 0
 
 
@@ -111,6 +123,40 @@ def run_trajectories_stage(study: Study, shard, *, models: dict, progress: bool,
         write_trajectories(study.trajectory_dir(run), rows)
         console.print(f"✓ trajectories/{run.name} ({len(rows)} rows)", markup=False)
     return 0
+
+
+def reeval_runs(study: Study) -> list:
+    return [run for stage in V1_TRAINING for run in study.stage_runs[stage]]
+
+
+def reeval_file(study: Study) -> str:
+    return f"eval-test-{study.scale.reeval_size}.json"
+
+
+def _reeval_action(study: Study, run) -> str:
+    if (study.run_dir(run) / reeval_file(study)).is_file():
+        return "skip"
+    return "fresh" if RunDir(study.run_dir(run)).is_complete() else "waits"
+
+
+def run_reevaluations(study: Study, shard, *, console) -> int:
+    """Version-1 runs scored again from their posteriors on the study's 1,000 test items (`eptk eval --save`):
+    the per-item predictions version 2 reads, without retraining. Returns the number that failed."""
+    from ..loading import evaluate_run
+
+    failed = 0
+    for run in select_shard(reeval_runs(study), shard):
+        if _reeval_action(study, run) != "fresh":
+            continue
+        try:
+            summary = evaluate_run(study.run_dir(run), size=study.scale.reeval_size, save=True)
+        except EptkUsageError as exc:
+            failed += 1
+            console.print(f"✗ {run.name}: {exc}", markup=False, highlight=False)
+            continue
+        console.print(f"✓ {run.name}: {summary['tuned']['score']:.1f} on {summary['tuned']['n']} test items",
+                      markup=False, highlight=False)
+    return failed
 
 
 def _model(study: Study, models: dict):

@@ -13,15 +13,24 @@ from ..errors import EptkUsageError, choices
 from ..sweep import SweepRun, expand
 from ..sweep.grid import _safe
 
-STAGES = ("main", "transfer", "sink", "captures", "trajectories", "report")
+# Version 1's stages (main, transfer, sink, captures, trajectories) stay: claims 1, 3 and 5 read them. Version 2
+# (docs/findings/RULES.md) adds early-stopped runs for claims 2 (`converged`) and 6 (`ablation`), 1,000-item
+# re-evaluations of version-1 runs on 1,000 test items (`reeval`) and content-token captures of each task and two
+# template variants (`tokens`, claim 4).
+STAGES = ("main", "transfer", "sink", "captures", "trajectories", "converged", "ablation", "reeval", "tokens",
+          "report")
 # what a study folder holds besides its run folders (reproduce-<stage>.json summaries too)
-STUDY_ENTRIES = {"captures", "trajectories", "logs", "figures", "sweep.json", "FINDINGS.md", "findings.html",
+STUDY_ENTRIES = {"captures", "tokens", "measures", "trajectories", "logs", "figures", "sweep.json", "FINDINGS.md", "findings.html",
                  "runs.csv", "claims.json"}
 TASKS = ("arith", "qa", "fill")  # the tasks of claims 3 and 4
+TOKEN_TASKS = ("arith", "qa", "qa:b", "fill", "fill:b")  # claim 4 (version 2): the tasks and two template variants
 TRANSFER_TARGET = "arith:+:3"
 MAIN_PRIORS = ("normal", "xavier", "fitted", "exclusion", "region:data", "region:new", "region:between:arith,qa",
                "vae")
 DEEP_LAYERS = "last:3"
+CONVERGED_PRIORS = ("region:data", "region:new")
+ABLATION_DEPTHS = (29, 20, 10, 3)   # deep --layers last:N: every layer >= 30 - N of SmolLM2's 30
+REEVAL_SIZE = 1000
 
 
 @dataclass(frozen=True)
@@ -37,18 +46,33 @@ class Scale:
     trajectories: int            # test prompts per run and task
     trajectory_tokens: int
     max_sequences: int           # per task and layer, for the cluster silhouettes of claim 4
+    converged: dict = field(default_factory=dict)     # version 2: tune settings of every early-stopped run
+    converged_seeds: tuple = ()                        # the seeds every converged arm starts with
+    ablation_seeds: tuple = ()
+    soft_lrs: tuple = (1e-2, 1e-3)                     # soft's step sizes in the converged stage
+    reeval_size: int = REEVAL_SIZE
+    ablation_depths: tuple = ABLATION_DEPTHS
 
+
+V2_FIXED = {"steps": 600, "batch_size": 16, "lr": 1e-2, "schedule": "constant", "warmup": 10, "eval_every": 25,
+            "eval_size": 200, "test_size": 1000, "early_stop": 4, "early_stop_delta": 0.01, "checkpoint_every": 25,
+            "tokens": 20}
 
 FULL = Scale(priors=MAIN_PRIORS, seeds=(0, 1, 2), weights=(0.0, 1.0, 10.0, 100.0),
              fixed={"steps": 150, "batch_size": 16, "eval_every": 25, "eval_size": 100, "test_size": 200,
                     "checkpoint_every": 25},
              transfer_eval_every=10, capture_samples=2048, capture_examples=512, trajectories=16,
-             trajectory_tokens=16, max_sequences=200)
+             trajectory_tokens=16, max_sequences=200, converged=V2_FIXED, converged_seeds=tuple(range(10)),
+             ablation_seeds=(0, 1, 2))
 QUICK = Scale(priors=("normal", "region:data", "region:new"), seeds=(0, 1), weights=(0.0, 10.0),
               fixed={"steps": 6, "batch_size": 4, "eval_every": 2, "eval_size": 4, "test_size": 8,
                      "checkpoint_every": 0, "tokens": 4},
               transfer_eval_every=2, capture_samples=64, capture_examples=16, trajectories=2,
-              trajectory_tokens=4, max_sequences=16)
+              trajectory_tokens=4, max_sequences=16,
+              converged={"steps": 8, "batch_size": 4, "lr": 1e-2, "schedule": "constant", "warmup": 1, "eval_every": 2,
+                         "eval_size": 4, "test_size": 8, "early_stop": 2, "early_stop_delta": 0.01,
+                         "checkpoint_every": 0, "tokens": 4},
+              converged_seeds=(0,), ablation_seeds=(0,), reeval_size=12, ablation_depths=(3, 2, 1))
 
 
 def parse_stages(names) -> tuple[str, ...]:
@@ -85,6 +109,8 @@ class Study:
         study = cls(model=model, out=Path(out).resolve(), scale=QUICK if quick else FULL)
         study.stage_runs = {"main": study._main(), "sink": study._sink()}
         study.stage_runs["transfer"] = study._transfer()
+        study.stage_runs["converged"] = study._converged(study.scale.converged_seeds)
+        study.stage_runs["ablation"] = study._ablation()
         return study
 
     def _fixed(self) -> dict:
@@ -130,6 +156,48 @@ class Study:
             run.index = i
         return runs
 
+    def _v2(self, name: str, settings: dict) -> SweepRun:
+        run = SweepRun(index=0, name=name, settings={"model": self.model, "task": "arith", **self.scale.converged,
+                                                     **settings})
+        run.config().validate()
+        return run
+
+    def converged_arms(self) -> list[dict]:
+        """Claim 2's cells: deep last:3 under both --lr-scale modes, soft at both learning rates, each prior."""
+        arms = [{"method": "deep", "layers": DEEP_LAYERS, "prior": prior, "lr_scale": scale}
+                for prior in CONVERGED_PRIORS for scale in ("prior", "none")]
+        arms += [{"method": "soft", "prior": prior, "lr": lr} for prior in CONVERGED_PRIORS for lr in self.scale.soft_lrs]
+        return arms
+
+    @staticmethod
+    def arm_name(arm: dict) -> str:
+        step = f"lrs{arm['lr_scale']}" if "lr_scale" in arm else f"lr{arm['lr']:g}"
+        where = f"{arm['method']}-{_safe(arm['layers']).replace('-', '')}" if "layers" in arm else arm["method"]
+        return f"v2-arith-{where}-{_safe(arm['prior'])}-{step}"
+
+    def _converged(self, seeds) -> list[SweepRun]:
+        """Seed-major, so the arms grow together while the stage runs."""
+        runs = [self._v2(f"{self.arm_name(arm)}-s{seed}", dict(arm, seed=seed)) for seed in seeds
+                for arm in self.converged_arms()]
+        for i, run in enumerate(runs):
+            run.index = i
+        return runs
+
+    def _ablation(self) -> list[SweepRun]:
+        tokens = self.scale.converged["tokens"]
+        runs = []
+        depths = self.scale.ablation_depths   # the deepest first: every layer >= 1 (with --keep-sink too)
+        for seed in self.scale.ablation_seeds:
+            for depth in depths:
+                runs.append(self._v2(f"v2-arith-deep-last{depth}-normal-t{tokens}-s{seed}",
+                                     {"method": "deep", "layers": f"last:{depth}", "prior": "normal", "seed": seed}))
+            runs.append(self._v2(f"v2-arith-deep-last{depths[0]}-keepsink-normal-t{tokens}-s{seed}",
+                                 {"method": "deep", "layers": f"last:{depths[0]}", "prior": "normal", "keep_sink": True,
+                                  "seed": seed}))
+        for i, run in enumerate(runs):
+            run.index = i
+        return runs
+
     # ---- selection -----------------------------------------------------------------------------
     def runs(self, stage: str, **settings) -> list[SweepRun]:
         """The stage's runs whose settings match every given value (prior_weight / keep_sink default 0 / off)."""
@@ -150,6 +218,13 @@ class Study:
 
     def capture_dir(self, capture: Capture) -> Path:
         return self.out / "captures" / capture.name
+
+    def token_captures(self) -> list[Capture]:
+        """Claim 4's content-token captures: each task and template variant at each capture seed."""
+        return [Capture(task, seed, f"{_safe(task)}-s{seed}") for task in TOKEN_TASKS for seed in self.scale.seeds]
+
+    def token_dir(self, capture: Capture) -> Path:
+        return self.out / "tokens" / capture.name
 
     def trajectory_runs(self) -> list[SweepRun]:
         """Main runs whose generations claim 3 measures: soft and deep, from `normal` and `region:new`."""

@@ -20,6 +20,9 @@ SPLITS = ("train", "validation", "test")
 class Example:
     prompt: str
     answer: str
+    # (start, end) character spans of the prompt that are content, not template (the task's fixed words); empty
+    # when a task does not say. The answer is content. Claim 4 of the study compares tasks on content tokens only.
+    content: tuple = ()
 
 
 class Task:
@@ -31,16 +34,24 @@ class Task:
     def examples(self, split: str, n: int | None = None) -> list[Example]:
         raise NotImplementedError
 
-    def score(self, predictions: list[str], answers: list[str]) -> dict:
-        """Mean exact match (and F1 for QA) in percent, over at least one answer (no made-up 0)."""
+    def item_scores(self, predictions: list[str], answers: list[str]) -> list[dict]:
+        """Each item's score: `exact_match` (0 or 1) and, for QA, `f1` (0..1)."""
         if not answers or len(predictions) != len(answers):
             raise ValueError(f"score needs one prediction per answer and at least one ({len(predictions)} "
                              f"predictions, {len(answers)} answers)")
-        em = [float(normalize_answer(p) == normalize_answer(a)) for p, a in zip(predictions, answers)]
-        out = {"exact_match": 100.0 * sum(em) / len(em)}
+        items = [{"exact_match": float(normalize_answer(p) == normalize_answer(a))} for p, a in zip(predictions, answers)]
         if self.metric == "f1":
-            f1 = [token_f1(p, a) for p, a in zip(predictions, answers)]
-            out["f1"] = 100.0 * sum(f1) / len(f1)
+            for item, p, a in zip(items, predictions, answers):
+                item["f1"] = token_f1(p, a)
+        return items
+
+    def score(self, predictions: list[str], answers: list[str]) -> dict:
+        """Mean exact match (and F1 for QA) in percent, over at least one answer (no made-up 0)."""
+        return self.mean_score(self.item_scores(predictions, answers))
+
+    def mean_score(self, items: list[dict]) -> dict:
+        """The percent scores of a list of item scores (`item_scores`)."""
+        out = {key: 100.0 * sum(i[key] for i in items) / len(items) for key in items[0]}
         out["score"] = out[self.metric]
         return out
 

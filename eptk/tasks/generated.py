@@ -22,7 +22,8 @@ class Arith(GeneratedTask):
     def make(self, rng):
         lo, hi = 10 ** (self.digits - 1) if self.digits > 1 else 0, 10 ** self.digits - 1
         a, b, op = rng.randint(lo, hi), rng.randint(lo, hi), rng.choice(self.ops)
-        return Example(f"{a}{op}{b}=", str(self.OPS[op](a, b)))
+        expression = f"{a}{op}{b}"
+        return Example(f"{expression}=", str(self.OPS[op](a, b)), content=((0, len(expression)),))
 
 
 _NAMES = ["Alice", "Bob", "Carol", "David", "Emma", "Frank", "Grace", "Henry", "Iris", "Jack", "Kate", "Liam",
@@ -34,11 +35,31 @@ _PETS = ["cat", "dog", "parrot", "rabbit", "turtle", "horse", "goldfish", "hamst
 _COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white"]
 
 
+def templated(template: str, **fields) -> tuple[str, tuple]:
+    """`template` filled with `fields`, and the character spans the fields took (the content; the rest is template)."""
+    import string as _string
+
+    text, spans = "", []
+    for literal, field, _, _ in _string.Formatter().parse(template):
+        text += literal
+        if field is not None:
+            spans.append((len(text), len(text) + len(fields[field])))
+            text += fields[field]
+    return text, tuple(spans)
+
+
 class QA(GeneratedTask):
-    """Extractive questions over generated contexts, SQuAD's template: '{context}\\nQuestion: ..\\nAnswer:'."""
+    """Extractive questions over generated contexts, SQuAD's template: '{context}\\nQuestion: ..\\nAnswer:'
+    (`qa:b`: the same questions as 'Context: {context}\\nQ: ..\\nA:', a template variant for claim 4's null)."""
     name = "qa"
     metric = "f1"
     max_answer_tokens = 8
+    TEMPLATES = {"a": "{context}\nQuestion: {question}\nAnswer:", "b": "Context: {context}\nQ: {question}\nA:"}
+
+    def __init__(self, seed: int = 0, template: str = "a"):
+        super().__init__(seed)
+        self.template = template
+        self.name = "qa" if template == "a" else f"qa:{template}"
     FACTS = [("lives in", _CITIES, "Where does {n} live?"), ("works as a", _JOBS, "What is {n}'s job?"),
              ("owns a", _PETS, "What pet does {n} own?"), ("likes the color", _COLORS, "What color does {n} like?")]
 
@@ -50,13 +71,21 @@ class QA(GeneratedTask):
             facts.append((person, verb, rng.choice(values), question))
         context = " ".join(f"{p} {verb} {value}." for p, verb, value, _ in facts)
         person, _, value, question = rng.choice(facts)
-        return Example(f"{context}\nQuestion: {question.format(n=person)}\nAnswer:", f" {value}")
+        prompt, spans = templated(self.TEMPLATES[self.template], context=context, question=question.format(n=person))
+        return Example(prompt, f" {value}", content=spans)
 
 
 class Fill(GeneratedTask):
-    """Masked-word fill-in (the MLM-like task): a sentence with one word replaced by ___."""
+    """Masked-word fill-in (the MLM-like task): a sentence with one word replaced by ___ (`fill:b`: the same
+    sentences as 'Complete the sentence: ..\\nThe missing word is:', a template variant for claim 4's null)."""
     name = "fill"
     max_answer_tokens = 6
+    PROMPTS = {"a": "Fill in the blank: {sentence}\nAnswer:", "b": "Complete the sentence: {sentence}\nThe missing word is:"}
+
+    def __init__(self, seed: int = 0, template: str = "a"):
+        super().__init__(seed)
+        self.template = template
+        self.name = "fill" if template == "a" else f"fill:{template}"
     TEMPLATES = ["The {pet} sleeps on the {color} mat.", "{name} flew from {city} to see a {job}.",
                  "A {color} {pet} sat next to {name}.", "In {city} the {job} painted the door {color}.",
                  "{name} asked the {job} about the {pet}.", "The {job} from {city} owns a {pet}."]
@@ -69,7 +98,8 @@ class Fill(GeneratedTask):
         used = [k for k in fields if "{" + k + "}" in template]
         target = fields[rng.choice(used)]
         masked = re.sub(rf"\b{re.escape(target)}\b", "___", sentence, count=1)
-        return Example(f"Fill in the blank: {masked}\nAnswer:", f" {target}")
+        prompt, spans = templated(self.PROMPTS[self.template], sentence=masked)
+        return Example(prompt, f" {target}", content=spans)
 
 
 # ---- registration --------------------------------------------------------------------------------
@@ -90,11 +120,18 @@ def _arith(args, seed):
     return Arith(ops, digits, seed)
 
 
-@register_task("qa")
+def _template(task: str, args) -> str:
+    template = args or "a"
+    if template not in ("a", "b"):
+        raise EptkUsageError(f"task {task}:{args}: unknown template {args!r}; valid: {task} ({task}:a), {task}:b")
+    return template
+
+
+@register_task("qa", "[:b]")
 def _qa(args, seed):
-    return QA(seed)
+    return QA(seed, _template("qa", args))
 
 
-@register_task("fill")
+@register_task("fill", "[:b]")
 def _fill(args, seed):
-    return Fill(seed)
+    return Fill(seed, _template("fill", args))

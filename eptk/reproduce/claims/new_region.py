@@ -1,0 +1,157 @@
+"""Claim 2: a prompt from a new region of activation space works about as well as one from the data's region
+(RULES.md, claim 2): early-stopped runs from region:data and region:new under two step sizes per method, the
+region:data positive control, TOST at ±10 points, stalls as an outcome."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import inference as I
+from .base import FAILS, HOLDS, NOT_MEASURED, UNSURE, Claim, finite, not_measured, partial, register, result
+
+MARGIN = 10.0              # points of exact match
+CONTROL_INSIDE = 0.5       # region:data posteriors mostly inside the data's 99% region
+NEW_OUTSIDE = 0.05         # region:new posteriors at most this share inside
+CONVERGED_SHARE = 0.9      # runs that must have stopped early
+
+
+def step_of(arm: dict) -> str:
+    return f"--lr-scale {arm['lr_scale']}" if "lr_scale" in arm else f"lr {arm['lr']:g}"
+
+
+def arm_summary(runs) -> dict:
+    """One arm's numbers: score (GEE over items), stall rate (Wilson), score without stalls, positions."""
+    scores = [r.score for r in runs if r.score is not None]
+    stalled = [r for r in runs if r.stalled]
+    kept = [r for r in runs if not r.stalled]
+    inside = [r.extra["position"]["inside_share"] for r in runs if r.extra.get("position")]
+    distance = [r.extra["position"]["distance"] for r in runs if r.extra.get("position")]
+    stopped = [r.stopped_early for r in runs if r.stopped_early is not None]
+    return {"runs": len(runs), "score": I.score_interval([r.items for r in runs if r.items]),
+            "score_sd": float(np.std(scores, ddof=1)) if len(scores) > 1 else math.nan,
+            "stall_rate": I.wilson(len(stalled), len(runs)),
+            "score_without_stalls": I.score_interval([r.items for r in kept if r.items]),
+            "inside_share": float(np.mean(inside)) if inside else math.nan,
+            "distance": float(np.median(distance)) if distance else math.nan,
+            "stopped_early": float(np.mean(stopped)) if stopped else math.nan,
+            "best_step": float(np.median([r.extra["early_stop"]["best_step"] for r in runs
+                                          if r.extra.get("early_stop")])) if runs else math.nan,
+            "scores": scores, "best_val": [r.best_val for r in runs]}
+
+
+def compare(data: dict, new: dict) -> dict:
+    """region:new against region:data at one method and step size."""
+    control = finite(data["inside_share"]) and data["inside_share"] >= CONTROL_INSIDE
+    outside = finite(new["inside_share"]) and new["inside_share"] <= NEW_OUTSIDE
+    return {"control_passes": control, "new_outside": outside,
+            "delta": I.bootstrap_difference(new["scores"], data["scores"]),
+            "tost": I.tost(new["scores"], data["scores"], MARGIN),
+            "at_equal_val_loss": equal_loss_difference(data, new)}
+
+
+def equal_loss_difference(data: dict, new: dict) -> dict:
+    """score ~ arm + best validation loss (statsmodels OLS): region:new − region:data at the same loss."""
+    import statsmodels.api as sm
+
+    y = data["scores"] + new["scores"]
+    loss = data["best_val"][:len(data["scores"])] + new["best_val"][:len(new["scores"])]
+    if len(y) < 4 or len(y) != len(loss) or not all(map(math.isfinite, loss)):
+        return {"mean": math.nan, "lo": math.nan, "hi": math.nan, "n": len(y)}
+    x = np.column_stack([np.ones(len(y)), [0.0] * len(data["scores"]) + [1.0] * len(new["scores"]), loss])
+    fit = sm.OLS(np.array(y, dtype=float), x).fit()
+    lo, hi = fit.conf_int(alpha=0.05)[1]
+    return {"mean": float(fit.params[1]), "lo": float(lo), "hi": float(hi), "n": len(y)}
+
+
+def decide(comparisons: dict, converged_share: float) -> tuple[str, str]:
+    """comparisons: method -> step -> compare(...). The verdict of RULES.md claim 2."""
+    if not finite(converged_share) or converged_share < CONVERGED_SHARE:
+        return UNSURE, f"only {converged_share:.0%} of runs stopped early (needs ≥ {CONVERGED_SHARE:.0%}): not converged"
+    readable = {m: {s: c for s, c in steps.items() if c["control_passes"] and c["new_outside"]}
+                for m, steps in comparisons.items()}
+    text = "; ".join(f"{m} {s}: Δ {I.fmt(c['delta'], 1)}, TOST p {c['tost']['p']:.3g}"
+                     + ("" if c["control_passes"] else ", control fails")
+                     + ("" if c["new_outside"] else ", region:new not outside")
+                     for m, steps in comparisons.items() for s, c in steps.items())
+    if readable and all(any(c["tost"]["p"] < 0.05 for c in steps.values()) for steps in readable.values()):
+        return HOLDS, text
+    failing = [m for m, steps in readable.items()
+               if steps and all(finite(c["delta"]["hi"]) and c["delta"]["hi"] < -MARGIN for c in steps.values())]
+    if failing:
+        return FAILS, f"{', '.join(failing)}: Δ below −{MARGIN:g} at every readable step size; " + text
+    return UNSURE, text
+
+
+def measure(g, **_) -> dict:
+    arms = g.study.converged_arms()
+    missing = g.missing_of("converged")
+    summaries, table = {}, []
+    for arm in arms:
+        runs = g.tuned("converged", **arm)
+        if runs:
+            summaries[g.study.arm_name(arm)] = (arm, arm_summary(runs))
+    if not summaries:
+        return not_measured(CLAIM, missing)
+    comparisons: dict[str, dict] = {}
+    for name, (arm, s) in summaries.items():
+        table.append({"method": arm["method"], "step": step_of(arm), "prior": arm["prior"], "runs": s["runs"],
+                      "score": s["score"], "stall_rate": s["stall_rate"], "score_without_stalls": s["score_without_stalls"],
+                      "inside_share": s["inside_share"], "distance": s["distance"], "stopped_early": s["stopped_early"],
+                      "best_step": s["best_step"]})
+    for name, (arm, s) in summaries.items():
+        if arm["prior"] != "region:data":
+            continue
+        partner = g.study.arm_name(dict(arm, prior="region:new"))
+        if partner in summaries:
+            comparisons.setdefault(arm["method"], {})[step_of(arm)] = compare(s, summaries[partner][1])
+    runs = [r for arm in arms for r in g.tuned("converged", **arm)]
+    stopped = [r.stopped_early for r in runs if r.stopped_early is not None]
+    converged_share = float(np.mean(stopped)) if stopped else math.nan
+    seeds = seed_plan(g, summaries)
+    short = [f"{name} needs {need['n']} seeds (has {summaries[name][1]['runs']})" for name, need in seeds.items()
+             if summaries[name][1]["runs"] < need["n"]]
+    short += [f"{g.study.arm_name(arm)} has no finished run" for arm in arms if g.study.arm_name(arm) not in summaries]
+    verdict, why = decide(comparisons, converged_share)
+    if short:
+        verdict, why = NOT_MEASURED, "seeds the power rule asks for are not all in: " + "; ".join(short)
+    stats = {"comparisons": comparisons, "converged_share": converged_share, "seeds": seeds}
+    rows = [{"method": m, "step": s, "delta_new_minus_data": c["delta"], "tost_p": c["tost"]["p"],
+             "control_passes": c["control_passes"], "new_outside": c["new_outside"],
+             "delta_at_equal_val_loss": c["at_equal_val_loss"]} for m, steps in comparisons.items()
+            for s, c in steps.items()]
+    return partial(result(CLAIM, stats, verdict, why, {"table": table, "comparisons": rows}), missing)
+
+
+def seed_plan(g, summaries: dict) -> dict:
+    """Seeds each arm needs by RULES.md (10, then the power formulas on the arm's observed SD, at most 20)."""
+    first = len(g.study.scale.converged_seeds)
+    plan = {}
+    for name, (_, s) in summaries.items():
+        if s["runs"] < first or not finite(s["score_sd"]):
+            plan[name] = {"n": first, "sd": s["score_sd"]}
+        else:
+            plan[name] = dict(I.seeds_needed(s["score_sd"], floor=first), sd=s["score_sd"])
+    return plan
+
+
+def draw(res: dict, folder):
+    from ..figures import table_bars
+
+    table = (res.get("figure") or {}).get("table") or []
+    if not table:
+        return []
+    return [table_bars(table, "score", "test exact match (%), 1,000 items", "Claim 2: score by prior and step size",
+                       folder / "claim2.png", label_keys=("method", "step", "prior")),
+            table_bars(table, "stall_rate", "stalled runs (share)", "Claim 2: stall rate by arm",
+                       folder / "claim2_stalls.png", label_keys=("method", "step", "prior"))]
+
+
+CLAIM = register(Claim(
+    key="2", text="Models work with embeddings from new regions of activation space about as well as from the data's "
+                  "own region.",
+    rule="holds if, for every method, at a step size whose region:data posteriors are mostly inside the data "
+         "(positive control) and whose region:new posteriors are outside (≤ 5% inside), TOST shows EM(new) − "
+         "EM(data) within ±10 points (p < 0.05); does not hold if for some method that difference's 95% interval "
+         "lies below −10 at every such step size; else inconclusive (also when fewer than 90% of runs converged)",
+    measure=measure, draw=draw))

@@ -1,0 +1,136 @@
+"""The study's statistics (eptk.reproduce.inference) against known values and independent libraries, and the
+guarantees RULES.md makes: intervals inside their quantity's range, no bootstrap under 10 groups."""
+import math
+
+import numpy as np
+import pytest
+
+from eptk.reproduce import inference as I
+
+
+def test_t_interval_known_value():
+    ci = I.t_interval([1, 2, 3])
+    assert (ci["mean"], round(ci["lo"], 3), round(ci["hi"], 3)) == (2.0, -0.484, 4.484)
+
+
+def test_welch_interval_equals_statsmodels():
+    from statsmodels.stats.weightstats import CompareMeans
+
+    a, b = [71.0, 80.5, 77.0, 68.5], [86.0, 88.5, 84.0, 90.5, 87.0]
+    ci = I.welch_interval(a, b)
+    lo, hi = CompareMeans.from_data(np.array(a), np.array(b)).tconfint_diff(usevar="unequal")
+    assert ci["mean"] == pytest.approx(np.mean(a) - np.mean(b))
+    assert (ci["lo"], ci["hi"]) == (pytest.approx(lo), pytest.approx(hi))
+
+
+def test_paired_interval_equals_statsmodels():
+    from statsmodels.stats.weightstats import DescrStatsW
+
+    a, b = [0.9, 0.7, 0.8, 1.1], [1.0, 1.0, 0.95, 1.3]
+    lo, hi = DescrStatsW(np.subtract(a, b)).tconfint_mean()
+    ci = I.paired_interval(a, b)
+    assert (ci["lo"], ci["hi"]) == (pytest.approx(lo), pytest.approx(hi))
+
+
+def test_wilson_known_value():
+    ci = I.wilson(3, 10)
+    assert (round(ci["lo"], 4), round(ci["hi"], 4)) == (0.1078, 0.6032)
+    assert 0 <= I.wilson(0, 10)["lo"] and I.wilson(10, 10)["hi"] <= 1
+
+
+def test_bootstrap_needs_ten_runs_an_arm_and_stays_in_range():
+    rng = np.random.default_rng(0)
+    few = I.bootstrap_difference(rng.normal(80, 5, 9), rng.normal(70, 5, 12))
+    assert math.isnan(few["lo"]) and "fewer than 10" in few["why"]
+    a, b = [100.0] * 9 + [0.0], [0.0] * 9 + [2.0]                 # scores on 0-100: the difference is within ±100
+    ci = I.bootstrap_difference(a, b)
+    assert -100 <= ci["lo"] <= ci["mean"] <= ci["hi"] <= 100
+    # a 95% interval, not a 50% one: on normal data it is about as wide as Welch's
+    x, y = rng.normal(80, 5, 40), rng.normal(70, 5, 40)
+    boot, welch = I.bootstrap_difference(x, y), I.welch_interval(x, y)
+    assert (boot["hi"] - boot["lo"]) == pytest.approx(welch["hi"] - welch["lo"], rel=0.2)
+
+
+def test_score_interval_stays_in_0_100_and_covers_the_runs():
+    rng = np.random.default_rng(1)
+    runs = [(rng.random(1000) < p).astype(float) for p in (0.995, 0.999, 0.99, 1.0)]
+    ci = I.score_interval(runs)
+    assert 0 <= ci["lo"] <= ci["mean"] <= ci["hi"] <= 100 and ci["method"] == "binomial GEE"
+    spread = [(rng.random(1000) < p).astype(float) for p in (0.5, 0.6, 0.7, 0.8, 0.9)]
+    wide = I.score_interval(spread)
+    # runs vary far more than their items: the interval reflects the runs (a 5-run t interval is ±14 points here)
+    assert wide["hi"] - wide["lo"] > 15
+    one = I.score_interval([runs[0]])
+    from scipy.stats import binomtest
+    exact = binomtest(int(runs[0].sum()), 1000).proportion_ci(method="exact")
+    assert (one["lo"], one["hi"]) == (pytest.approx(100 * exact.low), pytest.approx(100 * exact.high))
+
+
+def test_tost_shows_equivalence_only_inside_the_margin():
+    rng = np.random.default_rng(2)
+    close = I.tost(rng.normal(80, 3, 12), rng.normal(80, 3, 12), 10)
+    far = I.tost(rng.normal(71, 3, 12), rng.normal(80, 3, 12), 10)
+    assert close["p"] < 0.05 < far["p"]
+
+
+def test_log_ols_pools_the_variance_and_stays_positive():
+    ols = I.LogOLS({"a": [1.0, 1.1, 0.9], "b": [0.1, 0.11, 0.09], "c": [0.5, 0.7, 0.3]})
+    ratio = ols.ratio("b", "a")
+    assert 0 < ratio["lo"] < ratio["mean"] < ratio["hi"] and ratio["mean"] == pytest.approx(0.1, rel=0.02)
+    # pooled: the noisy arm c widens a and b's intervals alike
+    a, b = ols.mean("a"), ols.mean("b")
+    assert math.log(a["hi"] / a["lo"]) == pytest.approx(math.log(b["hi"] / b["lo"]))
+
+
+def test_mantel_against_exact_enumeration():
+    """On 5 objects every permutation can be listed: the sampled p must match the exact one."""
+    import itertools
+
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(3)
+    pts = rng.normal(size=(5, 2))
+    d1 = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
+    d2 = d1 + rng.normal(0, 0.3, d1.shape)
+    d2 = (d2 + d2.T) / 2
+    np.fill_diagonal(d2, 0)
+    up = np.triu_indices(5, 1)
+    observed = spearmanr(d1[up], d2[up]).statistic
+    exact = np.mean([spearmanr(d1[up], d2[np.ix_(p, p)][up]).statistic >= observed - 1e-12
+                     for p in map(list, itertools.permutations(range(5)))])
+    got = I.mantel(d1, d2, n_perm=4999)
+    assert got["rho"] == pytest.approx(observed) and got["p"] == pytest.approx(exact, abs=0.02)
+
+
+def test_identification_against_chance():
+    d = np.ones((6, 6)) - np.eye(6)        # every posterior nearest its own prior
+    assert I.identification(d, n_perm=199)["share"] == 1.0
+    assert I.identification(d, n_perm=199)["p"] == pytest.approx(1 / 200)
+    shifted = np.roll(d, 1, axis=1)        # every posterior nearest another run's prior
+    assert I.identification(shifted, n_perm=199)["share"] == 0.0
+
+
+def test_seeds_needed_is_the_stated_power_calculation():
+    deep, soft = I.seeds_needed(4.25), I.seeds_needed(7.5)
+    assert (round(deep["tost"], 1), round(deep["width"], 1), deep["n"]) == (3.1, 5.6, 10)
+    assert (round(soft["tost"], 1), round(soft["width"], 1), soft["n"]) == (9.6, 17.3, 18)
+    assert I.seeds_needed(30.0)["n"] == 20 and I.seeds_needed(30.0)["capped"]
+
+
+def test_mixed_model_intervals_are_over_seeds_not_rows():
+    """Three seeds whose trajectories agree within a seed but not across seeds: the interval must be as wide as
+    the seeds' disagreement, not as narrow as the rows' count would make it."""
+    rng = np.random.default_rng(4)
+    seeds = np.repeat([0, 1, 2], 40)
+    level = {0: 0.6, 1: 1.0, 2: 1.6}
+    values = [level[s] * math.exp(rng.normal(0, 0.02)) for s in seeds]
+    prompts = np.tile(np.arange(20), 6)
+    ci = I.mixed_log_mean(values, seeds, prompts)
+    rows_t = I.t_interval(np.log(values))
+    assert ci["hi"] / ci["lo"] > 2 * math.exp(rows_t["hi"] - rows_t["lo"])
+    assert ci["lo"] > 0
+    # balanced seeds, prompts that barely vary: the half-width is Student's t(2) times the seed means' SE
+    from scipy.stats import t
+    means = [np.mean(np.log(values)[seeds == s]) for s in (0, 1, 2)]
+    half = t.ppf(0.975, 2) * np.std(means, ddof=1) / math.sqrt(3)
+    assert math.log(ci["hi"] / ci["lo"]) / 2 == pytest.approx(half, rel=0.1)
