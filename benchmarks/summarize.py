@@ -1,4 +1,5 @@
-"""Markdown summary of a pytest-benchmark JSON file: every row's timing and its eptk/baseline ratios.
+"""Markdown summary of a pytest-benchmark JSON file: every row's timing and its eptk/baseline ratios, then the
+table of each benchmark that measured several rows (the floor guard's).
 
     python benchmarks/summarize.py benchmarks/results/<device>-<date>.json   # writes the .md beside it
 """
@@ -25,6 +26,9 @@ def summarize(path: Path) -> str:
         ratios = ", ".join(f"{k} {v:.2f}" for k, v in sorted(info.items())
                            if any(r in k for r in RATIO_KEYS) and isinstance(v, (int, float)))
         lines.append(f"| {bench['name']} | {info.get('device', '?')} | {median:.3f} | {ratios} |")
+    for bench in data.get("benchmarks", []):  # a benchmark of several rows carries its own table
+        if "table" in bench.get("extra_info", {}):
+            lines += ["", f"## {bench['name']}", "", bench["extra_info"]["table"]]
     return "\n".join(lines) + "\n"
 
 

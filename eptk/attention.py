@@ -2,8 +2,9 @@
 
 Every attention layer of a model set to the "eptk" implementation calls `eptk_attention`. Outside
 a prompt context it is plain causal attention with padding. Inside one it either records the
-slots' keys/values (the slot pass) or lets the real tokens read the slots' keys/values as a
-shared prefix (the token pass) through `eptk.kernels.prefix_attention`.
+slots' keys/values (the slot pass), lets the real tokens read the slots' keys/values as a
+shared prefix (the token pass), or does both at once on one packed row (the packed pass), through
+`eptk.kernels.prefix_attention`.
 """
 from __future__ import annotations
 
@@ -50,11 +51,44 @@ class TokenPass:
         return dataclasses.replace(self, record_mass=False, mass={}, mass_rows={})
 
 
+@dataclass
+class PackedPass:
+    """Both passes in one forward over one row: the S slots, then the kept positions of the B token rows of T
+    (row by row; `kept` [K] their indices in the flattened [B*T], None: all of them). Each layer's attention
+    splits the row again: the slots attend causally among themselves and every token row reads the slots'
+    keys/values as its shared prefix from `first_layer` on, with its padding `padding` [B,T] bool (or None):
+    the two passes' attention, call for call. A position left out is one whose state no kept position reads
+    (a padding key, masked for every query) and no caller asked for."""
+    slots: int
+    batch: int
+    length: int
+    padding: torch.Tensor | None = None
+    kept: torch.Tensor | None = None
+    first_layer: int = 0
+    backend: str = "auto"
+    owner: object = None  # the prompted model running this pass (its method's hooks act only for it)
+
+    def for_recompute(self) -> "PackedPass":
+        return self  # records nothing: a recomputation reads the same state
+
+    def packed(self, rows: torch.Tensor) -> torch.Tensor:
+        """The token rows [B,T,...] as the packed row holds them: the kept positions [K,...], row by row."""
+        flat = rows.flatten(0, 1)  # (kept moves to the tensor's device: a dispatched model's layers may sit apart)
+        return flat if self.kept is None else flat.index_select(0, self.kept.to(flat.device))
+
+    def unpacked(self, packed: torch.Tensor) -> torch.Tensor:
+        """`packed`'s inverse: the kept positions [K,...] back in their rows [B,T,...], zeros where left out."""
+        if self.kept is not None:
+            packed = packed.new_zeros(self.batch * self.length, *packed.shape[1:]).index_copy(
+                0, self.kept.to(packed.device), packed)
+        return packed.unflatten(0, (self.batch, self.length))
+
+
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("eptk_prompt_pass", default=None)
 
 
 def current_pass():
-    """The SlotPass or TokenPass running now, or None."""
+    """The SlotPass, TokenPass or PackedPass running now, or None."""
     return _ACTIVE.get()
 
 
@@ -83,6 +117,8 @@ def eptk_attention(module, query, key, value, attention_mask, scaling=None, drop
     check_supported(module, attention_mask, dropout, kwargs)
     state = _ACTIVE.get()
     layer = getattr(module, "layer_idx", None)
+    if isinstance(state, PackedPass):
+        return packed_attention(state, layer, query, key, value, scaling, sliding_window, softcap), None
     padding = attention_mask
     empty = key.new_zeros(key.shape[1], 0, key.shape[3])
     prefix_k = prefix_v = empty
@@ -107,6 +143,25 @@ def eptk_attention(module, query, key, value, attention_mask, scaling=None, drop
     else:
         out = result
     return out.transpose(1, 2).contiguous(), None
+
+
+def packed_attention(state: PackedPass, layer, query, key, value, scale, window, softcap) -> torch.Tensor:
+    """The attention of one packed row q [1,Hq,S+K,D], k/v [1,Hkv,S+K,D] -> [1,S+K,Hq,D]: the slot pass's
+    call on the first S positions, the token pass's on the B padded rows, their prefix the slots' keys/values
+    as views of k/v (so their gradient reaches the slots' positions in the same backward)."""
+    S = state.slots
+    slot_k, slot_v = key[:, :, :S], value[:, :, :S]
+    empty = key.new_zeros(key.shape[1], 0, key.shape[3])
+    slot_out = prefix_attention(query[:, :, :S], slot_k, slot_v, empty, empty, scale=scale, backend=state.backend,
+                                window=window, softcap=softcap)
+    prefix_k, prefix_v = (slot_k[0], slot_v[0]) if layer >= state.first_layer else (empty, empty)
+
+    def rows(x):  # the token positions of the row, [H,K,D], as the padded rows [B,H,T,D]
+        return state.unpacked(x[0, :, S:].transpose(0, 1)).transpose(1, 2)
+    padding = None if state.padding is None else state.padding.to(query.device)
+    token_out = prefix_attention(rows(query), rows(key), rows(value), prefix_k, prefix_v, key_padding_mask=padding,
+                                 scale=scale, backend=state.backend, window=window, softcap=softcap)
+    return torch.cat([slot_out[0].transpose(0, 1), state.packed(token_out.transpose(1, 2))]).unsqueeze(0)
 
 
 def check_supported(module, attention_mask, dropout, kwargs) -> None:

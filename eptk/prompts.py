@@ -13,7 +13,7 @@ import contextlib
 import torch
 from torch import nn
 
-from .attention import TokenPass, active, use_eptk_attention
+from .attention import PackedPass, TokenPass, active, use_eptk_attention
 from .checkpointing import check_checkpointable, recompute_layers
 from .errors import EptkUsageError
 from .families import family_of
@@ -43,6 +43,7 @@ class PromptedModel(nn.Module):
         self.method = method
         self.backend = backend
         self.grad_checkpointing = bool(grad_checkpointing)
+        self.pack_passes = True  # run a slot pass packed with the tokens when it can (hidden)
         self.family = family_of(model)
         self.dims = self.family.dims(model)
         self._check_attention_layers()
@@ -129,10 +130,17 @@ class PromptedModel(nn.Module):
         return pos[:, -length:] if length is not None else pos
 
     def hidden(self, input_ids, attention_mask=None, prefix=None, past_key_values=None, use_cache=False,
-               record_mass=False):
-        """Last hidden states [B,T,d] of the real tokens (and the token-pass state)."""
+               record_mass=False, needed=None):
+        """Last hidden states [B,T,d] of the real tokens (and the pass state): the slot pass and the token pass,
+        or both packed in one forward when the slot pass is the method's and nothing asks for the passes apart
+        (a given prefix, a cache, the prefix mass). `needed` [B,T] bool: the padding positions whose states the
+        caller reads (None: all); the packed forward leaves the others out."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if prefix is None and past_key_values is None and not use_cache and not record_mass and self.pack_passes:
+            slots = self.method.slot_pass_inputs(self)
+            if slots is not None:
+                return self.packed_hidden(input_ids, attention_mask, *slots, needed=needed)
         if prefix is None:
             prefix = self.prefix()
         T = input_ids.shape[1]
@@ -144,6 +152,32 @@ class PromptedModel(nn.Module):
                        use_cache=use_cache, **cache_kwargs(base, past_key_values))
         return out, state
 
+    def packed_hidden(self, input_ids, attention_mask, slots: torch.Tensor, first_layer: int = 0, needed=None):
+        """The two passes as one forward over one row: the slot pass's inputs [S,d], then the token rows'
+        embeddings, each position at its two-pass position (slots 0..S-1, tokens from S on). Every layer's
+        matrix products run once on one row instead of once per pass; the attention splits the row again
+        (attention.PackedPass), so this computes the two passes' function. The row holds the real tokens and
+        the positions in `needed` [B,T] bool (None: every position): a padding position's state reaches no
+        real token (its key is masked), so one no caller reads is not computed; its hidden state is zeros."""
+        B, T = input_ids.shape
+        S = slots.shape[0]
+        padding = None if bool(attention_mask.all()) else attention_mask.bool()
+        keep = None if padding is None or needed is None else (padding | needed.to(padding.device)).flatten()
+        kept = None if keep is None or bool(keep.all()) else keep.nonzero().squeeze(1)
+        state = PackedPass(slots=S, batch=B, length=T, padding=padding, kept=kept, first_layer=first_layer,
+                           backend=self.backend, owner=self)
+        tokens = state.packed(self.model.get_input_embeddings()(input_ids))  # what the model does with input_ids
+        embeds = torch.cat([slots, tokens]).unsqueeze(0)
+        positions = state.packed(self.positions(attention_mask, length=T).to(tokens.device))
+        positions = torch.cat([torch.arange(S, device=tokens.device), positions]).unsqueeze(0)
+        base = self.family.base_model(self.model)
+        with active(state), self._recompute():
+            # (a padding mask of ones: with none, transformers reads the restarting positions as packed sequences)
+            out = base(inputs_embeds=embeds, attention_mask=torch.ones_like(positions), position_ids=positions,
+                       use_cache=False)
+        out.last_hidden_state = state.unpacked(out.last_hidden_state[0, S:])
+        return out, state
+
     def lm_head(self, hidden):
         return self.family.logits(self.model, hidden)
 
@@ -151,7 +185,8 @@ class PromptedModel(nn.Module):
                 use_cache=False):
         """Logits [B,T,V] of the real tokens; with labels, the mean answer loss (LM head at label
         positions only) and `loss_sum` / `tokens` for callers that normalize over a larger batch."""
-        out, _ = self.hidden(input_ids, attention_mask, prefix, past_key_values, use_cache)
+        needed = None if labels is None else answer_positions(labels)
+        out, _ = self.hidden(input_ids, attention_mask, prefix, past_key_values, use_cache, needed=needed)
         hidden = out.last_hidden_state
         if labels is None:
             return PromptOutput(logits=self.lm_head(hidden).float(), past_key_values=returned_cache(out))
@@ -218,6 +253,13 @@ class PromptOutput(dict):
             return self[name]
         except KeyError:
             raise AttributeError(name) from None
+
+
+def answer_positions(labels: torch.Tensor) -> torch.Tensor:
+    """[B,T] bool: the positions whose hidden states the answer loss reads (each predicts the next label)."""
+    where = torch.zeros_like(labels, dtype=torch.bool)
+    where[:, :-1] = labels[:, 1:] != -100
+    return where
 
 
 def answer_loss_sum(lm_head, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:

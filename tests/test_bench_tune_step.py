@@ -1,5 +1,6 @@
 """benchmarks/bench_tune_step.py on a shared CPU: the providers of a setting take their timed steps in turn,
 so load that changes during a run falls on every row alike and the ratios between rows hold."""
+import json
 import sys
 from pathlib import Path
 
@@ -20,3 +21,29 @@ def test_providers_take_their_steps_in_turn(monkeypatch):
     assert [r["provider"] for r in rows] == list(setting.providers)
     soft = rows[-1]
     assert soft["vs_floor"] > 0 and soft["speedup_vs_peft"] > 0 and soft["peft"] == "peft-prompt"
+
+
+def test_the_floor_guard_fails_past_the_margin_only():
+    recorded = {"s": {"eptk-soft": 1.10, "eptk-deep": 1.05}}
+    rows = [{"provider": "eptk-soft", "setting": "s", "cpu_vs_floor": 1.10 * 1.19, "vs_floor": 9.0},  # within 20 %
+            {"provider": "eptk-deep", "setting": "s", "cpu_vs_floor": 1.05 * 1.21, "vs_floor": 1.0},  # past it
+            {"provider": "eptk-prefix", "setting": "s", "cpu_vs_floor": 9.0},                         # not guarded
+            {"provider": "eptk-soft", "setting": "other", "cpu_vs_floor": 9.0}]                      # none recorded
+    problems = bench.over_the_record(rows, recorded)
+    assert len(problems) == 1 and problems[0].startswith("eptk-deep at s: 1.270x the floor's CPU time, recorded 1.050x")
+
+
+def test_a_make_bench_result_becomes_the_recorded_ratios(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "RECORDED", tmp_path / "floor_ratios.json")
+    monkeypatch.setattr(bench, "device_name", lambda: "cpu (x86_64)")
+    rows = [{"provider": "floor", "setting": "s"},
+            {"provider": "eptk-soft", "setting": "s", "vs_floor": 1.5, "cpu_vs_floor": 1.23456}]
+    result = tmp_path / "cpu-x86-64-2026-12-02.json"
+    result.write_text(json.dumps({"datetime": "2026-12-02T10:00:00", "benchmarks": [
+        {"name": "test_tune_step[s-floor]", "extra_info": {"ms": 1.0}},
+        {"name": "test_methods_against_the_floor[s]", "extra_info": {"setting": "s", "device": "cpu (x86_64)", "rows": rows}}]}))
+    bench.record(result)
+    saved = json.loads((tmp_path / "floor_ratios.json").read_text())
+    assert saved["devices"] == {"cpu-x86-64": {"s": {"eptk-soft": 1.2346}}}
+    assert saved["sources"]["cpu-x86-64"] == "make bench, 2026-12-02: benchmarks/results/cpu-x86-64-2026-12-02.json"
+    assert bench.recorded_ratios() == {"s": {"eptk-soft": 1.2346}}

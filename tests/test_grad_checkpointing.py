@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from eptk.attention import SlotPass, TokenPass, active, current_pass
+from eptk.attention import PackedPass, SlotPass, TokenPass, active, current_pass
 from eptk.checkpointing import check_checkpointable, checkpoint_in_pass
 from eptk.errors import EptkUsageError
-from test_two_pass import batch, make_prompted
+from test_two_pass import PACKED, batch, make_prompted
 
 TOL = 1e-6
 CASES = [("soft", "all"), ("deep", "1,2"), ("prefix", "all")]
@@ -38,12 +38,14 @@ def prompt_gradients(prompted, left):
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gpt2"])
 @pytest.mark.parametrize("method,layers", CASES)
-def test_gradients_equal_without_checkpointing(tiny_models, family, method, layers):
-    """Every method, GQA (llama 4/2 heads, mistral 4/1), left and right padding, deep's hooks mid-model."""
+@PACKED
+def test_gradients_equal_without_checkpointing(tiny_models, family, method, layers, packed):
+    """Every method, GQA (llama 4/2 heads, mistral 4/1), left and right padding, deep's hooks mid-model, the
+    passes packed in one forward or apart."""
     for left in (False, True):
         results = []
         for grad_checkpointing in (False, True):
-            prompted = make_prompted(tiny_models[family], method, layers)
+            prompted = make_prompted(tiny_models[family], method, layers, packed=packed)
             prompted.grad_checkpointing = grad_checkpointing
             try:
                 results.append(prompt_gradients(prompted, left))
@@ -68,11 +70,12 @@ def test_layers_return_to_eval_mode(tiny_models):
         prompted.remove_hooks()
 
 
-@pytest.mark.parametrize("state", [SlotPass(owner="me"), TokenPass(prefix={0: "kv"}, record_mass=True)],
-                         ids=["slot", "token"])
+@pytest.mark.parametrize("state", [SlotPass(owner="me"), TokenPass(prefix={0: "kv"}, record_mass=True),
+                                   PackedPass(slots=2, batch=1, length=3, owner="me")],
+                         ids=["slot", "token", "packed"])
 def test_recompute_runs_in_the_pass_it_was_recorded_in(state):
     """The backward runs outside the pass's context; the recomputation must see the same pass, without
-    recording its slot keys/values or prefix mass a second time."""
+    recording its slot keys/values or prefix mass a second time (the packed pass records nothing)."""
     seen = []
 
     def layer(x):
@@ -86,10 +89,10 @@ def test_recompute_runs_in_the_pass_it_was_recorded_in(state):
     y.sum().backward()
     assert len(seen) == 2 and seen[0] is state
     replay = seen[1]
-    assert type(replay) is type(state) and replay is not state
+    assert type(replay) is type(state) and (replay is state) == isinstance(state, PackedPass)
     if isinstance(state, SlotPass):
         assert replay.owner == "me" and replay.kv is not state.kv
-    else:
+    elif isinstance(state, TokenPass):
         assert replay.prefix is state.prefix and not replay.record_mass
     assert torch.allclose(x.grad, 2 * (2 * x.detach()).cos())
 

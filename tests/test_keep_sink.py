@@ -12,23 +12,26 @@ from eptk.families import decoder_layers, model_dims
 from eptk.methods import build_method, get_method, method_from_config
 from eptk.prompts import PromptedModel
 from reference_forward import full_forward
-from test_two_pass import TOL, WINDOWED, batch, rel_err
+from test_two_pass import PACKED, TOL, WINDOWED, batch, rel_err
 
 
-def sink_prompted(loaded, method="deep", layers="all", keep_sink=True, tokens=5, seed=0):
+def sink_prompted(loaded, method="deep", layers="all", keep_sink=True, tokens=5, seed=0, packed=True):
     dims = model_dims(loaded.model)
     chosen = get_method(method).resolve_layers(layers, dims["num_layers"])
     prompt = build_method(method, tokens, dims, chosen, keep_sink=keep_sink)
     gen = torch.Generator().manual_seed(seed)
     init = {k: torch.randn(s.shape, generator=gen) * 0.5 for k, s in prompt.tensor_specs().items()}
-    return PromptedModel(loaded.model, loaded.tokenizer, prompt, init, backend="torch")
+    prompted = PromptedModel(loaded.model, loaded.tokenizer, prompt, init, backend="torch")
+    prompted.pack_passes = packed
+    return prompted
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gpt2"])
 @pytest.mark.parametrize("method,layers", [("soft", "all"), ("deep", "all"), ("deep", "last:1")])
 @pytest.mark.parametrize("left", [False, True])
-def test_two_pass_equals_full_forward_with_the_sink_slot(tiny_models, family, method, layers, left):
-    prompted = sink_prompted(tiny_models[family], method, layers)
+@PACKED
+def test_two_pass_equals_full_forward_with_the_sink_slot(tiny_models, family, method, layers, left, packed):
+    prompted = sink_prompted(tiny_models[family], method, layers, packed=packed)
     try:
         assert prompted.slots == prompted.tokens + 1 and prompted.sink_token_id == 1  # tiny: <bos>
         assert all(tuple(p.shape) == (5, model_dims(prompted.model)["hidden_size"]) for p in prompted.params.values())
@@ -45,8 +48,9 @@ def test_two_pass_equals_full_forward_with_the_sink_slot(tiny_models, family, me
         prompted.remove_hooks()
 
 
-def test_gradients_match_the_full_forward_and_reach_only_the_prompt(tiny_models):
-    prompted = sink_prompted(tiny_models["llama"], "deep", "1,3")
+@PACKED
+def test_gradients_match_the_full_forward_and_reach_only_the_prompt(tiny_models, packed):
+    prompted = sink_prompted(tiny_models["llama"], "deep", "1,3", packed=packed)
     try:
         ids, mask = batch()
         labels = ids.masked_fill(mask == 0, -100)

@@ -1,7 +1,8 @@
 """The two-pass forward equals the full [slots ; tokens] forward (fp32, max relative error <= 1e-4), on a
 tiny model of every family with its attention features on: sliding windows smaller than [slots ; tokens]
 (Mistral, Qwen2 and Qwen3 upper layers, Phi-3, Gemma's local layers), Gemma-2's soft-caps, Gemma's √d embedding
-scale, Gemma-3's q/k norms and local RoPE base, Phi-3's fused qkv."""
+scale, Gemma-3's q/k norms and local RoPE base, Phi-3's fused qkv. Both ways of running the passes: one after
+the other, and packed in one forward (slots and real tokens in one row, PromptedModel.packed_hidden)."""
 import warnings
 
 import pytest
@@ -17,13 +18,18 @@ TOL = 1e-4
 WINDOWED = ("qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3")
 
 
-def make_prompted(loaded, method, layer_spec="all", tokens=5, soft=True, seed=0):
+PACKED = pytest.mark.parametrize("packed", [True, False], ids=["packed", "two-pass"])
+
+
+def make_prompted(loaded, method, layer_spec="all", tokens=5, soft=True, seed=0, packed=True, backend="torch"):
     dims = model_dims(loaded.model)
     layers = get_method(method).resolve_layers(layer_spec, dims["num_layers"])
     prompt = build_method(method, tokens, dims, layers, soft)
     gen = torch.Generator().manual_seed(seed)
     init = {k: torch.randn(s.shape, generator=gen) * 0.5 for k, s in prompt.tensor_specs().items()}
-    return PromptedModel(loaded.model, loaded.tokenizer, prompt, init, backend="torch")
+    prompted = PromptedModel(loaded.model, loaded.tokenizer, prompt, init, backend=backend)
+    prompted.pack_passes = packed
+    return prompted
 
 
 def batch(seed=0, left=False):
@@ -65,9 +71,10 @@ def case_id(case):
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 @pytest.mark.parametrize("left", [False, True])
-def test_two_pass_equals_full_forward(tiny_models, family, case, left):
+@PACKED
+def test_two_pass_equals_full_forward(tiny_models, family, case, left, packed):
     method, layers, soft = case
-    prompted = make_prompted(tiny_models[family], method, layers, soft=soft)
+    prompted = make_prompted(tiny_models[family], method, layers, soft=soft, packed=packed)
     try:
         ids, mask = batch(left=left)
         with torch.no_grad():
@@ -82,11 +89,12 @@ def test_two_pass_equals_full_forward(tiny_models, family, case, left):
 @pytest.mark.parametrize("case", [("soft", "all", True), ("deep", "1,2", True), ("deep", "1,2", False),
                                   ("prefix", "all", True)], ids=case_id)
 @pytest.mark.parametrize("left", [False, True])
-def test_gradients_match_full_forward(tiny_models, family, case, left):
+@PACKED
+def test_gradients_match_full_forward(tiny_models, family, case, left, packed):
     """The prompt gradients of the two-pass loss equal those of the full forward: every method, both
     padding sides, every family."""
     method, layers, soft = case
-    prompted = make_prompted(tiny_models[family], method, layers, soft=soft)
+    prompted = make_prompted(tiny_models[family], method, layers, soft=soft, packed=packed)
     try:
         ids, mask = batch(left=left)
         # Labels on real tokens after the first: a padding position's own prediction is no one's output.

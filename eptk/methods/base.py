@@ -86,6 +86,11 @@ class PromptMethod:
         """layer -> (prefix_k, prefix_v) [Hkv,P,D]: what the real tokens attend to at each layer."""
         raise NotImplementedError
 
+    def slot_pass_inputs(self, prompted) -> tuple[torch.Tensor, int] | None:
+        """(inputs_embeds [S,d], first layer) of the slot pass that builds `prefix`, or None for a method whose
+        prefix is no slot pass (PromptedModel may then run the slots packed with the tokens in one forward)."""
+        return None
+
     # ---- PEFT -------------------------------------------------------------------------------------
     def export_problem(self) -> str | None:
         """Why this prompt cannot be written as a PEFT adapter, or None."""

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from ..attention import SlotPass, current_pass
+from ..attention import PackedPass, SlotPass, current_pass
 from ..errors import EptkUsageError
 from ..spaces import TensorSpec, parse_layers
 from .base import register_method
 from .peft_prefix import prefix_adapter
-from .soft import SoftPrompt, slot_pass
+from .soft import SoftPrompt, slot_inputs
 
 
 @register_method
@@ -55,9 +55,12 @@ class DeepPrompt(SoftPrompt):
     def _hook(self, prompted, layer: int):
         def hook(module, args, kwargs):
             state = current_pass()
-            if not isinstance(state, SlotPass) or state.owner is not prompted:
+            if not isinstance(state, (SlotPass, PackedPass)) or state.owner is not prompted:
                 return None
-            hidden = self.slot_states(prompted, layer, args[0] if args else kwargs["hidden_states"])
+            given = args[0] if args else kwargs["hidden_states"]
+            hidden = self.slot_states(prompted, layer, given[:, :self.slots])
+            if given.shape[1] > self.slots:  # the packed pass: the token rows follow the slots in row 0
+                hidden = torch.cat([hidden, given[:, self.slots:]], dim=1)
             if args:
                 return (hidden,) + tuple(args[1:]), kwargs
             return args, dict(kwargs, hidden_states=hidden)
@@ -70,11 +73,11 @@ class DeepPrompt(SoftPrompt):
         vectors = prompted.param(f"deep.{layer}").to(hidden.device, prompted.dtype).unsqueeze(0)
         return torch.cat([hidden[:, :1], vectors], dim=1) if self.keep_sink else vectors
 
-    def prefix(self, prompted):
+    def slot_pass_inputs(self, prompted):
         if self.soft:
-            return slot_pass(prompted, prompted.param("soft"))
+            return super().slot_pass_inputs(prompted)
         zeros = torch.zeros(self.tokens, self.dims["hidden_size"], device=prompted.device)
-        return slot_pass(prompted, zeros, first_layer=self.layers[0])
+        return slot_inputs(prompted, zeros), self.layers[0]
 
     def export_problem(self):
         if self.soft:

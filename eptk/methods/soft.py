@@ -15,10 +15,9 @@ from ..spaces import TensorSpec
 from .base import PromptMethod, register_method
 
 
-def slot_pass(prompted, slots: torch.Tensor, first_layer: int = 0) -> dict:
-    """Run the slots (inputs_embeds [P,d]) through the frozen model; layer -> (k, v) [Hkv,S,D] of every layer
-    from `first_layer` on (the methods' hooks may replace slot states on the way). With --keep-sink the model's
-    own first token goes first (S = P + 1), as an input embedding: never trained.
+def slot_inputs(prompted, slots: torch.Tensor) -> torch.Tensor:
+    """The slot pass's inputs_embeds [S,d]: the slots (P rows) in the model's dtype on its input device, behind
+    the model's own first token with --keep-sink (S = P + 1), as an input embedding: never trained.
 
     The soft prompt's space is the space of `inputs_embeds`, the embedding module's output: the model
     applies to it whatever it applies to token embeddings after the lookup (GPT-2's positions), and an
@@ -27,6 +26,12 @@ def slot_pass(prompted, slots: torch.Tensor, first_layer: int = 0) -> dict:
     if prompted.method.keep_sink:
         sink = torch.tensor([prompted.sink_token_id], device=prompted.device)
         inputs = torch.cat([prompted.model.get_input_embeddings()(sink).to(prompted.dtype), inputs])
+    return inputs
+
+
+def slot_pass(prompted, inputs: torch.Tensor, first_layer: int = 0) -> dict:
+    """Run the slots (`slot_inputs`, [S,d]) through the frozen model; layer -> (k, v) [Hkv,S,D] of every layer
+    from `first_layer` on (the methods' hooks may replace slot states on the way)."""
     state = SlotPass(first_layer=first_layer, backend=prompted.backend, owner=prompted)
     with active(state):
         prompted.family.base_model(prompted.model)(
@@ -55,8 +60,11 @@ class SoftPrompt(PromptMethod):
     def tensor_specs(self):
         return {"soft": TensorSpec("soft", (self.tokens, self.dims["hidden_size"]), 0, "embedding")}
 
+    def slot_pass_inputs(self, prompted):
+        return slot_inputs(prompted, prompted.param("soft")), 0
+
     def prefix(self, prompted):
-        return slot_pass(prompted, prompted.param("soft"))
+        return slot_pass(prompted, *self.slot_pass_inputs(prompted))
 
     def to_peft(self, source):
         tensors = source.posterior()
