@@ -73,6 +73,9 @@ def files(tmp_path_factory):
             "disk": dict(whole, **{"model.layers": "disk"}), "notamap": ["cpu"]}
     for name, content in maps.items():
         (root / f"{name}.json").write_text(json.dumps(content))
+    # text encodings: a task file saved as Latin-1 (its second line)
+    (root / "latin1.jsonl").write_bytes('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "café=", "answer": "x"}\n'
+                                        .encode("latin-1"))
     return root
 
 
@@ -114,12 +117,24 @@ NAMED = {"train size zero": "--train-size", "train size negative": "--train-size
          "eval size negative": "--eval-size"}
 
 
+# case -> what its one-line error must say: the reason it was refused (issue 23's cases), so a refusal for another
+# reason further on does not count
+SAYS = {
+    # text encodings
+    "jsonl not UTF-8": "latin1.jsonl:2: not UTF-8",
+    "eval jsonl not UTF-8": "latin1.jsonl:2: not UTF-8",
+    "capture jsonl not UTF-8": "latin1.jsonl:2: not UTF-8",
+}
+
+
 def refuses_the_option(case: str, line: str) -> None:
     """A NAMED case is refused for its option's value: eptk's range message or the CLI parser's, not a
-    later error that merely mentions the option."""
+    later error that merely mentions the option; a SAYS case for the reason it names."""
     if case in NAMED:
         option = NAMED[case]
         assert f"{option} must be" in line or f"Invalid value for '{option}'" in line, (case, line)
+    if case in SAYS:
+        assert SAYS[case] in line, (case, line)
 
 
 def numbers(options: dict, command: str = "") -> dict:
@@ -215,6 +230,8 @@ TUNE_CASES = {
     "config missing": ["--config", "{root}/nothere.json"],
     "config missing parent": ["--config", "{root}/no/such/config.json"],
     "config not json": ["--config", "{root}/a_file"],
+    # text encodings
+    "jsonl not UTF-8": ["--task", "jsonl:{root}/latin1.jsonl"],
     **numbers(TUNE_NUMBERS),
 }
 
@@ -296,6 +313,9 @@ OTHER_CASES = {
     "eval absent GPU": ["eval", "{root}/run", "--device", "cuda:99"],
     "generate device map misses modules": ["generate", "{root}/run", "hi", "--device-map", "{root}/partial.json"],
     "capture disk without offload dir": ["capture", "--model", "tiny", "--device-map", "{root}/disk.json"],
+    # text encodings
+    "eval jsonl not UTF-8": ["eval", "{root}/run", "--task", "jsonl:{root}/latin1.jsonl"],
+    "capture jsonl not UTF-8": ["capture", "--model", "tiny", "--task", "jsonl:{root}/latin1.jsonl"],
 }
 # (a command with what it needs, {option: (zero is valid, integer)})
 OTHER_NUMBERS = [
