@@ -76,6 +76,7 @@ def files(tmp_path_factory):
     # text encodings: a task file saved as Latin-1 (its second line)
     (root / "latin1.jsonl").write_bytes('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "café=", "answer": "x"}\n'
                                         .encode("latin-1"))
+    (root / "negativegpu.json").write_text(json.dumps(dict(whole, lm_head=-1)))
     return root
 
 
@@ -120,6 +121,14 @@ NAMED = {"train size zero": "--train-size", "train size negative": "--train-size
 # case -> what its one-line error must say: the reason it was refused (issue 23's cases), so a refusal for another
 # reason further on does not count
 SAYS = {
+    # device maps and offload folders
+    "device map negative GPU": "device -1 of 'lm_head'",
+    "offload dir is a file": "exists and is not a folder",
+    "offload dir below a file": "is a file, not a folder",
+    "offload dir of someone else": "not offloaded weights (x.txt)",
+    "eval offload dir is a file": "exists and is not a folder",
+    "generate offload dir of someone else": "not offloaded weights (x.txt)",
+    "capture offload dir below a file": "is a file, not a folder",
     # text encodings
     "jsonl not UTF-8": "latin1.jsonl:2: not UTF-8",
     "eval jsonl not UTF-8": "latin1.jsonl:2: not UTF-8",
@@ -230,6 +239,11 @@ TUNE_CASES = {
     "config missing": ["--config", "{root}/nothere.json"],
     "config missing parent": ["--config", "{root}/no/such/config.json"],
     "config not json": ["--config", "{root}/a_file"],
+    # device maps and offload folders
+    "device map negative GPU": ["--device-map", "{root}/negativegpu.json"],
+    "offload dir is a file": ["--device-map", "{root}/disk.json", "--offload-dir", "{root}/a_file"],
+    "offload dir below a file": ["--device-map", "{root}/disk.json", "--offload-dir", "{root}/a_file/offload"],
+    "offload dir of someone else": ["--device-map", "{root}/disk.json", "--offload-dir", "{root}/notarun"],
     # text encodings
     "jsonl not UTF-8": ["--task", "jsonl:{root}/latin1.jsonl"],
     **numbers(TUNE_NUMBERS),
@@ -313,6 +327,13 @@ OTHER_CASES = {
     "eval absent GPU": ["eval", "{root}/run", "--device", "cuda:99"],
     "generate device map misses modules": ["generate", "{root}/run", "hi", "--device-map", "{root}/partial.json"],
     "capture disk without offload dir": ["capture", "--model", "tiny", "--device-map", "{root}/disk.json"],
+    # offload folders of the other commands
+    "eval offload dir is a file": ["eval", "{root}/run", "--device-map", "{root}/disk.json", "--offload-dir",
+                                   "{root}/a_file"],
+    "generate offload dir of someone else": ["generate", "{root}/run", "hi", "--device-map", "{root}/disk.json",
+                                             "--offload-dir", "{root}/notarun"],
+    "capture offload dir below a file": ["capture", "--model", "tiny", "--device-map", "{root}/disk.json",
+                                         "--offload-dir", "{root}/a_file/offload"],
     # text encodings
     "eval jsonl not UTF-8": ["eval", "{root}/run", "--task", "jsonl:{root}/latin1.jsonl"],
     "capture jsonl not UTF-8": ["capture", "--model", "tiny", "--task", "jsonl:{root}/latin1.jsonl"],
@@ -378,6 +399,8 @@ WRITE_CASES = {
     "export --out": ["export", "{root}/run", "--out", "{ro}/adapter"],
     "import-peft --out": ["import-peft", "{root}/adapter", "--out", "{ro}/imported"],
     "sweep --out": ["sweep", "{root}/grid.toml", "--out", "{ro}/sweep"],
+    "tune --offload-dir": ["tune", "--model", "tiny", "--device-map", "{root}/disk.json", "--offload-dir",
+                           "{ro}/offload", "--out", "{root}/new"],
 }
 
 
