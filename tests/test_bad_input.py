@@ -76,6 +76,16 @@ def files(tmp_path_factory):
     # text encodings: a task file saved as Latin-1 (its second line)
     (root / "latin1.jsonl").write_bytes('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "café=", "answer": "x"}\n'
                                         .encode("latin-1"))
+    # config files that the options they stand for would refuse
+    config = json.loads((run / "config.json").read_text())
+    bad_configs = {"fraction": {"tokens": 2.5}, "stringbool": {"soft": "yes"}, "boolint": {"steps": True},
+                   "typo": {"tokns": 4}, "nullseed": {"seed": None}, "badext": {"extensions": [{"at_step": 1}]}}
+    for name, change in bad_configs.items():
+        write_json_atomic(root / f"config-{name}.json", dict(config, **change))
+    (root / "config-list.json").write_text("[1, 2]\n")
+    for name, text in {"listrun": "[1, 2]\n", "fractionrun": json.dumps(dict(config, tokens=2.5))}.items():
+        (root / name).mkdir()
+        (root / name / "config.json").write_text(text)
     (root / "negativegpu.json").write_text(json.dumps(dict(whole, lm_head=-1)))
     return root
 
@@ -121,6 +131,16 @@ NAMED = {"train size zero": "--train-size", "train size negative": "--train-size
 # case -> what its one-line error must say: the reason it was refused (issue 23's cases), so a refusal for another
 # reason further on does not count
 SAYS = {
+    # config files
+    "config fractional tokens": "tokens must be an integer (got 2.5)",
+    "config string for a bool": 'soft must be true or false (got "yes")',
+    "config bool for an int": "steps must be an integer (got true)",
+    "config null for an int": "seed must be an integer (got null)",
+    "config typo": "unknown setting 'tokns' (did you mean 'tokens'?); valid: model, task",
+    "config bad extensions": "extensions: each entry is",
+    "config not an object": "holds an array, not a JSON object",
+    "resume config not an object": "holds an array, not a JSON object",
+    "resume fractional tokens": "tokens must be an integer (got 2.5)",
     # device maps and offload folders
     "device map negative GPU": "device -1 of 'lm_head'",
     "offload dir is a file": "exists and is not a folder",
@@ -239,6 +259,16 @@ TUNE_CASES = {
     "config missing": ["--config", "{root}/nothere.json"],
     "config missing parent": ["--config", "{root}/no/such/config.json"],
     "config not json": ["--config", "{root}/a_file"],
+    # --config and --resume checked like the options they stand for (issue 23)
+    "config fractional tokens": ["--config", "{root}/config-fraction.json"],
+    "config string for a bool": ["--config", "{root}/config-stringbool.json"],
+    "config bool for an int": ["--config", "{root}/config-boolint.json"],
+    "config null for an int": ["--config", "{root}/config-nullseed.json"],
+    "config typo": ["--config", "{root}/config-typo.json"],
+    "config bad extensions": ["--config", "{root}/config-badext.json"],
+    "config not an object": ["--config", "{root}/config-list.json"],
+    "resume config not an object": ["--resume", "{root}/listrun"],
+    "resume fractional tokens": ["--resume", "{root}/fractionrun", "--steps", "4"],
     # device maps and offload folders
     "device map negative GPU": ["--device-map", "{root}/negativegpu.json"],
     "offload dir is a file": ["--device-map", "{root}/disk.json", "--offload-dir", "{root}/a_file"],
