@@ -174,13 +174,16 @@ def sweep(file: Path, *, jobs: int | None = None, shard: str | None = None, out:
 
     from .config import check_setting
     from .io import check_output_dir
-    from .sweep import load_sweep, parse_shard, plan, run_sweep, select_shard, summary_name
+    from .sweep import check_runs, check_sweep_out, load_sweep, parse_shard, plan, run_sweep, select_shard, \
+        summary_name
 
     parsed_shard = parse_shard(shard)
     if jobs is not None:
         check_setting("jobs", jobs)
     spec = load_sweep(file)
     target = check_output_dir(out if out is not None else spec.default_out(), "--out")
+    check_sweep_out(target, spec)
+    check_runs(spec.runs, str(file))  # every run of the grid, before the first starts (--dry-run too)
     if dry_run:
         rows = plan(select_shard(spec.runs, parsed_shard), target)
         for row in rows:

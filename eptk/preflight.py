@@ -35,9 +35,23 @@ class TunePlan:
 def check_tune(cfg: TuneConfig, *, resume: bool = False, overwrite: bool = False,
                default_device: str | None = None) -> TunePlan:
     """Resolve and check everything `eptk tune` needs short of the model itself; writes nothing."""
-    cfg.validate()
     if resume and overwrite:
         raise EptkUsageError("--resume continues a run and --overwrite replaces one; give one of them")
+    device, task, train, val, test = check_inputs(cfg, default_device)
+    out = Path(cfg.out or default_run_name(cfg))
+    check_out_dir(out, overwrite=overwrite, resume=resume)
+    plan = TunePlan(out, device, task, train, val, test)
+    if resume:
+        _check_resume(RunDir(out), cfg, plan)
+    return plan
+
+
+def check_inputs(cfg: TuneConfig, default_device: str | None = None):
+    """Every setting and what it names, short of the run directory: the settings' ranges and choices, the layer
+    spec, the model name, the device placement, the task and the splits it must fill, the prior and what it
+    names. Returns (device, task, train, validation, test examples). `eptk sweep` checks each of its runs here
+    before the first starts."""
+    cfg.validate()
     if get_method(cfg.method).takes_layers:
         check_layer_spec(cfg.layers)
     check_model_name(cfg.model, cfg.allow_pickle_weights)
@@ -49,12 +63,7 @@ def check_tune(cfg: TuneConfig, *, resume: bool = False, overwrite: bool = False
     val = split_examples(task, cfg, "validation", cfg.eval_size, "--eval-size 0 skips validation")
     test = split_examples(task, cfg, "test", cfg.test_size, "--test-size 0 skips the test evaluation")
     check_prior(cfg.prior, PriorContext(task=cfg.task, model=cfg.model, seed=cfg.seed))
-    out = Path(cfg.out or default_run_name(cfg))
-    check_out_dir(out, overwrite=overwrite, resume=resume)
-    plan = TunePlan(out, device, task, train, val, test)
-    if resume:
-        _check_resume(RunDir(out), cfg, plan)
-    return plan
+    return device, task, train, val, test
 
 
 def split_examples(task, cfg: TuneConfig, split: str, size: int, skip_hint: str) -> list[Example]:

@@ -86,6 +86,14 @@ def files(tmp_path_factory):
     for name, text in {"listrun": "[1, 2]\n", "fractionrun": json.dumps(dict(config, tokens=2.5))}.items():
         (root / name).mkdir()
         (root / name / "config.json").write_text(text)
+    # sweeps whose grid names what `eptk tune` refuses
+    grids = {"badmodel": 'seeds = [0]\n[fixed]\nmodel = "nope"\nsteps = 2\n',
+             "badtask": 'seeds = [0]\ntasks = ["arith", "poetry"]\n[fixed]\nmodel = "tiny"\nsteps = 2\n',
+             "badposterior": 'seeds = [0]\npriors = ["normal", "posterior:nowhere/run"]\n[fixed]\nmodel = "tiny"\n',
+             "badsplit": f'seeds = [0]\ntasks = ["jsonl:{root}/trainonly.jsonl"]\n[fixed]\nmodel = "tiny"\n',
+             "fixedfraction": 'seeds = [0]\n[fixed]\nmodel = "tiny"\ntokens = 2.5\n'}
+    for name, text in grids.items():
+        (root / f"grid-{name}.toml").write_text(text)
     (root / "negativegpu.json").write_text(json.dumps(dict(whole, lm_head=-1)))
     return root
 
@@ -141,6 +149,16 @@ SAYS = {
     "config not an object": "holds an array, not a JSON object",
     "resume config not an object": "holds an array, not a JSON object",
     "resume fractional tokens": "tokens must be an integer (got 2.5)",
+    # sweeps
+    "sweep unknown model": "run arith-deep-last3-normal-t20-s0: unknown model 'nope'",
+    "sweep dry run unknown model": "unknown model 'nope'",
+    "sweep unknown task": "run poetry-deep-last3-normal-t20-s0: unknown task",
+    "sweep dry run unknown task": "unknown task 'poetry'",
+    "sweep posterior of a missing run": "nowhere/run",
+    "sweep split its task cannot fill": "has no validation examples",
+    "sweep fixed fractional tokens": "tokens must be an integer (got 2.5)",
+    "sweep out is a run": "holds files that are not a sweep",
+    "sweep dry run out is a run": "holds files that are not a sweep",
     # device maps and offload folders
     "device map negative GPU": "device -1 of 'lm_head'",
     "offload dir is a file": "exists and is not a folder",
@@ -357,6 +375,16 @@ OTHER_CASES = {
     "eval absent GPU": ["eval", "{root}/run", "--device", "cuda:99"],
     "generate device map misses modules": ["generate", "{root}/run", "hi", "--device-map", "{root}/partial.json"],
     "capture disk without offload dir": ["capture", "--model", "tiny", "--device-map", "{root}/disk.json"],
+    # sweeps checked before they start: every run of the grid, and --out
+    "sweep unknown model": ["sweep", "{root}/grid-badmodel.toml", "--out", "{root}/sweep"],
+    "sweep dry run unknown model": ["sweep", "{root}/grid-badmodel.toml", "--out", "{root}/sweep", "--dry-run"],
+    "sweep unknown task": ["sweep", "{root}/grid-badtask.toml", "--out", "{root}/sweep"],
+    "sweep dry run unknown task": ["sweep", "{root}/grid-badtask.toml", "--out", "{root}/sweep", "--dry-run"],
+    "sweep posterior of a missing run": ["sweep", "{root}/grid-badposterior.toml", "--out", "{root}/sweep"],
+    "sweep split its task cannot fill": ["sweep", "{root}/grid-badsplit.toml", "--out", "{root}/sweep"],
+    "sweep fixed fractional tokens": ["sweep", "{root}/grid-fixedfraction.toml", "--out", "{root}/sweep"],
+    "sweep out is a run": ["sweep", "{root}/grid.toml", "--out", "{root}/run"],
+    "sweep dry run out is a run": ["sweep", "{root}/grid.toml", "--out", "{root}/run", "--dry-run"],
     # offload folders of the other commands
     "eval offload dir is a file": ["eval", "{root}/run", "--device-map", "{root}/disk.json", "--offload-dir",
                                    "{root}/a_file"],
@@ -398,6 +426,7 @@ FOREIGN_OUT = {
     "export": ["export", "{root}/run", "--out", "{root}/notarun"],
     "import-peft": ["import-peft", "{root}/adapter", "--out", "{root}/notarun"],
     "reproduce": ["reproduce", "--model", "tiny", "--quick", "--out", "{root}/notarun", "--stages", "report"],
+    "sweep": ["sweep", "{root}/grid.toml", "--out", "{root}/notarun"],
 }
 
 

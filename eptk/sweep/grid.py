@@ -151,6 +151,19 @@ def expand(grid: dict, fixed: dict, where: str = "grid") -> list[SweepRun]:
     return runs
 
 
+def check_runs(runs: list[SweepRun], where: str) -> None:
+    """Every run checked as `eptk tune` checks it before a model loads (eptk.preflight.check_inputs: its model
+    name, device placement, task and splits, prior and what it names), so a sweep with a bad run starts none and
+    --dry-run says why."""
+    from ..preflight import check_inputs
+
+    for run in runs:
+        try:
+            check_inputs(run.config())
+        except EptkUsageError as exc:
+            raise EptkUsageError(f"{where}: run {run.name}: {exc}") from None
+
+
 def takes_layers(method: str) -> bool:
     """Whether runs of this method differ by --layers (an unknown method is reported by validation)."""
     from ..methods import METHODS
