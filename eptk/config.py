@@ -32,7 +32,10 @@ LIMITS = {
     "stats_samples": (16, 10**7, False),
     "early_stop": (0, 10**6, False), "early_stop_delta": (0.0, 1.0, False),
 }
-COMMAND_LIMITS = {"jobs": (1, 1024, False)}  # options of other commands (sweep, reproduce) that share a bound
+# options of other commands that share a bound: sweep and reproduce's --jobs; the tokens generate and analyze's
+# trajectories generate (the model's context window bounds them further, once it has loaded: eptk.context)
+COMMAND_LIMITS = {"jobs": (1, 1024, False), "max_new_tokens": (1, 4096, False), "trajectories": (0, 10**5, False),
+                  "trajectory_tokens": (2, 4096, False)}
 
 
 def check_setting(name: str, value) -> None:

@@ -73,6 +73,11 @@ def files(tmp_path_factory):
             "disk": dict(whole, **{"model.layers": "disk"}), "notamap": ["cpu"]}
     for name, content in maps.items():
         (root / f"{name}.json").write_text(json.dumps(content))
+    # the model's context window (tiny: 512 positions): one training example past it, first in the file
+    long_rows = [{"prompt": "7" * 600 + "+1=", "answer": "8", "split": "train"}]
+    long_rows += [{"prompt": f"{i}+1=", "answer": str(i + 1), "split": s} for i in range(20)
+                  for s in ("train", "validation", "test")]
+    (root / "long.jsonl").write_text("".join(json.dumps(r) + "\n" for r in long_rows))
     # text encodings: a task file saved as Latin-1 (its second line)
     (root / "latin1.jsonl").write_bytes('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "café=", "answer": "x"}\n'
                                         .encode("latin-1"))
@@ -101,7 +106,11 @@ def files(tmp_path_factory):
 # a device map's module names are checked against the model's modules: the model loads first (and still
 # nothing is written)
 NEEDS_MODEL = {"layer out of range", "posterior of another width", "capture layer out of range",
-               "device map misses modules", "device map names no module", "generate device map misses modules"}
+               "device map misses modules", "device map names no module", "generate device map misses modules",
+               # the context window: the model's positions and its tokenizer's lengths
+               "tokens past the context", "gpt2 tokens past the context", "keep sink past the context",
+               "jsonl example past the context", "generate new tokens past the context", "generate text past the context",
+               "eval example past the context", "capture example past the context", "trajectory past the context"}
 
 
 @pytest.fixture(autouse=True)
@@ -139,6 +148,16 @@ NAMED = {"train size zero": "--train-size", "train size negative": "--train-size
 # case -> what its one-line error must say: the reason it was refused (issue 23's cases), so a refusal for another
 # reason further on does not count
 SAYS = {
+    # the context window (tiny: 512 positions; arith's longest of 16 training examples: 10 tokens)
+    "tokens past the context": "valid: --tokens up to 502",
+    "gpt2 tokens past the context": "valid: --tokens up to 502",
+    "keep sink past the context": "valid: --tokens up to 501",
+    "jsonl example past the context": "train split: example 0 ('7777",
+    "eval example past the context": "is 610 tokens (prompt + the generated tokens fed back)",
+    "capture example past the context": "is 605 tokens",
+    "generate new tokens past the context": "valid: --max-new-tokens up to 488",
+    "generate text past the context": "a text of at most 461 tokens",
+    "trajectory past the context": "valid: --trajectory-tokens up to",
     # config files
     "config fractional tokens": "tokens must be an integer (got 2.5)",
     "config string for a bool": 'soft must be true or false (got "yes")',
@@ -287,6 +306,11 @@ TUNE_CASES = {
     "config not an object": ["--config", "{root}/config-list.json"],
     "resume config not an object": ["--resume", "{root}/listrun"],
     "resume fractional tokens": ["--resume", "{root}/fractionrun", "--steps", "4"],
+    # the model's context window: tiny takes 512 positions
+    "tokens past the context": ["--method", "soft", "--tokens", "600"],
+    "gpt2 tokens past the context": ["--model", "tiny:gpt2", "--method", "soft", "--tokens", "600"],
+    "keep sink past the context": ["--method", "soft", "--keep-sink", "--tokens", "510"],
+    "jsonl example past the context": ["--method", "soft", "--task", "jsonl:{root}/long.jsonl"],
     # device maps and offload folders
     "device map negative GPU": ["--device-map", "{root}/negativegpu.json"],
     "offload dir is a file": ["--device-map", "{root}/disk.json", "--offload-dir", "{root}/a_file"],
@@ -375,6 +399,14 @@ OTHER_CASES = {
     "eval absent GPU": ["eval", "{root}/run", "--device", "cuda:99"],
     "generate device map misses modules": ["generate", "{root}/run", "hi", "--device-map", "{root}/partial.json"],
     "capture disk without offload dir": ["capture", "--model", "tiny", "--device-map", "{root}/disk.json"],
+    # the model's context window
+    "generate new tokens past the context": ["generate", "{root}/run", "12+3=", "--max-new-tokens", "500"],
+    "generate text past the context": ["generate", "{root}/run", "7" * 600],
+    "eval example past the context": ["eval", "{root}/run", "--task", "jsonl:{root}/long.jsonl", "--split", "train"],
+    "capture example past the context": ["capture", "--model", "tiny", "--task", "jsonl:{root}/long.jsonl",
+                                         "--out", "{root}/newstats"],
+    "trajectory past the context": ["analyze", "{root}/run", "--out", "{root}/analysis", "--no-vocab",
+                                    "--trajectories", "1", "--trajectory-tokens", "500"],
     # sweeps checked before they start: every run of the grid, and --out
     "sweep unknown model": ["sweep", "{root}/grid-badmodel.toml", "--out", "{root}/sweep"],
     "sweep dry run unknown model": ["sweep", "{root}/grid-badmodel.toml", "--out", "{root}/sweep", "--dry-run"],
@@ -405,7 +437,8 @@ OTHER_NUMBERS = [
      {"--samples": (False, True), "--examples": (False, True), "--batch-size": (False, True), "--seed": (True, True)}),
     (["analyze", "{root}/run", "--out", "{root}/analysis", "--no-vocab"],
      {"--top-k": (False, True), "--knn-k": (False, True), "--permutations": (False, True),
-      "--max-data": (False, True), "--seed": (True, True)}),
+      "--max-data": (False, True), "--seed": (True, True), "--trajectories": (True, True),
+      "--trajectory-tokens": (False, True)}),
     (["sweep", "{root}/grid.toml", "--out", "{root}/sweep"], {"--jobs": (False, True)}),
     (["reproduce", "--model", "tiny", "--quick", "--out", "{root}/study"], {"--jobs": (False, True)}),
 ]
