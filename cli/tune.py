@@ -17,11 +17,13 @@ D = TuneConfig()  # defaults live in one place
 @app.command()
 def tune(
     ctx: typer.Context,
-    model: str = typer.Option(D.model, help="smollm2 (default), tiny, tiny:<family>, a local dir, a .gguf, a hub id"),
+    model: str = typer.Option(D.model, help="smollm2 (default), gemma3-270m, tiny, tiny:<family>, a local dir, a .gguf, a hub id"),
     task: str = typer.Option(D.task, help=task_choices()),
     method: str = typer.Option(D.method, help="soft, deep or prefix (eptk/methods/)"),
     prior: str = typer.Option(D.prior, help="prior spec family[:args]; see `eptk priors`"),
     prior_weight: float = typer.Option(D.prior_weight, help="MAP term weight: loss += -λ·log p(θ)/n"),
+    prior_jitter: float = typer.Option(D.prior_jitter, help="multiply the prior sample by 1 + R·N(0,1) (R relative, "
+                                       "e.g. 1e-7): how much a run depends on its exact start"),
     tokens: int = typer.Option(D.tokens, help="prompt length P (slots)"),
     layers: str = typer.Option(D.layers, help="deep layers: all, last:N (paper: last:3) or 4,8,12"),
     soft: bool = typer.Option(D.soft, "--soft/--no-soft", help="deep: also tune the layer-0 (soft) vectors"),
@@ -71,7 +73,8 @@ def tune(
     """Prompt-tune a frozen causal LM from a chosen prior and write a run directory."""
     from eptk import commands
 
-    settings = dict(model=model, task=task, method=method, prior=prior, prior_weight=prior_weight, tokens=tokens,
+    settings = dict(model=model, task=task, method=method, prior=prior, prior_weight=prior_weight,
+                    prior_jitter=prior_jitter, tokens=tokens,
                     layers=layers, soft=soft, keep_sink=keep_sink, steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
                     weight_decay=weight_decay, schedule=schedule, warmup=warmup, clip=clip, eval_every=eval_every,
                     eval_size=eval_size, test_size=test_size, train_size=train_size,

