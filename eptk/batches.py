@@ -20,6 +20,14 @@ def encode_batch(tokenizer, examples: list[Example], with_answer: bool = True, e
     return _pad(rows, labels, tokenizer.pad_token_id, left=False)
 
 
+def encoded_lengths(tokenizer, examples: list[Example]) -> tuple[list[int], list[int]]:
+    """The tokens `encode_batch` gives each example: (its prompt's, its answer's + EOS), in one tokenizer call each."""
+    prompts = tokenizer([ex.prompt for ex in examples])["input_ids"]
+    answers = tokenizer([ex.answer for ex in examples], add_special_tokens=False)["input_ids"]
+    eos = int(tokenizer.eos_token_id is not None)
+    return [len(p) for p in prompts], [len(a) + eos for a in answers]
+
+
 def encode_content_batch(tokenizer, examples: list[Example]) -> dict:
     """`encode_batch` (prompt + answer + EOS) with a `content_mask` [B, T]: the tokens of the examples' content
     spans (at least half of a token's characters inside one) and the answer's tokens; template words, special

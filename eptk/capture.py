@@ -32,6 +32,7 @@ from .families import decoder_layers, model_dims
 from .models import LoadedModel, input_device
 from .progress import progress_bar
 from .batches import encode_batch, encode_content_batch
+from .context import check_examples, check_generation, excerpt
 from .stats import EXCLUDED, FORMAT, ActivationStats
 from .version import __version__
 from .tasks import load_task
@@ -296,6 +297,11 @@ def generated_states(prompted, prompts: list[str], layers: list[int], new_tokens
 
     layers = check_layers(prompted.model, layers)
     tokenizer = prompted.tokenizer
+    if prompts:  # the longest prompt and its continuation fit the context window, checked before generating
+        lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
+        longest = max(range(len(prompts)), key=lengths.__getitem__)
+        check_generation(prompted.model, slots=prompted.slots, text_tokens=lengths[longest], new_tokens=new_tokens,
+                         option="--trajectory-tokens", where=f"test prompt {longest} ({excerpt(prompts[longest])})")
     prefix = prompted.prefix()
     out = []
     for start in range(0, len(prompts), batch_size):
@@ -321,13 +327,16 @@ def generated_states(prompted, prompts: list[str], layers: list[int], new_tokens
 
 # ---- a task's train split -------------------------------------------------------------------------
 
-def task_batches(tokenizer, task_spec: str, seed: int, n_examples: int, batch_size: int,
+def task_batches(loaded: LoadedModel, task_spec: str, seed: int, n_examples: int, batch_size: int,
                  content_only: bool = False) -> list[dict]:
     """prompt + answer (+ EOS) of the task's train examples, encoded like training encodes them (with
-    `content_only`, each batch carries the content mask of `encode_content_batch`)."""
+    `content_only`, each batch carries the content mask of `encode_content_batch`); each must fit the model's
+    context window."""
+    tokenizer = loaded.tokenizer
     examples = load_task(task_spec, seed).examples("train", n_examples)
     if not examples:
         raise EptkUsageError(f"task {task_spec!r} has no train examples to capture")
+    check_examples(loaded.model, tokenizer, examples, slots=0, where=f"task {task_spec}, train split")
     if content_only and not all(ex.content for ex in examples):
         raise EptkUsageError(f"task {task_spec!r} does not mark its content (only template-aware tasks do: "
                              f"arith, qa, qa:b, fill, fill:b)")
@@ -340,7 +349,7 @@ def capture_task(loaded: LoadedModel, model_name: str, task_spec: str, layers: l
                  backend: str = "auto", content_only: bool = False) -> ActivationStats:
     """Capture the task's train split (prompt + answer) at the given layers (its content tokens only, with
     `content_only`)."""
-    batches = task_batches(loaded.tokenizer, task_spec, seed, n_examples, batch_size, content_only)
+    batches = task_batches(loaded, task_spec, seed, n_examples, batch_size, content_only)
     stats = capture(loaded, batches, layers, samples=samples, seed=seed, progress=progress, backend=backend,
                     meta={"model": model_name, "task": task_spec, "split": "train", "content_only": content_only,
                           "examples": sum(b["input_ids"].shape[0] for b in batches)})

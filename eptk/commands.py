@@ -90,11 +90,12 @@ def generate(run: Path, text: str, max_new_tokens: int = 32, sample: bool = Fals
     import torch
 
     from .config import check_setting
+    from .context import check_generation
     from .errors import EptkUsageError, check_range
     from .loading import load_run, run_config
     from .models import check_placement
 
-    check_range("--max-new-tokens", max_new_tokens, 1, 4096)
+    check_setting("max_new_tokens", max_new_tokens)
     check_range("--temperature", temperature, 0.0, 100.0, above=True)
     check_setting("seed", seed)
     run_config(run)
@@ -102,9 +103,11 @@ def generate(run: Path, text: str, max_new_tokens: int = 32, sample: bool = Fals
     if not text:
         raise EptkUsageError("the text to continue is empty; give a prompt, e.g. eptk generate RUN \"47+35=\"")
     tuned = load_run(run, device=device, device_map=device_map or None, offload_dir=offload_dir or None)
-    enc = {k: v.to(tuned.device) for k, v in tuned.tokenizer(text, return_tensors="pt").items()}
+    enc = tuned.tokenizer(text, return_tensors="pt")
     if enc["input_ids"].shape[1] == 0:
         raise EptkUsageError(f"the text {text!r} has no tokens for this model's tokenizer")
+    check_generation(tuned.model, slots=tuned.slots, text_tokens=enc["input_ids"].shape[1], new_tokens=max_new_tokens)
+    enc = {k: v.to(tuned.device) for k, v in enc.items()}
     generator = torch.Generator(tuned.device).manual_seed(seed)  # sampling draws where the logits are
     out = tuned.generate(enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens, do_sample=sample,
                          temperature=temperature, generator=generator)
@@ -174,13 +177,16 @@ def sweep(file: Path, *, jobs: int | None = None, shard: str | None = None, out:
 
     from .config import check_setting
     from .io import check_output_dir
-    from .sweep import load_sweep, parse_shard, plan, run_sweep, select_shard, summary_name
+    from .sweep import check_runs, check_sweep_out, load_sweep, parse_shard, plan, run_sweep, select_shard, \
+        summary_name
 
     parsed_shard = parse_shard(shard)
     if jobs is not None:
         check_setting("jobs", jobs)
     spec = load_sweep(file)
     target = check_output_dir(out if out is not None else spec.default_out(), "--out")
+    check_sweep_out(target, spec)
+    check_runs(spec.runs, str(file))  # every run of the grid, before the first starts (--dry-run too)
     if dry_run:
         rows = plan(select_shard(spec.runs, parsed_shard), target)
         for row in rows:

@@ -32,7 +32,10 @@ LIMITS = {
     "stats_samples": (16, 10**7, False),
     "early_stop": (0, 10**6, False), "early_stop_delta": (0.0, 1.0, False),
 }
-COMMAND_LIMITS = {"jobs": (1, 1024, False)}  # options of other commands (sweep, reproduce) that share a bound
+# options of other commands that share a bound: sweep and reproduce's --jobs; the tokens generate and analyze's
+# trajectories generate (the model's context window bounds them further, once it has loaded: eptk.context)
+COMMAND_LIMITS = {"jobs": (1, 1024, False), "max_new_tokens": (1, 4096, False), "trajectories": (0, 10**5, False),
+                  "trajectory_tokens": (2, 4096, False)}
 
 
 def check_setting(name: str, value) -> None:
@@ -93,6 +96,9 @@ class TuneConfig:
         from .methods import METHODS
         from .priors import parse_spec
 
+        for name, kind in setting_types().items():  # what a Python caller passed (a file's values: check_settings)
+            check_value(option(name), getattr(self, name), kind)
+        check_extensions(self.extensions)
         METHODS[self.method].check_options(soft=self.soft, keep_sink=self.keep_sink)  # an unknown method: usage error
         for name in LIMITS:
             check_setting(name, getattr(self, name))
@@ -127,21 +133,26 @@ class TuneConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TuneConfig":
-        """The settings in a dict such as config.json (other keys ignored). config.json stores the resolved
-        layers under `layers` and the spec the user gave under `layers_spec`: the spec wins."""
+    def from_dict(cls, data: dict, where: str = "run config") -> "TuneConfig":
+        """The settings in a dict such as config.json, checked like the options they stand for (`check_settings`:
+        names, types); the keys eptk records beside the settings (RECORDED) are passed over. config.json stores
+        the resolved layers under `layers` and the spec the user gave under `layers_spec`: the spec wins."""
         if not isinstance(data, dict):
-            raise EptkUsageError(f"a run config is a JSON object of settings (got {type(data).__name__})")
-        data = dict(data, layers=data["layers_spec"]) if "layers_spec" in data else data
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+            raise EptkUsageError(f"{where}: a run config is a JSON object of settings (got {type(data).__name__})")
+        if "layers_spec" in data:
+            data = dict(data, layers=data["layers_spec"])
+        elif isinstance(data.get("layers"), list):  # only the resolved layers: the same layers as an explicit spec
+            data = {k: v for k, v in data.items() if k != "layers"} | (
+                {"layers": ",".join(map(str, data["layers"]))} if data["layers"] else {})
+        return cls(**check_settings(data, where, recorded=RECORDED))
 
     @classmethod
     def from_run(cls, path) -> "TuneConfig":
         """The settings of the run in `path`, to continue it (`--resume`)."""
-        from .runs import RunDir
+        from .runs import CONFIG, RunDir
 
-        cfg = cls.from_dict(local_paths(RunDir(path).resume_config(), Path(path).resolve().parent))
+        data = RunDir(path).resume_config()
+        cfg = cls.from_dict(local_paths(data, Path(path).resolve().parent), f"--resume {Path(path) / CONFIG}")
         cfg.out = str(path)
         return cfg
 
@@ -149,14 +160,84 @@ class TuneConfig:
     def from_file(cls, path, out=None) -> "TuneConfig":
         """The settings of a config.json, to rerun them (`--config`), into `out` when given. Its relative paths
         are relative to the folder that holds its run (config.json's grandparent), wherever that is now."""
-        from .io import read_json
+        from .io import read_json_object
 
-        data = read_json(path, "config")
-        if isinstance(data, dict):
-            data = local_paths(data, Path(path).resolve().parent.parent)
-        cfg = cls.from_dict(data)
+        data = local_paths(read_json_object(path, "--config"), Path(path).resolve().parent.parent)
+        cfg = cls.from_dict(data, f"--config {path}")
         cfg.out = str(out) if out is not None else cfg.out
         return cfg
+
+
+# ---- the one schema of the settings: the command line, --config, --resume and a sweep's [fixed] --------------
+
+# What eptk records in config.json beside the settings: what tuning resolved (layers, model dimensions, the model's
+# source and identity, parameters, learning-rate scales, statistics, the sink token, a prior's acceptance rate),
+# versions and the run's name, and what `import-peft` notes. `--config` and `--resume` pass over them; any other
+# key that is not a setting is refused (a typo would otherwise be silently ignored).
+RECORDED = ("layers_resolved", "layers_spec", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+            "model_source", "model_id", "versions", "name", "parameters", "lr_scales", "stats", "sink_token_id",
+            "prior_acceptance_rate", "imported_from", "peft_type", "peft_version")
+KINDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false", "list": "a list",
+         "dict": "an object"}
+
+
+def setting_types() -> dict[str, str]:
+    """Every setting with its type ("int", "float", "str", "bool", "list", "dict"): TuneConfig's fields. The CLI's
+    options carry the same types (a test compares them)."""
+    return {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in dataclasses.fields(TuneConfig)}
+
+
+def check_value(where: str, value, kind: str):
+    """`value` as a setting of type `kind`, or a usage error "`where` must be an integer (got 2.5)". A JSON or TOML
+    integer serves as a number and as a string (layers = 4); true and false serve only as a bool."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = {"int": number and isinstance(value, int), "float": number, "bool": isinstance(value, bool),
+          "str": isinstance(value, str) or (number and isinstance(value, int)),
+          "list": isinstance(value, list), "dict": isinstance(value, dict)}.get(kind, False)
+    if not ok:
+        raise EptkUsageError(f"{where} must be {KINDS.get(kind, kind)} (got {json_text(value)})")
+    return {"str": str, "float": float}.get(kind, lambda v: v)(value)
+
+
+def check_settings(data: dict, where: str, *, names=None, recorded=()) -> dict:
+    """The settings in `data` with their types checked and converted (`check_value`), for a config file, a run's
+    config.json or a sweep's [fixed]; a key that is neither one of `names` (default: every setting) nor in
+    `recorded` is refused naming the valid ones (and the nearest, for a typo). Keys in `recorded` are dropped.
+    A null is a value the file does not record (an imported adapter's task): kept, and refused by `validate`
+    unless an option gives the setting."""
+    import difflib
+
+    types = setting_types()
+    names = list(types) if names is None else list(names)
+    out = {}
+    for key, value in data.items():
+        if key in recorded and key not in names:
+            continue
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise EptkUsageError(f"{where}: unknown setting {key!r}{hint}; valid: {choices(names)}")
+        out[key] = value if value is None else check_value(f"{where}: {key}", value, types[key])
+    return out
+
+
+def check_extensions(extensions: list) -> None:
+    """`extensions` as `--resume --steps` records them: [{"at_step": S, "steps": N}, ...], steps within range."""
+    for part in extensions:
+        if not isinstance(part, dict) or set(part) != {"at_step", "steps"}:
+            raise EptkUsageError(f"extensions: each entry is {{\"at_step\": S, \"steps\": N}} (got {json_text(part)})")
+        for key in ("at_step", "steps"):
+            check_value(f"extensions: {key}", part[key], "int")
+            check_setting("steps", part[key])
+
+
+def json_text(value) -> str:
+    """A value as the file wrote it (true, null, "text", 2.5), for messages about a file's values."""
+    import json
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 # Settings that can hold a path, with the text before it ("" = the whole value). config.json records each path

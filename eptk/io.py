@@ -291,6 +291,16 @@ def read_json(path, what: str = "file"):
         raise EptkUsageError(f"{what} {path} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
 
 
+def read_json_object(path, what: str = "file") -> dict:
+    """`read_json` of a file that must hold a JSON object: valid JSON of another shape (a list, a number) is
+    refused in one line too."""
+    data = read_json(path, what)
+    if not isinstance(data, dict):
+        kind = {list: "an array", str: "a string", bool: "true or false", type(None): "null"}.get(type(data), "a number")
+        raise EptkUsageError(f"{what} {path} holds {kind}, not a JSON object {{\"name\": value, ...}}")
+    return data
+
+
 def save_tensors_atomic(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save
 

@@ -50,6 +50,7 @@ def evaluate_run(run: Path, task: str | None = None, split: str = "test", size: 
     from eptk.kernels import BACKENDS
 
     from .config import versions
+    from .context import check_examples
     from .errors import check_choice, check_range
     from .evaluate import evaluate as score_both, item_rows
     from .models import check_placement
@@ -66,6 +67,8 @@ def evaluate_run(run: Path, task: str | None = None, split: str = "test", size: 
     if not examples:
         raise EptkUsageError(f"task {the_task.name!r} has no {split} examples to score")
     tuned = load_run(run, backend=backend, device=device, device_map=device_map or None, offload_dir=offload_dir or None)
+    check_examples(tuned.model, tuned.tokenizer, examples, slots=tuned.slots, where=f"task {the_task.name}, {split} split",
+                   new_tokens=the_task.max_answer_tokens, generates=True)
     result = score_both(tuned, the_task, examples, split, prefix_mass=False)
     rows = item_rows(result)
     if save:

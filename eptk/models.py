@@ -204,7 +204,23 @@ def check_placement(device: str, device_map: str = "", offload_dir: str = "", de
     check_device_map(device_map, offload_dir)
     if device_map and device_map not in DEVICE_MAPS:
         read_device_map_file(device_map, offload_dir)
+    if offload_dir:
+        check_offload_dir(offload_dir)
     return resolved
+
+
+OFFLOAD_INDEX = "index.json"  # accelerate's offload folder: index.json and one <weight>.dat per offloaded tensor
+
+
+def check_offload_dir(folder: str) -> None:
+    """--offload-dir as a folder accelerate can fill: not a file nor below one, writable, and new, empty or an
+    earlier offload folder (its index.json and .dat files) rather than someone else's files."""
+    from .io import check_folder_is_ours, check_output_dir
+
+    check_output_dir(folder, "--offload-dir")
+    check_folder_is_ours(folder, "--offload-dir", "offloaded weights",
+                         lambda path: all(p.name == OFFLOAD_INDEX or p.suffix == ".dat" for p in path.iterdir()),
+                         hint="choose a new or empty folder")
 
 
 def read_device_map_file(path: str, offload_dir: str | None = None) -> dict:
@@ -249,7 +265,7 @@ def _map_device(where, path, name):
     index = where if isinstance(where, int) and not isinstance(where, bool) else None
     if isinstance(where, str) and (where == "cuda" or where.startswith("cuda:")):
         index = 0 if where == "cuda" else int(where[5:]) if where[5:].isdigit() else None
-    if index is None:
+    if index is None or index < 0:
         raise EptkUsageError(f"{path}: device {where!r} of {name!r} is not one of {choices(DEVICE_NAMES)}")
     if index >= torch.cuda.device_count():
         raise EptkUsageError(f"{path}: {name!r} is mapped to GPU {index}, but {torch.cuda.device_count()} are visible")

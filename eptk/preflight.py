@@ -1,8 +1,8 @@
 """What `eptk tune` checks before it loads a model, captures statistics or writes a file: every setting,
 the model name, the device, the task and its splits, the prior and what it names, and the run
 directory (`--out`, or the run `--resume` continues). Bad input fails here with one line and nothing
-on disk changed; what needs the model (layer ranges, widths) is checked right after it loads, still
-before anything is written."""
+on disk changed; what needs the model (layer ranges, widths, the context window: `check_context`) is
+checked right after it loads, still before anything is written."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .config import TuneConfig, default_run_name
+from .context import check_examples
 from .errors import EptkUsageError, NothingToDo
 from .methods import get_method
 from .models import check_model_name, check_placement
@@ -35,9 +36,23 @@ class TunePlan:
 def check_tune(cfg: TuneConfig, *, resume: bool = False, overwrite: bool = False,
                default_device: str | None = None) -> TunePlan:
     """Resolve and check everything `eptk tune` needs short of the model itself; writes nothing."""
-    cfg.validate()
     if resume and overwrite:
         raise EptkUsageError("--resume continues a run and --overwrite replaces one; give one of them")
+    device, task, train, val, test = check_inputs(cfg, default_device)
+    out = Path(cfg.out or default_run_name(cfg))
+    check_out_dir(out, overwrite=overwrite, resume=resume)
+    plan = TunePlan(out, device, task, train, val, test)
+    if resume:
+        _check_resume(RunDir(out), cfg, plan)
+    return plan
+
+
+def check_inputs(cfg: TuneConfig, default_device: str | None = None):
+    """Every setting and what it names, short of the run directory: the settings' ranges and choices, the layer
+    spec, the model name, the device placement, the task and the splits it must fill, the prior and what it
+    names. Returns (device, task, train, validation, test examples). `eptk sweep` checks each of its runs here
+    before the first starts."""
+    cfg.validate()
     if get_method(cfg.method).takes_layers:
         check_layer_spec(cfg.layers)
     check_model_name(cfg.model, cfg.allow_pickle_weights)
@@ -49,12 +64,16 @@ def check_tune(cfg: TuneConfig, *, resume: bool = False, overwrite: bool = False
     val = split_examples(task, cfg, "validation", cfg.eval_size, "--eval-size 0 skips validation")
     test = split_examples(task, cfg, "test", cfg.test_size, "--test-size 0 skips the test evaluation")
     check_prior(cfg.prior, PriorContext(task=cfg.task, model=cfg.model, seed=cfg.seed))
-    out = Path(cfg.out or default_run_name(cfg))
-    check_out_dir(out, overwrite=overwrite, resume=resume)
-    plan = TunePlan(out, device, task, train, val, test)
-    if resume:
-        _check_resume(RunDir(out), cfg, plan)
-    return plan
+    return device, task, train, val, test
+
+
+def check_context(plan: TunePlan, cfg: TuneConfig, model, tokenizer, method) -> None:
+    """Once the model has loaded, before anything is written: each split's examples after the prompt's slots fit
+    the model's context window (eptk.context); the test split also with the answer tokens scoring generates."""
+    for split, examples in (("train", plan.train), ("validation", plan.val), ("test", plan.test)):
+        check_examples(model, tokenizer, examples, slots=method.slots, where=f"task {cfg.task}, {split} split",
+                       new_tokens=plan.task.max_answer_tokens, generates=split == "test", tokens_option="--tokens",
+                       sink=method.slots - method.tokens)
 
 
 def split_examples(task, cfg: TuneConfig, split: str, size: int, skip_hint: str) -> list[Example]:

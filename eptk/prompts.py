@@ -122,11 +122,12 @@ class PromptedModel(nn.Module):
         """Positions of the real tokens after the slots; left padding shifts them like HF does."""
         pos = self.slots + attention_mask.long().cumsum(-1) - 1
         pos = pos.clamp_min(self.slots)
-        limit = self.family.exact_positions(self.model)
-        if limit is not None and attention_mask.shape[1] and int(pos[:, -1].max()) >= limit:
-            raise EptkUsageError(f"{self.slots} prompt slots + {attention_mask.shape[1]} tokens pass the "
-                                 f"{limit} positions this model's RoPE scaling is exact for in two passes (it "
-                                 f"switches frequencies with the sequence length); use shorter inputs")
+        # the commands check their inputs against the limit before they run (eptk.context); this guards the API.
+        # The widest row of a batch spans every column, so the shape gives the largest position without a sync.
+        limit = self.family.max_positions(self.model)
+        if limit is not None and self.slots + attention_mask.shape[1] > limit[0]:
+            raise EptkUsageError(f"{self.slots} prompt slots + {attention_mask.shape[1]} tokens pass {limit[1]}; "
+                                 f"use shorter inputs or fewer slots")
         return pos[:, -length:] if length is not None else pos
 
     def hidden(self, input_ids, attention_mask=None, prefix=None, past_key_values=None, use_cache=False,

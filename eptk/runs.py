@@ -16,7 +16,8 @@ import torch
 
 from .errors import EptkUsageError
 from .io import append_jsonl, check_folder_is_ours, check_output_dir, crash_point, is_temporary, load_tensors, \
-    read_json, read_jsonl, remove_temp_files, replace_folder, save_tensors_atomic, sync_file, write_json_atomic, write_text_atomic
+    read_json, read_json_object, read_jsonl, remove_temp_files, replace_folder, save_tensors_atomic, sync_file, \
+    write_json_atomic, write_text_atomic
 
 CONFIG, PRIOR, POSTERIOR, METRICS, EVAL, CHECKPOINTS = ("config.json", "prior.safetensors", "posterior.safetensors",
                                                         "metrics.jsonl", "eval.json", "checkpoint")
@@ -107,7 +108,7 @@ class RunDir:
         write_json_atomic(self.path / CONFIG, config)
 
     def config(self) -> dict:
-        return read_json(self.path / CONFIG, "run config")
+        return read_json_object(self.path / CONFIG, "run config")
 
     def tensors_file(self, which: str) -> Path:
         """The file of the prior or posterior prompt tensors (`which` may also be that file's name)."""

@@ -72,7 +72,7 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
     Order: every check that needs no model (eptk.preflight), then the model and what needs it (layers,
     the prior, captured statistics), then the run directory: bad input never leaves anything on disk."""
     from .distributed import Distributed
-    from .preflight import check_tune
+    from .preflight import check_context, check_tune
 
     dist = dist or Distributed.from_env()
     try:
@@ -95,6 +95,7 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
     method_class = get_method(cfg.method)
     layers = method_class.resolve_layers(cfg.layers, dims["num_layers"])
     method = method_class(cfg.tokens, dims, layers, cfg.soft, cfg.keep_sink)
+    check_context(plan, cfg, loaded.model, loaded.tokenizer, method)  # before the prior may capture statistics
     specs = method.tensor_specs()
     resolved = dict(dataclasses.asdict(cfg), out=str(out), layers_resolved=layers, **dims,
                     model_source=loaded.source, model_id=loaded.identity, versions=versions(), name=out.name,

@@ -73,13 +73,44 @@ def files(tmp_path_factory):
             "disk": dict(whole, **{"model.layers": "disk"}), "notamap": ["cpu"]}
     for name, content in maps.items():
         (root / f"{name}.json").write_text(json.dumps(content))
+    # the model's context window (tiny: 512 positions): one training example past it, first in the file
+    long_rows = [{"prompt": "7" * 600 + "+1=", "answer": "8", "split": "train"}]
+    long_rows += [{"prompt": f"{i}+1=", "answer": str(i + 1), "split": s} for i in range(20)
+                  for s in ("train", "validation", "test")]
+    (root / "long.jsonl").write_text("".join(json.dumps(r) + "\n" for r in long_rows))
+    # text encodings: a task file saved as Latin-1 (its second line)
+    (root / "latin1.jsonl").write_bytes('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "café=", "answer": "x"}\n'
+                                        .encode("latin-1"))
+    # config files that the options they stand for would refuse
+    config = json.loads((run / "config.json").read_text())
+    bad_configs = {"fraction": {"tokens": 2.5}, "stringbool": {"soft": "yes"}, "boolint": {"steps": True},
+                   "typo": {"tokns": 4}, "nullseed": {"seed": None}, "badext": {"extensions": [{"at_step": 1}]}}
+    for name, change in bad_configs.items():
+        write_json_atomic(root / f"config-{name}.json", dict(config, **change))
+    (root / "config-list.json").write_text("[1, 2]\n")
+    for name, text in {"listrun": "[1, 2]\n", "fractionrun": json.dumps(dict(config, tokens=2.5))}.items():
+        (root / name).mkdir()
+        (root / name / "config.json").write_text(text)
+    # sweeps whose grid names what `eptk tune` refuses
+    grids = {"badmodel": 'seeds = [0]\n[fixed]\nmodel = "nope"\nsteps = 2\n',
+             "badtask": 'seeds = [0]\ntasks = ["arith", "poetry"]\n[fixed]\nmodel = "tiny"\nsteps = 2\n',
+             "badposterior": 'seeds = [0]\npriors = ["normal", "posterior:nowhere/run"]\n[fixed]\nmodel = "tiny"\n',
+             "badsplit": f'seeds = [0]\ntasks = ["jsonl:{root}/trainonly.jsonl"]\n[fixed]\nmodel = "tiny"\n',
+             "fixedfraction": 'seeds = [0]\n[fixed]\nmodel = "tiny"\ntokens = 2.5\n'}
+    for name, text in grids.items():
+        (root / f"grid-{name}.toml").write_text(text)
+    (root / "negativegpu.json").write_text(json.dumps(dict(whole, lm_head=-1)))
     return root
 
 
 # a device map's module names are checked against the model's modules: the model loads first (and still
 # nothing is written)
 NEEDS_MODEL = {"layer out of range", "posterior of another width", "capture layer out of range",
-               "device map misses modules", "device map names no module", "generate device map misses modules"}
+               "device map misses modules", "device map names no module", "generate device map misses modules",
+               # the context window: the model's positions and its tokenizer's lengths
+               "tokens past the context", "gpt2 tokens past the context", "keep sink past the context",
+               "jsonl example past the context", "generate new tokens past the context", "generate text past the context",
+               "eval example past the context", "capture example past the context", "trajectory past the context"}
 
 
 # Each model a case loaded before a check that needs none. Recorded, not only raised: a caller may catch the
@@ -125,12 +156,62 @@ NAMED = {"train size zero": "--train-size", "train size negative": "--train-size
          "eval size negative": "--eval-size"}
 
 
+# case -> what its one-line error must say: the reason it was refused (issue 23's cases), so a refusal for another
+# reason further on does not count
+SAYS = {
+    # the context window (tiny: 512 positions; arith's longest of 16 training examples: 10 tokens)
+    "tokens past the context": "valid: --tokens up to 502",
+    "gpt2 tokens past the context": "valid: --tokens up to 502",
+    "keep sink past the context": "valid: --tokens up to 501",
+    "jsonl example past the context": "train split: example 0 ('7777",
+    "eval example past the context": "is 610 tokens (prompt + the generated tokens fed back)",
+    "capture example past the context": "is 605 tokens",
+    "generate new tokens past the context": "valid: --max-new-tokens up to 488",
+    "generate text past the context": "a text of at most 461 tokens",
+    "trajectory past the context": "valid: --trajectory-tokens up to",
+    # config files
+    "config fractional tokens": "tokens must be an integer (got 2.5)",
+    "config string for a bool": 'soft must be true or false (got "yes")',
+    "config bool for an int": "steps must be an integer (got true)",
+    "config null for an int": "seed must be an integer (got null)",
+    "config typo": "unknown setting 'tokns' (did you mean 'tokens'?); valid: model, task",
+    "config bad extensions": "extensions: each entry is",
+    "config not an object": "holds an array, not a JSON object",
+    "resume config not an object": "holds an array, not a JSON object",
+    "resume fractional tokens": "tokens must be an integer (got 2.5)",
+    # sweeps
+    "sweep unknown model": "run arith-deep-last3-normal-t20-s0: unknown model 'nope'",
+    "sweep dry run unknown model": "unknown model 'nope'",
+    "sweep unknown task": "run poetry-deep-last3-normal-t20-s0: unknown task",
+    "sweep dry run unknown task": "unknown task 'poetry'",
+    "sweep posterior of a missing run": "nowhere/run",
+    "sweep split its task cannot fill": "has no validation examples",
+    "sweep fixed fractional tokens": "tokens must be an integer (got 2.5)",
+    "sweep out is a run": "holds files that are not a sweep",
+    "sweep dry run out is a run": "holds files that are not a sweep",
+    # device maps and offload folders
+    "device map negative GPU": "device -1 of 'lm_head'",
+    "offload dir is a file": "exists and is not a folder",
+    "offload dir below a file": "is a file, not a folder",
+    "offload dir of someone else": "not offloaded weights (x.txt)",
+    "eval offload dir is a file": "exists and is not a folder",
+    "generate offload dir of someone else": "not offloaded weights (x.txt)",
+    "capture offload dir below a file": "is a file, not a folder",
+    # text encodings
+    "jsonl not UTF-8": "latin1.jsonl:2: not UTF-8",
+    "eval jsonl not UTF-8": "latin1.jsonl:2: not UTF-8",
+    "capture jsonl not UTF-8": "latin1.jsonl:2: not UTF-8",
+}
+
+
 def refuses_the_option(case: str, line: str) -> None:
     """A NAMED case is refused for its option's value: eptk's range message or the CLI parser's, not a
-    later error that merely mentions the option."""
+    later error that merely mentions the option; a SAYS case for the reason it names."""
     if case in NAMED:
         option = NAMED[case]
         assert f"{option} must be" in line or f"Invalid value for '{option}'" in line, (case, line)
+    if case in SAYS:
+        assert SAYS[case] in line, (case, line)
 
 
 def numbers(options: dict, command: str = "") -> dict:
@@ -226,6 +307,28 @@ TUNE_CASES = {
     "config missing": ["--config", "{root}/nothere.json"],
     "config missing parent": ["--config", "{root}/no/such/config.json"],
     "config not json": ["--config", "{root}/a_file"],
+    # --config and --resume checked like the options they stand for (issue 23)
+    "config fractional tokens": ["--config", "{root}/config-fraction.json"],
+    "config string for a bool": ["--config", "{root}/config-stringbool.json"],
+    "config bool for an int": ["--config", "{root}/config-boolint.json"],
+    "config null for an int": ["--config", "{root}/config-nullseed.json"],
+    "config typo": ["--config", "{root}/config-typo.json"],
+    "config bad extensions": ["--config", "{root}/config-badext.json"],
+    "config not an object": ["--config", "{root}/config-list.json"],
+    "resume config not an object": ["--resume", "{root}/listrun"],
+    "resume fractional tokens": ["--resume", "{root}/fractionrun", "--steps", "4"],
+    # the model's context window: tiny takes 512 positions
+    "tokens past the context": ["--method", "soft", "--tokens", "600"],
+    "gpt2 tokens past the context": ["--model", "tiny:gpt2", "--method", "soft", "--tokens", "600"],
+    "keep sink past the context": ["--method", "soft", "--keep-sink", "--tokens", "510"],
+    "jsonl example past the context": ["--method", "soft", "--task", "jsonl:{root}/long.jsonl"],
+    # device maps and offload folders
+    "device map negative GPU": ["--device-map", "{root}/negativegpu.json"],
+    "offload dir is a file": ["--device-map", "{root}/disk.json", "--offload-dir", "{root}/a_file"],
+    "offload dir below a file": ["--device-map", "{root}/disk.json", "--offload-dir", "{root}/a_file/offload"],
+    "offload dir of someone else": ["--device-map", "{root}/disk.json", "--offload-dir", "{root}/notarun"],
+    # text encodings
+    "jsonl not UTF-8": ["--task", "jsonl:{root}/latin1.jsonl"],
     **numbers(TUNE_NUMBERS),
 }
 
@@ -307,6 +410,34 @@ OTHER_CASES = {
     "eval absent GPU": ["eval", "{root}/run", "--device", "cuda:99"],
     "generate device map misses modules": ["generate", "{root}/run", "hi", "--device-map", "{root}/partial.json"],
     "capture disk without offload dir": ["capture", "--model", "tiny", "--device-map", "{root}/disk.json"],
+    # the model's context window
+    "generate new tokens past the context": ["generate", "{root}/run", "12+3=", "--max-new-tokens", "500"],
+    "generate text past the context": ["generate", "{root}/run", "7" * 600],
+    "eval example past the context": ["eval", "{root}/run", "--task", "jsonl:{root}/long.jsonl", "--split", "train"],
+    "capture example past the context": ["capture", "--model", "tiny", "--task", "jsonl:{root}/long.jsonl",
+                                         "--out", "{root}/newstats"],
+    "trajectory past the context": ["analyze", "{root}/run", "--out", "{root}/analysis", "--no-vocab",
+                                    "--trajectories", "1", "--trajectory-tokens", "500"],
+    # sweeps checked before they start: every run of the grid, and --out
+    "sweep unknown model": ["sweep", "{root}/grid-badmodel.toml", "--out", "{root}/sweep"],
+    "sweep dry run unknown model": ["sweep", "{root}/grid-badmodel.toml", "--out", "{root}/sweep", "--dry-run"],
+    "sweep unknown task": ["sweep", "{root}/grid-badtask.toml", "--out", "{root}/sweep"],
+    "sweep dry run unknown task": ["sweep", "{root}/grid-badtask.toml", "--out", "{root}/sweep", "--dry-run"],
+    "sweep posterior of a missing run": ["sweep", "{root}/grid-badposterior.toml", "--out", "{root}/sweep"],
+    "sweep split its task cannot fill": ["sweep", "{root}/grid-badsplit.toml", "--out", "{root}/sweep"],
+    "sweep fixed fractional tokens": ["sweep", "{root}/grid-fixedfraction.toml", "--out", "{root}/sweep"],
+    "sweep out is a run": ["sweep", "{root}/grid.toml", "--out", "{root}/run"],
+    "sweep dry run out is a run": ["sweep", "{root}/grid.toml", "--out", "{root}/run", "--dry-run"],
+    # offload folders of the other commands
+    "eval offload dir is a file": ["eval", "{root}/run", "--device-map", "{root}/disk.json", "--offload-dir",
+                                   "{root}/a_file"],
+    "generate offload dir of someone else": ["generate", "{root}/run", "hi", "--device-map", "{root}/disk.json",
+                                             "--offload-dir", "{root}/notarun"],
+    "capture offload dir below a file": ["capture", "--model", "tiny", "--device-map", "{root}/disk.json",
+                                         "--offload-dir", "{root}/a_file/offload"],
+    # text encodings
+    "eval jsonl not UTF-8": ["eval", "{root}/run", "--task", "jsonl:{root}/latin1.jsonl"],
+    "capture jsonl not UTF-8": ["capture", "--model", "tiny", "--task", "jsonl:{root}/latin1.jsonl"],
 }
 # (a command with what it needs, {option: (zero is valid, integer)})
 OTHER_NUMBERS = [
@@ -317,7 +448,8 @@ OTHER_NUMBERS = [
      {"--samples": (False, True), "--examples": (False, True), "--batch-size": (False, True), "--seed": (True, True)}),
     (["analyze", "{root}/run", "--out", "{root}/analysis", "--no-vocab"],
      {"--top-k": (False, True), "--knn-k": (False, True), "--permutations": (False, True),
-      "--max-data": (False, True), "--seed": (True, True)}),
+      "--max-data": (False, True), "--seed": (True, True), "--trajectories": (True, True),
+      "--trajectory-tokens": (False, True)}),
     (["sweep", "{root}/grid.toml", "--out", "{root}/sweep"], {"--jobs": (False, True)}),
     (["reproduce", "--model", "tiny", "--quick", "--out", "{root}/study"], {"--jobs": (False, True)}),
 ]
@@ -338,6 +470,7 @@ FOREIGN_OUT = {
     "export": ["export", "{root}/run", "--out", "{root}/notarun"],
     "import-peft": ["import-peft", "{root}/adapter", "--out", "{root}/notarun"],
     "reproduce": ["reproduce", "--model", "tiny", "--quick", "--out", "{root}/notarun", "--stages", "report"],
+    "sweep": ["sweep", "{root}/grid.toml", "--out", "{root}/notarun"],
 }
 
 
@@ -369,6 +502,8 @@ WRITE_CASES = {
     "export --out": ["export", "{root}/run", "--out", "{ro}/adapter"],
     "import-peft --out": ["import-peft", "{root}/adapter", "--out", "{ro}/imported"],
     "sweep --out": ["sweep", "{root}/grid.toml", "--out", "{ro}/sweep"],
+    "tune --offload-dir": ["tune", "--model", "tiny", "--device-map", "{root}/disk.json", "--offload-dir",
+                           "{ro}/offload", "--out", "{root}/new"],
 }
 
 

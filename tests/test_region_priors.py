@@ -127,7 +127,7 @@ def every_token(loaded, task, layers, n_examples):
 
     model, tok = loaded.model, loaded.tokenizer
     out = {l: [] for l in layers}
-    for batch in task_batches(tok, task, 0, n_examples, 16):
+    for batch in task_batches(loaded, task, 0, n_examples, 16):
         ids, mask = batch["input_ids"], batch["attention_mask"].bool()
         first = mask.long().cumsum(1) == 1
         real = mask & ~first & (ids != tok.bos_token_id)

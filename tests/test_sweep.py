@@ -143,7 +143,7 @@ def test_shard_selection_and_names_are_stable(tmp_path):
     ('prior = ["normal"]\n', "unknown key 'prior'"),
     ("priors = []\n", "empty grid"),
     ('[fixed]\nsteps = 3\n', "empty grid"),
-    ('priors = ["normal"]\n[fixed]\nbogus = 1\n', "unknown [fixed] setting 'bogus'"),
+    ('priors = ["normal"]\n[fixed]\nbogus = 1\n', "[fixed]: unknown setting 'bogus'"),
     ('priors = ["normal"]\n[fixed]\nsteps = "many"\n', "must be an integer"),
     ('seeds = [0]\n[fixed]\nseed = 1\n', "set both"),
     ('priors = ["nope"]\n', "unknown prior"),

@@ -51,6 +51,21 @@ def test_jsonl_task(tmp_path):
     assert sum(sizes) == 50 and min(sizes) >= 1
 
 
+def test_jsonl_task_text_is_read_exactly(tmp_path):
+    """UTF-8 as written: a byte-order mark and CRLF line ends are allowed, non-ASCII text and a U+2028 inside a
+    string are kept (a line ends at a newline only); bytes that are not UTF-8 are refused naming the line
+    (replacement characters would silently change prompts and answers)."""
+    rows = [{"prompt": f"café {i}\u2028ß=", "answer": f"é{i}"} for i in range(30)]
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows).encode("utf-8"))
+    task = load_task(f"jsonl:{path}")
+    got = {(e.prompt, e.answer) for s in ("train", "validation", "test") for e in task.examples(s)}
+    assert got == {(r["prompt"], r["answer"]) for r in rows}
+    path.write_bytes(path.read_bytes().replace("é7".encode(), "é7".encode("latin-1")))
+    with pytest.raises(EptkUsageError, match=r"t.jsonl:8: not UTF-8 text \(byte 0xe9"):
+        load_task(f"jsonl:{path}")
+
+
 @pytest.mark.parametrize("content,message", [("{bad json", "bad JSON"), ('{"prompt": "x"}', "answer"),
                                              ("", "no rows"), ('["a", "b"]', "prompt")])
 def test_broken_jsonl(tmp_path, content, message):

@@ -37,7 +37,8 @@ class AnalysisOptions:
                                              ("--permutations", self.n_perm, 1, 10**6),
                                              ("--max-data", self.max_data, 2, 10**7)):
             check_range(name, value, lowest, highest)
-        check_setting("seed", self.seed)
+        for name in ("seed", "trajectories", "trajectory_tokens"):
+            check_setting(name, getattr(self, name))
 
 
 def _match_stats(run: RunData, stats: Sequence[TaskActivations]) -> TaskActivations | None:

@@ -47,6 +47,19 @@ class ModelFamily:
                               or model.config.max_position_embeddings)
         return min(limits) if limits else None
 
+    def max_positions(self, model) -> tuple[int, str] | None:
+        """The most positions one sequence ([slots ; tokens ; generated tokens]) may span, and why: the model's
+        maximum positions (max_position_embeddings; GPT-2's n_positions), or fewer where the two passes equal
+        one full forward only up to fewer (`exact_positions`); None when the config states neither."""
+        stated = getattr(model.config, "max_position_embeddings", None)
+        exact = self.exact_positions(model)
+        if isinstance(exact, int) and (not isinstance(stated, int) or exact < stated):
+            return exact, (f"the {exact} positions this model's RoPE scaling is exact for in two passes (it switches "
+                           f"frequencies with the sequence length)")
+        if isinstance(stated, int) and stated > 0:
+            return stated, f"the {stated} positions this model takes (max_position_embeddings)"
+        return None
+
     def base_model(self, model) -> torch.nn.Module:
         """The decoder stack without the LM head (what the slot and token passes call)."""
         return getattr(model, model.base_model_prefix)

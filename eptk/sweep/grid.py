@@ -9,14 +9,13 @@ grows): `<task>-<method>[-<layers>]-<prior>-t<tokens>-s<seed>`.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import EXECUTION_ONLY, TuneConfig
+from ..config import EXECUTION_ONLY, TuneConfig, check_settings, check_value, setting_types
 from ..errors import EptkUsageError, choices
 from ..runs import RunDir, is_run
 
@@ -62,26 +61,6 @@ class Sweep:
 
 # ---- the sweep file ---------------------------------------------------------------------------------
 
-def _field_types() -> dict[str, str]:
-    return {f.name: (f.type if isinstance(f.type, str) else f.type.__name__) for f in dataclasses.fields(TuneConfig)}
-
-
-def _check_type(where: str, value, kind: str):
-    """A TOML value for a TuneConfig field of type `kind` (int, float, str, bool), or a one-line error."""
-    ok = {"int": isinstance(value, int) and not isinstance(value, bool),
-          "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-          "str": isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)),
-          "bool": isinstance(value, bool)}.get(kind, False)
-    if not ok:
-        wanted = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}.get(kind, kind)
-        raise EptkUsageError(f"{where} must be {wanted} (got {value!r})")
-    if kind == "str":
-        return str(value)
-    if kind == "float":
-        return float(value)
-    return value
-
-
 def load_sweep(path) -> Sweep:
     """Read and check a sweep file, expand its grid. Every error is one line (EptkUsageError)."""
     import tomllib
@@ -97,7 +76,7 @@ def load_sweep(path) -> Sweep:
     if unknown:
         raise EptkUsageError(f"{path}: unknown key {unknown[0]!r}; valid: {choices(TOP_KEYS)} "
                              f"(fixed settings go under [fixed])")
-    types = _field_types()
+    types = setting_types()
     settable = [k for k in types if k not in NOT_FIXED]
 
     grid: dict[str, list] = {}
@@ -111,7 +90,7 @@ def load_sweep(path) -> Sweep:
         kind = types[GRID_KEYS[key]]
         checked = []
         for v in values:
-            v = _check_type(f"{path}: every value of {key!r}", v, kind)
+            v = check_value(f"{path}: every value of {key!r}", v, kind)
             if v not in checked:
                 checked.append(v)
         grid[key] = checked
@@ -119,12 +98,10 @@ def load_sweep(path) -> Sweep:
     fixed = data.get("fixed", {})
     if not isinstance(fixed, dict):
         raise EptkUsageError(f"{path}: 'fixed' must be a table ([fixed] with key = value lines)")
-    fixed_checked = {}
-    for key, value in fixed.items():
-        if key not in settable:
-            hint = f" (it is a grid key: set {_grid_key_of(key)!r} at the top level)" if _grid_key_of(key) else ""
-            raise EptkUsageError(f"{path}: unknown [fixed] setting {key!r}{hint}; valid: {choices(settable)}")
-        fixed_checked[key] = _check_type(f"{path}: [fixed] {key}", value, types[key])
+    for key in fixed:
+        if key not in settable and _grid_key_of(key):
+            raise EptkUsageError(f"{path}: [fixed] {key!r} is a grid key: set {_grid_key_of(key)!r} at the top level")
+    fixed_checked = check_settings(fixed, f"{path}: [fixed]", names=settable)
     for key, target in GRID_KEYS.items():
         if key in grid and target in fixed_checked:
             raise EptkUsageError(f"{path}: {target!r} is set both by the grid key {key!r} and by [fixed]; keep one")
@@ -172,6 +149,19 @@ def expand(grid: dict, fixed: dict, where: str = "grid") -> list[SweepRun]:
         except EptkUsageError as exc:
             raise EptkUsageError(f"{where}: run {run.name}: {exc}") from None
     return runs
+
+
+def check_runs(runs: list[SweepRun], where: str) -> None:
+    """Every run checked as `eptk tune` checks it before a model loads (eptk.preflight.check_inputs: its model
+    name, device placement, task and splits, prior and what it names), so a sweep with a bad run starts none and
+    --dry-run says why."""
+    from ..preflight import check_inputs
+
+    for run in runs:
+        try:
+            check_inputs(run.config())
+        except EptkUsageError as exc:
+            raise EptkUsageError(f"{where}: run {run.name}: {exc}") from None
 
 
 def takes_layers(method: str) -> bool:

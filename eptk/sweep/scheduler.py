@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import EptkUsageError
 from ..io import crash_point, write_json_atomic
-from ..runs import EVAL, RunDir
+from ..runs import EVAL, RunDir, is_run
 from .grid import Sweep, plan, select_shard
 
 SUMMARY = "sweep.json"
@@ -206,6 +206,17 @@ def run_sweep(sweep: Sweep, out=None, *, jobs: int | None = None, shard: tuple[i
         console.print(f"sweep interrupted; rerun the same command to continue (summary: {out / summary_name(shard, base)})")
         raise KeyboardInterrupt from None
     return summary
+
+
+def check_sweep_out(out: Path, sweep: Sweep) -> None:
+    """Refuse an --out that holds someone else's files (a run directory, say): a sweep folder holds sweep
+    summaries (sweep*.json), logs/, analysis/ and its runs' folders; a new or empty one is fine too."""
+    from ..io import check_folder_is_ours
+
+    own = {run.name for run in sweep.runs} | {"logs", "analysis"}
+    check_folder_is_ours(out, "--out", "a sweep", lambda folder: not is_run(folder) and any(
+        p.name in own or (p.name.startswith(SUMMARY.removesuffix(".json")) and p.suffix == ".json")
+        for p in folder.iterdir()), hint="choose a new or empty folder, or the folder of an earlier run of this sweep")
 
 
 def summary_name(shard, base: str = SUMMARY) -> str:

@@ -30,7 +30,7 @@ def load_jsonl(path: str, seed: int = 0) -> Records:
     if not p.is_file():
         raise EptkUsageError(f"jsonl task file not found: {path}")
     splits = {s: [] for s in SPLITS}
-    for number, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    for number, line in enumerate(text_lines(p), 1):
         if not line.strip():
             continue
         try:
@@ -50,6 +50,21 @@ def load_jsonl(path: str, seed: int = 0) -> Records:
     # An empty validation or test split stays empty (training rows scored as test rows would be a made-up
     # score): tune refuses it unless --eval-size / --test-size is 0.
     return Records(f"jsonl:{path}", splits)
+
+
+def text_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (a byte-order mark allowed). Bytes that are not UTF-8 are refused, naming
+    the line: replacement characters would silently change prompts and answers. Lines end at newlines only
+    (U+2028 inside a JSON string is text, not a line break)."""
+    lines = path.read_bytes().split(b"\n")
+    text = []
+    for number, raw in enumerate(lines, 1):
+        try:
+            text.append(raw.decode("utf-8-sig" if number == 1 else "utf-8").removesuffix("\r"))
+        except UnicodeDecodeError as exc:
+            raise EptkUsageError(f"{path}:{number}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at byte "
+                                 f"{exc.start + 1} of the line); a task file must be UTF-8: save it as UTF-8") from None
+    return text
 
 
 def load_hf(name: str, prompt_of, answer_of, metric="exact_match", config=None, sizes=(4000, 200, 200)) -> Records:
