@@ -247,11 +247,16 @@ PATH_SETTINGS = {"out": "", "model": "", "task": "jsonl:", "prior": "posterior:"
                  "offload_dir": ""}
 
 
+def is_tiny_name(name: str) -> bool:
+    """`tiny` or `tiny:<family>`: a random small model made in code (eptk.models), never a path or a hub id."""
+    return name == "tiny" or name.startswith("tiny:")
+
+
 def _names_a_model(value: str) -> bool:
     """A packaged or tiny model is loaded by name even when a folder of that name lies in the working directory
     (models.model_kind checks names first), so its name is never rewritten as a path."""
     from .packaged import PACKAGED
-    return value in PACKAGED or value == "tiny" or value.startswith("tiny:")
+    return value in PACKAGED or is_tiny_name(value)
 
 
 def _path_settings(settings: dict):

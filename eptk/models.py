@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .config import DEFAULT_MODEL, DEVICE_MAPS, check_device_map
+from .config import DEFAULT_MODEL, DEVICE_MAPS, check_device_map, is_tiny_name
 from .errors import EptkUsageError, choices
 from .families import family_of
 from .io import file_sha256, replace_folder
@@ -74,7 +74,7 @@ def check_model_name(name: str, allow_pickle_weights: bool = False) -> str:
     """What kind of model `name` is ("tiny", "packaged", "gguf", "dir", "hub"), checked without loading
     anything: a usage error for a name that cannot load (an unknown tiny family, a missing file, a folder
     with pickle weights only, a hub id while offline)."""
-    if name == "tiny" or name.startswith("tiny:"):
+    if is_tiny_name(name):
         family = tiny_family(name)
         if family not in TINY_FAMILIES:
             raise EptkUsageError(f"unknown tiny model family {family!r}; valid: {choices(TINY_FAMILIES)}")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .config import is_tiny_name
 from .errors import EptkUsageError, check_choice, choices
 from .io import check_folder_is_ours, check_output_dir, load_tensors, read_json, save_tensors_atomic, write_json_atomic
 from .methods import METHODS, method_from_config, peft_types
@@ -113,7 +114,7 @@ def _base_model_name(config: dict):
     name = str(config.get("model") or "")
     if name in PACKAGED:
         return str(PACKAGED[name].folder()) if PACKAGED[name].cached() else None
-    if name == "tiny" or name.startswith("tiny:") or name.endswith(".gguf") or not name:
+    if is_tiny_name(name) or name.endswith(".gguf") or not name:
         return None
     if Path(name).is_dir():
         return str(Path(name).resolve())
