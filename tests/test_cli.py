@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from eptk.io import in_cache
+from eptk.io import CRASH_AT, in_cache
 
 TINY = ["--model", "tiny", "--steps", "4", "--batch-size", "4", "--eval-size", "4", "--test-size", "4",
         "--quiet", "--train-size", "64"]
@@ -102,19 +102,17 @@ def _cli(*args, env=None):
 
 
 def test_kill_and_resume_gives_the_same_posterior(tmp_path):
-    """SIGKILL after a checkpoint, resume, and end bitwise where an uninterrupted run ends."""
+    """SIGKILL after a checkpoint, resume, and end bitwise where an uninterrupted run ends. The kill lands at a
+    named moment (EPTK_CRASH_AT, eptk.io.crash_point): the 6th metrics line is step 5, one past the step-4
+    checkpoint, so the resumed run must redo step 5 without logging it twice. A timed kill could land after
+    a fast run had already finished."""
     args = [*TINY, "--method", "deep", "--layers", "last:2", "--steps", "8", "--checkpoint-every", "2"]
     assert _cli("tune", *args, "--out", tmp_path / "whole").returncode == 0
-    proc = subprocess.Popen([sys.executable, "-m", "eptk.cli", "tune", *args, "--out", str(tmp_path / "cut")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = tmp_path / "cut/checkpoint/latest"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if latest.exists() and latest.read_text().strip() >= "step-00000004":
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    env = {k: v for k, v in os.environ.items() if k != CRASH_AT}
+    cut = subprocess.run([sys.executable, "-m", "eptk.cli", "tune", *args, "--out", str(tmp_path / "cut")],
+                         capture_output=True, text=True, timeout=900, env=dict(env, **{CRASH_AT: "log:6"}))
+    assert cut.returncode == -signal.SIGKILL, cut.stderr[-2000:]
+    assert (tmp_path / "cut/checkpoint/latest").read_text().strip() == "step-00000004"
     assert not (tmp_path / "cut/posterior.safetensors").exists(), "the run was killed before it finished"
     done = _cli("tune", "--resume", tmp_path / "cut", "--quiet")
     assert done.returncode == 0, done.stderr
