@@ -128,7 +128,7 @@ def setup(provider: str, setting: Setting, backend: str = "auto"):
         prompt = method(setting.tokens, dims, method.resolve_layers(DEEP_LAYERS, dims["num_layers"]), True)
         init = {k: torch.randn(s.shape) * 0.02 for k, s in prompt.tensor_specs().items()}
         prompted = PromptedModel(model, tokenizer, prompt, init, backend=backend, grad_checkpointing=gc)
-        params = list(prompted.params.values())
+        params = list(prompted.parameters_by_name().values())
 
         def loss():
             with amp:

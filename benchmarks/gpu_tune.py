@@ -81,7 +81,7 @@ def real_shapes(stages: Stages) -> dict:
                 init = {k: torch.zeros(s.shape) for k, s in prompt.tensor_specs().items()}
                 prompted = PromptedModel(random_model(name, torch.bfloat16, device="meta"), None, prompt, init,
                                          grad_checkpointing=True)
-                row["trainable"][f"eptk-{method}"] = sum(p.numel() for p in prompted.params.values())
+                row["trainable"][f"eptk-{method}"] = sum(p.numel() for p in prompted.parameters_by_name().values())
                 prompted.remove_hooks()
             for provider, config in (("peft-prompt", PromptTuningConfig), ("peft-prefix", PrefixTuningConfig)):
                 peft_model = get_peft_model(random_model(name, torch.bfloat16, device="meta"),

@@ -131,7 +131,7 @@ def test_only_eptk_methods_compares_method_names():
 
 def test_run_and_statistics_file_names_have_one_owner():
     owned = {"eptk.runs": ("config.json", "prior.safetensors", "posterior.safetensors", "metrics.jsonl",
-                           "eval.json", "state.json", "state.safetensors"),
+                           "eval.json", "state.json", "state.safetensors", "parameters.safetensors"),
              "eptk.stats": ("stats.safetensors", "meta.json")}
     offences = []
     for module, path in MODULES.items():

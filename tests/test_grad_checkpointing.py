@@ -33,7 +33,7 @@ def prompt_gradients(prompted, left):
         prompted(ids, mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
     finally:
         handle.remove()
-    return {n: p.grad.clone() for n, p in prompted.params.items()}, len(calls)
+    return {n: p.grad.clone() for n, p in prompted.parameters_by_name().items()}, len(calls)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gpt2"])

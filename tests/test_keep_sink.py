@@ -31,7 +31,7 @@ def test_two_pass_equals_full_forward_with_the_sink_slot(tiny_models, family, me
     prompted = sink_prompted(tiny_models[family], method, layers)
     try:
         assert prompted.slots == prompted.tokens + 1 and prompted.sink_token_id == 1  # tiny: <bos>
-        assert all(tuple(p.shape) == (5, model_dims(prompted.model)["hidden_size"]) for p in prompted.params.values())
+        assert all(tuple(p.shape) == (5, model_dims(prompted.model)["hidden_size"]) for p in prompted.parameters_by_name().values())
         ids, mask = batch(left=left)
         with torch.no_grad():
             two_pass = prompted(ids, mask).logits
@@ -51,12 +51,12 @@ def test_gradients_match_the_full_forward_and_reach_only_the_prompt(tiny_models)
         ids, mask = batch()
         labels = ids.masked_fill(mask == 0, -100)
         prompted(ids, mask, labels=labels).loss.backward()
-        two = {n: p.grad.clone() for n, p in prompted.params.items()}
+        two = {n: p.grad.clone() for n, p in prompted.parameters_by_name().items()}
         prompted.zero_grad()
         logits = full_forward(prompted, ids, mask, keep_graph=True)
         where = labels[:, 1:] != -100
         torch.nn.functional.cross_entropy(logits[:, :-1][where], labels[:, 1:][where]).backward()
-        for n, p in prompted.params.items():
+        for n, p in prompted.parameters_by_name().items():
             assert float((two[n] - p.grad).abs().max() / p.grad.abs().max()) < 1e-4, n
         assert prompted.model.get_input_embeddings().weight.grad is None  # the sink's embedding is not trained
     finally:
@@ -83,11 +83,11 @@ def test_slot_pass_keeps_row_0_the_models_own(tiny_models):
             prompted.prefix()
         bos = loaded.model.get_input_embeddings().weight[1]
         torch.testing.assert_close(seen[("out", 0)][0, 0], bos, rtol=0, atol=0)
-        torch.testing.assert_close(seen[("out", 0)][0, 1:], prompted.param("soft").detach(), rtol=0, atol=0)
+        torch.testing.assert_close(seen[("out", 0)][0, 1:], prompted.prompt_tensor("soft").detach(), rtol=0, atol=0)
         for l in range(1, len(layers)):
             assert seen[("out", l)].shape[1] == 6
             torch.testing.assert_close(seen[("out", l)][0, 0], seen[("in", l)][0, 0], rtol=0, atol=0)
-            torch.testing.assert_close(seen[("out", l)][0, 1:], prompted.param(f"deep.{l}").detach(), rtol=0, atol=0)
+            torch.testing.assert_close(seen[("out", l)][0, 1:], prompted.prompt_tensor(f"deep.{l}").detach(), rtol=0, atol=0)
             assert not torch.equal(seen[("in", l)][0, 0], bos)  # it is the model's state, carried up the layers
     finally:
         for h in handles:

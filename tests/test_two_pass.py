@@ -95,12 +95,12 @@ def test_gradients_match_full_forward(tiny_models, family, case, left):
         labels = ids.masked_fill((mask == 0) | first, -100)
         out = prompted(ids, mask, labels=labels)
         out.loss.backward()
-        two = {n: p.grad.clone() for n, p in prompted.params.items()}
+        two = {n: p.grad.clone() for n, p in prompted.parameters_by_name().items()}
         prompted.zero_grad()
         logits = full_forward(prompted, ids, mask, keep_graph=True)
         ref = torch.nn.functional.cross_entropy(logits[:, :-1][labels[:, 1:] != -100], labels[:, 1:][labels[:, 1:] != -100])
         ref.backward()
-        for n, p in prompted.params.items():
+        for n, p in prompted.parameters_by_name().items():
             err = float((two[n] - p.grad).abs().max() / p.grad.abs().max())
             assert err < 1e-4, f"{family} {case_id(case)} left={left} {n}: {err}"
     finally:
@@ -111,7 +111,7 @@ def test_soft_equals_hand_built_inputs_embeds(tiny_models):
     loaded = tiny_models["llama"]
     prompted = make_prompted(loaded, "soft")
     ids, mask = batch()
-    soft = prompted.param("soft").detach()
+    soft = prompted.prompt_tensor("soft").detach()
     model = loaded.model
     prev = model.config._attn_implementation
     model.set_attn_implementation("eager")

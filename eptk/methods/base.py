@@ -1,9 +1,15 @@
 """The prompt-method interface, its registry, and the no-prompt baseline.
 
-A method is built for one model shape (`dims`) and one prompt length P. It declares its trainable
-tensors (`TensorSpec`: name, shape, layer, space), builds every layer's prefix keys/values from them
-(`prefix`), installs and removes the hooks it needs, maps itself to and from PEFT adapters, and tells
-`eptk analyze` where a tensor name lives (`locate`). `PromptedModel` runs the two passes around it.
+A method is built for one model shape (`dims`) and one prompt length P. It declares the tensors of the
+prompt it injects (`TensorSpec`: name, shape, layer, space: soft vectors, deep slot states, per-layer
+keys/values), owns the trainable parameters those tensors are materialized from (`build_parameters`: a
+`PromptParameters` module; for most methods the prompt tensors themselves, `DirectPrompt`), builds every
+layer's prefix keys/values from the prompt (`prefix`), installs and removes the hooks it needs, maps
+itself to and from PEFT adapters, and tells `eptk analyze` where a tensor name lives (`locate`).
+`PromptedModel` runs the two passes around it.
+
+Priors, the MAP term, collapse metrics, `analyze` and posterior.safetensors see the materialized prompt;
+the optimizer, checkpoints and parameters.safetensors see the parameters.
 """
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import re
 from typing import ClassVar
 
 import torch
+from torch import nn
 
 from ..errors import EptkUsageError, choices
 from ..registry import Registry
@@ -23,6 +30,52 @@ def register_method(cls):
     """Class decorator: `--method <cls.name>` builds this class."""
     METHODS.register(cls.name, cls)
     return cls
+
+
+class PromptParameters(nn.Module):
+    """A prompt's trainable parameters and the step that materializes the prompt from them."""
+
+    def prompt(self) -> dict[str, torch.Tensor]:
+        """Every prompt tensor by run-directory name, differentiable in the parameters."""
+        raise NotImplementedError
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """One prompt tensor (a method's hook may ask for one layer's alone)."""
+        return self.prompt()[name]
+
+    def named(self) -> dict[str, nn.Parameter]:
+        """The trainable parameters by the names checkpoints and parameters.safetensors give them."""
+        return dict(self.named_parameters())
+
+    def lr_scales(self, prompt_scales: dict[str, float]) -> dict[str, float]:
+        """Each parameter's learning-rate multiplier, from those of the prompt tensors (`--lr-scale`). An
+        encoder's parameters serve every tensor at once: one rate."""
+        return {name: 1.0 for name in self.named()}
+
+
+def _key(name: str) -> str:  # ParameterDict keys cannot hold dots
+    return name.replace(".", "__")
+
+
+class DirectPrompt(PromptParameters):
+    """The prompt tensors are the parameters (soft, deep, prefix; and any run's prompt read back for inference)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        super().__init__()
+        self.names = list(tensors)
+        self.values = nn.ParameterDict({_key(n): nn.Parameter(t.detach().clone().float()) for n, t in tensors.items()})
+
+    def tensor(self, name):
+        return self.values[_key(name)]
+
+    def prompt(self):
+        return {name: self.tensor(name) for name in self.names}
+
+    def named(self):
+        return self.prompt()
+
+    def lr_scales(self, prompt_scales):
+        return {name: prompt_scales[name] for name in self.names}
 
 
 class PromptMethod:
@@ -60,8 +113,14 @@ class PromptMethod:
         return []
 
     def tensor_specs(self) -> dict[str, TensorSpec]:
-        """The trainable tensors, by run-directory name, in the order the run files list them."""
+        """The prompt's tensors, by run-directory name, in the order the run files list them."""
         raise NotImplementedError
+
+    def build_parameters(self, init: dict[str, torch.Tensor], seed: int = 0) -> PromptParameters:
+        """The trainable parameters, started so that the prompt they materialize is `init` (a prior's sample of
+        the prompt tensors), or as near to it as the parameterization reaches; `seed` seeds whatever else the
+        parameters hold. Default: the prompt tensors themselves."""
+        return DirectPrompt(init)
 
     @classmethod
     def locate(cls, name: str) -> tuple[int, str] | None:

@@ -67,12 +67,12 @@ class DeepPrompt(SoftPrompt):
         """The slots' hidden states [1,S,d] entering `layer` in place of `hidden`: the layer's vectors (on the
         layer's device, which a dispatched model may place elsewhere), behind the model's own sink state (row 0,
         never replaced) with --keep-sink."""
-        vectors = prompted.param(f"deep.{layer}").to(hidden.device, prompted.dtype).unsqueeze(0)
+        vectors = prompted.prompt_tensor(f"deep.{layer}").to(hidden.device, prompted.dtype).unsqueeze(0)
         return torch.cat([hidden[:, :1], vectors], dim=1) if self.keep_sink else vectors
 
     def prefix(self, prompted):
         if self.soft:
-            return slot_pass(prompted, prompted.param("soft"))
+            return slot_pass(prompted, prompted.prompt_tensor("soft"))
         zeros = torch.zeros(self.tokens, self.dims["hidden_size"], device=prompted.device)
         return slot_pass(prompted, zeros, first_layer=self.layers[0])
 

@@ -56,7 +56,7 @@ class SoftPrompt(PromptMethod):
         return {"soft": TensorSpec("soft", (self.tokens, self.dims["hidden_size"]), 0, "embedding")}
 
     def prefix(self, prompted):
-        return slot_pass(prompted, prompted.param("soft"))
+        return slot_pass(prompted, prompted.prompt_tensor("soft"))
 
     def to_peft(self, source):
         tensors = source.posterior()
