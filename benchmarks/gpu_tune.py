@@ -77,7 +77,7 @@ def real_shapes(stages: Stages) -> dict:
             dims = model_dims(model)
             for method in tune.METHODS:
                 cls = get_method(method)
-                prompt = cls(20, dims, cls.resolve_layers(tune.DEEP_LAYERS, dims["num_layers"]), True)
+                prompt = cls(20, dims, cls.check_options(tune.method_options(cls)))
                 init = {k: torch.zeros(s.shape) for k, s in prompt.tensor_specs().items()}
                 prompted = PromptedModel(random_model(name, torch.bfloat16, device="meta"), None, prompt, init,
                                          grad_checkpointing=True)

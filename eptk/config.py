@@ -1,7 +1,8 @@
 """The settings of one `eptk tune` run (plain data, no torch), where they come from, and its default name.
 
-config.json of a run holds these fields plus what tuning resolved (layers, model dimensions, versions);
-`TuneConfig.from_run` reads one back to resume or rerun it.
+config.json of a run holds these fields, the method's options (declared by the method, eptk/methods/; kept at the
+top level beside these) and what tuning resolved (model dimensions, versions); `TuneConfig.from_run` reads one back
+to resume or rerun it.
 """
 from __future__ import annotations
 
@@ -50,9 +51,7 @@ class TuneConfig:
     prior: str = "normal"
     prior_weight: float = 0.0
     tokens: int = 20
-    layers: str = "last:3"
-    soft: bool = True
-    keep_sink: bool = False
+    options: dict = field(default_factory=dict)  # the method's options given (name -> value; defaults: the method's)
     steps: int = 150
     batch_size: int = 16
     grad_accum: int = 1
@@ -83,7 +82,6 @@ class TuneConfig:
     # extended by `--resume --steps`); later steps follow `steps`. Recorded so `--config` reruns it exactly.
     extensions: list = field(default_factory=list)
     offload_dir: str = ""
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         """Checks that need no model: fail before anything is loaded or written."""
@@ -92,7 +90,7 @@ class TuneConfig:
         from .methods import METHODS
         from .priors import parse_spec
 
-        METHODS[self.method].check_options(soft=self.soft, keep_sink=self.keep_sink)  # an unknown method: usage error
+        METHODS[self.method].check_options(self.options)  # an unknown method: usage error
         for name in LIMITS:
             check_setting(name, getattr(self, name))
         check_choice("--schedule", self.schedule, SCHEDULES)
@@ -114,10 +112,15 @@ class TuneConfig:
         return self.steps
 
     def differences(self, given: dict) -> list[str]:
-        """The settings in `given` (options the user named) that differ from these, as "--name VALUE
-        (run: VALUE)"; the settings `--resume` may change (RESUMABLE, EXECUTION_ONLY) are left out."""
+        """The settings in `given` (options the user named; the method's under "options") that differ from these,
+        as "--name VALUE (run: VALUE)"; the settings `--resume` may change (RESUMABLE, EXECUTION_ONLY) are left
+        out."""
         out = []
         for name, value in given.items():
+            if name == "options":
+                have = dataclasses.asdict(self.method_options())
+                out += [f"{option(k)} {v} (run: {have.get(k)})" for k, v in value.items() if have.get(k) != v]
+                continue
             if name in (*RESUMABLE, *EXECUTION_ONLY, "out") or not hasattr(self, name):
                 continue
             have = getattr(self, name)
@@ -125,15 +128,25 @@ class TuneConfig:
                 out.append(f"{option(name)} {value} (run: {have})")
         return out
 
+    def method_options(self):
+        """The method's options instance (checked; defaults for those not given)."""
+        from .methods import METHODS
+
+        return METHODS[self.method].check_options(self.options)
+
     @classmethod
     def from_dict(cls, data: dict) -> "TuneConfig":
-        """The settings in a dict such as config.json (other keys ignored). config.json stores the resolved
-        layers under `layers` and the spec the user gave under `layers_spec`: the spec wins."""
+        """The settings in a flat dict such as config.json or a sweep run's settings (other keys ignored): the
+        method's options are the keys its declaration names, read as the method reads its config.json."""
+        from .methods import METHODS
+
         if not isinstance(data, dict):
             raise EptkUsageError(f"a run config is a JSON object of settings (got {type(data).__name__})")
-        data = dict(data, layers=data["layers_spec"]) if "layers_spec" in data else data
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        names = {f.name for f in dataclasses.fields(cls)} - {"options"}
+        cfg = cls(**{k: v for k, v in data.items() if k in names})
+        if cfg.method in METHODS:  # (an unknown method is refused by validate, naming the valid ones)
+            cfg.options = METHODS[cfg.method].options_from_config(data)
+        return cfg
 
     @classmethod
     def from_run(cls, path) -> "TuneConfig":

@@ -46,21 +46,23 @@ def kind_of(f: dataclasses.Field) -> str:
 
 
 def check_value(where: str, value, kind: str):
-    """A value for an option of type `kind`, or a one-line error; an int where a float is wanted is taken."""
+    """A value (from TOML or JSON) for a setting of type `kind` (int, float, str, bool), or a one-line error: an int
+    is taken where a float or a string is wanted (`layers = 5`)."""
     ok = {"int": isinstance(value, int) and not isinstance(value, bool),
           "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-          "str": isinstance(value, str), "bool": isinstance(value, bool)}[kind]
+          "str": isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)),
+          "bool": isinstance(value, bool)}.get(kind, False)
     if not ok:
-        wanted = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}[kind]
+        wanted = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}.get(kind, kind)
         raise EptkUsageError(f"{where} must be {wanted} (got {value!r})")
-    return float(value) if kind == "float" else value
+    return {"float": float, "str": str}.get(kind, lambda v: v)(value)
 
 
 def build_options(options_class, values: dict, method: str, owners: Callable[[str], list[str]] | None = None):
     """The options instance of `values` (option name -> value; missing ones take their defaults), every value
     checked against its declaration, then the combination (`check()`). An unknown name is refused naming the
     method's options and, through `owners(name)`, the methods that have it."""
-    declared = fields_of(options_class)
+    declared, values = fields_of(options_class), dict(values)
     for name in values:
         if name not in declared:
             valid = choices(flag(n, kind_of(f)) for n, f in declared.items()) or "none"
@@ -70,7 +72,7 @@ def build_options(options_class, values: dict, method: str, owners: Callable[[st
     for name, value in values.items():
         f = declared[name]
         meta, where = f.metadata, f"--method {method}: {flag(name)}"
-        value = check_value(where, value, kind_of(f))
+        values[name] = value = check_value(where, value, kind_of(f))
         if meta["choices"] is not None:
             check_choice(flag(name), value, meta["choices"])
         if meta["low"] is not None or meta["high"] is not None:
@@ -82,9 +84,11 @@ def build_options(options_class, values: dict, method: str, owners: Callable[[st
     return instance
 
 
-def parse_arguments(options_class, args: list[str], method: str) -> dict:
+def parse_arguments(options_class, args: list[str], method: str,
+                    owners: Callable[[str], list[str]] | None = None) -> dict:
     """Option name -> value from command-line words (`--layers all`, `--layers=all`, `--no-soft`), typed by the
-    declaration; anything else is refused naming the valid options."""
+    declaration; anything else is refused naming the valid options (and, through `owners`, the methods that have
+    an option another method declares)."""
     declared = fields_of(options_class)
     by_flag = {}
     for name, f in declared.items():
@@ -99,6 +103,9 @@ def parse_arguments(options_class, args: list[str], method: str) -> dict:
         word = words.pop(0)
         text, _, inline = word.partition("=")
         if text not in by_flag:
+            name = text[5:] if text.startswith("--no-") else text[2:]
+            if owners is not None and owners(name.replace("-", "_")):
+                build_options(options_class, {name.replace("-", "_"): True}, method, owners)  # names its owners
             raise EptkUsageError(f"unknown option {word!r} for eptk tune --method {method}; its own options: {valid} "
                                  f"(eptk tune --help lists the rest)")
         name, boolean = by_flag[text]

@@ -12,11 +12,9 @@ import torch
 
 from .config import TuneConfig, default_run_name
 from .errors import EptkUsageError, NothingToDo
-from .methods import get_method
 from .models import check_model_name, check_placement
 from .priors import PriorContext, check_prior
 from .runs import RunDir, check_out_dir
-from .spaces import check_layer_spec
 from .tasks import Example, load_task
 
 
@@ -38,8 +36,6 @@ def check_tune(cfg: TuneConfig, *, resume: bool = False, overwrite: bool = False
     cfg.validate()
     if resume and overwrite:
         raise EptkUsageError("--resume continues a run and --overwrite replaces one; give one of them")
-    if get_method(cfg.method).takes_layers:
-        check_layer_spec(cfg.layers)
     check_model_name(cfg.model, cfg.allow_pickle_weights)
     device = check_placement(cfg.device, cfg.device_map, cfg.offload_dir, default=default_device)
     task = load_task(cfg.task, cfg.seed)

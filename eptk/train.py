@@ -91,13 +91,9 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
                          allow_pickle_weights=cfg.allow_pickle_weights)
     device = input_device(loaded.model)  # batches enter where the embeddings execute (--device-map moves them)
     dims = family_of(loaded.model).dims(loaded.model)
-    method_class = get_method(cfg.method)
-    layers = method_class.resolve_layers(cfg.layers, dims["num_layers"])
-    method = method_class(cfg.tokens, dims, layers, cfg.soft, cfg.keep_sink)
+    method = get_method(cfg.method)(cfg.tokens, dims, cfg.method_options())  # a layer out of range: refused here
     specs = method.tensor_specs()
-    resolved = dict(dataclasses.asdict(cfg), out=str(out), layers_resolved=layers, **dims,
-                    model_source=loaded.source, model_id=loaded.identity, versions=versions(), name=out.name)
-    resolved["layers_spec"], resolved["layers"] = cfg.layers, layers
+    resolved = run_config(cfg, method, out, loaded)
     # The prior may capture activation statistics (into the statistics cache, never into the run).
     ctx = prior_context(loaded, cfg, progress=progress and dist.is_main)
     prior = build_prior(cfg.prior, ctx, specs)
@@ -136,6 +132,15 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
         if run is not None:
             run.release()
         dist.close()
+
+
+def run_config(cfg: TuneConfig, method, out: Path, loaded) -> dict:
+    """What config.json records of a run: every setting, the method's options at the top level beside them (as the
+    method records them), the model's dimensions, where it came from and the package versions."""
+    settings = dataclasses.asdict(cfg)
+    del settings["options"]
+    return dict(settings, **method.config_entries(), **method.dims, out=str(out), model_source=loaded.source,
+                model_id=loaded.identity, versions=versions(), name=out.name)
 
 
 def _write_start(run, resolved: dict, start, cfg: TuneConfig, plan, resume: bool) -> None:

@@ -148,7 +148,8 @@ def test_region_prior_run_records_its_stats_for_analyze(tmp_path, run_cli, monke
                            "--out", out)
     assert code == 0, err
     config = json.loads((out / "config.json").read_text())
-    folder = Path(config["stats"]["arith"])
+    from eptk.io import in_cache
+    folder = in_cache(config["stats"]["arith"])  # recorded relative to the cache (128eac8)
     assert (folder / "stats.safetensors").is_file()
     code, _, err = run_cli("analyze", out, "--out", tmp_path / "analysis", "--no-vocab", "--no-plots",
                            "--permutations", "10")

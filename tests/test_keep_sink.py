@@ -9,7 +9,7 @@ import torch
 from eptk.config import TuneConfig
 from eptk.errors import EptkUsageError
 from eptk.families import decoder_layers, model_dims
-from eptk.methods import build_method, get_method, method_from_config
+from eptk.methods import build_method, method_from_config
 from eptk.prompts import PromptedModel
 from reference_forward import full_forward
 from test_two_pass import TOL, WINDOWED, batch, rel_err
@@ -17,8 +17,8 @@ from test_two_pass import TOL, WINDOWED, batch, rel_err
 
 def sink_prompted(loaded, method="deep", layers="all", keep_sink=True, tokens=5, seed=0):
     dims = model_dims(loaded.model)
-    chosen = get_method(method).resolve_layers(layers, dims["num_layers"])
-    prompt = build_method(method, tokens, dims, chosen, keep_sink=keep_sink)
+    options = {"keep_sink": keep_sink, **({"layers": layers} if method == "deep" else {})}
+    prompt = build_method(method, tokens, dims, options)
     gen = torch.Generator().manual_seed(seed)
     init = {k: torch.randn(s.shape, generator=gen) * 0.5 for k, s in prompt.tensor_specs().items()}
     return PromptedModel(loaded.model, loaded.tokenizer, prompt, init, backend="torch")
@@ -137,22 +137,23 @@ def test_tune_records_the_sink_and_eval_splits_the_mass(tmp_path, run_cli):
     assert tuned.slots == 5 and tuned.method.keep_sink
 
 
-@pytest.mark.parametrize("args,message", [(["--method", "prefix"], "has no slot pass"),
+@pytest.mark.parametrize("args,message", [(["--method", "prefix"], "has no option --keep-sink"),
                                           (["--method", "deep", "--no-soft"], "drop --no-soft")])
 def test_keep_sink_is_refused_where_it_cannot_apply(tmp_path, run_cli, args, message):
     out = tmp_path / "run"
-    code, _, err = run_cli("tune", "--model", "tiny", "--keep-sink", *args, "--steps", "1", "--quiet", "--out", out)
+    code, _, err = run_cli("tune", "--model", "tiny", *args, "--keep-sink", "--steps", "1", "--quiet", "--out", out)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert "soft, deep" in err or "no-soft" in err
     assert not out.exists()
+    options = {"keep_sink": True, **({"soft": False} if "--no-soft" in args else {})}
     with pytest.raises(EptkUsageError):
-        TuneConfig(method=args[1], keep_sink=True, soft="--no-soft" not in args).validate()
+        TuneConfig(method=args[1], options=options).validate()
 
 
 def test_runs_without_the_key_read_as_no_sink():
     old = {"method": "deep", "tokens": 3, "layers": [2], "soft": True, "hidden_size": 64, "num_layers": 4,
            "num_heads": 4, "num_kv_heads": 2, "head_dim": 16}
-    assert TuneConfig.from_dict(old).keep_sink is False
+    assert TuneConfig.from_dict(old).method_options().keep_sink is False
     method = method_from_config(old)
     assert method.keep_sink is False and method.slots == 3
     assert method_from_config(dict(old, keep_sink=True)).slots == 4

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from eptk.families import model_dims
-from eptk.methods import NoPrompt, build_method, get_method
+from eptk.methods import NoPrompt, build_method
 from eptk.models import TINY_FAMILIES
 from eptk.prompts import PromptedModel
 from eptk.spaces import parse_layers
@@ -20,8 +20,8 @@ WINDOWED = ("qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3")
 
 def make_prompted(loaded, method, layer_spec="all", tokens=5, soft=True, seed=0):
     dims = model_dims(loaded.model)
-    layers = get_method(method).resolve_layers(layer_spec, dims["num_layers"])
-    prompt = build_method(method, tokens, dims, layers, soft)
+    options = {"layers": layer_spec, "soft": soft} if method == "deep" else {}
+    prompt = build_method(method, tokens, dims, options)
     gen = torch.Generator().manual_seed(seed)
     init = {k: torch.randn(s.shape, generator=gen) * 0.5 for k, s in prompt.tensor_specs().items()}
     return PromptedModel(loaded.model, loaded.tokenizer, prompt, init, backend="torch")

@@ -4,9 +4,9 @@ Importing the package registers every method module in it, so a new method is on
 """
 from ..registry import import_modules
 from .base import (METHODS, DirectPrompt, NoPrompt, PromptMethod, PromptParameters, build_method, get_method, locate,
-                   method_from_config, peft_types, register_method)
+                   method_from_config, option_owners, peft_types, register_method)
 
 import_modules(__name__, __path__)
 
 __all__ = ["METHODS", "DirectPrompt", "NoPrompt", "PromptMethod", "PromptParameters", "build_method", "get_method",
-           "locate", "method_from_config", "peft_types", "register_method"]
+           "locate", "method_from_config", "option_owners", "peft_types", "register_method"]
