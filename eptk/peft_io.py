@@ -183,7 +183,7 @@ def import_peft(folder, out, *, model: str | None = None, task: str | None = Non
         raise EptkUsageError(f"adapter {folder}: {WEIGHT_NAME} has shape {tuple(weight.shape)}, "
                              f"expected [{P}, ...] (num_virtual_tokens={P})")
     tensors = method.from_peft(adapter, weight, dims, f"adapter {folder}", str(name))
-    prompt = method(P, dims)
+    prompt = method(P, dims, method.check_options(method.options_of_peft(adapter)))
     assert {k: tuple(v.shape) for k, v in tensors.items()} == {k: tuple(s.shape) for k, s in prompt.tensor_specs().items()}
     settings = TuneConfig(model=str(name), task=task, method=method.name, prior=IMPORTED, tokens=P, seed=0,
                           trust_remote_code=bool(trust_remote_code), allow_pickle_weights=bool(allow_pickle_weights))

@@ -87,6 +87,9 @@ class PromptMethod:
     reports_prefix_mass: ClassVar[bool] = False  # eval.json records the attention mass on the prompt
     peft_type: ClassVar[str | None] = None      # the PEFT adapter type it is imported from
     exportable: ClassVar[bool] = True           # `eptk export --format peft` can write it
+    peft_parameters: ClassVar[bool] = False     # its parameters are PEFT's training-mode encoder of its export
+    # the options tests/test_method_contract.py runs it with: valid on every tiny model (3 to 4 layers)
+    contract_options: ClassVar[dict] = {}
     patterns: ClassVar[dict[str, str]] = {}      # tensor-name regex -> space; group 1, if any, is the layer
     keep_sink: bool = False                     # a slot pass whose first slot is left to the model
 
@@ -107,6 +110,11 @@ class PromptMethod:
     def options_from_config(cls, config: dict) -> dict:
         """The option values a run's config.json records (an older run may lack some: their defaults)."""
         return {name: config[name] for name in fields_of(cls.Options) if name in config}
+
+    @classmethod
+    def options_of_peft(cls, adapter: dict) -> dict:
+        """The option values a PEFT adapter config of this method's type records (imported runs)."""
+        return {}
 
     def config_entries(self) -> dict:
         """What config.json records of the options (top-level keys, read back by `options_from_config`)."""

@@ -40,6 +40,7 @@ class DeepPrompt(SoftPrompt):
     reports_prefix_mass = True
     peft_type = None  # its export is a PREFIX_TUNING adapter, which imports as a prefix prompt
     patterns = {r"soft": "embedding", r"deep\.(\d+)": "activation"}
+    contract_options = {"layers": "all"}  # the default last:3 needs 4 layers
 
     def __init__(self, tokens, dims, options=None):
         super().__init__(tokens, dims, options)
