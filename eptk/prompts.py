@@ -248,3 +248,20 @@ def answer_loss_sum(lm_head, hidden: torch.Tensor, labels: torch.Tensor) -> tupl
         return hidden.sum() * 0.0, 0
     logits = lm_head(picked).float()
     return nn.functional.cross_entropy(logits, targets[where], reduction="sum"), int(picked.shape[0])
+
+
+def text_keys_values(model, tokenizer, ids) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """layer -> (key, value) [Hkv,T,D] (float32, CPU) of the frozen model over the tokens `ids` at positions
+    0..T-1: a soft prompt of their embeddings run through the slot pass, which is the text in front of the real
+    tokens (the K/V a `text:` prior starts a prefix from)."""
+    from .methods.soft import SoftPrompt
+
+    family = family_of(model)
+    embeddings = family.token_embeddings(model)[torch.as_tensor(list(ids))]
+    method = SoftPrompt(len(ids), family.dims(model))
+    prompted = PromptedModel(model, tokenizer, method, {"soft": embeddings}, backend="torch")
+    try:
+        with torch.no_grad():
+            return {l: (k.float().cpu(), v.float().cpu()) for l, (k, v) in prompted.prefix().items()}
+    finally:
+        prompted.remove_hooks()

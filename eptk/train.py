@@ -8,6 +8,7 @@ batches as an uninterrupted single-process one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import signal
 import time
@@ -24,7 +25,7 @@ from .families import family_of
 from .methods import get_method
 from .models import input_device, load_frozen
 from .priors import PriorContext, build_prior, parse_spec
-from .prompts import PromptedModel
+from .prompts import PromptedModel, text_keys_values
 from .runs import prepare_out_dir
 
 
@@ -61,7 +62,8 @@ def prior_context(loaded, cfg: TuneConfig, progress: bool = False) -> PriorConte
             StatsCache(loaded, cfg.model, cfg.task, samples=cfg.stats_samples, seed=REFERENCE_SEED)
     return PriorContext(embeddings=family_of(loaded.model).token_embeddings(loaded.model), tokenizer=loaded.tokenizer,
                         task=cfg.task, model=cfg.model, seed=cfg.seed, stats=stats, reference_stats=reference,
-                        progress=progress)
+                        progress=progress, text_kv=functools.lru_cache(maxsize=4)(
+                            lambda ids: text_keys_values(loaded.model, loaded.tokenizer, ids)))
 
 
 def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
