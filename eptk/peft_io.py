@@ -107,11 +107,12 @@ def _peft_version() -> dict:
 
 def _base_model_name(config: dict):
     """What `AutoPeftModelForCausalLM` should load: a hub id or a local folder; None for eptk-only models."""
-    from .models import looks_like_hub_id, smollm2_cached, smollm2_dir
+    from .models import looks_like_hub_id
+    from .packaged import PACKAGED
 
     name = str(config.get("model") or "")
-    if name == "smollm2":
-        return str(smollm2_dir()) if smollm2_cached() else None
+    if name in PACKAGED:
+        return str(PACKAGED[name].folder()) if PACKAGED[name].cached() else None
     if name == "tiny" or name.startswith("tiny:") or name.endswith(".gguf") or not name:
         return None
     if Path(name).is_dir():

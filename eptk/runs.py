@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from .errors import EptkUsageError
-from .io import append_jsonl, check_folder_is_ours, check_output_dir, is_temporary, load_tensors, read_json, \
-    read_jsonl, remove_temp_files, replace_folder, save_tensors_atomic, sync_file, write_json_atomic, write_text_atomic
+from .io import append_jsonl, check_folder_is_ours, check_output_dir, crash_point, is_temporary, load_tensors, \
+    read_json, read_jsonl, remove_temp_files, replace_folder, save_tensors_atomic, sync_file, write_json_atomic, write_text_atomic
 
 CONFIG, PRIOR, POSTERIOR, METRICS, EVAL, CHECKPOINTS = ("config.json", "prior.safetensors", "posterior.safetensors",
                                                         "metrics.jsonl", "eval.json", "checkpoint")
@@ -73,7 +73,8 @@ class RunDir:
         handle.write(str(os.getpid()))
         handle.flush()
         self._lock = handle
-        remove_temp_files(self.path)  # what a killed writer left: nobody else writes here now
+        for folder in (self.path, self.path / CHECKPOINTS):  # what a killed writer left: nobody else writes here now
+            remove_temp_files(folder)
         return self
 
     def is_locked(self) -> bool:
@@ -161,6 +162,7 @@ class RunDir:
 
     def log(self, row: dict) -> None:
         append_jsonl(self.path / METRICS, row)
+        crash_point("log")
 
     def truncate_metrics(self, after_step: int) -> None:
         """Keep the prior's row (step 0) and the training rows up to a checkpoint's step, so a resumed run
@@ -209,6 +211,7 @@ class RunDir:
 
         def fill(folder):
             save_tensors_atomic(folder / STATE_TENSORS, tensors)
+            crash_point("checkpoint")  # half a checkpoint
             write_json_atomic(folder / STATE, dict(state, step=step))
         replace_folder(final, fill)
         write_text_atomic(root / LATEST, final.name + "\n")

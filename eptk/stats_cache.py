@@ -14,8 +14,8 @@ from pathlib import Path
 from . import capture
 from .errors import EptkUsageError
 from .families import model_dims
-from .io import cache_dir, cache_relative
-from .models import LoadedModel, file_sha256
+from .io import cache_dir, cache_relative, file_sha256
+from .models import LoadedModel
 from .stats import FORMAT, ActivationStats, LayerActivations
 
 log = logging.getLogger(__name__)

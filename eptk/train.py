@@ -22,9 +22,10 @@ from .errors import EptkUsageError, Stop
 from .early_stop import EarlyStop
 from .evaluate import answer_loss, evaluate, item_rows, skipped
 from .families import family_of
+from .io import crash_point
 from .methods import get_method
 from .models import input_device, load_frozen
-from .priors import PriorContext, build_prior, parse_spec
+from .priors import PriorContext, build_prior, jitter, parse_spec
 from .prompts import PromptedModel, text_keys_values
 from .runs import prepare_out_dir
 
@@ -99,7 +100,7 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
     # The prior may capture activation statistics (into the statistics cache, never into the run).
     ctx = prior_context(loaded, cfg, progress=progress and dist.is_main)
     prior = build_prior(cfg.prior, ctx, specs)
-    init = prior.sample(torch.Generator().manual_seed(cfg.seed))
+    init = jitter(prior.sample(torch.Generator().manual_seed(cfg.seed)), cfg.prior_jitter, cfg.seed)
     prompted = PromptedModel(loaded.model, loaded.tokenizer, method, backend=cfg.backend,
                              grad_checkpointing=cfg.grad_checkpointing,
                              parameters=method.build_parameters(init, seed=cfg.seed))
@@ -150,6 +151,7 @@ def _write_start(run, resolved: dict, start, cfg: TuneConfig, plan, resume: bool
     with the new --steps (a finished run reopened first), and its prior if it died before writing it."""
     if not resume:
         run.write_config(resolved)
+        crash_point("config")  # a config and no prior yet
     elif cfg.steps != plan.run_steps:
         config = run.config()
         if run.is_complete():
@@ -280,6 +282,7 @@ def _train(cfg, run, plan, loaded, prompted, prior, resume, progress, device, di
     run.write_posterior(prompted.tensors())
     if prompted.reparameterized:
         run.write_parameters(prompted.parameter_tensors())
+    crash_point("posterior")  # a posterior and no eval.json yet
     # No score without examples: --test-size 0 / --eval-size 0 skip their evaluation and say so.
     result = evaluate(prompted, plan.task, plan.test) if plan.test else skipped(plan.task, "--test-size 0")
     rows = item_rows(result)

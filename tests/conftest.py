@@ -46,3 +46,54 @@ def run_cli(tmp_path):
             code = main(list(map(str, args)))
         return code, out.getvalue(), err.getvalue()
     return run
+
+
+def gemma3_installed() -> bool:
+    """Gemma-3-270M's packages (`make gemma`): CI's environments lack them, so its tests skip there."""
+    from eptk.packaged import PACKAGED
+    return PACKAGED["gemma3-270m"].installed()
+
+
+@pytest.fixture(scope="session")
+def gemma3():
+    """The real Gemma-3-270M, loaded once (the first load ever assembles and dequantizes it: ~4 min)."""
+    if not gemma3_installed():
+        pytest.skip("needs Gemma-3-270M's packages (make gemma)")
+    from eptk.models import load_model
+    return load_model("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
+def gemma3_vocabulary():
+    """The pieces, scores and token types of Gemma-3-270M's GGUF (~30 s to read)."""
+    if not gemma3_installed():
+        pytest.skip("needs Gemma-3-270M's packages (make gemma)")
+    from eptk.gguf_tokenizer import read_vocabulary
+    from eptk.packaged import PACKAGED
+    return read_vocabulary(PACKAGED["gemma3-270m"].gguf())
+
+
+class Artifacts(list):
+    """Files a test keeps for a person to look at (screenshots), in one folder under the pytest temporary folder."""
+    def __init__(self, folder):
+        super().__init__()
+        self.folder = folder
+
+
+ARTIFACTS = pytest.StashKey[Artifacts]()
+
+
+@pytest.fixture(scope="session")
+def browser_artifacts(tmp_path_factory, request):
+    """Where the browser tests keep their screenshots; the end of the run names every file kept."""
+    kept = Artifacts(tmp_path_factory.mktemp("screenshots"))
+    request.config.stash[ARTIFACTS] = kept
+    return kept
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    kept = config.stash.get(ARTIFACTS, None)
+    if kept:
+        terminalreporter.write_sep("-", f"{len(kept)} screenshots kept in {kept.folder}")
+        for path in kept:
+            terminalreporter.write_line(str(path))

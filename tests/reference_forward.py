@@ -10,7 +10,9 @@ soft-cap, 5.17's ignores it), with HF's own masks (sliding windows counted over 
 tokens], padding included) and HF's own LM head (final soft-cap). A deep prompt without a soft prompt
 has no slots below its first layer: there the tokens' queries are masked off the slot keys (the default
 `attn`, the family's own eager attention behind that one extra mask). `probs` receives each layer's
-attention probabilities of the real tokens' queries, for the prefix-mass reference.
+attention probabilities of the real tokens' queries, for the prefix-mass reference. `keep` (indices of real
+tokens) computes the logits at those positions only: a 262k-token vocabulary over every position of a long
+sequence would be gigabytes.
 """
 import sys
 
@@ -51,8 +53,8 @@ def _record(probs, out, T) -> None:
 
 
 def full_forward(prompted, input_ids, attention_mask, keep_graph=False, attn=REFERENCE, attentions=False,
-                 probs=None):
-    """Logits of the real tokens; with `attentions` (eager), also each layer's attention probabilities
+                 probs=None, keep=None):
+    """Logits of the real tokens (those at `keep` only, when given); with `attentions` (eager), also each layer's attention probabilities
     [B,Hq,S,S] over the whole [slots ; tokens] sequence; `probs` (a dict) receives layer -> the real
     tokens' rows of those [B,Hq,T,S]."""
     _register()
@@ -78,7 +80,8 @@ def full_forward(prompted, input_ids, attention_mask, keep_graph=False, attn=REF
                 v = grab(prompt[by_space["value"][l]]).unsqueeze(0).expand(B, -1, -1, -1)
                 cache.update(k.contiguous(), v.contiguous(), l)
             out = model(input_ids=input_ids, attention_mask=full_mask, position_ids=positions[:, P:],
-                        use_cache=True, output_attentions=probs is not None, **cache_kwargs(model, cache))
+                        use_cache=True, output_attentions=probs is not None, **cache_kwargs(model, cache),
+                        logits_to_keep=0 if keep is None else torch.as_tensor(keep))
             _record(probs, out, input_ids.shape[1])
             return out.logits.float()
         if not by_space["embedding"] and by_space["activation"]:
@@ -100,8 +103,9 @@ def full_forward(prompted, input_ids, attention_mask, keep_graph=False, attn=REF
                 return args, dict(kwargs, hidden_states=hs)
             hooks.append(layers[l].register_forward_pre_hook(hook, with_kwargs=True))
         out = model(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions,
-                    output_attentions=attentions or probs is not None)
-        logits = out.logits[:, P:].float()
+                    output_attentions=attentions or probs is not None,
+                    logits_to_keep=0 if keep is None else P + torch.as_tensor(keep))
+        logits = (out.logits[:, P:] if keep is None else out.logits).float()
         _record(probs, out, input_ids.shape[1])
         return (logits, out.attentions) if attentions else logits
     finally:

@@ -258,32 +258,10 @@ def test_unreadable_parts_are_notes(world, tmp_path):
     assert any("eval" in n and "not valid JSON" in n for n in result.notes)
 
 
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
-def test_report_renders_headless(world, tmp_path):
-    shot = tmp_path / "report.png"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2000",
-           (world["out"] / "report.html").resolve().as_uri()]
-    subprocess.run(cmd, capture_output=True, timeout=120)
-    assert shot.is_file() and shot.read_bytes().startswith(PNG) and shot.stat().st_size > 10_000
-
-
-def _cli_app():
-    try:
-        from eptk.cli.main import app
-    except ImportError as exc:
-        pytest.skip(f"eptk.cli.main is not there yet ({exc})")
-    return app
-
-
 def test_cli_analyze(world, tmp_path):
     from typer.testing import CliRunner
 
-    app = _cli_app()
+    from eptk.cli.main import app  # a broken CLI module fails here, it is not skipped
     out = tmp_path / "cli_out"
     result = CliRunner().invoke(app, ["analyze", str(world["runs"] / "collapse"), str(world["runs"] / "started"),
                                       "--out", str(out), "--no-vocab", "--no-plots", "--permutations", "20",
@@ -294,7 +272,6 @@ def test_cli_analyze(world, tmp_path):
 
 
 def test_cli_no_runs_exits_2(tmp_path):
-    _cli_app()
     proc = subprocess.run([sys.executable, "-m", "eptk.cli", "analyze", str(tmp_path),
                            "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr

@@ -82,25 +82,36 @@ NEEDS_MODEL = {"layer out of range", "posterior of another width", "capture laye
                "device map misses modules", "device map names no module", "generate device map misses modules"}
 
 
+# Each model a case loaded before a check that needs none. Recorded, not only raised: a caller may catch the
+# refusal (analysis/read.py turns any failure to load a vocabulary into a note) and go on to exit 2 anyway.
+EARLY_LOADS: list[str] = []
+
+
 @pytest.fixture(autouse=True)
 def guarded(request, files, monkeypatch):
     """The statistics cache inside the snapshot; loading a model is an error unless the case needs one."""
     monkeypatch.setenv("EPTK_CACHE", str(files / "cache"))
     case = request.node.callspec.params.get("case") if hasattr(request.node, "callspec") else None
+    EARLY_LOADS.clear()
     if case not in NEEDS_MODEL:
-        def refuse(*args, **kwargs):
+        def refuse(name="", *args, **kwargs):
+            EARLY_LOADS.append(str(name))
             raise AssertionError("a model was loaded before a check that needs none")
         modules = ("eptk.models",)  # every command loads through eptk.models.load_model
         for module in modules:  # all imported first: one imported while models.load_model is patched
             importlib.import_module(module)  # would keep the patch after the test
         for module in modules:
             monkeypatch.setattr(f"{module}.load_model", refuse)
+    yield
+    assert not EARLY_LOADS, f"models loaded before a check that needs none: {EARLY_LOADS}"
 
 
 def expect_refusal(run_cli, files, args):
     """exit 2, one line naming the problem, no traceback, nothing on disk changed."""
     before = snapshot(files)
     code, stdout, stderr = run_cli(*args)
+    early, EARLY_LOADS[:] = list(EARLY_LOADS), []  # reported here, not again when the fixture ends
+    assert not early, f"models loaded before a check that needs none: {early}"
     assert code == 2, (args, stdout, stderr)
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), stderr

@@ -10,7 +10,6 @@ from eptk.errors import EptkUsageError
 from eptk.families import decoder_layers
 from eptk.linalg import shrink_covariance
 from eptk.models import load_model
-from eptk.spaces import parse_layers
 from eptk.stats import ActivationStats, Reservoir, RunningGaussian, check_model
 from eptk.stats_cache import StatsCache, ensure_stats, stats_folder
 
@@ -175,20 +174,6 @@ def test_bos_and_padding_are_excluded():
     torch.testing.assert_close(with_bos.layer(0).mean, plain.layer(0).mean)
     assert with_bos.layer(0).samples.abs().max() < 10 and with_bos.layer(3).mean.abs().max() < 1e3
     assert "BOS" in with_bos.meta["excluded"]
-
-
-def parse_capture_layers(text, num_layers):
-    return parse_layers(text, num_layers, lowest=0, highest=num_layers)
-
-
-def test_parse_layers():
-    assert parse_capture_layers("all", 4) == [0, 1, 2, 3, 4]
-    assert parse_capture_layers("last:2", 4) == [2, 3]  # the inputs of the last two layers, as in tune
-    assert parse_capture_layers("4", 4) == [4]          # the last layer's output, by name
-    assert parse_capture_layers("3, 0", 4) == [0, 3]
-    for bad in ("5", "x", "", "last:0", "-1"):
-        with pytest.raises(EptkUsageError, match="all"):
-            parse_capture_layers(bad, 4)
 
 
 # ---- the file format --------------------------------------------------------------------------------

@@ -40,17 +40,101 @@ def test_a_model_on_cpu_and_disk_trains_and_scores_like_one_on_the_cpu(tmp_path,
     assert outputs[0]["tuned"]["loss"] == pytest.approx(outputs[1]["tuned"]["loss"], abs=1e-6)
 
 
+def commands(tmp_path, run):
+    """Every model-loading command, on the run `run` that the first one writes."""
+    return {
+        "tune": ["tune", *TINY, "--method", "soft", "--out", run],
+        "eval": ["eval", run, "--size", "2"],
+        "generate": ["generate", run, "1+1=", "--max-new-tokens", "2"],
+        "capture": ["capture", "--model", "tiny", "--examples", "4", "--samples", "8", "--out", tmp_path / "stats",
+                    "--quiet"],
+        "analyze": ["analyze", run, "--out", tmp_path / "analysis", "--no-plots", "--permutations", "5"],
+    }
+
+
+def loaded_models(monkeypatch):
+    """Every model the real loader returns, as (name, device type, dtype) of its weights."""
+    import eptk.models
+
+    real, seen = eptk.models.load_model, []
+
+    def spy(name, **kwargs):
+        loaded = real(name, **kwargs)
+        kinds = {(p.device.type, p.dtype) for p in loaded.model.parameters()}
+        assert len(kinds) == 1, kinds  # one device and one dtype for the whole frozen model
+        seen.append((name, *kinds.pop()))
+        return loaded
+
+    monkeypatch.setattr(eptk.models, "load_model", spy)  # every command loads through it (models.load_frozen)
+    return seen
+
+
+def check_every_command_loads_on(device: str, dtype, tmp_path, run_cli, seen, extra=()):
+    run = tmp_path / "run"
+    for name, args in commands(tmp_path, run).items():
+        seen.clear()
+        code, _, err = run_cli(*args, *extra)
+        assert code == 0, (name, err)
+        assert seen == [("tiny", device, dtype)], (name, seen)
+    import eptk
+    seen.clear()
+    eptk.load_run(run, **({"device": extra[1]} if extra else {}))  # the library call too
+    assert seen == [("tiny", device, dtype)]
+
+
+def test_every_command_loads_its_model_through_the_real_loader_on_the_cpu(tmp_path, run_cli, monkeypatch):
+    """Without CUDA, and with --device cpu: the weights the loader returns sit on the CPU in float32."""
+    seen = loaded_models(monkeypatch)
+    check_every_command_loads_on("cpu", torch.float32, tmp_path / "auto", run_cli, seen)
+    check_every_command_loads_on("cpu", torch.float32, tmp_path / "chosen", run_cli, seen, ["--device", "cpu"])
+
+
+@pytest.mark.gpu
+def test_every_command_loads_its_model_on_cuda_in_bfloat16(tmp_path, run_cli, monkeypatch):
+    """With CUDA present, every command loads the frozen model onto the GPU in bfloat16; --device cpu keeps it on
+    the CPU in float32."""
+    seen = loaded_models(monkeypatch)
+    check_every_command_loads_on("cuda", torch.bfloat16, tmp_path / "auto", run_cli, seen)
+    check_every_command_loads_on("cpu", torch.float32, tmp_path / "chosen", run_cli, seen, ["--device", "cpu"])
+
+
+def test_the_loader_puts_the_model_where_and_in_the_dtype_it_is_asked():
+    """load_model itself: the device (the meta device stands for a GPU here) and the dtype it is given, for every
+    kind of model it builds or reads (the tiny model and a saved folder)."""
+    from eptk.models import frozen_dtype, load_frozen, load_model
+
+    on_meta = load_frozen("tiny", torch.device("meta"))
+    assert {(p.device.type, p.dtype) for p in on_meta.model.parameters()} == {("meta", torch.float32)}
+    assert {b.device.type for b in on_meta.model.buffers()} <= {"meta"}
+    half = load_model("tiny", dtype=torch.bfloat16)
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
+    full = load_model("tiny")
+    assert all(torch.equal(a.to(torch.bfloat16), b)  # the same random weights, cast
+               for a, b in zip(full.model.parameters(), half.model.parameters()))
+    assert frozen_dtype(torch.device("cuda")) == torch.bfloat16 and frozen_dtype(torch.device("cpu")) == torch.float32
+
+
+def test_a_saved_model_loads_in_the_dtype_asked(tmp_path):
+    from eptk.models import build_tiny, load_model
+
+    model, tokenizer = build_tiny("llama")
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    for dtype in (torch.bfloat16, torch.float32):
+        assert {p.dtype for p in load_model(str(tmp_path / "m"), dtype=dtype).model.parameters()} == {dtype}
+
+
 @pytest.fixture
 def loads(monkeypatch):
-    """Every load_model call as (model, device, device_map), with CUDA pretended present; the model still
-    loads on the CPU (this machine's device)."""
+    """Every load_model call as (model, device, dtype, device_map), with CUDA pretended present; the model still
+    loads on the CPU (this machine's device): what each command asks the loader for."""
     import eptk.models
 
     real = eptk.models.load_model
     calls = []
 
     def spy(name, *, device="cpu", dtype=None, device_map=None, **kwargs):
-        calls.append((name, str(device), device_map))
+        calls.append((name, str(device), dtype, device_map))
         return real(name, device="cpu", dtype=torch.float32, **kwargs)
 
     monkeypatch.setattr(eptk.models, "load_model", spy)  # every command loads through it (models.load_frozen)
@@ -60,31 +144,25 @@ def loads(monkeypatch):
 
 
 def test_every_command_picks_cuda_when_present_and_loads_its_model_once(tmp_path, run_cli, loads):
+    """Each command asks for CUDA in bfloat16 when CUDA is present, and for the CPU in float32 with --device cpu
+    (the loading itself is checked above, on the devices this machine has)."""
     run = tmp_path / "run"
-    commands = {
-        "tune": ["tune", *TINY, "--method", "soft", "--out", run],
-        "eval": ["eval", run, "--size", "2"],
-        "generate": ["generate", run, "1+1=", "--max-new-tokens", "2"],
-        "capture": ["capture", "--model", "tiny", "--examples", "4", "--samples", "8", "--out", tmp_path / "stats",
-                    "--quiet"],
-        "analyze": ["analyze", run, "--out", tmp_path / "analysis", "--no-plots", "--permutations", "5"],
-    }
-    for name, args in commands.items():
+    for name, args in commands(tmp_path, run).items():
         loads.clear()
         code, _, err = run_cli(*args)
         assert code == 0, (name, err)
-        assert loads == [("tiny", "cuda", None)], (name, loads)
+        assert loads == [("tiny", "cuda", torch.bfloat16, None)], (name, loads)
     import eptk
     loads.clear()
     eptk.load_run(run)  # the library call too
-    assert loads == [("tiny", "cuda", None)]
-    for name, args in commands.items():  # --device chooses
+    assert loads == [("tiny", "cuda", torch.bfloat16, None)]
+    for name, args in commands(tmp_path, run).items():  # --device chooses
         if name == "tune":
             args = ["tune", *TINY, "--method", "soft", "--out", tmp_path / "run2"]
         loads.clear()
         code, _, err = run_cli(*args, "--device", "cpu")
         assert code == 0, (name, err)
-        assert loads == [("tiny", "cpu", None)], (name, loads)
+        assert loads == [("tiny", "cpu", torch.float32, None)], (name, loads)
 
 
 def test_a_device_map_is_refused_under_torchrun():

@@ -73,7 +73,8 @@ def test_two_processes_match_one_and_resume(tmp_path, single):
             assert abs(a["loss"] - b["loss"]) < 1e-5 and abs(a["grad_norm"] - b["grad_norm"]) < 1e-4
     assert json.loads((out / "eval.json").read_text())["tuned"]["n"] == 4
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
-        ["checkpoint", "config.json", "eval.json", "metrics.jsonl", "posterior.safetensors", "prior.safetensors"])
+        ["checkpoint", "config.json", "eval.json", "metrics.jsonl", "posterior.safetensors", "predictions.jsonl",
+         "prior.safetensors"])
 
     # Roll the run back to its step-2 checkpoint, as if killed after it, and resume on 2 processes.
     ckpt = out / "checkpoint"

@@ -58,3 +58,16 @@ def test_config_without_out_reruns_into_its_own_folder(tmp_path, run_cli, monkey
     code, _, err = run_cli("tune", "--config", tmp_path / "b" / "run" / "config.json", "--quiet")
     assert code == 2 and "already holds a run" in err and str(tmp_path / "b" / "run") in err, err
     assert sorted(p.name for p in (tmp_path / "b" / "run").iterdir()) == before
+
+
+def test_model_name_stays_a_name_beside_a_folder_of_that_name(tmp_path, run_cli, monkeypatch):
+    """The study lived in ./smollm2 with `--model smollm2`: config.json recorded the model as "." (the folder)
+    and resuming the interrupted run was refused as "other settings". A model name is kept as a name."""
+    monkeypatch.setenv("EPTK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").mkdir()                    # the study folder, named like the model
+    code, _, err = run_cli("tune", *TINY, "--out", "tiny/run")
+    assert code == 0, err
+    assert json.loads((tmp_path / "tiny" / "run" / "config.json").read_text())["model"] == "tiny"
+    code, _, err = run_cli("tune", *TINY, "--out", "tiny/run")
+    assert code == 2 and "already holds a run" in err and "other settings" not in err, err

@@ -331,33 +331,61 @@ def _compile_for_sm90(kernel, dtype, **constexprs):
     return triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm
 
 
-@pytest.mark.parametrize("variant", ["bf16-prefill-window-softcap-padded", "fp32-split-decode-window"])
-def test_kernels_compile_for_hopper(monkeypatch, variant):
-    """The GPU build (not the interpreter) of the kernels compiles for sm_90, windows and
-    soft-caps on, after interpreted runs in the same process: no GPU needed to find out."""
-    import triton.language as tl
-
-    from eptk.kernels._interpreter import built_interpreted
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    if built_interpreted(tl.standard.zeros):
-        pytest.skip("triton was imported with TRITON_INTERPRET=1")
+def compile_variant_for_hopper(variant: str) -> list[bool]:
+    """Compile the compiled build's kernels of one variant to sm_90 machine code; whether each has a cubin."""
     m = kernel_module("prefix_attention_triton")
     if variant.startswith("bf16"):
         flags = dict(G=4, HEAD_DIM=128, BLOCK_D=128, HAS_PAD=True, WINDOW=True, SOFTCAP=True,
                      PRECISION="ieee")
-        for kernel, extra in [(m._fwd_kernel, dict(m._FWD_CONFIGS[(False, "default")][0].kwargs,
-                                                   P_BLOCK=32, SPLIT=False, STORE_MASS=True,
-                                                   DECODE=False)),
-                              (m._bwd_dkdv_kernel, m._DKDV_CONFIGS["default"][0].kwargs),
-                              (m._bwd_dq_kernel, dict(m._DQ_CONFIGS["default"][0].kwargs, P_BLOCK=32))]:
-            assert "cubin" in _compile_for_sm90(kernel, "bf16", **flags, **extra)
-    else:
-        flags = dict(G=4, HEAD_DIM=64, BLOCK_D=64, HAS_PAD=True, WINDOW=True, SOFTCAP=False,
-                     PRECISION="tf32x3", P_BLOCK=16, SPLIT=True, STORE_MASS=True, DECODE=True)
-        fwd = _compile_for_sm90(m._fwd_kernel, "fp32", **flags,
-                                **m._FWD_CONFIGS[(True, "fp32")][0].kwargs)
-        combine = _compile_for_sm90(m._combine_kernel, "fp32", HEAD_DIM=64, BLOCK_D=64, BLOCK_R=16)
-        assert "cubin" in fwd and "cubin" in combine
+        return ["cubin" in _compile_for_sm90(kernel, "bf16", **flags, **extra)
+                for kernel, extra in [(m._fwd_kernel, dict(m._FWD_CONFIGS[(False, "default")][0].kwargs,
+                                                           P_BLOCK=32, SPLIT=False, STORE_MASS=True,
+                                                           DECODE=False)),
+                                      (m._bwd_dkdv_kernel, m._DKDV_CONFIGS["default"][0].kwargs),
+                                      (m._bwd_dq_kernel, dict(m._DQ_CONFIGS["default"][0].kwargs, P_BLOCK=32))]]
+    flags = dict(G=4, HEAD_DIM=64, BLOCK_D=64, HAS_PAD=True, WINDOW=True, SOFTCAP=False,
+                 PRECISION="tf32x3", P_BLOCK=16, SPLIT=True, STORE_MASS=True, DECODE=True)
+    fwd = _compile_for_sm90(m._fwd_kernel, "fp32", **flags, **m._FWD_CONFIGS[(True, "fp32")][0].kwargs)
+    combine = _compile_for_sm90(m._combine_kernel, "fp32", HEAD_DIM=64, BLOCK_D=64, BLOCK_R=16)
+    return ["cubin" in fwd, "cubin" in combine]
+
+
+# Run in a process of its own: Triton builds its library functions (tl.zeros, ...) for whichever mode
+# TRITON_INTERPRET selected when triton was first imported, which in the test process depends on the tests
+# that ran before. The script imports triton compiled, runs the kernels interpreted, then compiles them.
+_HOPPER_SCRIPT = """
+import json, os, sys
+os.environ.pop("TRITON_INTERPRET", None)
+sys.path.insert(0, sys.argv[1])
+import torch, triton.language as tl
+from eptk.kernels._interpreter import built_interpreted
+assert not built_interpreted(tl.standard.zeros), "triton's library functions were built for the interpreter"
+os.environ["TRITON_INTERPRET"] = "1"
+import test_prefix_attention as t
+tensors, mask = t.make_inputs(1, 2, 1, 5, 9, 3, 16, pad="right", seed=7)
+xs = [x.requires_grad_() for x in tensors]
+out = t.prefix_attention_triton(*xs, key_padding_mask=mask, window=4, softcap=2.0)
+torch.autograd.grad(out.sum(), xs)
+del os.environ["TRITON_INTERPRET"]
+print(json.dumps(t.compile_variant_for_hopper(sys.argv[2])))
+"""
+
+
+@pytest.mark.parametrize("variant", ["bf16-prefill-window-softcap-padded", "fp32-split-decode-window"])
+def test_kernels_compile_for_hopper(variant):
+    """The GPU build (not the interpreter) of the kernels compiles for sm_90, windows and
+    soft-caps on, after interpreted runs in the same process: no GPU needed to find out, and never
+    skipped, whatever ran before in the test process."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run([sys.executable, "-c", _HOPPER_SCRIPT, str(Path(__file__).parent), variant],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    compiled = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert compiled and all(compiled), compiled
 
 
 @_interpreter

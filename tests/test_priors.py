@@ -92,3 +92,21 @@ def test_unknown_spec_lists_all_families():
 def test_vocab_priors_refuse_prefix_tensors(ctx):
     with pytest.raises(EptkUsageError, match="width"):
         build_prior("vocab", ctx, {"prefix.0.key": ParamInfo("prefix.0.key", (2, 6, 16), 0)})
+
+
+def test_prior_jitter_moves_the_start_by_its_relative_size(tmp_path, run_cli):
+    """--prior-jitter R: the start is the prior sample times 1 + R·N(0,1), recorded in config.json; R = 0 is the
+    plain sample."""
+    import json
+
+    from safetensors.torch import load_file
+
+    args = ["tune", "--model", "tiny", "--method", "soft", "--tokens", "4", "--steps", "1", "--batch-size", "2",
+            "--eval-size", "2", "--test-size", "2", "--train-size", "8", "--quiet"]
+    for name, extra in (("plain", []), ("jitter", ["--prior-jitter", "1e-3"])):
+        code, _, err = run_cli(*args, *extra, "--out", tmp_path / name)
+        assert code == 0, err
+    plain, moved = (load_file(str(tmp_path / n / "prior.safetensors"))["soft"].double() for n in ("plain", "jitter"))
+    relative = (moved / plain - 1).flatten()
+    assert 0.5e-3 < float(relative.std()) < 1.5e-3 and abs(float(relative.mean())) < 3e-4
+    assert json.loads((tmp_path / "jitter" / "config.json").read_text())["prior_jitter"] == 1e-3

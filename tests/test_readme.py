@@ -46,3 +46,31 @@ def test_model_table_lists_every_family():
     table = README[README.index("| family (`model_type`)"):README.index("### Methods")]
     missing = [model_type for model_type in FAMILIES if f"(`{model_type}`)" not in table]
     assert not missing, missing
+
+
+def readme_verdicts(readme: str, words) -> dict[str, str]:
+    """claim number -> verdict, from the numbered lines of the README's findings section: each opens with
+    `N. **<the claim>: <verdict>...**`; a numbered line there whose bold part states no verdict is an error."""
+    import re
+
+    start = readme.index("\n## Findings")
+    end = readme.find("\n## ", start + 1)
+    verdicts = {}
+    for number, bold in re.findall(r"^(\d+)\. \*\*(.+?)\*\*", readme[start:end if end > 0 else None], re.M):
+        stated = bold.rsplit(": ", 1)[-1]
+        found = [w for w in sorted(words, key=len, reverse=True) if stated.startswith(w)]
+        assert found, f"README findings line {number} states no verdict ({', '.join(words)}): {bold!r}"
+        verdicts[number] = found[0]
+    return verdicts
+
+
+def test_findings_verdicts_are_the_studys():
+    """The verdict the README states for each claim is the one docs/findings/claims.json gives, claim for claim,
+    and every claim of the committed study has its line."""
+    import json
+
+    from eptk.reproduce.claims import FAILS, HOLDS, NOT_MEASURED, UNSURE
+
+    claims = json.loads((Path(__file__).parent.parent / "docs" / "findings" / "claims.json").read_text())["claims"]
+    study = {str(c["claim"]): c["verdict"] for c in claims}
+    assert readme_verdicts(README, {HOLDS, FAILS, UNSURE, NOT_MEASURED, *study.values()}) == study

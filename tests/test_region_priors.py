@@ -278,3 +278,105 @@ def test_exclusion_rejects_the_core_and_reports_acceptance(tiny_ctx, caplog):
     centre = dist.mean.expand(512, 64).clone()
     lp_centre = check_log_prob(prior, {"deep.2": centre})
     assert lp_centre < lp_out                                           # finite, but the core is penalized
+
+
+# ---- the same families on synthetic statistics (no model): their formulas ---------------------------------
+
+def synthetic_layer(seed=0, n=300, d=6, layer=2, max_mahalanobis=None):
+    from eptk.stats import Reservoir, RunningGaussian, layer_activations
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.linspace(0.5, 2.0, d) + 4.0
+    res = Reservoir(n, d)
+    res.add(x)
+    return layer_activations(layer, RunningGaussian(d).add(x), res, max_mahalanobis=max_mahalanobis)
+
+
+def test_knn_distance_is_the_kth_nearest_row():
+    from eptk.priors.region import knn_distance
+
+    data = torch.tensor([[0.0], [1.0], [3.0], [7.0]])
+    assert knn_distance(torch.tensor([[2.0]]), data, 2).tolist() == [1.0]       # |2−1|, |2−3|: the 2nd is 1
+    assert knn_distance(data, data, 1, exclude_self=True).tolist() == [1.0, 1.0, 2.0, 4.0]
+    assert knn_distance(data, data, 9).tolist() == [7.0, 6.0, 4.0, 7.0]       # k beyond the rows: the farthest
+    many = torch.arange(3000.0)[:, None]                                       # more than one chunk of queries
+    assert torch.equal(knn_distance(many, data, 1)[-2:], torch.tensor([2991.0, 2992.0], dtype=torch.float64))
+
+
+def test_new_region_bounds_are_the_datas_own():
+    from eptk.priors.region import knn_distance, new_region_bounds
+
+    ls = synthetic_layer()
+    data = ls.samples.double()
+    b = new_region_bounds(ls)
+    norms = data.norm(dim=1)
+    assert (b.norm_lo, b.norm_hi) == pytest.approx(torch.quantile(norms, torch.tensor([0.05, 0.95],
+                                                                                      dtype=torch.float64)).tolist())
+    assert b.mahalanobis == pytest.approx(float(ls.mahalanobis(data).max()))
+    assert b.knn_radius == pytest.approx(float(torch.quantile(knn_distance(data, data, KNN_K, exclude_self=True),
+                                                              KNN_QUANTILE)))
+    assert b.k == KNN_K
+    wider = new_region_bounds(synthetic_layer(max_mahalanobis=1e3))  # the capture's pass over every token
+    assert wider.mahalanobis == 1e3
+    narrower = new_region_bounds(synthetic_layer(max_mahalanobis=0.5))
+    assert narrower.mahalanobis == pytest.approx(b.mahalanobis)      # never below the reservoir's own
+    with pytest.raises(EptkUsageError) as refused:
+        new_region_bounds(synthetic_layer(n=5))
+    assert str(refused.value) == ("region:new needs more than 5 captured token activations at layer 2 (have 5); "
+                                  "capture more examples")
+
+
+def test_new_region_samples_clear_every_bound_by_the_margin():
+    from eptk.priors.region import MARGIN, NewRegion
+
+    ls = synthetic_layer(d=4)
+    dist = NewRegion((40, 4), ls, torch.Generator().manual_seed(0))
+    x = dist.sample(torch.Generator().manual_seed(1)).double()
+    assert x.shape == (40, 4)
+    checks = dist.checks(x)
+    assert all(bool(v.all()) for v in checks.values()), {k: int(v.sum()) for k, v in checks.items()}
+    b = dist.bounds
+    assert float(ls.mahalanobis(x.float()).min()) > b.mahalanobis * (1 + MARGIN) * (1 - 1e-5)
+    norms = x.norm(dim=1)
+    assert bool(((norms >= b.norm_lo) & (norms <= b.norm_hi)).all())
+    assert torch.equal(dist.cheap_checks(x), checks["mahalanobis"] & checks["norm"])
+    inside = ls.samples[:5].double()
+    assert not dist.checks(inside)["mahalanobis"].any() and not dist.cheap_checks(inside).any()
+    assert torch.equal(dist.sample(torch.Generator().manual_seed(1)), x.float())   # seeded
+
+
+def test_between_moments_are_the_interpolations():
+    a, b = synthetic_layer(seed=1), synthetic_layer(seed=2)
+    a.mean.add_(3.0)
+    dist = Between((5, 6), a, b)
+    delta = (a.mean - b.mean).double()
+    cov = (a.cov.double() + b.cov.double()) / 3 + torch.outer(delta, delta) / 12
+    torch.testing.assert_close(dist.moments.mean.double(), 0.5 * (a.mean + b.mean).double())
+    torch.testing.assert_close((dist.moments.scale_tril @ dist.moments.scale_tril.T).double(), cov,
+                               rtol=1e-4, atol=1e-5)
+    x = dist.sample(torch.Generator().manual_seed(3))
+    assert torch.equal(dist.log_prob(x), dist.moments.log_prob(x))
+
+
+def test_exclusion_log_density_and_acceptance_are_their_formulas():
+    ls = synthetic_layer(d=3)
+    dist = Exclusion((7, 3), ls, 5.0, torch.Generator().manual_seed(0))
+    c_d = 5.0 ** (2 / 3)
+    assert dist.c_dim == pytest.approx(c_d) and dist.proposed == 4096
+    assert dist.acceptance_rate == pytest.approx(dist.accepted / dist.proposed)
+    x = dist.sample(torch.Generator().manual_seed(1)).double()
+    L = dist.scale_tril.double()
+    z = torch.linalg.solve_triangular(L, (x - dist.mean.double()).T, upper=False).T
+    d2 = (z * z).sum(1)
+    torch.testing.assert_close(dist.mahalanobis2(x.float()).double(), d2, rtol=1e-5, atol=1e-5)
+    core = 2 * math.log(5.0) / (1 - 1 / c_d)
+    assert bool((d2 > core).all())
+    log_det = 2 * float(L.diagonal().log().sum())
+    log_wide = -0.5 * d2 / c_d - 0.5 * (log_det + 2 * math.log(5.0)) - 1.5 * math.log(2 * math.pi)
+    p = 1 - torch.exp(math.log(5.0) - 0.5 * d2 * (1 - 1 / c_d))
+    log_p = math.log(0.01) + torch.log(torch.nn.functional.softplus(p / 0.01))
+    want = float((log_wide + log_p).sum()) - 7 * math.log(dist.acceptance_rate)
+    assert float(dist.log_prob(x.float())) == pytest.approx(want, rel=1e-4)
+    with pytest.raises(EptkUsageError, match="c must be greater than 1"):
+        build_prior("exclusion:1", PriorContext(task="arith", stats=lambda task, layer: ls),
+                    {"deep.2": ParamInfo("deep.2", (4, 6), 2)})

@@ -82,6 +82,9 @@ def test_quick_study_writes_every_file(quick_study):
     training = ("main", "transfer", "sink", "converged", "ablation")
     assert len(rows) == sum(len(study.stage_runs[s]) for s in training)
     assert all(r["status"] == "complete" for r in rows)
+    for name in ("FINDINGS.md", "runs.csv", "claims.json"):   # committed results hold no folder of this machine
+        assert str(out.parent) not in (out / name).read_text(), name
+    assert {r["prior"] for r in rows if r["stage"] == "transfer"} >= {"posterior:arith-soft-normal-t4-s0"}
     assert {"run", "task", "method", "layers", "prior", "seed", "steps", "baseline_score", "tuned_score",
             "best_val_loss", "stalled", "test_items", "displacement", "inside_share", "distance"} <= set(rows[0])
     assert all(0 <= float(r["tuned_score"]) <= 100 for r in rows)

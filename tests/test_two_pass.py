@@ -11,7 +11,6 @@ from eptk.families import model_dims
 from eptk.methods import NoPrompt, build_method
 from eptk.models import TINY_FAMILIES
 from eptk.prompts import PromptedModel
-from eptk.spaces import parse_layers
 from reference_forward import full_forward
 
 TOL = 1e-4
@@ -186,16 +185,6 @@ def test_left_padded_generation_matches_unpadded_rows(tiny_models):
         assert torch.equal(together[1, -6:], alone[0, -6:])
     finally:
         prompted.remove_hooks()
-
-
-def test_layer_specs():
-    assert parse_layers("all", 5) == [1, 2, 3, 4]
-    assert parse_layers("last:3", 30) == [27, 28, 29]
-    assert parse_layers("4,2", 8) == [2, 4]
-    from eptk.errors import EptkUsageError
-    for bad in ("0", "9", "last:0", "last:x", "x", ""):
-        with pytest.raises(EptkUsageError):
-            parse_layers(bad, 8)
 
 
 @pytest.mark.parametrize("P,pad", [(3, "left"), (3, "right"), (0, None), (1, "left")])

@@ -5,10 +5,10 @@ Importing the package registers every family module in it, so a new family is on
 """
 from ..registry import import_modules
 from .registry import (PRIORS, Distribution, ParamInfo, Prior, PriorContext, PriorFamily, build_prior, check_prior,
-                       parse_spec,
+                       jitter, parse_spec,
                        register_prior, spec_choices)
 
 import_modules(__name__, __path__)
 
 __all__ = ["PRIORS", "Distribution", "ParamInfo", "Prior", "PriorContext", "PriorFamily", "build_prior",
-           "check_prior", "parse_spec", "register_prior", "spec_choices"]
+           "check_prior", "jitter", "parse_spec", "register_prior", "spec_choices"]

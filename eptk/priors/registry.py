@@ -126,6 +126,16 @@ class Prior:
         return self
 
 
+def jitter(tensors: dict[str, torch.Tensor], relative: float, seed: int) -> dict[str, torch.Tensor]:
+    """Each value times (1 + relative·ε), ε ~ N(0, 1) from its own generator (seeded by `seed`, apart from the
+    prior's): `--prior-jitter`, to measure how much a run depends on its start beyond the prior's distribution."""
+    if not relative:
+        return tensors
+    g = torch.Generator().manual_seed(seed * 1_000_003 + 17)
+    return {name: (t.double() * (1.0 + relative * torch.randn(t.shape, generator=g, dtype=torch.float64))).to(t.dtype)
+            for name, t in sorted(tensors.items())}
+
+
 def build_prior(spec: str, ctx: PriorContext, params: dict[str, ParamInfo]) -> Prior:
     family, parsed = parse_spec(spec)
     return Prior(spec, {name: family.make(parsed, ctx, info) for name, info in params.items()})

@@ -33,7 +33,11 @@ def rules_commit(top: Path) -> str | None:
 
 def committed(top: Path, path: Path) -> str | None:
     """'<hash> <date>' of the commit that first added `path` (None when it is not committed)."""
-    found = _git(top, "log", "--diff-filter=A", "--format=%H %cI", "--", str(Path(path).resolve().relative_to(top)))
+    try:
+        inside = Path(path).resolve().relative_to(Path(top).resolve())
+    except ValueError:
+        return None  # a run outside the repository (a study folder elsewhere) is not committed there
+    found = _git(top, "log", "--diff-filter=A", "--format=%H %cI", "--", str(inside))
     return found.splitlines()[-1] if found else None
 
 

@@ -9,6 +9,7 @@ import json
 import math
 from pathlib import Path
 
+from ..config import portable_paths
 from ..io import write_json_atomic, write_text_atomic
 from . import provenance
 from .claims import CLAIMS
@@ -49,7 +50,7 @@ def run_rows(g: Gathered) -> list[dict]:
     rows = []
     for stage in TRAINING_STAGES:
         for run in g.study.stage_runs[stage]:
-            s = run.settings
+            s = portable_paths(run.settings, g.study.out)  # a transfer's posterior: by run name, no machine folder
             row = {"run": run.name, "stage": stage, "status": "complete" if run.name in g.runs else "missing",
                    "task": s["task"], "method": s["method"], "layers": s.get("layers", ""), "prior": s["prior"],
                    "prior_weight": s.get("prior_weight", 0.0), "lr": s.get("lr"), "lr_scale": s.get("lr_scale"),

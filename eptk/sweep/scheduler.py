@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import EptkUsageError
-from ..io import write_json_atomic
+from ..io import crash_point, write_json_atomic
 from ..runs import EVAL, RunDir
 from .grid import Sweep, plan, select_shard
 
@@ -78,6 +78,7 @@ class _Job:
         self.t0 = time.time()
         self.proc = subprocess.Popen(self.command, stdout=self.out_file, stderr=self.err_file, env=env,
                                      stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        crash_point("job-started")
 
     def close(self) -> None:
         self.out_file.close()

@@ -45,9 +45,12 @@ def decide(table: list[dict]) -> tuple[str, str, dict]:
     return UNSURE, text, stats
 
 
-def measure(g, n_perm: int = 200, **_) -> dict:
+SEQUENCE_PERMUTATIONS = 200   # version 1's view, as version 1 computed it
+
+
+def measure(g, **_) -> dict:
     rows, missing = g.token_rows()
-    sequence = g.cluster_rows(n_perm=n_perm)
+    sequence = g.cluster_rows(n_perm=SEQUENCE_PERMUTATIONS)
     if not rows:
         return not_measured(CLAIM, missing)
     table = layer_table(rows)

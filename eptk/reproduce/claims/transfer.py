@@ -68,7 +68,9 @@ def decide(d: dict) -> tuple[str, str]:
 
 def measure(g, **_) -> dict:
     fresh, warm = g.transfer()
-    missing = g.missing_of("transfer")
+    size = g.study.scale.reeval_size   # scores come from the runs' re-evaluation on this many test items
+    missing = g.missing_of("transfer") + [f"{r.name}/eval-test-{size}.json" for r in fresh + warm
+                                          if len(r.items) < size]
     if not fresh or not warm:
         return not_measured(CLAIM, missing)
     zero = [r for r in warm if r.extra.get("weight", 0) == 0]

@@ -1,0 +1,251 @@
+"""eptk.stats without a model: the streaming Gaussian against torch's mean and covariance, the reservoir's
+Algorithm R and its merge, the per-layer view priors read, and the statistics folder's format and refusals.
+(tests/test_capture.py covers the same objects filled by real captures.)"""
+import json
+
+import pytest
+import torch
+
+from eptk import linalg
+from eptk.errors import EptkUsageError
+from eptk.stats import (EXCLUDED, FORMAT, META_FILE, STATS_FILE, ActivationStats, Reservoir, RunningGaussian,
+                        check_model, is_stats_folder, layer_activations)
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def rows(n, d=5, seed=0, offset=3.0):
+    return torch.randn(n, d, generator=gen(seed), dtype=torch.float64) * torch.arange(1.0, d + 1) + offset
+
+
+def test_running_gaussian_by_sums_by_rows_and_merged_is_torch_cov():
+    x = rows(37)
+    whole = torch.cov(x.T)
+    by_sums, by_rows, a, b = (RunningGaussian(5) for _ in range(4))
+    for chunk in x.split(8):
+        by_sums.update(chunk.shape[0], chunk.sum(0), chunk.T @ chunk)
+        by_rows.add(chunk.float())
+    a.add(x[:11])
+    b.add(x[11:])
+    merged = a.merge(b)
+    for g in (by_sums, by_rows, merged):
+        assert g.count == 37.0
+        torch.testing.assert_close(g.mean, x.mean(0), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(g.covariance(), whole, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(merged.covariance(), whole, rtol=1e-12, atol=1e-12)  # float64 rows: exact
+    assert merged.covariance().dtype == torch.float64
+
+
+def test_running_gaussian_edges():
+    g = RunningGaussian(3)
+    g.update(0, torch.zeros(3), torch.zeros(3, 3))
+    g.add(torch.zeros(0, 3))
+    assert g.count == 0 and torch.equal(g.mean, torch.zeros(3, dtype=torch.float64))
+    g.add(torch.tensor([[1.0, 2.0, 3.0]]))
+    assert g.count == 1 and torch.equal(g.covariance(), torch.zeros(3, 3, dtype=torch.float64))  # n − 1 = 0
+    g.add(torch.tensor([[3.0, 2.0, 1.0]]))
+    torch.testing.assert_close(g.covariance(), torch.cov(torch.tensor([[1.0, 2, 3], [3, 2, 1]]).T).double())
+    with pytest.raises(ValueError) as refused:
+        g.merge(RunningGaussian(4))
+    assert str(refused.value) == "cannot merge Gaussians of width 4 and 3"
+    assert g.device.type == "cpu" and g.cpu() is g
+
+
+def test_running_gaussian_from_moments_round_trip():
+    x = rows(20)
+    g = RunningGaussian(5).add(x)
+    back = RunningGaussian.from_moments(g.count, g.mean.float(), g.covariance().float())
+    assert back.count == 20.0 and back.dim == 5 and back.mean.dtype == torch.float64
+    torch.testing.assert_close(back.covariance(), g.covariance(), rtol=1e-6, atol=1e-6)
+    one = RunningGaussian.from_moments(1, torch.ones(5), torch.eye(5))
+    torch.testing.assert_close(one.m2, torch.eye(5, dtype=torch.float64))  # count 1: the scatter is the cov
+    empty = RunningGaussian.from_moments(0, torch.ones(5), torch.eye(5))
+    assert empty.count == 0 and torch.equal(empty.m2, torch.zeros(5, 5, dtype=torch.float64))
+    back.add(x)  # a loaded Gaussian keeps merging
+    assert back.count == 40.0
+
+
+def test_shrunk_covariance_is_linalgs():
+    x = rows(30)
+    g = RunningGaussian(5).add(x)
+    torch.testing.assert_close(g.shrunk_covariance(), linalg.shrink_covariance(g.covariance(), 30, g.mean))
+    torch.testing.assert_close(g.shrunk_covariance(x[:10]),
+                               linalg.shrink_covariance(g.covariance(), 30, g.mean, x[:10]))
+
+
+def test_reservoir_keeps_the_first_rows_then_a_seeded_uniform_sample():
+    stream = torch.arange(100.0)[:, None]
+    r = Reservoir(10, 1, seed=3)
+    r.add(stream[:7])
+    assert r.seen == 7 and r.samples[:, 0].tolist() == list(range(7))   # below capacity: every row, in order
+    r.add(stream[7:])
+    assert r.seen == 100 and r.samples.shape == (10, 1) and len(set(r.samples[:, 0].tolist())) == 10
+    again = Reservoir(10, 1, seed=3)
+    for chunk in stream.split(13):  # the same stream in other chunks: the same sample
+        again.add(chunk)
+    assert torch.equal(again.samples, r.samples)
+    counts = torch.zeros(100)
+    for seed in range(300):
+        s = Reservoir(10, 1, seed=seed)
+        s.add(stream)
+        counts[s.samples[:, 0].long()] += 1
+    assert counts.sum() == 3000 and 10 < counts.min() and counts.max() < 55  # each row kept ~30 times in 300
+
+
+def test_reservoir_add_from_masks_and_indexes():
+    hidden = torch.arange(24.0).reshape(2, 4, 3)
+    mask = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1]])
+    a, b = Reservoir(10, 3), Reservoir(10, 3)
+    a.add_from(hidden, mask)
+    b.add_from(hidden, index=torch.nonzero(mask.reshape(-1)).squeeze(1))
+    want = hidden.reshape(-1, 3)[[0, 1, 5, 6, 7]]
+    assert torch.equal(a.samples, want) and torch.equal(b.samples, want) and a.seen == 5
+    empty = Reservoir(0, 3)
+    empty.add(hidden)
+    assert empty.seen == 8 and empty.samples.shape == (0, 3)
+
+
+def test_reservoir_merge_is_a_sample_of_both_streams():
+    a, b = Reservoir(6, 1, seed=1), Reservoir(6, 1, seed=2)
+    a.add(torch.arange(0.0, 4.0)[:, None])
+    b.add(torch.arange(100.0, 103.0)[:, None])
+    a.merge(b)
+    assert a.seen == 7
+    assert a.samples.shape == (6, 1) and set(a.samples[:, 0].tolist()) <= {0, 1, 2, 3, 100, 101, 102}
+    small = Reservoir(10, 1)
+    small.add(torch.ones(2, 1))
+    other = Reservoir(10, 1)
+    other.add(torch.full((3, 1), 2.0))
+    small.merge(other)
+    assert small.seen == 5 and sorted(small.samples[:, 0].tolist()) == [1, 1, 2, 2, 2]  # room for all
+    with pytest.raises(ValueError) as refused:
+        small.merge(Reservoir(10, 2))
+    assert str(refused.value) == "cannot merge reservoirs of width 2 and 1"
+    shares = []
+    for seed in range(200):  # a stream 3x longer supplies 3/4 of the merged sample
+        x, y = Reservoir(8, 1, seed=seed), Reservoir(8, 1, seed=seed + 1000)
+        x.add(torch.zeros(30, 1))
+        y.add(torch.ones(90, 1))
+        shares.append(float(x.merge(y).samples.mean()))
+    assert sum(shares) / len(shares) == pytest.approx(0.75, abs=0.04)
+
+
+def test_layer_activations_shrink_when_there_are_few_tokens():
+    many, few = RunningGaussian(5).add(rows(40)), RunningGaussian(5).add(rows(4))
+    for g, shrunk_cov in ((many, False), (few, True)):
+        res = Reservoir(16, 5)
+        res.add(rows(40)[:16])
+        view = layer_activations(3, g, res)
+        delta = linalg.covariance_shrinkage(g.covariance(), g.count, g.mean, res.samples)
+        assert view.layer == 3 and view.dim == 5 and view.count == g.count and view.shrinkage == delta
+        torch.testing.assert_close(view.shrunk_cov, linalg.shrink(g.covariance(), delta).float())
+        torch.testing.assert_close(view.cov, (view.shrunk_cov if shrunk_cov else g.covariance().float()))
+        assert view.mean.dtype == torch.float32 and view.pooled is None and view.max_mahalanobis is None
+    tril = view.scale_tril()
+    assert tril is view.scale_tril() and tril.dtype == torch.float32
+    x = rows(6).float()
+    torch.testing.assert_close(view.mahalanobis(x), linalg.mahalanobis(x, tril, view.mean))
+
+
+def filled(layers=(0, 2), d=5, samples=8, seed=0):
+    stats = ActivationStats(d, list(layers), samples, seed=seed, meta={"model": "tiny", "task": "arith"})
+    for l in layers:
+        x = rows(20, d, seed=l + 10 * seed)
+        stats.gaussians[l].add(x)
+        stats.reservoirs[l].add(x)
+        stats.pooled_parts[l].append(x[:3].float())
+    return stats
+
+
+def test_activation_stats_layers_have_their_own_reservoir_streams():
+    stats = ActivationStats(5, [4, 0, 2], 8, seed=1)
+    assert stats.layers == [0, 2, 4]
+    x = rows(30)
+    for l in stats.layers:
+        stats.reservoirs[l].add(x)
+    assert not torch.equal(stats.reservoirs[0].samples, stats.reservoirs[2].samples)
+    alone = ActivationStats(5, [2], 8, seed=1)
+    alone.reservoirs[2].add(x)
+    assert torch.equal(alone.reservoirs[2].samples, stats.reservoirs[2].samples)  # not shifted by other layers
+    with pytest.raises(EptkUsageError) as refused:
+        stats.layer(3)
+    assert str(refused.value) == "no statistics for layer 3; captured layers: 0, 2, 4"
+    assert stats.pooled(0).shape == (0, 5)
+
+
+def test_activation_stats_merge():
+    a, b = filled(seed=0), filled(seed=1)
+    a.max_mahalanobis[0] = 3.0
+    before = a.layer(0)
+    a.merge(b)
+    assert a.gaussians[0].count == 40 and a.pooled(0).shape == (6, 5) and a.max_mahalanobis == {}
+    assert a.layer(0) is not before and a.layer(0).count == 40
+    with pytest.raises(ValueError):
+        a.merge(filled(layers=(0,)))
+    with pytest.raises(ValueError):
+        a.merge(filled(d=4))
+
+
+def test_save_and_load_round_trip(tmp_path):
+    stats = filled()
+    stats.max_mahalanobis[2] = 7.5
+    stats.save(tmp_path / "s")
+    assert is_stats_folder(tmp_path / "s") and not is_stats_folder(tmp_path)
+    meta = json.loads((tmp_path / "s" / META_FILE).read_text())
+    assert meta["format"] == FORMAT and meta["hidden_size"] == 5 and meta["layers"] == [0, 2]
+    assert meta["excluded"] == EXCLUDED and meta["tokens"] == {"0": 20.0, "2": 20.0} and meta["model"] == "tiny"
+    back = ActivationStats.load(tmp_path / "s", model_name="tiny", hidden_size=5)
+    assert back.layers == [0, 2] and back.dim == 5 and back.max_mahalanobis == {2: 7.5}
+    for l in (0, 2):
+        torch.testing.assert_close(back.gaussians[l].mean.float(), stats.gaussians[l].mean.float())
+        torch.testing.assert_close(back.gaussians[l].covariance().float(), stats.gaussians[l].covariance().float())
+        assert torch.equal(back.reservoirs[l].samples, stats.reservoirs[l].samples)
+        assert back.reservoirs[l].seen == 20 and torch.equal(back.pooled(l), stats.pooled(l))
+    assert back.layer(2).max_mahalanobis == 7.5 and back.layer(0).max_mahalanobis is None
+    back.save(tmp_path / "again")
+    assert (tmp_path / "again" / STATS_FILE).read_bytes() == (tmp_path / "s" / STATS_FILE).read_bytes()
+
+
+def test_an_older_folder_without_seen_or_pooled_loads(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    filled().save(tmp_path / "s")
+    tensors = {k: v for k, v in load_file(str(tmp_path / "s" / STATS_FILE)).items()
+               if not k.endswith((".seen", ".pooled"))}
+    save_file(tensors, str(tmp_path / "s" / STATS_FILE))
+    back = ActivationStats.load(tmp_path / "s")
+    assert back.reservoirs[0].seen == 8 and back.pooled(0).shape == (0, 5)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda m, t: m.pop("layers"), "is not eptk activation-statistics metadata (no 'layers' list)"),
+    (lambda m, t: t.pop("layer2.samples"), "lacks layer2.samples; recapture with `eptk capture`"),
+    (lambda m, t: t.update({"layer0.cov": torch.zeros(4, 4)}),
+     "layer0 has mean (5,) and cov (4, 4), expected (5,) and (5, 5)"),
+])
+def test_damaged_folders_are_refused_by_name(tmp_path, change, message):
+    from safetensors.torch import load_file, save_file
+
+    filled().save(tmp_path / "s")
+    meta = json.loads((tmp_path / "s" / META_FILE).read_text())
+    tensors = load_file(str(tmp_path / "s" / STATS_FILE))
+    change(meta, tensors)
+    (tmp_path / "s" / META_FILE).write_text(json.dumps(meta))
+    save_file(tensors, str(tmp_path / "s" / STATS_FILE))
+    with pytest.raises(EptkUsageError) as refused:
+        ActivationStats.load(tmp_path / "s")
+    assert message in str(refused.value)
+
+
+def test_statistics_of_another_model_are_refused():
+    check_model({"model": "tiny", "hidden_size": 64}, "tiny", 64)
+    check_model({}, "tiny", 64)  # nothing recorded: nothing to refuse
+    with pytest.raises(EptkUsageError) as refused:
+        check_model({"model": "tiny"}, "smollm2")
+    assert str(refused.value) == ("activation statistics were captured from model 'tiny', not 'smollm2'; capture "
+                                  "them for 'smollm2' with `eptk capture --model smollm2`")
+    with pytest.raises(EptkUsageError) as refused:
+        check_model({"model": "tiny", "hidden_size": 64}, "tiny", 576)
+    assert str(refused.value) == "activation statistics have width 64 (model 'tiny') but model 'tiny' has hidden size 576"
