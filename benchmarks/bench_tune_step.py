@@ -40,6 +40,12 @@ from common import (DEVICE, GPU, MODEL_SHAPES, device_name, measure, peak_bytes,
 METHODS = ("soft", "prefix", "deep")
 PEFT_OF = {"eptk-soft": "peft-prompt", "eptk-prefix": "peft-prefix", "eptk-deep": "peft-prefix"}
 DEEP_LAYERS = "last:3"  # the paper's deep recipe
+
+
+def method_options(method) -> dict:
+    """The benchmarked options of a method class: the paper's deep layers where it takes layers."""
+    from eptk.options import fields_of
+    return {"layers": DEEP_LAYERS} if "layers" in fields_of(method.Options) else {}
 SHORT = ("floor", "peft-prompt", "peft-prefix", "eptk-soft", "eptk-prefix", "eptk-deep")  # baselines first
 LONG = ("floor", "floor+gc") + tuple(f"eptk-{m}{gc}" for m in METHODS for gc in ("", "+gc"))
 
@@ -133,11 +139,11 @@ def setup(provider: str, setting: Setting, backend: str = "auto"):
         from eptk.prompts import PromptedModel
         method = get_method(name[5:])
         dims = model_dims(model)
-        prompt = method(setting.tokens, dims, method.resolve_layers(DEEP_LAYERS, dims["num_layers"]), True)
+        prompt = method(setting.tokens, dims, method.check_options(method_options(method)))
         init = {k: torch.randn(s.shape) * 0.02 for k, s in prompt.tensor_specs().items()}
         prompted = PromptedModel(model, tokenizer, prompt, init, backend=backend, grad_checkpointing=gc)
         prompted.pack_passes = not apart
-        params = list(prompted.params.values())
+        params = list(prompted.parameters_by_name().values())
 
         def loss():
             with amp:

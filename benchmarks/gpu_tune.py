@@ -77,11 +77,11 @@ def real_shapes(stages: Stages) -> dict:
             dims = model_dims(model)
             for method in tune.METHODS:
                 cls = get_method(method)
-                prompt = cls(20, dims, cls.resolve_layers(tune.DEEP_LAYERS, dims["num_layers"]), True)
+                prompt = cls(20, dims, cls.check_options(tune.method_options(cls)))
                 init = {k: torch.zeros(s.shape) for k, s in prompt.tensor_specs().items()}
                 prompted = PromptedModel(random_model(name, torch.bfloat16, device="meta"), None, prompt, init,
                                          grad_checkpointing=True)
-                row["trainable"][f"eptk-{method}"] = sum(p.numel() for p in prompted.params.values())
+                row["trainable"][f"eptk-{method}"] = sum(p.numel() for p in prompted.parameters_by_name().values())
                 prompted.remove_hooks()
             for provider, config in (("peft-prompt", PromptTuningConfig), ("peft-prefix", PrefixTuningConfig)):
                 peft_model = get_peft_model(random_model(name, torch.bfloat16, device="meta"),

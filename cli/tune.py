@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperCommand
 
 from eptk.config import TuneConfig
 from eptk.tasks import task_choices
@@ -14,22 +15,40 @@ from .app import DEVICE_HELP, DEVICE_MAP_HELP, OFFLOAD_HELP, app
 D = TuneConfig()  # defaults live in one place
 
 
-@app.command()
+class TuneCommand(TyperCommand):
+    """`eptk tune`, whose help ends with every method and its own options, read from the methods' declarations
+    (eptk/methods/) when the help is shown: the CLI itself may not import the methods (torch)."""
+
+    @property
+    def epilog(self) -> str:
+        from rich.markup import escape
+
+        from eptk.methods import METHODS
+        from eptk.options import describe
+
+        parts = ["Methods (--method) and their own options, given after the method:"]
+        for name, cls in METHODS.items():
+            options = describe(cls.Options)
+            listed = "; ".join(f"{flag}: {text}" for flag, text in options) if options else "no options"
+            parts.append(escape(f"{name}: {listed}"))
+        return "\n\n".join(parts)
+
+    @epilog.setter
+    def epilog(self, value) -> None:
+        pass  # computed when shown
+
+
+@app.command(cls=TuneCommand, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def tune(
     ctx: typer.Context,
     model: str = typer.Option(D.model, help="smollm2 (default), gemma3-270m, tiny, tiny:<family>, a local dir, a .gguf, a hub id"),
     task: str = typer.Option(D.task, help=task_choices()),
-    method: str = typer.Option(D.method, help="soft, deep or prefix (eptk/methods/)"),
+    method: str = typer.Option(D.method, help="the prompt method; each is listed below with its own options"),
     prior: str = typer.Option(D.prior, help="prior spec family[:args]; see `eptk priors`"),
     prior_weight: float = typer.Option(D.prior_weight, help="MAP term weight: loss += -λ·log p(θ)/n"),
     prior_jitter: float = typer.Option(D.prior_jitter, help="multiply the prior sample by 1 + R·N(0,1) (R relative, "
                                        "e.g. 1e-7): how much a run depends on its exact start"),
     tokens: int = typer.Option(D.tokens, help="prompt length P (slots)"),
-    layers: str = typer.Option(D.layers, help="deep layers: all, last:N (paper: last:3) or 4,8,12"),
-    soft: bool = typer.Option(D.soft, "--soft/--no-soft", help="deep: also tune the layer-0 (soft) vectors"),
-    keep_sink: bool = typer.Option(D.keep_sink, "--keep-sink/--no-keep-sink",
-                                   help="soft/deep: one extra first slot left to the model (its BOS, else EOS, "
-                                        "token; never trained or replaced): the attention sink"),
     steps: int = typer.Option(D.steps, help="optimizer steps"),
     batch_size: int = typer.Option(D.batch_size, help="examples per micro-batch"),
     grad_accum: int = typer.Option(D.grad_accum, help="micro-batches per step"),
@@ -70,12 +89,13 @@ def tune(
                                           "override its settings"),
     quiet: bool = typer.Option(False, help="no progress bar"),
 ) -> None:
-    """Prompt-tune a frozen causal LM from a chosen prior and write a run directory."""
+    """Prompt-tune a frozen causal LM from a chosen prior and write a run directory. The method's own options
+    (listed below) follow the others: eptk tune --method deep --layers all --no-soft"""
     from eptk import commands
 
     settings = dict(model=model, task=task, method=method, prior=prior, prior_weight=prior_weight,
                     prior_jitter=prior_jitter, tokens=tokens,
-                    layers=layers, soft=soft, keep_sink=keep_sink, steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+                    steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
                     weight_decay=weight_decay, schedule=schedule, warmup=warmup, clip=clip, eval_every=eval_every,
                     eval_size=eval_size, test_size=test_size, train_size=train_size,
                     checkpoint_every=checkpoint_every, early_stop=early_stop, early_stop_delta=early_stop_delta,
@@ -84,8 +104,8 @@ def tune(
                     device_map=device_map, offload_dir=offload_dir,
                     trust_remote_code=trust_remote_code, stats_samples=stats_samples,
                     allow_pickle_weights=allow_pickle_weights)
-    commands.tune(settings, given=given_options(ctx, settings), resume=resume, config=config, overwrite=overwrite,
-                  progress=not quiet)
+    commands.tune(settings, given=given_options(ctx, settings), method_args=list(ctx.args), resume=resume,
+                  config=config, overwrite=overwrite, progress=not quiet)
 
 
 def given_options(ctx: typer.Context, names) -> list[str]:

@@ -10,24 +10,32 @@ import os
 from pathlib import Path
 
 
-def tune(settings: dict, *, given=None, resume: Path | None = None, config: Path | None = None,
+def tune(settings: dict, *, given=None, method_args=(), resume: Path | None = None, config: Path | None = None,
          overwrite: bool = False, progress: bool = True) -> Path | None:
     """Tune from the command line's settings; or continue the run at `resume` with its own settings (only
     --steps, which extends or shortens it, and the execution settings (config.EXECUTION_ONLY) may be given);
     or rerun a config.json (`config`) with the options given on the command line overriding it. `given`
-    names the settings the user typed (default: all of `settings`). Prints the scores; returns the run
-    directory (None when a resumed run had nothing to do)."""
+    names the settings the user typed (default: all of `settings`); `method_args` are the command-line words of
+    the method's own options (eptk.options.parse_arguments). Prints the scores; returns the run directory (None
+    when a resumed run had nothing to do)."""
     from .config import EXECUTION_ONLY, RESUMABLE, TuneConfig, option
     from .errors import EptkUsageError, NothingToDo
     from .io import check_input
+    from .methods import METHODS, option_owners
+    from .options import parse_arguments
     from .runs import CONFIG
     from .train import tune as run_tune
 
     given = {k: settings[k] for k in (settings if given is None else given) if k in settings}
     if resume is not None and config is not None:
         raise EptkUsageError("--resume continues a run with its own settings; --config starts a new one: give one")
+    base = TuneConfig.from_run(resume) if resume is not None else \
+        TuneConfig.from_file(check_input(config, "--config")) if config is not None else None
+    method = given.get("method", base.method if base is not None else settings.get("method", TuneConfig().method))
+    if method_args:
+        given["options"] = parse_arguments(METHODS[method].Options, list(method_args), method, option_owners)
     if resume is not None:
-        cfg = TuneConfig.from_run(resume)
+        cfg = base
         if given.get("out") and Path(given["out"]).resolve() != Path(resume).resolve():
             raise EptkUsageError(f"--resume {resume} continues the run in its own directory; drop --out "
                                  f"{given['out']}")
@@ -40,11 +48,13 @@ def tune(settings: dict, *, given=None, resume: Path | None = None, config: Path
         for name in given.keys() & {*RESUMABLE, *EXECUTION_ONLY}:
             setattr(cfg, name, given[name])
     elif config is not None:
-        cfg = TuneConfig.from_file(check_input(config, "--config"))
+        cfg = base
+        if "method" in given and given["method"] != cfg.method:
+            cfg.options = {}  # the config's options belong to its own method
         for name, value in given.items():
-            setattr(cfg, name, value)
+            setattr(cfg, name, dict(cfg.options, **value) if name == "options" else value)
     else:
-        cfg = TuneConfig(**settings)
+        cfg = TuneConfig(**settings, options=given.get("options", {}))
     try:
         run = run_tune(cfg, resume=resume is not None, overwrite=overwrite, progress=progress)
     except NothingToDo as done:

@@ -1,7 +1,8 @@
 """The settings of one `eptk tune` run (plain data, no torch), where they come from, and its default name.
 
-config.json of a run holds these fields plus what tuning resolved (layers, model dimensions, versions);
-`TuneConfig.from_run` reads one back to resume or rerun it.
+config.json of a run holds these fields, the method's options (declared by the method, eptk/methods/; kept at the
+top level beside these) and what tuning resolved (model dimensions, versions); `TuneConfig.from_run` reads one back
+to resume or rerun it.
 """
 from __future__ import annotations
 
@@ -54,9 +55,7 @@ class TuneConfig:
     prior_weight: float = 0.0
     prior_jitter: float = 0.0      # relative noise on the prior sample (priors.jitter): sensitivity studies
     tokens: int = 20
-    layers: str = "last:3"
-    soft: bool = True
-    keep_sink: bool = False
+    options: dict = field(default_factory=dict)  # the method's options given (name -> value; defaults: the method's)
     steps: int = 150
     batch_size: int = 16
     grad_accum: int = 1
@@ -87,7 +86,6 @@ class TuneConfig:
     # extended by `--resume --steps`); later steps follow `steps`. Recorded so `--config` reruns it exactly.
     extensions: list = field(default_factory=list)
     offload_dir: str = ""
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         """Checks that need no model: fail before anything is loaded or written."""
@@ -99,7 +97,7 @@ class TuneConfig:
         for name, kind in setting_types().items():  # what a Python caller passed (a file's values: check_settings)
             check_value(option(name), getattr(self, name), kind)
         check_extensions(self.extensions)
-        METHODS[self.method].check_options(soft=self.soft, keep_sink=self.keep_sink)  # an unknown method: usage error
+        METHODS[self.method].check_options(self.options)  # an unknown method: usage error
         for name in LIMITS:
             check_setting(name, getattr(self, name))
         check_choice("--schedule", self.schedule, SCHEDULES)
@@ -121,10 +119,15 @@ class TuneConfig:
         return self.steps
 
     def differences(self, given: dict) -> list[str]:
-        """The settings in `given` (options the user named) that differ from these, as "--name VALUE
-        (run: VALUE)"; the settings `--resume` may change (RESUMABLE, EXECUTION_ONLY) are left out."""
+        """The settings in `given` (options the user named; the method's under "options") that differ from these,
+        as "--name VALUE (run: VALUE)"; the settings `--resume` may change (RESUMABLE, EXECUTION_ONLY) are left
+        out."""
         out = []
         for name, value in given.items():
+            if name == "options":
+                have = dataclasses.asdict(self.method_options())
+                out += [f"{option(k)} {v} (run: {have.get(k)})" for k, v in value.items() if have.get(k) != v]
+                continue
             if name in (*RESUMABLE, *EXECUTION_ONLY, "out") or not hasattr(self, name):
                 continue
             have = getattr(self, name)
@@ -132,19 +135,33 @@ class TuneConfig:
                 out.append(f"{option(name)} {value} (run: {have})")
         return out
 
+    def method_options(self):
+        """The method's options instance (checked; defaults for those not given)."""
+        from .methods import METHODS
+
+        return METHODS[self.method].check_options(self.options)
+
     @classmethod
     def from_dict(cls, data: dict, where: str = "run config") -> "TuneConfig":
-        """The settings in a dict such as config.json, checked like the options they stand for (`check_settings`:
-        names, types); the keys eptk records beside the settings (RECORDED) are passed over. config.json stores
-        the resolved layers under `layers` and the spec the user gave under `layers_spec`: the spec wins."""
+        """The settings in a dict such as config.json or a sweep run's settings, checked like the options they stand
+        for (`check_settings`: names, types); the keys eptk records beside the settings (RECORDED) are passed over.
+        The method's options are the keys its declaration names, read as the method reads its config.json; other
+        methods' options (an older config.json recorded layers, soft and keep_sink for every method) are passed
+        over too."""
+        from .methods import METHODS
+        from .options import fields_of, kind_of
+
         if not isinstance(data, dict):
             raise EptkUsageError(f"{where}: a run config is a JSON object of settings (got {type(data).__name__})")
-        if "layers_spec" in data:
-            data = dict(data, layers=data["layers_spec"])
-        elif isinstance(data.get("layers"), list):  # only the resolved layers: the same layers as an explicit spec
-            data = {k: v for k, v in data.items() if k != "layers"} | (
-                {"layers": ",".join(map(str, data["layers"]))} if data["layers"] else {})
-        return cls(**check_settings(data, where, recorded=RECORDED))
+        option_kinds = {name: kind_of(f) for method in METHODS.values() for name, f in fields_of(method.Options).items()}
+        settings = {k: v for k, v in data.items() if k not in option_kinds}
+        for key in data.keys() & option_kinds.keys():  # typed even where another method's (an older config.json's)
+            if data[key] is not None and not (key == "layers" and isinstance(data[key], list)):  # resolved layers
+                check_value(f"{where}: {key}", data[key], option_kinds[key])
+        cfg = cls(**check_settings(settings, where, recorded=RECORDED))
+        if cfg.method in METHODS:  # (an unknown method is refused by validate, naming the valid ones)
+            cfg.options = METHODS[cfg.method].options_from_config(data)
+        return cfg
 
     @classmethod
     def from_run(cls, path) -> "TuneConfig":
@@ -176,7 +193,8 @@ class TuneConfig:
 # key that is not a setting is refused (a typo would otherwise be silently ignored).
 RECORDED = ("layers_resolved", "layers_spec", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
             "model_source", "model_id", "versions", "name", "parameters", "lr_scales", "stats", "sink_token_id",
-            "prior_acceptance_rate", "imported_from", "peft_type", "peft_version")
+            "prior_acceptance_rate", "imported_from", "peft_type", "peft_version",
+            "extra")  # extra: the method options' old home (an older config.json), now top-level keys
 KINDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false", "list": "a list",
          "dict": "an object"}
 

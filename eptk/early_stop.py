@@ -12,7 +12,7 @@ class EarlyStop:
     def __init__(self, patience: int, delta: float = 0.0):
         self.patience, self.delta = int(patience), float(delta)
         self.best_loss, self.best_step, self.bad = math.inf, 0, 0
-        self.best: dict[str, torch.Tensor] | None = None   # the prompt tensors at the best evaluation
+        self.best: dict[str, torch.Tensor] | None = None   # the prompt's parameters at the best evaluation
         self.stopped_at: int | None = None
 
     @property

@@ -162,10 +162,11 @@ def import_peft(folder, out, *, model: str | None = None, task: str | None = Non
                 trust_remote_code: bool = False, allow_pickle_weights: bool = False) -> Path:
     """Turn a PEFT prompt- or prefix-tuning adapter into a run directory at `out`; returns `out`. The
     adapter, the model name, the task and `out` are checked before the model loads."""
-    from .config import versions
+    from .config import TuneConfig
     from .models import check_model_name, load_model
     from .runs import check_out_dir
     from .tasks import load_task
+    from .train import run_config
 
     folder, out = Path(folder), Path(out)
     adapter, weight, meta = read_adapter(folder)
@@ -178,24 +179,20 @@ def import_peft(folder, out, *, model: str | None = None, task: str | None = Non
     check_out_dir(out, overwrite=overwrite)
     loaded = load_model(str(name), trust_remote_code=trust_remote_code, allow_pickle_weights=allow_pickle_weights)
     dims = model_dims(loaded.model)
-    del loaded
     method = peft_types()[adapter["peft_type"]]
     P = int(adapter.get("num_virtual_tokens") or weight.shape[0])
     if weight.dim() != 2 or weight.shape[0] != P:
         raise EptkUsageError(f"adapter {folder}: {WEIGHT_NAME} has shape {tuple(weight.shape)}, "
                              f"expected [{P}, ...] (num_virtual_tokens={P})")
     tensors = method.from_peft(adapter, weight, dims, f"adapter {folder}", str(name))
-    specs = method(P, dims).tensor_specs()
-    assert {k: tuple(v.shape) for k, v in tensors.items()} == {k: tuple(s.shape) for k, s in specs.items()}
-    config = {
-        "model": str(name), "task": task, "method": method.name, "prior": IMPORTED, "prior_weight": 0.0,
-        "tokens": P, "layers": [], "layers_spec": "all", "soft": True, "seed": 0,
-        "trust_remote_code": bool(trust_remote_code), "allow_pickle_weights": bool(allow_pickle_weights),
-        "out": str(out), "name": out.name, **dims,
-        "parameters": sum(int(t.numel()) for t in tensors.values()),
-        "imported_from": str(folder.resolve()), "peft_type": adapter["peft_type"],
-        "peft_version": adapter.get("peft_version"), "versions": versions(),
-    }
+    prompt = method(P, dims, method.check_options(method.options_of_peft(adapter)))
+    assert {k: tuple(v.shape) for k, v in tensors.items()} == {k: tuple(s.shape) for k, s in prompt.tensor_specs().items()}
+    settings = TuneConfig(model=str(name), task=task, method=method.name, prior=IMPORTED, tokens=P, seed=0,
+                          trust_remote_code=bool(trust_remote_code), allow_pickle_weights=bool(allow_pickle_weights))
+    config = dict(run_config(settings, prompt, out, loaded), parameters=sum(int(t.numel()) for t in tensors.values()),
+                  imported_from=str(folder.resolve()), peft_type=adapter["peft_type"],
+                  peft_version=adapter.get("peft_version"))
+    del loaded
     run = prepare_out_dir(out, config, overwrite=overwrite, resume=False)
     try:
         run.write_config(config)

@@ -13,11 +13,9 @@ import torch
 from .config import TuneConfig, default_run_name
 from .context import check_examples
 from .errors import EptkUsageError, NothingToDo
-from .methods import get_method
 from .models import check_model_name, check_placement
 from .priors import PriorContext, check_prior
 from .runs import RunDir, check_out_dir
-from .spaces import check_layer_spec
 from .tasks import Example, load_task
 
 
@@ -53,8 +51,6 @@ def check_inputs(cfg: TuneConfig, default_device: str | None = None):
     names. Returns (device, task, train, validation, test examples). `eptk sweep` checks each of its runs here
     before the first starts."""
     cfg.validate()
-    if get_method(cfg.method).takes_layers:
-        check_layer_spec(cfg.layers)
     check_model_name(cfg.model, cfg.allow_pickle_weights)
     device = check_placement(cfg.device, cfg.device_map, cfg.offload_dir, default=default_device)
     task = load_task(cfg.task, cfg.seed)

@@ -17,26 +17,23 @@ from .attention import PackedPass, TokenPass, active, use_eptk_attention
 from .checkpointing import check_checkpointable, recompute_layers
 from .errors import EptkUsageError
 from .families import family_of
-from .methods import NoPrompt, PromptMethod
+from .methods import DirectPrompt, NoPrompt, PromptMethod, PromptParameters
 from .methods.soft import sink_token_id
 from .models import input_device
 from .transformers_api import cache_kwargs, returned_cache
 
 
-def _key(name: str) -> str:  # ParameterDict keys cannot hold dots
-    return name.replace(".", "__")
-
-
 class PromptedModel(nn.Module):
-    """A frozen causal LM plus trainable prompt tensors, callable like an HF causal LM.
+    """A frozen causal LM plus a trainable prompt, callable like an HF causal LM.
 
-    Logits cover the real tokens only. `backend` picks the prefix-attention kernel; with
-    `grad_checkpointing` both passes recompute their decoder layers in backward instead of keeping
-    their activations (eptk/checkpointing.py).
+    The prompt's parameters are `parameters` (the method's `PromptParameters`), or, without them, the prompt
+    tensors `init` themselves (zeros without either). Logits cover the real tokens only. `backend` picks the
+    prefix-attention kernel; with `grad_checkpointing` both passes recompute their decoder layers in backward
+    instead of keeping their activations (eptk/checkpointing.py).
     """
 
     def __init__(self, model, tokenizer, method: PromptMethod, init: dict[str, torch.Tensor] | None = None,
-                 backend: str = "auto", grad_checkpointing: bool = False):
+                 backend: str = "auto", grad_checkpointing: bool = False, parameters: PromptParameters | None = None):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -51,17 +48,20 @@ class PromptedModel(nn.Module):
             check_checkpointable(self.family.decoder_layers(model))
         self.specs = method.tensor_specs()
         self.sink_token_id = sink_token_id(tokenizer) if method.keep_sink else None
-        self.params = nn.ParameterDict()
-        for name, spec in self.specs.items():
-            value = init[name] if init is not None else torch.zeros(spec.shape)
-            if tuple(value.shape) != tuple(spec.shape):
-                raise EptkUsageError(f"tensor {name} has shape {tuple(value.shape)}, expected {tuple(spec.shape)}")
-            self.params[_key(name)] = nn.Parameter(value.detach().clone().float())
+        if parameters is None:
+            parameters = DirectPrompt({name: init[name] if init is not None else torch.zeros(spec.shape)
+                                       for name, spec in self.specs.items()})
+        self.trainable = parameters
+        with torch.no_grad():
+            for name, value in parameters.prompt().items():
+                if name not in self.specs or tuple(value.shape) != tuple(self.specs[name].shape):
+                    want = tuple(self.specs[name].shape) if name in self.specs else "no such tensor"
+                    raise EptkUsageError(f"tensor {name} has shape {tuple(value.shape)}, expected {want}")
         self._hooks = method.install(self)
         use_eptk_attention(model)
         # Only the prompt moves: a model dispatched over devices (--device-map) stays where it was put, and
         # each layer reads the prompt's keys/values on its own device (eptk_attention).
-        self.params.to(self.device)
+        self.trainable.to(self.device)
 
     def _check_attention_layers(self) -> None:
         """The registered attention function finds a layer's prefix by the attention module's layer_idx."""
@@ -84,18 +84,37 @@ class PromptedModel(nn.Module):
         """Positions in front of the real tokens: P, plus the sink slot with --keep-sink."""
         return self.method.slots
 
-    # ---- prompt tensors -----------------------------------------------------------------------
+    # ---- the prompt and its parameters ---------------------------------------------------------
+    def prompt(self) -> dict[str, torch.Tensor]:
+        """The prompt tensors materialized from the parameters, differentiable in them."""
+        return self.trainable.prompt()
+
+    def prompt_tensor(self, name: str) -> torch.Tensor:
+        """One prompt tensor, differentiable in the parameters."""
+        return self.trainable.tensor(name)
+
     def tensors(self) -> dict[str, torch.Tensor]:
         """The prompt tensors under their run-directory names (detached, float32, CPU)."""
-        return {name: self.params[_key(name)].detach().float().cpu().clone() for name in self.specs}
-
-    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
-            for name in self.specs:
-                self.params[_key(name)].copy_(tensors[name])
+            return {name: value.detach().float().cpu().clone() for name, value in self.prompt().items()}
 
-    def param(self, name: str) -> nn.Parameter:
-        return self.params[_key(name)]
+    def parameters_by_name(self) -> dict[str, nn.Parameter]:
+        """The trainable parameters (for a prompt that is its own parameters: the prompt tensors, by name)."""
+        return self.trainable.named()
+
+    def parameter_tensors(self) -> dict[str, torch.Tensor]:
+        """The trainable parameters' values (detached, float32, CPU): what checkpoints and early stopping keep."""
+        return {name: p.detach().float().cpu().clone() for name, p in self.parameters_by_name().items()}
+
+    def load_parameters(self, tensors: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, p in self.parameters_by_name().items():
+                p.copy_(tensors[name])
+
+    @property
+    def reparameterized(self) -> bool:
+        """Whether the parameters differ from the prompt tensors (then a run keeps them beside its posterior)."""
+        return not isinstance(self.trainable, DirectPrompt)
 
     @property
     def device(self) -> torch.device:
@@ -272,3 +291,20 @@ def answer_loss_sum(lm_head, hidden: torch.Tensor, labels: torch.Tensor) -> tupl
         return hidden.sum() * 0.0, 0
     logits = lm_head(picked).float()
     return nn.functional.cross_entropy(logits, targets[where], reduction="sum"), int(picked.shape[0])
+
+
+def text_keys_values(model, tokenizer, ids) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """layer -> (key, value) [Hkv,T,D] (float32, CPU) of the frozen model over the tokens `ids` at positions
+    0..T-1: a soft prompt of their embeddings run through the slot pass, which is the text in front of the real
+    tokens (the K/V a `text:` prior starts a prefix from)."""
+    from .methods.soft import SoftPrompt
+
+    family = family_of(model)
+    embeddings = family.token_embeddings(model)[torch.as_tensor(list(ids))]
+    method = SoftPrompt(len(ids), family.dims(model))
+    prompted = PromptedModel(model, tokenizer, method, {"soft": embeddings}, backend="torch")
+    try:
+        with torch.no_grad():
+            return {l: (k.float().cpu(), v.float().cpu()) for l, (k, v) in prompted.prefix().items()}
+    finally:
+        prompted.remove_hooks()

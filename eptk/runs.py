@@ -1,4 +1,5 @@
-"""The run directory: config.json, prior/posterior safetensors, metrics.jsonl, eval.json, checkpoint/.
+"""The run directory: config.json, prior/posterior safetensors (the prompt; parameters.safetensors beside them for
+a method whose parameters are not the prompt), metrics.jsonl, eval.json, checkpoint/.
 
 This module alone knows the layout: everything else reads and writes a run through `RunDir`. Every
 file is written atomically (temporary file + rename), a lock keeps a second `tune` out, and the newest
@@ -23,6 +24,7 @@ CONFIG, PRIOR, POSTERIOR, METRICS, EVAL, CHECKPOINTS = ("config.json", "prior.sa
                                                         "metrics.jsonl", "eval.json", "checkpoint")
 LOCK, STATE, STATE_TENSORS, LATEST = ".lock", "state.json", "state.safetensors", "latest"
 PREDICTIONS = "predictions.jsonl"   # one row per test item of eval.json's evaluation (evaluate.item_rows)
+PARAMETERS = "parameters.safetensors"  # the trained parameters beside the posterior, where they are not the prompt
 TENSORS = {"prior": PRIOR, "posterior": POSTERIOR}
 IMPORTED = "imported"  # the config "prior" of a run made from a PEFT adapter (no training state)
 
@@ -99,7 +101,7 @@ class RunDir:
 
     def reset(self) -> None:
         """Remove what an earlier run left (only the run's own files)."""
-        for name in (CONFIG, PRIOR, POSTERIOR, METRICS, EVAL):
+        for name in (CONFIG, PRIOR, POSTERIOR, PARAMETERS, METRICS, EVAL):
             (self.path / name).unlink(missing_ok=True)
         shutil.rmtree(self.path / CHECKPOINTS, ignore_errors=True)
 
@@ -155,6 +157,10 @@ class RunDir:
     def write_posterior(self, tensors) -> None:
         save_tensors_atomic(self.path / POSTERIOR, tensors)
 
+    def write_parameters(self, tensors) -> None:
+        """The trained parameters of a method whose parameters materialize its prompt (an encoder's weights)."""
+        save_tensors_atomic(self.path / PARAMETERS, tensors)
+
     def log(self, row: dict) -> None:
         append_jsonl(self.path / METRICS, row)
         crash_point("log")
@@ -173,6 +179,7 @@ class RunDir:
         leaves a run that `--resume` completes."""
         (self.path / EVAL).unlink(missing_ok=True)
         (self.path / POSTERIOR).unlink(missing_ok=True)
+        (self.path / PARAMETERS).unlink(missing_ok=True)
 
     def write_eval(self, result: dict, rows: list[dict] | None = None, name: str | None = None) -> None:
         """eval.json (and its items in predictions.jsonl); with `name`, a later evaluation of the finished run

@@ -8,6 +8,7 @@ batches as an uninterrupted single-process one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import signal
 import time
@@ -25,7 +26,7 @@ from .io import crash_point
 from .methods import get_method
 from .models import input_device, load_frozen
 from .priors import PriorContext, build_prior, jitter, parse_spec
-from .prompts import PromptedModel
+from .prompts import PromptedModel, text_keys_values
 from .runs import prepare_out_dir
 
 
@@ -62,7 +63,8 @@ def prior_context(loaded, cfg: TuneConfig, progress: bool = False) -> PriorConte
             StatsCache(loaded, cfg.model, cfg.task, samples=cfg.stats_samples, seed=REFERENCE_SEED)
     return PriorContext(embeddings=family_of(loaded.model).token_embeddings(loaded.model), tokenizer=loaded.tokenizer,
                         task=cfg.task, model=cfg.model, seed=cfg.seed, stats=stats, reference_stats=reference,
-                        progress=progress)
+                        progress=progress, text_kv=functools.lru_cache(maxsize=4)(
+                            lambda ids: text_keys_values(loaded.model, loaded.tokenizer, ids)))
 
 
 def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
@@ -92,24 +94,23 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
                          allow_pickle_weights=cfg.allow_pickle_weights)
     device = input_device(loaded.model)  # batches enter where the embeddings execute (--device-map moves them)
     dims = family_of(loaded.model).dims(loaded.model)
-    method_class = get_method(cfg.method)
-    layers = method_class.resolve_layers(cfg.layers, dims["num_layers"])
-    method = method_class(cfg.tokens, dims, layers, cfg.soft, cfg.keep_sink)
+    method = get_method(cfg.method)(cfg.tokens, dims, cfg.method_options())  # a layer out of range: refused here
     check_context(plan, cfg, loaded.model, loaded.tokenizer, method)  # before the prior may capture statistics
     specs = method.tensor_specs()
-    resolved = dict(dataclasses.asdict(cfg), out=str(out), layers_resolved=layers, **dims,
-                    model_source=loaded.source, model_id=loaded.identity, versions=versions(), name=out.name,
-                    parameters=sum(math.prod(spec.shape) for spec in specs.values()))
-    resolved["layers_spec"], resolved["layers"] = cfg.layers, layers
+    resolved = run_config(cfg, method, out, loaded)
     # The prior may capture activation statistics (into the statistics cache, never into the run).
     ctx = prior_context(loaded, cfg, progress=progress and dist.is_main)
     prior = build_prior(cfg.prior, ctx, specs)
     init = jitter(prior.sample(torch.Generator().manual_seed(cfg.seed)), cfg.prior_jitter, cfg.seed)
-    prompted = PromptedModel(loaded.model, loaded.tokenizer, method, init, cfg.backend, cfg.grad_checkpointing)
+    prompted = PromptedModel(loaded.model, loaded.tokenizer, method, backend=cfg.backend,
+                             grad_checkpointing=cfg.grad_checkpointing,
+                             parameters=method.build_parameters(init, seed=cfg.seed))
+    start = prompted.tensors()  # the prompt the run starts from: the prior's sample, as the parameters materialize it
+    resolved["parameters"] = sum(p.numel() for p in prompted.parameters_by_name().values())
     if prompted.sink_token_id is not None:
         resolved["sink_token_id"] = prompted.sink_token_id
     prior.to(device)
-    resolved["lr_scales"] = lr_scales(init, cfg.lr_scale)
+    resolved["lr_scales"] = prompted.trainable.lr_scales(lr_scales(start, cfg.lr_scale))
     if ctx.stats is not None and (ctx.stats.folders or ctx.reference_stats.folders):
         # eptk analyze finds the data region here (the run seed's capture where the prior used one)
         resolved["stats"] = {**ctx.reference_stats.folders, **ctx.stats.folders}
@@ -129,18 +130,26 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
         raise EptkUsageError(error)
     try:
         if run is not None:
-            _write_start(run, resolved, init, cfg, plan, resume)
-        return _train(cfg, run, plan, loaded, list(specs), prompted, prior, resume, progress, device, dist,
-                      resolved["lr_scales"])
+            _write_start(run, resolved, start, cfg, plan, resume)
+        return _train(cfg, run, plan, loaded, prompted, prior, resume, progress, device, dist, resolved["lr_scales"])
     finally:
         if run is not None:
             run.release()
         dist.close()
 
 
-def _write_start(run, resolved: dict, init, cfg: TuneConfig, plan, resume: bool) -> None:
-    """A fresh run: config.json and prior.safetensors. A resumed one: its config.json with the new
-    --steps (a finished run reopened first), and its prior if it died before writing it."""
+def run_config(cfg: TuneConfig, method, out: Path, loaded) -> dict:
+    """What config.json records of a run: every setting, the method's options at the top level beside them (as the
+    method records them), the model's dimensions, where it came from and the package versions."""
+    settings = dataclasses.asdict(cfg)
+    del settings["options"]
+    return dict(settings, **method.config_entries(), **method.dims, out=str(out), model_source=loaded.source,
+                model_id=loaded.identity, versions=versions(), name=out.name)
+
+
+def _write_start(run, resolved: dict, start, cfg: TuneConfig, plan, resume: bool) -> None:
+    """A fresh run: config.json and prior.safetensors (the prompt it starts from). A resumed one: its config.json
+    with the new --steps (a finished run reopened first), and its prior if it died before writing it."""
     if not resume:
         run.write_config(resolved)
         crash_point("config")  # a config and no prior yet
@@ -151,13 +160,14 @@ def _write_start(run, resolved: dict, init, cfg: TuneConfig, plan, resume: bool)
         config.update(steps=cfg.steps, extensions=cfg.extensions)
         run.write_config(config)
     if not resume or not run.has_tensors("prior"):
-        run.write_prior(init)
+        run.write_prior(start)
 
 
 def lr_scales(init: dict[str, torch.Tensor], mode: str) -> dict[str, float]:
-    """Per-tensor learning-rate multipliers. "prior": RMS of the tensor's prior sample over the RMS of the
-    layer-0 (soft) sample, so that a deep vector living at activation scale 500 moves the same share of
-    its scale per Adam step as a token-embedding-scale one; "none": 1 everywhere."""
+    """Per-prompt-tensor learning-rate multipliers (the parameters take theirs from these: PromptParameters.lr_scales).
+    "prior": RMS of the tensor's prior sample over the RMS of the layer-0 (soft) sample, so that a deep vector
+    living at activation scale 500 moves the same share of its scale per Adam step as a token-embedding-scale
+    one; "none": 1 everywhere."""
     rms = {name: float(t.float().pow(2).mean().sqrt()) for name, t in init.items()}
     ref = rms.get("soft") or next(iter(rms.values()), 0.0)
     if mode == "none" or not ref:
@@ -165,17 +175,18 @@ def lr_scales(init: dict[str, torch.Tensor], mode: str) -> dict[str, float]:
     return {name: (value / ref if value > 0 else 1.0) for name, value in rms.items()}
 
 
-def _train(cfg, run, plan, loaded, names, prompted, prior, resume, progress, device, dist, scales):
+def _train(cfg, run, plan, loaded, prompted, prior, resume, progress, device, dist, scales):
     tok = loaded.tokenizer
     out, train, val = plan.out, plan.train, plan.val
 
-    trainable = [prompted.param(n) for n in names]
-    optimizer = torch.optim.AdamW([{"params": [prompted.param(n)], "lr_scale": scales[n]} for n in names],
+    params = prompted.parameters_by_name()
+    trainable = list(params.values())
+    optimizer = torch.optim.AdamW([{"params": [p], "lr_scale": scales[n]} for n, p in params.items()],
                                   lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
     early = EarlyStop(cfg.early_stop, cfg.early_stop_delta)
     if resume:
-        start = _restore(run, prompted, optimizer, names, dist, early)
+        start = _restore(run, prompted, optimizer, params, dist, early)
         if start > 0:
             dist.broadcast_optimizer_state(optimizer, trainable)
     dist.broadcast_params(trainable)
@@ -188,7 +199,7 @@ def _train(cfg, run, plan, loaded, names, prompted, prior, resume, progress, dev
         prior_loss = answer_loss(prompted, tok, val)
         run.log({"step": 0, "val_loss": prior_loss})
         if early.enabled:
-            early.update(0, prior_loss, prompted.tensors())
+            early.update(0, prior_loss, prompted.parameter_tensors())
     tokens_seen, t0 = 0, time.perf_counter()
     step = start
     # a run that had stopped early before it was killed stays stopped (its checkpoint holds the decision)
@@ -215,8 +226,8 @@ def _train(cfg, run, plan, loaded, names, prompted, prior, resume, progress, dev
                 loss_sum += float(out_.loss_sum)
                 step_tokens += int(enc["attention_mask"].sum())
             if cfg.prior_weight > 0:
-                # MAP: -lambda * log p(theta) / n, n = training examples
-                map_term = -cfg.prior_weight * prior.log_prob({n: prompted.param(n) for n in names}) / len(train)
+                # MAP: -lambda * log p(theta) / n, n = training examples; the prior lives on the prompt
+                map_term = -cfg.prior_weight * prior.log_prob(prompted.prompt()) / len(train)
                 if dist.is_main:
                     map_term.backward()
             dist.all_reduce_grads(trainable)
@@ -242,7 +253,8 @@ def _train(cfg, run, plan, loaded, names, prompted, prior, resume, progress, dev
             if evaluating:
                 if dist.is_main:
                     row["val_loss"] = answer_loss(prompted, tok, val)
-                    early_stop = early.enabled and early.update(step + 1, row["val_loss"], prompted.tensors())
+                    early_stop = early.enabled and early.update(step + 1, row["val_loss"],
+                                                                 prompted.parameter_tensors())
                     if early_stop:
                         row["early_stop"] = {"best_step": early.best_step}
                 early_stop = bool(dist.broadcast_int(int(early_stop)))
@@ -254,7 +266,7 @@ def _train(cfg, run, plan, loaded, names, prompted, prior, resume, progress, dev
                 stopping = stop_flag["signal"] is not None
             if run is not None and ((cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or last
                                     or stopping):
-                _checkpoint(run, step + 1, prompted, optimizer, names, early)
+                _checkpoint(run, step + 1, prompted, optimizer, params, early)
             if stopping:
                 raise Stop(stop_flag["signal"] or "SIGTERM", step + 1, out)
             if early_stop:
@@ -267,8 +279,10 @@ def _train(cfg, run, plan, loaded, names, prompted, prior, resume, progress, dev
         return out
     last_step = early.stopped_at or cfg.steps
     if early.enabled and early.best is not None:
-        prompted.load_tensors(early.best)  # the posterior is the prompt of the best evaluation
+        prompted.load_parameters(early.best)  # the posterior is the prompt of the best evaluation
     run.write_posterior(prompted.tensors())
+    if prompted.reparameterized:
+        run.write_parameters(prompted.parameter_tensors())
     crash_point("posterior")  # a posterior and no eval.json yet
     # No score without examples: --test-size 0 / --eval-size 0 skip their evaluation and say so.
     result = evaluate(prompted, plan.task, plan.test) if plan.test else skipped(plan.task, "--test-size 0")
@@ -286,10 +300,11 @@ def _train(cfg, run, plan, loaded, names, prompted, prior, resume, progress, dev
     return out
 
 
-def _checkpoint(run, step, prompted, optimizer, names, early) -> None:
-    tensors = {f"param.{n}": t for n, t in prompted.tensors().items()}
-    for n in names:
-        state = optimizer.state.get(prompted.param(n), {})
+def _checkpoint(run, step, prompted, optimizer, params, early) -> None:
+    """The parameters (not the prompt they materialize), their Adam moments, the RNG and early stopping's state."""
+    tensors = {f"param.{n}": t for n, t in prompted.parameter_tensors().items()}
+    for n, p in params.items():
+        state = optimizer.state.get(p, {})
         for key in ("exp_avg", "exp_avg_sq"):
             if key in state:
                 tensors[f"adam.{n}.{key}"] = state[key]
@@ -300,16 +315,15 @@ def _checkpoint(run, step, prompted, optimizer, names, early) -> None:
     run.save_checkpoint(step, tensors, {"lr": optimizer.param_groups[0]["lr"]})
 
 
-def _restore(run, prompted, optimizer, names, dist, early) -> int:
+def _restore(run, prompted, optimizer, params, dist, early) -> int:
     found = run.latest_checkpoint() if run is not None else None
     if found is None:
         if run is not None:
             run.truncate_metrics(0)
         return dist.broadcast_int(0)
     tensors, state = found
-    prompted.load_tensors({n: tensors[f"param.{n}"] for n in names})
-    for n in names:
-        p = prompted.param(n)
+    prompted.load_parameters({n: tensors[f"param.{n}"] for n in params})
+    for n, p in params.items():
         if f"adam.{n}.exp_avg" in tensors:
             optimizer.state[p] = {"exp_avg": tensors[f"adam.{n}.exp_avg"].to(p.device),
                                   "exp_avg_sq": tensors[f"adam.{n}.exp_avg_sq"].to(p.device),

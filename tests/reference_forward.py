@@ -1,6 +1,6 @@
 """The plain full forward over [slots ; tokens] that the two-pass design must reproduce.
 
-Built from the prompt's declared tensors only: key/value tensors become a prefilled HF cache (the way
+Built from the prompt's materialized tensors only (`prompted.prompt()`, differentiable in the parameters): key/value tensors become a prefilled HF cache (the way
 PEFT prefix tuning runs); otherwise inputs_embeds = [embedding-space tensor (or zeros) ; token
 embeddings], and each activation-space tensor replaces the slot states entering its layer through a
 pre-hook ("prepend to each layer's input, cut from its output"). With --keep-sink the sink token's embedding
@@ -69,14 +69,15 @@ def full_forward(prompted, input_ids, attention_mask, keep_graph=False, attn=REF
         full_mask = torch.cat([attention_mask.new_ones(B, P), attention_mask], dim=1)
         positions = (full_mask.long().cumsum(-1) - 1).clamp_min(0)
         specs = prompted.method.tensor_specs().values()
+        prompt = prompted.prompt()
         by_space = {space: {s.layer: s.name for s in specs if s.space == space}
                     for space in ("embedding", "activation", "key", "value")}
         if by_space["key"]:
             from transformers import DynamicCache
             cache = DynamicCache(config=model.config)
             for l in range(prompted.dims["num_layers"]):
-                k = grab(prompted.param(by_space["key"][l])).unsqueeze(0).expand(B, -1, -1, -1)
-                v = grab(prompted.param(by_space["value"][l])).unsqueeze(0).expand(B, -1, -1, -1)
+                k = grab(prompt[by_space["key"][l]]).unsqueeze(0).expand(B, -1, -1, -1)
+                v = grab(prompt[by_space["value"][l]]).unsqueeze(0).expand(B, -1, -1, -1)
                 cache.update(k.contiguous(), v.contiguous(), l)
             out = model(input_ids=input_ids, attention_mask=full_mask, position_ids=positions[:, P:],
                         use_cache=True, output_attentions=probs is not None, **cache_kwargs(model, cache),
@@ -86,13 +87,13 @@ def full_forward(prompted, input_ids, attention_mask, keep_graph=False, attn=REF
         if not by_space["embedding"] and by_space["activation"]:
             _HIDE.update(below=min(by_space["activation"]), slots=P)
         embeds = model.get_input_embeddings()(input_ids)
-        soft = grab(prompted.param(by_space["embedding"][0])) if by_space["embedding"] else torch.zeros(P - sink, embeds.shape[-1])
+        soft = grab(prompt[by_space["embedding"][0]]) if by_space["embedding"] else torch.zeros(P - sink, embeds.shape[-1])
         if sink:
             soft = torch.cat([model.get_input_embeddings()(torch.tensor([prompted.sink_token_id]))[0:1], soft])
         embeds = torch.cat([soft.unsqueeze(0).expand(B, -1, -1), embeds], dim=1)
         layers = decoder_layers(model)
         for l, name in by_space["activation"].items():
-            vec = grab(prompted.param(name))
+            vec = grab(prompt[name])
 
             def hook(module, args, kwargs, vec=vec):
                 hs = args[0] if args else kwargs["hidden_states"]

@@ -131,7 +131,7 @@ def test_only_eptk_methods_compares_method_names():
 
 def test_run_and_statistics_file_names_have_one_owner():
     owned = {"eptk.runs": ("config.json", "prior.safetensors", "posterior.safetensors", "metrics.jsonl",
-                           "eval.json", "state.json", "state.safetensors"),
+                           "eval.json", "state.json", "state.safetensors", "parameters.safetensors"),
              "eptk.stats": ("stats.safetensors", "meta.json")}
     offences = []
     for module, path in MODULES.items():
@@ -166,12 +166,15 @@ def test_priors_command_does_not_load_transformers():
     assert "region:new" in stdout and "LOADED False" in stdout, stdout
 
 
-def test_method_help_names_every_method():
-    """The CLI help may not import the methods (torch); it names them, and this keeps the list true."""
+def test_tune_help_lists_every_method_and_its_options():
+    """`eptk tune --help` lists each registered method with its declared options (read when the help is shown)."""
     from eptk.methods import METHODS
-    help_text = (ROOT / "cli" / "tune.py").read_text()
-    line = next(l for l in help_text.splitlines() if "method: str = typer.Option" in l)
-    assert all(name in line for name in METHODS), line
+    from eptk.options import describe
+    stdout = probe("import os\nos.environ['COLUMNS'] = '2000'\nfrom eptk.cli.main import main\nmain(['tune', '--help'])")
+    for name, cls in METHODS.items():
+        line = next((l for l in stdout.splitlines() if l.strip().startswith(f"{name}:")), "")
+        assert line, f"--method {name} missing from eptk tune --help"
+        assert all(flag in line for flag, _ in describe(cls.Options)), line
 
 
 def test_importing_the_library_loads_no_transformers():
@@ -180,3 +183,71 @@ def test_importing_the_library_loads_no_transformers():
     stdout = probe("import sys\nimport eptk.analysis, eptk.methods, eptk.priors, eptk.prompts, eptk.train, eptk.sweep\n"
                    "print('LOADED', 'transformers' in sys.modules)")
     assert "LOADED False" in stdout, stdout
+
+
+# ---- the layer table of docs/ARCHITECTURE.md ------------------------------------------------------------
+
+def layer_table() -> list[tuple[str, set[str], str]]:
+    """(layer, its modules, its "may import" cell) per row of the table, bottom layer first. A module is a
+    backticked name in the modules cell that is one (`errors`, `eptk.kernels`) or a package (`families/`, with
+    every module in it); other backticked words there (`TensorSpec`) name no module and are skipped."""
+    import re
+
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| layer")
+            and not line.startswith("|---")]
+    table = []
+    for row in rows:
+        layer, cell, may = [c.strip() for c in row.strip("|").split("|")][:3]
+        names = set()
+        for word in re.findall(r"`([^`]+)`", cell):
+            if word == "eptk":  # the package itself (its public names), in no layer
+                continue
+            name = word.rstrip("/")
+            name = name if name.startswith("eptk") else f"eptk.{name}"
+            if word.endswith("/"):
+                names |= {m for m in MODULES if m == name or m.startswith(name + ".")}
+            elif name in MODULES:
+                names.add(name)
+        table.append((layer, names, may))
+    return table
+
+
+def allowed_layers(table, i: int) -> set[str]:
+    """The layers row `i` may import: its own, those its "may import" cell names and what those may import, and
+    every layer below it for "everything" / "downward" (the table lists the bottom layer first)."""
+    layer, _, may = table[i]
+    below = [t[0] for t in table[:i]]
+    if "everything" in may or "downward" in may:
+        return {layer, *below}
+    named = [j for j, name in enumerate(below) if name in may]
+    return {layer}.union(*(allowed_layers(table, j) for j in named))  # what a named layer may import, too
+
+
+# Function-level imports upward that the table itself states: `config.validate()` asks the method and prior
+# registries when it runs, `TuneConfig.from_run` reads a run's config.json through `runs`, `portable_paths` the
+# packaged models' names.
+STATED_EXCEPTIONS = {"eptk.config": {"eptk.methods", "eptk.priors", "eptk.runs", "eptk.packaged"}}
+
+
+def test_every_module_is_in_the_layer_table():
+    table = layer_table()
+    placed = [m for _, names, _ in table for m in names]
+    assert len(placed) == len(set(placed)), "a module in two layers"
+    missing = sorted(set(MODULES) - set(placed) - {"eptk"})
+    assert not missing, f"modules the layer table of docs/ARCHITECTURE.md does not place: {missing}"
+
+
+def test_imports_follow_the_layer_table():
+    """No module imports from a layer above its own (function-level imports included)."""
+    table = layer_table()
+    layer_of = {m: layer for layer, names, _ in table for m in names}
+    offences = []
+    for i, (layer, names, _) in enumerate(table):
+        allowed = allowed_layers(table, i)
+        for module in sorted(names):
+            for target in sorted(GRAPH[module]):
+                stated = any(target == e or target.startswith(e + ".") for e in STATED_EXCEPTIONS.get(module, ()))
+                if target in layer_of and layer_of[target] not in allowed and not stated:
+                    offences.append(f"{module} ({layer}) imports {target} ({layer_of[target]})")
+    assert not offences, offences

@@ -14,12 +14,12 @@ SPREAD = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1"
           "model.layers.3": "disk", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
 
 
-@pytest.mark.parametrize("method", ["deep", "prefix"])
-def test_a_model_on_cpu_and_disk_trains_and_scores_like_one_on_the_cpu(tmp_path, run_cli, method):
+@pytest.mark.parametrize("method,options", [("deep", ["--layers", "all"]), ("prefix", [])])
+def test_a_model_on_cpu_and_disk_trains_and_scores_like_one_on_the_cpu(tmp_path, run_cli, method, options):
     (tmp_path / "map.json").write_text(json.dumps(SPREAD))
     mapped = ["--device-map", tmp_path / "map.json", "--offload-dir", tmp_path / "offload"]
     for name, extra in (("plain", ["--device", "cpu"]), ("mapped", mapped)):
-        code, _, err = run_cli("tune", *TINY, "--method", method, "--layers", "all", "--out", tmp_path / name, *extra)
+        code, _, err = run_cli("tune", *TINY, "--method", method, *options, "--out", tmp_path / name, *extra)
         assert code == 0, err
     assert (tmp_path / "offload" / "model.layers.1.mlp.up_proj.weight.dat").is_file()  # really on the disk
     plain, mapped_post = (load_file(tmp_path / n / "posterior.safetensors") for n in ("plain", "mapped"))

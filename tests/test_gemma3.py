@@ -120,11 +120,11 @@ def test_gradients_match_full_forward(gemma3, case):
         labels = torch.full_like(ids, -100)
         labels[:, where + 1] = ids[:, where + 1]
         prompted(ids, mask, labels=labels).loss.backward()
-        two = {n: p.grad.clone() for n, p in prompted.params.items()}
+        two = {n: p.grad.clone() for n, p in prompted.parameters_by_name().items()}
         prompted.zero_grad()
         logits = full_forward(prompted, ids, mask, keep_graph=True, keep=where)
         torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, where + 1].flatten()).backward()
-        for n, p in prompted.params.items():
+        for n, p in prompted.parameters_by_name().items():
             error = relative_error(two[n], p.grad)
             assert error < 1e-3, f"{case_id(case)} {n}: {error}"
     finally:

@@ -33,7 +33,7 @@ def prompt_gradients(prompted, left):
         prompted(ids, mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
     finally:
         handle.remove()
-    return {n: p.grad.clone() for n, p in prompted.params.items()}, len(calls)
+    return {n: p.grad.clone() for n, p in prompted.parameters_by_name().items()}, len(calls)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gpt2"])
@@ -111,7 +111,7 @@ def test_posterior_equal_with_and_without(tmp_path, method):
 
     posteriors = []
     for grad_checkpointing in (False, True):
-        cfg = TuneConfig(model="tiny", method=method, layers="last:2", tokens=4, steps=3, batch_size=4, warmup=1,
+        cfg = TuneConfig(model="tiny", method=method, options={"layers": "last:2"} if method == "deep" else {}, tokens=4, steps=3, batch_size=4, warmup=1,
                          eval_every=0, eval_size=4, test_size=4, train_size=64, checkpoint_every=0,
                          grad_checkpointing=grad_checkpointing, out=str(tmp_path / f"{method}-{grad_checkpointing}"))
         out = tune(cfg, progress=False)

@@ -10,6 +10,7 @@ from eptk.config import TuneConfig
 from eptk.errors import EptkUsageError
 from eptk.families import decoder_layers, model_dims
 from eptk.methods import build_method, get_method, method_from_config
+from eptk.options import fields_of
 from eptk.prompts import PromptedModel
 from reference_forward import full_forward
 from test_two_pass import PACKED, TOL, WINDOWED, batch, rel_err
@@ -17,8 +18,9 @@ from test_two_pass import PACKED, TOL, WINDOWED, batch, rel_err
 
 def sink_prompted(loaded, method="deep", layers="all", keep_sink=True, tokens=5, seed=0, packed=True):
     dims = model_dims(loaded.model)
-    chosen = get_method(method).resolve_layers(layers, dims["num_layers"])
-    prompt = build_method(method, tokens, dims, chosen, keep_sink=keep_sink)
+    declared = fields_of(get_method(method).Options)  # only the options this method has (prefix: none)
+    options = {k: v for k, v in {"keep_sink": keep_sink, "layers": layers}.items() if k in declared}
+    prompt = build_method(method, tokens, dims, options)
     gen = torch.Generator().manual_seed(seed)
     init = {k: torch.randn(s.shape, generator=gen) * 0.5 for k, s in prompt.tensor_specs().items()}
     prompted = PromptedModel(loaded.model, loaded.tokenizer, prompt, init, backend="torch")
@@ -34,7 +36,7 @@ def test_two_pass_equals_full_forward_with_the_sink_slot(tiny_models, family, me
     prompted = sink_prompted(tiny_models[family], method, layers, packed=packed)
     try:
         assert prompted.slots == prompted.tokens + 1 and prompted.sink_token_id == 1  # tiny: <bos>
-        assert all(tuple(p.shape) == (5, model_dims(prompted.model)["hidden_size"]) for p in prompted.params.values())
+        assert all(tuple(p.shape) == (5, model_dims(prompted.model)["hidden_size"]) for p in prompted.parameters_by_name().values())
         ids, mask = batch(left=left)
         with torch.no_grad():
             two_pass = prompted(ids, mask).logits
@@ -55,12 +57,12 @@ def test_gradients_match_the_full_forward_and_reach_only_the_prompt(tiny_models,
         ids, mask = batch()
         labels = ids.masked_fill(mask == 0, -100)
         prompted(ids, mask, labels=labels).loss.backward()
-        two = {n: p.grad.clone() for n, p in prompted.params.items()}
+        two = {n: p.grad.clone() for n, p in prompted.parameters_by_name().items()}
         prompted.zero_grad()
         logits = full_forward(prompted, ids, mask, keep_graph=True)
         where = labels[:, 1:] != -100
         torch.nn.functional.cross_entropy(logits[:, :-1][where], labels[:, 1:][where]).backward()
-        for n, p in prompted.params.items():
+        for n, p in prompted.parameters_by_name().items():
             assert float((two[n] - p.grad).abs().max() / p.grad.abs().max()) < 1e-4, n
         assert prompted.model.get_input_embeddings().weight.grad is None  # the sink's embedding is not trained
     finally:
@@ -87,11 +89,11 @@ def test_slot_pass_keeps_row_0_the_models_own(tiny_models):
             prompted.prefix()
         bos = loaded.model.get_input_embeddings().weight[1]
         torch.testing.assert_close(seen[("out", 0)][0, 0], bos, rtol=0, atol=0)
-        torch.testing.assert_close(seen[("out", 0)][0, 1:], prompted.param("soft").detach(), rtol=0, atol=0)
+        torch.testing.assert_close(seen[("out", 0)][0, 1:], prompted.prompt_tensor("soft").detach(), rtol=0, atol=0)
         for l in range(1, len(layers)):
             assert seen[("out", l)].shape[1] == 6
             torch.testing.assert_close(seen[("out", l)][0, 0], seen[("in", l)][0, 0], rtol=0, atol=0)
-            torch.testing.assert_close(seen[("out", l)][0, 1:], prompted.param(f"deep.{l}").detach(), rtol=0, atol=0)
+            torch.testing.assert_close(seen[("out", l)][0, 1:], prompted.prompt_tensor(f"deep.{l}").detach(), rtol=0, atol=0)
             assert not torch.equal(seen[("in", l)][0, 0], bos)  # it is the model's state, carried up the layers
     finally:
         for h in handles:
@@ -173,22 +175,23 @@ def test_tune_records_the_sink_and_eval_splits_the_mass(tmp_path, run_cli):
     assert tuned.slots == 5 and tuned.method.keep_sink
 
 
-@pytest.mark.parametrize("args,message", [(["--method", "prefix"], "has no slot pass"),
+@pytest.mark.parametrize("args,message", [(["--method", "prefix"], "has no option --keep-sink"),
                                           (["--method", "deep", "--no-soft"], "drop --no-soft")])
 def test_keep_sink_is_refused_where_it_cannot_apply(tmp_path, run_cli, args, message):
     out = tmp_path / "run"
-    code, _, err = run_cli("tune", "--model", "tiny", "--keep-sink", *args, "--steps", "1", "--quiet", "--out", out)
+    code, _, err = run_cli("tune", "--model", "tiny", *args, "--keep-sink", "--steps", "1", "--quiet", "--out", out)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert "soft, deep" in err or "no-soft" in err
     assert not out.exists()
+    options = {"keep_sink": True, **({"soft": False} if "--no-soft" in args else {})}
     with pytest.raises(EptkUsageError):
-        TuneConfig(method=args[1], keep_sink=True, soft="--no-soft" not in args).validate()
+        TuneConfig(method=args[1], options=options).validate()
 
 
 def test_runs_without_the_key_read_as_no_sink():
     old = {"method": "deep", "tokens": 3, "layers": [2], "soft": True, "hidden_size": 64, "num_layers": 4,
            "num_heads": 4, "num_kv_heads": 2, "head_dim": 16}
-    assert TuneConfig.from_dict(old).keep_sink is False
+    assert TuneConfig.from_dict(old).method_options().keep_sink is False
     method = method_from_config(old)
     assert method.keep_sink is False and method.slots == 3
     assert method_from_config(dict(old, keep_sink=True)).slots == 4

@@ -50,7 +50,7 @@ def loss_and_gradients(prompted, left, labels_of):
         ids, mask = batch(left=left)
         out = prompted(ids, mask, labels=labels_of(ids, mask))
         out.loss.backward()
-        return out.loss.detach(), {n: p.grad.clone() for n, p in prompted.params.items()}
+        return out.loss.detach(), {n: p.grad.clone() for n, p in prompted.parameters_by_name().items()}
     finally:
         prompted.remove_hooks()
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-SETTINGS = dict(model="tiny", method="deep", layers="last:2", tokens=4, steps=4, batch_size=4, warmup=1,
+SETTINGS = dict(model="tiny", method="deep", options={"layers": "last:2"}, tokens=4, steps=4, batch_size=4, warmup=1,
                 eval_every=0, eval_size=4, test_size=4, train_size=64, checkpoint_every=0, stats_samples=64)
 
 
@@ -75,7 +75,7 @@ def test_cold_and_warm_cache_give_the_same_run_on_smollm2(tmp_path, monkeypatch)
     monkeypatch.setenv("EPTK_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "models").symlink_to(models)      # statistics start empty; the model is not redone
-    settings = dict(SETTINGS, model="smollm2", layers="last:3", tokens=8, steps=3, stats_samples=256)
+    settings = dict(SETTINGS, model="smollm2", options={"layers": "last:3"}, tokens=8, steps=3, stats_samples=256)
     runs = [tune_once(tmp_path / name, settings, prior="region:new")
             for name in ("cold", "warm")]
     for name in ("prior.safetensors", "posterior.safetensors"):

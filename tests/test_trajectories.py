@@ -73,7 +73,8 @@ def test_generated_states_equal_each_prompt_alone(tiny_models, method, layers):
 def test_analyze_measures_trajectories_of_each_run(tmp_path, run_cli, monkeypatch):
     monkeypatch.setenv("EPTK_CACHE", str(tmp_path / "cache"))
     for name, method in (("deep", "deep"), ("soft", "soft")):
-        code, _, err = run_cli("tune", "--model", "tiny", "--method", method, "--layers", "last:2", "--tokens", "3",
+        layers = ["--layers", "last:2"] if method == "deep" else []  # soft has no layers to choose
+        code, _, err = run_cli("tune", "--model", "tiny", "--method", method, *layers, "--tokens", "3",
                                "--steps", "2", "--batch-size", "2", "--eval-size", "2", "--test-size", "2", "--quiet",
                                "--out", tmp_path / "runs" / name)
         assert code == 0, err

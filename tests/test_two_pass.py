@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from eptk.families import model_dims
-from eptk.methods import NoPrompt, build_method, get_method
+from eptk.methods import NoPrompt, build_method
 from eptk.models import TINY_FAMILIES
 from eptk.prompts import PromptedModel
 from reference_forward import full_forward
@@ -23,8 +23,8 @@ PACKED = pytest.mark.parametrize("packed", [True, False], ids=["packed", "two-pa
 
 def make_prompted(loaded, method, layer_spec="all", tokens=5, soft=True, seed=0, packed=True, backend="torch"):
     dims = model_dims(loaded.model)
-    layers = get_method(method).resolve_layers(layer_spec, dims["num_layers"])
-    prompt = build_method(method, tokens, dims, layers, soft)
+    options = {"layers": layer_spec, "soft": soft} if method == "deep" else {}
+    prompt = build_method(method, tokens, dims, options)
     gen = torch.Generator().manual_seed(seed)
     init = {k: torch.randn(s.shape, generator=gen) * 0.5 for k, s in prompt.tensor_specs().items()}
     prompted = PromptedModel(loaded.model, loaded.tokenizer, prompt, init, backend=backend)
@@ -102,12 +102,12 @@ def test_gradients_match_full_forward(tiny_models, family, case, left, packed):
         labels = ids.masked_fill((mask == 0) | first, -100)
         out = prompted(ids, mask, labels=labels)
         out.loss.backward()
-        two = {n: p.grad.clone() for n, p in prompted.params.items()}
+        two = {n: p.grad.clone() for n, p in prompted.parameters_by_name().items()}
         prompted.zero_grad()
         logits = full_forward(prompted, ids, mask, keep_graph=True)
         ref = torch.nn.functional.cross_entropy(logits[:, :-1][labels[:, 1:] != -100], labels[:, 1:][labels[:, 1:] != -100])
         ref.backward()
-        for n, p in prompted.params.items():
+        for n, p in prompted.parameters_by_name().items():
             err = float((two[n] - p.grad).abs().max() / p.grad.abs().max())
             assert err < 1e-4, f"{family} {case_id(case)} left={left} {n}: {err}"
     finally:
@@ -118,7 +118,7 @@ def test_soft_equals_hand_built_inputs_embeds(tiny_models):
     loaded = tiny_models["llama"]
     prompted = make_prompted(loaded, "soft")
     ids, mask = batch()
-    soft = prompted.param("soft").detach()
+    soft = prompted.prompt_tensor("soft").detach()
     model = loaded.model
     prev = model.config._attn_implementation
     model.set_attn_implementation("eager")

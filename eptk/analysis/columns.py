@@ -154,7 +154,7 @@ RUN_COLUMNS = [
            lambda r: r.status),
     Column("model", "config `model`", _config("model")),
     Column("task", "config `task`", _config("task")),
-    Column("method", "config `method` (soft, deep, prefix)", _config("method")),
+    Column("method", "config `method` (soft, deep, prefix, ...: eptk/methods/)", _config("method")),
     Column("prior", "config `prior` spec", _config("prior")),
     Column("prior_weight", "config `prior_weight` (λ of the MAP prior term)", _config("prior_weight")),
     Column("tokens", "config `tokens` (P, prompt vectors per block)", _config("tokens")),

@@ -3,10 +3,10 @@
 Importing the package registers every method module in it, so a new method is one new file.
 """
 from ..registry import import_modules
-from .base import (METHODS, NoPrompt, PromptMethod, build_method, get_method, locate, method_from_config,
-                   peft_types, register_method)
+from .base import (METHODS, DirectPrompt, NoPrompt, PromptMethod, PromptParameters, build_method, get_method, locate,
+                   method_from_config, option_owners, peft_types, register_method)
 
 import_modules(__name__, __path__)
 
-__all__ = ["METHODS", "NoPrompt", "PromptMethod", "build_method", "get_method", "locate", "method_from_config",
-           "peft_types", "register_method"]
+__all__ = ["METHODS", "DirectPrompt", "NoPrompt", "PromptMethod", "PromptParameters", "build_method", "get_method",
+           "locate", "method_from_config", "option_owners", "peft_types", "register_method"]

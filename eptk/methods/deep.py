@@ -8,39 +8,58 @@ needs slots at every layer, so a deep prompt without a soft prompt is refused.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..attention import PackedPass, SlotPass, current_pass
 from ..errors import EptkUsageError
-from ..spaces import TensorSpec, parse_layers
+from ..options import option
+from ..spaces import TensorSpec, check_layer_spec, parse_layers
 from .base import register_method
 from .peft_prefix import prefix_adapter
-from .soft import SoftPrompt, slot_inputs
+from .soft import SlotOptions, SoftPrompt, slot_inputs
+
+
+@dataclass(frozen=True)
+class DeepOptions(SlotOptions):
+    layers: str = option("last:3", "the layers whose slot states are replaced: all, last:N (the paper: last:3) or "
+                                   "a comma list like 4,8,12", check=check_layer_spec,
+                         in_name=lambda spec: str(spec).replace("last:", "last"))
+    soft: bool = option(True, "also tune the layer-0 (soft) vectors")
+
+    def check(self):
+        if self.keep_sink and not self.soft:
+            raise EptkUsageError("--keep-sink needs the layer-0 slots, where the sink token enters: drop --no-soft")
 
 
 @register_method
 class DeepPrompt(SoftPrompt):
     name = "deep"
-    takes_layers = True
+    Options = DeepOptions
     reports_prefix_mass = True
     peft_type = None  # its export is a PREFIX_TUNING adapter, which imports as a prefix prompt
     patterns = {r"soft": "embedding", r"deep\.(\d+)": "activation"}
+    contract_options = {"layers": "all"}  # the default last:3 needs 4 layers
 
-    def __init__(self, tokens: int, dims: dict, layers=(), soft: bool = True, keep_sink: bool = False):
-        super().__init__(tokens, dims, layers, soft, keep_sink)
-        self.layers, self.soft = [int(l) for l in layers], bool(soft)
-        if not self.soft and not self.layers:
-            raise EptkUsageError("a deep prompt without a soft prompt needs at least one layer")
-
-    @classmethod
-    def check_options(cls, *, soft=True, keep_sink=False):
-        super().check_options(soft=soft, keep_sink=keep_sink)
-        if keep_sink and not soft:
-            raise EptkUsageError("--keep-sink needs the layer-0 slots, where the sink token enters: drop --no-soft")
+    def __init__(self, tokens, dims, options=None):
+        super().__init__(tokens, dims, options)
+        self.layers, self.soft = parse_layers(self.options.layers, self.dims["num_layers"]), bool(self.options.soft)
 
     @classmethod
-    def resolve_layers(cls, spec, num_layers):
-        return parse_layers(spec, num_layers)
+    def options_from_config(cls, config):
+        """config.json keeps the resolved layers under `layers` and the spec given under `layers_spec` (older
+        runs: the resolved list alone)."""
+        values = super().options_from_config(config)
+        spec = config.get("layers_spec", config.get("layers"))
+        if isinstance(spec, list):
+            spec = ",".join(str(int(l)) for l in spec)
+        if spec is not None:
+            values["layers"] = spec
+        return values
+
+    def config_entries(self):
+        return dict(super().config_entries(), layers=self.layers, layers_spec=self.options.layers)
 
     def tensor_specs(self):
         specs = super().tensor_specs() if self.soft else {}
@@ -70,7 +89,7 @@ class DeepPrompt(SoftPrompt):
         """The slots' hidden states [1,S,d] entering `layer` in place of `hidden`: the layer's vectors (on the
         layer's device, which a dispatched model may place elsewhere), behind the model's own sink state (row 0,
         never replaced) with --keep-sink."""
-        vectors = prompted.param(f"deep.{layer}").to(hidden.device, prompted.dtype).unsqueeze(0)
+        vectors = prompted.prompt_tensor(f"deep.{layer}").to(hidden.device, prompted.dtype).unsqueeze(0)
         return torch.cat([hidden[:, :1], vectors], dim=1) if self.keep_sink else vectors
 
     def slot_pass_inputs(self, prompted):

@@ -26,8 +26,8 @@ class PrefixPrompt(PromptMethod):
         return specs
 
     def prefix(self, prompted):
-        return {l: (prompted.param(f"prefix.{l}.key"), prompted.param(f"prefix.{l}.value"))
-                for l in range(self.dims["num_layers"])}
+        prompt = prompted.prompt()
+        return {l: (prompt[f"prefix.{l}.key"], prompt[f"prefix.{l}.value"]) for l in range(self.dims["num_layers"])}
 
     def to_peft(self, source):
         return prefix_adapter(source.prompted())

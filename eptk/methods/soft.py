@@ -7,10 +7,13 @@ real tokens sit at positions P.., as here).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..attention import SlotPass, active
 from ..errors import EptkUsageError
+from ..options import NoOptions, option
 from ..spaces import TensorSpec
 from .base import PromptMethod, register_method
 
@@ -49,19 +52,30 @@ def sink_token_id(tokenizer) -> int:
     raise EptkUsageError("--keep-sink needs a tokenizer with a BOS or EOS token")
 
 
+@dataclass(frozen=True)
+class SlotOptions(NoOptions):
+    """The options of a prompt that runs a slot pass."""
+    keep_sink: bool = option(False, "one extra first slot left to the model (its BOS, else EOS, token; never "
+                                    "trained or replaced): the attention sink")
+
+
 @register_method
 class SoftPrompt(PromptMethod):
     name = "soft"
+    Options = SlotOptions
     peft_type = "PROMPT_TUNING"
-    can_keep_sink = True
     reports_prefix_mass = True
     patterns = {r"soft": "embedding"}
+
+    def __init__(self, tokens, dims, options=None):
+        super().__init__(tokens, dims, options)
+        self.keep_sink = bool(self.options.keep_sink)
 
     def tensor_specs(self):
         return {"soft": TensorSpec("soft", (self.tokens, self.dims["hidden_size"]), 0, "embedding")}
 
     def slot_pass_inputs(self, prompted):
-        return slot_inputs(prompted, prompted.param("soft")), 0
+        return slot_inputs(prompted, prompted.prompt_tensor("soft")), 0
 
     def prefix(self, prompted):
         return slot_pass(prompted, *self.slot_pass_inputs(prompted))

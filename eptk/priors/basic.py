@@ -135,14 +135,22 @@ def _parse_text(rest):
     return {"text": rest}
 
 
-@register_prior("text", ":<words>", "embeddings of the tokenized text, cycled to the prompt length",
+@register_prior("text", ":<words>", "embeddings of the tokenized text, cycled to the prompt length; for "
+                "keys/values (prefix), the frozen model's own keys/values of that text (log-density N(them, 0.02^2))",
                 parse=_parse_text)
 def _text(args, ctx, param):
-    emb = ctx.need_embeddings("text")
-    check_width("text", param, emb.shape[1])
     ids = ctx.tokenizer(args["text"], add_special_tokens=False)["input_ids"]
     if not ids:
         raise EptkUsageError(f"prior text:{args['text']!r} tokenizes to nothing")
+    if param.space in ("key", "value"):  # [Hkv,P,D]: the text (cycled to P tokens) in front of the real tokens
+        if ctx.text_kv is None:
+            raise EptkUsageError("prior text: on keys/values needs the frozen model")
+        P = param.shape[1]
+        cycled = tuple((ids * (P // len(ids) + 1))[:P])
+        key, value = ctx.text_kv(cycled)[param.layer]
+        return PosteriorPrior(key if param.space == "key" else value, 0.0)
+    emb = ctx.need_embeddings("text")
+    check_width("text", param, emb.shape[1])
     return RowMixture(param.shape, emb[torch.tensor(ids)], cycle=True)
 
 

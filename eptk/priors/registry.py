@@ -32,6 +32,8 @@ class PriorContext:
     generator: torch.Generator = field(default=None)
     reference_stats: Callable | None = None
     progress: bool = False                          # progress bars for long prior preparation (VAE training)
+    # token ids -> layer -> (key, value) [Hkv,T,D]: the frozen model's own keys/values over those tokens
+    text_kv: Callable | None = None
 
     def __post_init__(self):
         if self.generator is None:

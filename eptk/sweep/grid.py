@@ -1,11 +1,14 @@
 """The sweep file and its grid: parsing and checking the TOML, expanding the grid into runs, and naming them.
 
-A sweep file (TOML) names grid keys — `priors`, `methods`, `layers`, `tokens`, `seeds`, `tasks`, each a
-value or a list — and fixed settings under `[fixed]` (any `eptk tune` setting: model, steps,
-batch_size, lr, ...). An optional top-level `out` is the default sweep directory.
+A sweep file (TOML) names grid keys — `priors`, `methods`, `tokens`, `seeds`, `tasks`, and any method's own
+option by its name (`layers`, `rank`, ...), each a value or a list — and fixed settings under `[fixed]` (any
+`eptk tune` setting: model, steps, batch_size, lr, ..., or a method option). An optional top-level `out` is
+the default sweep directory. A method option's grid values apply to the runs of the methods that declare it
+(the others get one run).
 
 Every run lives in <out>/<name>, its name built from its grid values only (stable when the grid
-grows): `<task>-<method>[-<layers>]-<prior>-t<tokens>-s<seed>`.
+grows): `<task>-<method>[-<the method's named options>]-<prior>-t<tokens>-s<seed>`, the named options those
+the method declares `in_name` (deep: its layers).
 """
 from __future__ import annotations
 
@@ -19,21 +22,36 @@ from ..config import EXECUTION_ONLY, TuneConfig, check_settings, check_value, se
 from ..errors import EptkUsageError, choices
 from ..runs import RunDir, is_run
 
-# grid key in the sweep file -> the TuneConfig field it sets (file order = expansion order, seeds innermost)
-GRID_KEYS = {"tasks": "task", "methods": "method", "layers": "layers", "priors": "prior", "tokens": "tokens",
-             "seeds": "seed"}
-TOP_KEYS = (*GRID_KEYS, "fixed", "out")
-NOT_FIXED = ("out", "extra", "extensions")  # TuneConfig fields a sweep does not set
+# grid key in the sweep file -> the TuneConfig field it sets (expansion order: these, with the method options'
+# grid keys right after `methods`; seeds innermost)
+GRID_KEYS = {"tasks": "task", "methods": "method", "priors": "prior", "tokens": "tokens", "seeds": "seed"}
+NOT_FIXED = ("out", "extensions", "options")  # TuneConfig fields a sweep does not set
+
+
+def method_options() -> dict[str, str]:
+    """Every registered method's option -> its type (bool, int, float, str): a grid key and a [fixed] setting."""
+    from ..methods import METHODS
+    from ..options import fields_of, kind_of
+
+    return {name: kind_of(f) for cls in METHODS.values() for name, f in fields_of(cls.Options).items()}
+
+
+def declared_options(method: str) -> set[str]:
+    """The options `method` declares (none for an unknown method, which validation reports)."""
+    from ..methods import METHODS
+    from ..options import fields_of
+
+    return set(fields_of(METHODS[method].Options)) if method in METHODS else set()
 
 
 @dataclass
 class SweepRun:
     index: int
     name: str
-    settings: dict  # TuneConfig fields the sweep sets (grid values + [fixed]); everything else: tune's defaults
+    settings: dict  # TuneConfig fields and method options the sweep sets (grid values + [fixed]); else defaults
 
     def config(self) -> TuneConfig:
-        return TuneConfig(**self.settings)
+        return TuneConfig.from_dict(self.settings)
 
     def tune_args(self) -> list[str]:
         """The `eptk tune` options that reproduce these settings."""
@@ -72,22 +90,25 @@ def load_sweep(path) -> Sweep:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise EptkUsageError(f"sweep file {path} is not valid TOML: {str(exc).splitlines()[0]}") from None
-    unknown = [k for k in data if k not in TOP_KEYS]
+    options = method_options()
+    top_keys = (*GRID_KEYS, *options, "fixed", "out")
+    unknown = [k for k in data if k not in top_keys]
     if unknown:
-        raise EptkUsageError(f"{path}: unknown key {unknown[0]!r}; valid: {choices(TOP_KEYS)} "
+        raise EptkUsageError(f"{path}: unknown key {unknown[0]!r}; valid: {choices(top_keys)} "
                              f"(fixed settings go under [fixed])")
-    types = setting_types()
+    types = {**method_options(), **setting_types()}
     settable = [k for k in types if k not in NOT_FIXED]
 
     grid: dict[str, list] = {}
-    for key in GRID_KEYS:
+    order = ["tasks", "methods", *[k for k in data if k in options], "priors", "tokens", "seeds"]
+    for key in order:
         if key not in data:
             continue
         raw = data[key]
         values = raw if isinstance(raw, list) else [raw]
         if not values:
             raise EptkUsageError(f"{path}: empty grid: {key!r} has no values")
-        kind = types[GRID_KEYS[key]]
+        kind = types[GRID_KEYS.get(key, key)]
         checked = []
         for v in values:
             v = check_value(f"{path}: every value of {key!r}", v, kind)
@@ -101,15 +122,19 @@ def load_sweep(path) -> Sweep:
     for key in fixed:
         if key not in settable and _grid_key_of(key):
             raise EptkUsageError(f"{path}: [fixed] {key!r} is a grid key: set {_grid_key_of(key)!r} at the top level")
-    fixed_checked = check_settings(fixed, f"{path}: [fixed]", names=settable)
-    for key, target in GRID_KEYS.items():
-        if key in grid and target in fixed_checked:
+    fixed_checked = check_settings({k: v for k, v in fixed.items() if k not in options}, f"{path}: [fixed]",
+                                   names=[k for k in settable if k not in options])
+    fixed_checked.update({k: check_value(f"{path}: [fixed] {k}", v, options[k])
+                          for k, v in fixed.items() if k in options})
+    for key in grid:
+        target = GRID_KEYS.get(key, key)
+        if target in fixed_checked:
             raise EptkUsageError(f"{path}: {target!r} is set both by the grid key {key!r} and by [fixed]; keep one")
     out = data.get("out")
     if out is not None and not isinstance(out, str):
         raise EptkUsageError(f"{path}: 'out' must be a string (got {out!r})")
     if not grid:
-        raise EptkUsageError(f"{path}: empty grid: give at least one of {choices(GRID_KEYS)}")
+        raise EptkUsageError(f"{path}: empty grid: give at least one of {choices([*GRID_KEYS, *options])}")
 
     sweep = Sweep(path=path, grid=grid, fixed=fixed_checked, out=out)
     sweep.runs = expand(grid, fixed_checked, str(path))
@@ -130,18 +155,16 @@ def expand(grid: dict, fixed: dict, where: str = "grid") -> list[SweepRun]:
     keys = list(grid)
     runs, seen = [], set()
     for combo in itertools.product(*(grid[k] for k in keys)):
-        values = {GRID_KEYS[k]: v for k, v in zip(keys, combo)}
+        values = {GRID_KEYS.get(k, k): v for k, v in zip(keys, combo)}
         settings = dict(values, **fixed)
-        effective = lambda name: settings.get(name, getattr(defaults, name))  # noqa: E731
-        if not takes_layers(effective("method")) and "layers" in values:
-            del settings["layers"]  # only methods with layers get one run per layers value
-            if "layers" in fixed:
-                settings["layers"] = fixed["layers"]
+        method = settings.get("method", defaults.method)
+        for name in set(values) - set(GRID_KEYS.values()) - declared_options(method):
+            del settings[name]  # a method option's grid values make runs of the methods that have it only
         key = json.dumps(settings, sort_keys=True)
         if key in seen:
             continue
         seen.add(key)
-        runs.append(SweepRun(index=len(runs), name=_run_name(effective), settings=settings))
+        runs.append(SweepRun(index=len(runs), name=_run_name(settings, defaults), settings=settings))
     _unique_names(runs)
     for run in runs:
         try:
@@ -164,23 +187,21 @@ def check_runs(runs: list[SweepRun], where: str) -> None:
             raise EptkUsageError(f"{where}: run {run.name}: {exc}") from None
 
 
-def takes_layers(method: str) -> bool:
-    """Whether runs of this method differ by --layers (an unknown method is reported by validation)."""
-    from ..methods import METHODS
-    return method in METHODS and METHODS[method].takes_layers
-
-
 def _safe(text) -> str:
     table = {":": "-", ",": "+", "/": "_", "\\": "_", " ": "_"}
     out = "".join(c if c.isalnum() or c in "-_.+" else table.get(c, "-") for c in str(text))
     return out.strip("-_.") or "x"
 
 
-def _run_name(effective) -> str:
-    method = effective("method")
-    parts = [_safe(effective("task")), _safe(method)]
-    if takes_layers(method):
-        parts.append(_safe(str(effective("layers")).replace("last:", "last")))
+def _run_name(settings: dict, defaults: TuneConfig) -> str:
+    from ..options import name_parts
+
+    effective = lambda name: settings.get(name, getattr(defaults, name))  # noqa: E731
+    parts = [_safe(effective("task")), _safe(effective("method"))]
+    try:
+        parts += [_safe(part) for part in name_parts(TuneConfig.from_dict(settings).method_options())]
+    except EptkUsageError:
+        pass  # an unknown method or a bad option: validation names it below
     parts += [_safe(effective("prior")), f"t{effective('tokens')}", f"s{effective('seed')}"]
     name = "-".join(parts)
     if len(name) > 120:  # long specs (a posterior's path): keep a readable head and a stable hash
@@ -238,10 +259,12 @@ def settings_conflict(run: SweepRun, run_dir: Path) -> str | None:
         config = RunDir(run_dir).config()
     except EptkUsageError:
         return f"{run_dir}: its config is missing or unreadable"
+    recorded = TuneConfig.from_dict(config).options  # the method's options as its config.json records them
     for key, want in run.settings.items():
         if key in EXECUTION_ONLY:
             continue
-        have = config.get("layers_spec", config.get("layers")) if key == "layers" else config.get(key)
+        method = run.settings.get("method", TuneConfig().method)
+        have = recorded.get(key) if key in declared_options(method) else config.get(key)
         if have != want:
             return (f"{run_dir} holds a run with other settings ({key}: {have!r} there, {want!r} in the sweep); "
                     f"delete it or choose another --out")
