@@ -168,7 +168,11 @@ def positive_float(name: str, key: str, default: float):
 def check_width(family: str, param: ParamInfo, width: int) -> None:
     if param.shape[-1] != width:
         raise EptkUsageError(f"prior {family!r} gives vectors of width {width} but {param.name} has width "
-                             f"{param.shape[-1]} (prefix key/value tensors need normal, uniform or xavier)")
+                             f"{param.shape[-1]} (prefix key/value tensors take {', '.join(KEY_VALUE_PRIORS)})")
+
+
+KEY_VALUE_PRIORS = ("normal", "uniform", "xavier", "zero", "text", "posterior", "region:data", "region:new",
+                    "region:between", "exclusion")  # the families that serve a prefix's keys/values (README)
 
 
 def rows(shape) -> int:
