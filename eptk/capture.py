@@ -39,6 +39,7 @@ from .models import LoadedModel, input_device
 from .progress import progress_bar
 from .batches import encode_batch, encode_content_batch
 from .context import check_examples, check_generation, excerpt
+from .spaces import CAPTURE_SPACES
 from .stats import EXCLUDED, FORMAT, ActivationStats
 from .version import __version__
 from .tasks import load_task
@@ -46,9 +47,6 @@ from .tasks import load_task
 
 class _StopForward(Exception):
     """Raised by a hook once the last requested layer is captured; caught by `run_to_layers`."""
-
-
-CAPTURE_SPACES = ("activation", "key", "value")
 
 
 def check_layers(model, layers: Iterable[int], space: str = "activation") -> list[int]:

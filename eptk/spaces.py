@@ -16,6 +16,7 @@ from .errors import EptkUsageError
 SPACES = ("embedding", "activation", "key", "value")
 RESIDUAL = ("embedding", "activation")  # vectors of the residual stream: comparable with captured activations
 KEY_VALUE = ("key", "value")             # attention keys/values: one row per slot, its heads concatenated
+CAPTURE_SPACES = ("activation", *KEY_VALUE)  # what `eptk capture --space` keeps statistics of
 
 
 def capture_space(space: str) -> str:
