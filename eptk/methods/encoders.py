@@ -16,13 +16,12 @@ from torch import nn
 def fit_output_layer(layer: nn.Linear, hidden: torch.Tensor, target: torch.Tensor) -> None:
     """Set `layer.weight` (bias kept) so that layer(hidden [P,h]) equals target [P,out] (least squares).
 
-    A target whose rows are all one row (the `zero` prior, a one-token text) is reached exactly by the bias alone,
-    weight zero: least squares would leave rounding in it. The weight still gets a gradient (Σ_p g_p h_pᵀ), so the
-    encoder trains from the first step."""
+    An all-zero target (the `zero` prior) is reached exactly by weight 0 and bias 0: least squares would leave
+    rounding in it. The weight still gets a gradient (Σ_p g_p h_pᵀ), so the encoder trains from the first step."""
     with torch.no_grad():
-        if bool((target == target[:1]).all()):
+        if not bool(target.any()):
             layer.weight.zero_()
-            layer.bias.copy_(target[0].to(layer.bias.dtype))
+            layer.bias.zero_()
             return
         rhs = (target.double() - layer.bias.double()).to(hidden.device)
         solution = torch.linalg.lstsq(hidden.double(), rhs, driver="gelsd").solution  # [h, out]
