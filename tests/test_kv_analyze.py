@@ -117,3 +117,15 @@ def test_capture_refuses_a_bad_space(run_cli, tmp_path):
     code, _, err = run_cli("capture", "--model", "tiny", "--space", "keys", "--out", tmp_path / "s")
     assert code == 2 and "activation, key, value" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "s").exists()
+
+
+def test_region_prior_on_a_task_without_train_examples(run_cli, tmp_path, monkeypatch):
+    """A prefix region prior whose task has no train examples to capture keys/values from: one line, exit 2, no run."""
+    monkeypatch.setenv("EPTK_CACHE", str(tmp_path / "cache"))
+    rows = tmp_path / "only-test.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"{i}+1=", "answer": str(i + 1), "split": "test"}) + "\n"
+                            for i in range(8)))
+    out = tmp_path / "run"
+    code, _, err = run_cli(*TUNE, "--method", "prefix", "--prior", f"region:data:jsonl:{rows}", "--out", out)
+    assert code == 2 and "no training rows" in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
