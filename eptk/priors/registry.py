@@ -21,7 +21,7 @@ ParamInfo = TensorSpec  # a prior sees a prompt tensor as its method declares it
 @dataclass
 class PriorContext:
     """What prior families may read. `stats(task, layer)` returns captured activation statistics of the run's
-    seed; `reference_stats(task, layer)` those of one fixed capture seed, for a prior that must be the same
+    seed (`stats(task, layer, space="key" / "value")` the captured keys or values of decoder layer `layer`); `reference_stats(task, layer)` those of one fixed capture seed, for a prior that must be the same
     distribution for every run seed (`vae`); without it, `stats` serves both."""
     embeddings: torch.Tensor | None = None          # [V,d] float32 token embeddings in the soft prompt's space
     tokenizer: object = None
