@@ -31,12 +31,17 @@ def capture(
     device: str = typer.Option("auto", help=DEVICE_HELP),
     device_map: str = typer.Option("", help=DEVICE_MAP_HELP),
     offload_dir: str = typer.Option("", help=OFFLOAD_HELP),
+    space: str = typer.Option("activation", help="what is captured: activation (hidden states), key or value (each "
+                                                 "decoder layer's attention keys or values after RoPE, kv heads "
+                                                 "concatenated: the space of a prefix's keys/values; layers 0..L-1)"),
     quiet: bool = typer.Option(False, help="no progress bar"),
     allow_pickle_weights: bool = typer.Option(False, help="load a model whose weights exist only as pickle files "
                                               "(unpickling can run code): off unless asked"),
 ) -> None:
-    """Capture per-layer activation statistics (mean, covariance, token samples) of a task."""
+    """Capture per-layer activation statistics (mean, covariance, token samples) of a task, or of its attention
+    keys or values (--space)."""
     from eptk import commands
 
     commands.capture(model, task, layers, samples, examples, seed, batch_size, out, device, progress=not quiet,
-                     device_map=device_map, offload_dir=offload_dir, allow_pickle_weights=allow_pickle_weights)
+                     device_map=device_map, offload_dir=offload_dir, allow_pickle_weights=allow_pickle_weights,
+                     space=space)

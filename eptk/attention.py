@@ -84,11 +84,21 @@ class PackedPass:
         return packed.unflatten(0, (self.batch, self.length))
 
 
+@dataclass
+class RecordPass:
+    """Plain attention (no prompt) that hands each layer's keys/values [B,Hkv,S,D] (after RoPE, what a prefix's
+    keys/values are) to `record(layer, key, value)`: how `eptk capture` reads a task's keys/values."""
+    record: object
+
+    def for_recompute(self) -> "RecordPass":
+        return self
+
+
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("eptk_prompt_pass", default=None)
 
 
 def current_pass():
-    """The SlotPass, TokenPass or PackedPass running now, or None."""
+    """The SlotPass, TokenPass, PackedPass or RecordPass running now, or None."""
     return _ACTIVE.get()
 
 
@@ -127,6 +137,8 @@ def eptk_attention(module, query, key, value, attention_mask, scaling=None, drop
         backend = state.backend
         if layer >= state.first_layer:
             state.kv[layer] = (key[0], value[0])
+    elif isinstance(state, RecordPass):
+        state.record(layer, key, value)
     elif isinstance(state, TokenPass):
         backend = state.backend
         if layer in state.prefix:
@@ -254,6 +266,21 @@ def register() -> None:
 
     AttentionInterface.register(ATTN_NAME, eptk_attention)
     AttentionMaskInterface.register(ATTN_NAME, eptk_mask)
+
+
+@contextlib.contextmanager
+def eptk_attention_on(model):
+    """The model runs eptk's attention inside, its own implementation again after."""
+    previous = getattr(model.config, "_attn_implementation", None)
+    use_eptk_attention(model)
+    try:
+        yield
+    finally:
+        if previous is not None and previous != ATTN_NAME:
+            if hasattr(model, "set_attn_implementation"):
+                model.set_attn_implementation(previous)
+            else:
+                model.config._attn_implementation = previous
 
 
 def use_eptk_attention(model) -> None:

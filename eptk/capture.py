@@ -5,6 +5,11 @@ Forward hooks on the decoder layers hand each requested layer's hidden states [B
 right after the last requested layer (a hook raises a private exception), so capturing the
 embeddings of a 30-layer model runs no decoder layer at all.
 
+In the `key` / `value` spaces (what `prefix` priors and analyze compare a prefix with) the same statistics are
+kept of every decoder layer l's attention keys or values (after RoPE, at the tokens' own positions: what a
+prefix's keys/values are), one row per token with its kv heads concatenated [Hkv*D]; they are read through
+eptk's attention function (`attention.RecordPass`), for every model family alike.
+
 Layer index l (the one `ParamInfo.layer`, `deep.<l>` and stats files use):
   0      token embeddings = the input of decoder layer 0. For Llama-family models that is the
          embedding lookup; for GPT-2 it is token + position embeddings (what block 0 reads).
@@ -27,12 +32,14 @@ from typing import Callable, Iterable
 import torch
 
 from . import linalg
+from .attention import RecordPass, active, eptk_attention_on
 from .errors import EptkUsageError
 from .families import decoder_layers, model_dims
 from .models import LoadedModel, input_device
 from .progress import progress_bar
 from .batches import encode_batch, encode_content_batch
 from .context import check_examples, check_generation, excerpt
+from .spaces import CAPTURE_SPACES
 from .stats import EXCLUDED, FORMAT, ActivationStats
 from .version import __version__
 from .tasks import load_task
@@ -42,14 +49,23 @@ class _StopForward(Exception):
     """Raised by a hook once the last requested layer is captured; caught by `run_to_layers`."""
 
 
-def check_layers(model, layers: Iterable[int]) -> list[int]:
+def check_layers(model, layers: Iterable[int], space: str = "activation") -> list[int]:
     num_layers = model_dims(model)["num_layers"]
     out = sorted({int(l) for l in layers})
-    bad = [l for l in out if not 0 <= l <= num_layers]
+    highest = num_layers if space == "activation" else num_layers - 1
+    bad = [l for l in out if not 0 <= l <= highest]
     if not out or bad:
-        raise EptkUsageError(f"layers must be 0..{num_layers} for this model (0 = token embeddings, "
-                             f"{num_layers} = last layer output); got {bad or 'none'}")
+        what = (f"0 = token embeddings, {num_layers} = last layer output" if space == "activation"
+                else f"l = decoder layer l's attention {space}s")
+        raise EptkUsageError(f"layers must be 0..{highest} for this model ({what}); got {bad or 'none'}")
     return out
+
+
+def space_width(dims: dict, space: str) -> int:
+    """The width of one captured row: the hidden size, or a token's keys/values with its kv heads concatenated."""
+    if space not in CAPTURE_SPACES:
+        raise EptkUsageError(f"unknown capture space {space!r}; valid: {', '.join(CAPTURE_SPACES)}")
+    return dims["hidden_size"] if space == "activation" else dims["num_kv_heads"] * dims["head_dim"]
 
 
 @contextmanager
@@ -89,6 +105,26 @@ def run_to_layers(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
                   on_hidden: Callable[[int, torch.Tensor], None]) -> None:
     """One forward that feeds on_hidden the requested layers and stops after the last of them."""
     with torch.inference_mode(), layer_hooks(model, layers, on_hidden):
+        try:
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except _StopForward:
+            pass
+
+
+def run_to_keys_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: list[int], space: str,
+                       on_rows: Callable[[int, torch.Tensor], None]) -> None:
+    """One forward that feeds on_rows(l, rows [B,T,Hkv*D]) the keys (space `key`) or values of the requested
+    decoder layers' attention, and stops after the last of them."""
+    wanted, last = set(layers), max(layers)
+    part = 0 if space == "key" else 1
+
+    def record(layer, key, value):
+        if layer in wanted:
+            on_rows(layer, (key, value)[part].transpose(1, 2).flatten(2))
+        if layer == last:
+            raise _StopForward
+
+    with torch.inference_mode(), eptk_attention_on(model), active(RecordPass(record)):
         try:
             model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         except _StopForward:
@@ -149,13 +185,14 @@ class Capturer:
     """
 
     def __init__(self, loaded: LoadedModel, layers: list[int], samples: int = 2048, seed: int = 0,
-                 backend: str = "auto"):
-        self.loaded, self.backend = loaded, backend
-        self.layers = check_layers(loaded.model, layers)
+                 backend: str = "auto", space: str = "activation"):
+        self.loaded, self.backend, self.space = loaded, backend, space
         self.dims = model_dims(loaded.model)
+        width = space_width(self.dims, space)
+        self.layers = check_layers(loaded.model, layers, space)
         self.device = input_device(loaded.model)
         self.samples, self.seed = samples, seed
-        self.stats = ActivationStats(self.dims["hidden_size"], self.layers, samples, seed=seed, device=self.device)
+        self.stats = ActivationStats(width, self.layers, samples, seed=seed, device=self.device)
         self.sequences = 0
         self.massive: dict[int, int] = {}
         self._whiten: dict | None = None  # layer -> (scale_tril, mean) of the final Gaussians, for add_extremes
@@ -181,7 +218,14 @@ class Capturer:
             stats.reservoirs[l].add_from(hidden, index=index)
             stats.pooled_parts[l].append(st.pooled.index_select(0, seq_index).float())
 
-        run_to_layers(self.loaded.model, input_ids, attention_mask, self.layers, on_hidden)
+        self._forward(input_ids, attention_mask, on_hidden)
+
+    def _forward(self, input_ids, attention_mask, on_hidden) -> None:
+        """One forward handing on_hidden(l, rows [B,T,width]) the captured space at each requested layer."""
+        if self.space == "activation":
+            run_to_layers(self.loaded.model, input_ids, attention_mask, self.layers, on_hidden)
+        else:
+            run_to_keys_values(self.loaded.model, input_ids, attention_mask, self.layers, self.space, on_hidden)
 
     def add_extremes(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, only=None) -> None:
         """Second pass over a batch `add` saw: the largest Mahalanobis distance of any kept token at each layer
@@ -201,7 +245,7 @@ class Capturer:
                 worst = float(linalg.mahalanobis(rows.double(), tril, mean).max())
                 stats.max_mahalanobis[l] = max(stats.max_mahalanobis.get(l, 0.0), worst)
 
-        run_to_layers(self.loaded.model, input_ids, attention_mask, self.layers, on_hidden)
+        self._forward(input_ids, attention_mask, on_hidden)
 
     def finish(self, meta: dict | None = None) -> ActivationStats:
         loaded, dims, stats = self.loaded, self.dims, self.stats
@@ -211,7 +255,10 @@ class Capturer:
                       "sequences": self.sequences, "excluded": EXCLUDED,
                       "bos_token_id": getattr(loaded.tokenizer, "bos_token_id", None),
                       "layer_index": "0 = token embeddings, l = input of decoder layer l, "
-                                     f"{dims['num_layers']} = last layer output before the final norm",
+                                     f"{dims['num_layers']} = last layer output before the final norm"
+                                     if self.space == "activation" else
+                                     f"l = decoder layer l's attention {self.space}s (after RoPE), kv heads concatenated",
+                      "space": self.space, "width": stats.dim,
                       "eptk_version": __version__, **(meta or {})}
         stats.meta["tokens"] = {str(l): stats.gaussians[l].count for l in self.layers}
         stats.meta["massive_excluded"] = {str(l): self.massive.get(l, 0) for l in self.layers}
@@ -221,14 +268,15 @@ class Capturer:
 
 def capture(loaded: LoadedModel, texts_or_batches, layers: list[int], samples: int = 2048, seed: int = 0,
             batch_size: int = 16, progress: bool = True, max_length: int | None = None,
-            meta: dict | None = None, backend: str = "auto") -> ActivationStats:
+            meta: dict | None = None, backend: str = "auto", space: str = "activation") -> ActivationStats:
     """Statistics of the requested layers over texts (list[str]) or batches (dicts with input_ids,
     attention_mask). Each layer gets a RunningGaussian, a seeded reservoir of `samples` token
-    activations, every sequence's mean activation, and (from a second pass) the largest Mahalanobis
-    distance of any token."""
-    capturer = Capturer(loaded, layers, samples=samples, seed=seed, backend=backend)
+    activations (or keys, or values: `space`), every sequence's mean activation, and (from a second pass) the
+    largest Mahalanobis distance of any token."""
+    capturer = Capturer(loaded, layers, samples=samples, seed=seed, backend=backend, space=space)
     batches = list(_batches(loaded.tokenizer, texts_or_batches, batch_size, max_length))
-    with progress_bar(progress, "capturing activations", 2 * len(batches)) as advance:
+    what = "activations" if space == "activation" else f"attention {space}s"
+    with progress_bar(progress, f"capturing {what}", 2 * len(batches)) as advance:
         for batch in batches:   # a batch's `content_mask`, where it has one, keeps only the content tokens
             capturer.add(batch["input_ids"], batch["attention_mask"], batch.get("content_mask"))
             advance()
@@ -346,11 +394,11 @@ def task_batches(loaded: LoadedModel, task_spec: str, seed: int, n_examples: int
 
 def capture_task(loaded: LoadedModel, model_name: str, task_spec: str, layers: list[int], samples: int = 2048,
                  seed: int = 0, n_examples: int = 512, batch_size: int = 16, progress: bool = True,
-                 backend: str = "auto", content_only: bool = False) -> ActivationStats:
+                 backend: str = "auto", content_only: bool = False, space: str = "activation") -> ActivationStats:
     """Capture the task's train split (prompt + answer) at the given layers (its content tokens only, with
-    `content_only`)."""
+    `content_only`) in `space` (activations, or the attention keys or values)."""
     batches = task_batches(loaded, task_spec, seed, n_examples, batch_size, content_only)
-    stats = capture(loaded, batches, layers, samples=samples, seed=seed, progress=progress, backend=backend,
+    stats = capture(loaded, batches, layers, samples=samples, seed=seed, progress=progress, backend=backend, space=space,
                     meta={"model": model_name, "task": task_spec, "split": "train", "content_only": content_only,
                           "examples": sum(b["input_ids"].shape[0] for b in batches)})
     return stats

@@ -128,9 +128,11 @@ def generate(run: Path, text: str, max_new_tokens: int = 32, sample: bool = Fals
 
 def capture(model: str, task: str, layers: str = "all", samples: int = 2048, examples: int = 512, seed: int = 0,
             batch_size: int = 16, out: Path | None = None, device: str = "auto", progress: bool = True, *,
-            device_map: str = "", offload_dir: str = "", allow_pickle_weights: bool = False) -> Path:
-    """Capture a task's activation statistics into `out`, or into the cache tuning reuses; return the folder.
-    Every option is checked before the model loads; `out` is replaced whole at the end."""
+            device_map: str = "", offload_dir: str = "", allow_pickle_weights: bool = False,
+            space: str = "activation") -> Path:
+    """Capture a task's activation statistics (or its attention keys or values: `space`) into `out`, or into the
+    cache tuning reuses; return the folder. Every option is checked before the model loads; `out` is replaced whole
+    at the end."""
     from rich.console import Console
 
     from .capture import capture_task
@@ -139,11 +141,13 @@ def capture(model: str, task: str, layers: str = "all", samples: int = 2048, exa
     from .families import model_dims
     from .io import check_folder_is_ours, check_output_dir, remove_partials
     from .models import check_model_name, check_placement, load_frozen
-    from .spaces import check_layer_spec, parse_layers
+    from .spaces import CAPTURE_SPACES, check_layer_spec, parse_layers
     from .stats import is_stats_folder
     from .stats_cache import ensure_stats, stats_folder
     from .tasks import load_task
 
+    if space not in CAPTURE_SPACES:
+        raise EptkUsageError(f"--space {space!r}: valid: {', '.join(CAPTURE_SPACES)}")
     check_range("--samples", samples, 1, 10**7)
     check_range("--examples", examples, 1, 10**7)
     check_setting("batch_size", batch_size)
@@ -160,18 +164,20 @@ def capture(model: str, task: str, layers: str = "all", samples: int = 2048, exa
     loaded = load_frozen(model, dev, device_map=device_map or None, offload_dir=offload_dir or None,
                          allow_pickle_weights=allow_pickle_weights)
     num_layers = model_dims(loaded.model)["num_layers"]
-    chosen = parse_layers(layers, num_layers, lowest=0, highest=num_layers)
+    # keys/values exist for decoder layers 0..L-1 (no layer's keys are the last layer's output)
+    chosen = parse_layers(layers, num_layers, lowest=0, highest=num_layers if space == "activation" else num_layers - 1)
     if out is None:
         stats = ensure_stats(loaded, model, task, chosen, samples=samples, seed=seed, n_examples=examples,
-                             batch_size=batch_size, progress=progress)
-        folder = stats_folder(loaded, model, task, chosen, samples, seed, examples)
+                             batch_size=batch_size, progress=progress, space=space)
+        folder = stats_folder(loaded, model, task, chosen, samples, seed, examples, space=space)
     else:
         remove_partials(out)  # what a killed capture into `out` left
         stats = capture_task(loaded, model, task, chosen, samples=samples, seed=seed, n_examples=examples,
-                             batch_size=batch_size, progress=progress)
+                             batch_size=batch_size, progress=progress, space=space)
         folder = stats.save(out)
     tokens = int(stats.gaussians[chosen[0]].count)
-    Console().print(f"activation statistics of {model} on {task}: layers {layers} ({len(chosen)}), "
+    what = "activation statistics" if space == "activation" else f"attention {space} statistics"
+    Console().print(f"{what} of {model} on {task}: layers {layers} ({len(chosen)}), "
                     f"{stats.meta.get('sequences', '?')} sequences, {tokens} tokens (padding, BOS, first tokens and "
                     f"massive activations excluded)\nwritten to {folder}")
     return folder

@@ -15,6 +15,28 @@ from .errors import EptkUsageError
 
 SPACES = ("embedding", "activation", "key", "value")
 RESIDUAL = ("embedding", "activation")  # vectors of the residual stream: comparable with captured activations
+KEY_VALUE = ("key", "value")             # attention keys/values: one row per slot, its heads concatenated
+CAPTURE_SPACES = ("activation", *KEY_VALUE)  # what `eptk capture --space` keeps statistics of
+
+
+def capture_space(space: str) -> str:
+    """The space whose captured statistics describe a tensor of `space`: `activation` for residual-stream vectors
+    (layer 0 of the activation statistics is the token embeddings), else `key` or `value`."""
+    return "activation" if space in RESIDUAL else space
+
+
+def slot_rows(tensor):
+    """A prompt tensor as one row per slot: [P, d] as is, keys/values [Hkv, P, D] as [P, Hkv*D] (the heads of a
+    slot concatenated, the layout captured keys/values and analyze use)."""
+    return tensor.permute(1, 0, 2).reshape(tensor.shape[1], -1) if tensor.ndim == 3 else tensor
+
+
+def from_slot_rows(rows, shape: tuple):
+    """`slot_rows`'s inverse: rows [P, Hkv*D] back to `shape` [Hkv, P, D] ([P, d] stays as is)."""
+    if len(shape) != 3:
+        return rows.reshape(shape)
+    heads, slots, width = shape
+    return rows.reshape(slots, heads, width).permute(1, 0, 2).contiguous()
 
 
 @dataclass(frozen=True)

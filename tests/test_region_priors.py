@@ -70,13 +70,6 @@ def test_bad_specs_name_the_valid_form(tiny_ctx, spec, match):
         build_prior(spec, tiny_ctx, prompt_params([0]))
 
 
-@pytest.mark.parametrize("spec", ["region:data", "region:new", "region:between:arith,fill", "exclusion"])
-def test_prefix_tensors_are_refused(tiny_ctx, spec):
-    params = {"prefix.0.key": ParamInfo("prefix.0.key", (2, P, 16), 0, "key")}
-    with pytest.raises(EptkUsageError, match="prefix tensors are keys/values"):
-        build_prior(spec, tiny_ctx, params)
-
-
 def test_region_priors_need_stats():
     assert parse_spec("region:new")[0].needs_stats and parse_spec("exclusion:3")[0].needs_stats
     with pytest.raises(EptkUsageError, match="activation statistics"):

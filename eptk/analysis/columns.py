@@ -192,7 +192,8 @@ BLOCK_COLUMNS = [
            "(layer 0)", _nn_kept_share),
     Column("collapse_threshold", "cosine above which a vector is collapsed: 99.9th percentile of cos between random "
            "distinct vocabulary rows", lambda b: b.threshold),
-    Column("ref_kind", "reference for norms and PCA: `vocabulary`, `data` (captured activations) or empty",
+    Column("ref_kind", "reference for norms and PCA: `vocabulary`, `data` (captured activations; for a prefix's "
+           "keys/values, the captured keys/values of its layer) or empty",
            lambda b: b.ref_kind),
     Column("ref_norm_p50", "median norm of the reference rows",
            lambda b: None if b.reference is None else torch.quantile(b.reference.float().norm(dim=1), 0.5).item()),
@@ -267,6 +268,7 @@ SUMMARY_COLUMNS: dict[str, str] = summary_columns()
 TASK_COLUMNS: dict[str, str] = {
     "model": "model of the activation statistics",
     "layer": "layer index (0 = token embeddings)",
+    "space": "captured space: `activation`, or a layer's attention `key` / `value` (eptk capture --space)",
     "tasks": "tasks compared (`;`-separated)",
     "n_per_task": "data samples per task used",
     "silhouette": "mean silhouette of the task clusters (Euclidean; high = separated)",
@@ -275,6 +277,7 @@ TASK_COLUMNS: dict[str, str] = {
 FRECHET_COLUMNS: dict[str, str] = {
     "model": "model of the activation statistics",
     "layer": "layer index",
+    "space": "captured space: `activation`, `key` or `value`",
     "task_a": "first task",
     "task_b": "second task",
     "frechet": "Fréchet distance² between the two tasks' Gaussians (captured mean and covariance)",

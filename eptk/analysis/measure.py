@@ -11,7 +11,7 @@ import torch
 from .. import metrics as M
 from ..config import check_setting
 from ..errors import check_range
-from ..spaces import RESIDUAL
+from ..spaces import RESIDUAL, capture_space
 from .columns import SUMMARY_COLUMNS, BlockView, RunView, block_values, run_values
 from .read import Block, RunData, TaskActivations, VocabCache
 from .trajectories import TRAJECTORY_TOKENS
@@ -41,14 +41,16 @@ class AnalysisOptions:
             check_setting(name, getattr(self, name))
 
 
-def _match_stats(run: RunData, stats: Sequence[TaskActivations]) -> TaskActivations | None:
+def _match_stats(run: RunData, stats: Sequence[TaskActivations]) -> dict[str, TaskActivations]:
+    """The statistics of the run's task and model, by captured space (activation, key, value): the first of each."""
     task, model = run.config.get("task"), run.config.get("model")
+    matched: dict[str, TaskActivations] = {}
     for s in stats:
         if s.task == task and (s.model is None or model is None or s.model == model):
-            return s
-    if any(s.task == task for s in stats):
+            matched.setdefault(s.space, s)
+    if not matched and any(s.task == task for s in stats):
         run.notes.append(f"activation statistics for task {task!r} were captured on another model; region metrics skipped")
-    return None
+    return matched
 
 
 def analyze_run(run: RunData, *, vocabs: VocabCache, stats: Sequence[TaskActivations], opts: AnalysisOptions,
@@ -91,18 +93,25 @@ def _block_view(run: RunData, block: Block, vocabs: VocabCache, matched: TaskAct
         if vocab is not None:
             found.update(vocab=vocab, threshold=vocabs.threshold(cfg.get("model"), vocab, opts.collapse_quantile, opts.seed),
                          reference=vocab.embeddings, ref_kind="vocabulary")
-    if matched is not None and block.space in RESIDUAL and block.layer in matched.layers:
-        if matched.dim == dim:
-            full = matched.samples(block.layer)
-            found.update(data_task=matched.task, data=matched.gaussian(block.layer),
-                         sample=matched.sample(block.layer, opts.max_data, opts.seed))
+    space = capture_space(block.space)   # a prefix's keys (values) are measured against the task's captured keys (values)
+    data = matched.get(space)
+    if data is not None and block.layer in data.layers:
+        if data.dim == dim:
+            full = data.samples(block.layer)
+            found.update(data_task=data.task, data=data.gaussian(block.layer),
+                         sample=data.sample(block.layer, opts.max_data, opts.seed))
             if "reference" not in found and full.shape[0] > 0:
                 found.update(reference=full, ref_kind="data")
         else:
-            run.notes.append(f"{block.name}: statistics in {matched.path} have dimension {matched.dim}, "
+            run.notes.append(f"{block.name}: statistics in {data.path} have dimension {data.dim}, "
                              f"the prompt {dim}: region metrics skipped")
-    elif matched is not None and block.space in RESIDUAL:
-        run.notes.append(f"{block.name}: no captured statistics for layer {block.layer} in {matched.path}")
+    elif data is not None:
+        run.notes.append(f"{block.name}: no captured statistics for layer {block.layer} in {data.path}")
+    elif matched and space not in RESIDUAL:
+        note = (f"{block.space} blocks: no captured {block.space} statistics of task {cfg.get('task')!r} (eptk capture "
+                f"--space {block.space}): their region metrics skipped")
+        if note not in run.notes:
+            run.notes.append(note)
     return BlockView(block, **found)
 
 
@@ -140,7 +149,8 @@ def _pca_panel(block: Block, reference, ref_kind: str, opts: AnalysisOptions, ca
 
     ref_pts = project(subsample_rows(reference, opts.max_reference, opts.seed)) if reference is not None else None
     return {"title": f"{block.name} (layer {block.layer})", "reference": ref_pts,
-            "reference_label": {"vocabulary": "vocabulary", "data": "task activations"}.get(ref_kind, ""),
+            "reference_label": {"vocabulary": "vocabulary", "data": "task activations" if block.space in RESIDUAL
+                                else f"task {block.space}s"}.get(ref_kind, ""),
             "prior": project(block.prior), "posterior": project(block.posterior), "explained": pca["explained"],
             "fit_on": ref_kind or "prior + posterior"}
 
@@ -150,11 +160,11 @@ def task_cluster_metrics(stats: Sequence[TaskActivations], *, max_per_task: int 
     """Per model and layer shared by two or more tasks: silhouette and NC1 of the task clusters
     (on up to `max_per_task` captured samples each), Fréchet distance between each task pair's
     Gaussians, and 2-D PCA maps of the samples. Returns (task_rows, frechet_rows, map_panels)."""
-    groups: dict[str | None, list[TaskActivations]] = {}
-    for s in stats:
-        groups.setdefault(s.model, []).append(s)
+    groups: dict[tuple, list[TaskActivations]] = {}
+    for s in stats:  # tasks are compared within one model and one captured space (keys with keys)
+        groups.setdefault((s.model, s.space), []).append(s)
     task_rows, frechet_rows, panels = [], [], []
-    for model, group in groups.items():
+    for (model, space), group in groups.items():
         by_task = {}
         for s in group:
             by_task.setdefault(s.task, s)
@@ -168,7 +178,7 @@ def task_cluster_metrics(stats: Sequence[TaskActivations], *, max_per_task: int 
             for i, a in enumerate(tasks):
                 for b in tasks[i + 1:]:
                     sa, sb = by_task[a], by_task[b]
-                    frechet_rows.append({"model": model, "layer": layer, "task_a": a, "task_b": b,
+                    frechet_rows.append({"model": model, "layer": layer, "space": space, "task_a": a, "task_b": b,
                                          "frechet": M.frechet_distance(sa.mean(layer), sa.covariance(layer),
                                                                        sb.mean(layer), sb.covariance(layer))})
             samples = [by_task[t].samples(layer) for t in tasks]
@@ -178,9 +188,10 @@ def task_cluster_metrics(stats: Sequence[TaskActivations], *, max_per_task: int 
             xs = [subsample_rows(x, n, seed) for x in samples]
             x = torch.cat(xs)
             labels = [t for t, part in zip(tasks, xs) for _ in range(part.shape[0])]
-            task_rows.append({"model": model, "layer": layer, "tasks": ";".join(tasks), "n_per_task": n,
+            task_rows.append({"model": model, "layer": layer, "space": space, "tasks": ";".join(tasks), "n_per_task": n,
                               "silhouette": M.silhouette(x, labels), "nc1": M.nc1(x, labels)})
-            title = f"layer {layer}" + (f" ({model})" if len(groups) > 1 else "")
+            title = f"layer {layer}" + ("" if space == "activation" else f" {space}s") + \
+                (f" ({model})" if len({m for m, _ in groups}) > 1 else "")
             if projection == "tsne":
                 flat = M.tsne_2d(x, seed=seed)
                 parts = torch.split(flat, [part.shape[0] for part in xs])

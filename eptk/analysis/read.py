@@ -117,6 +117,11 @@ class TaskActivations:
         return self.meta.get("model")
 
     @property
+    def space(self) -> str:
+        """What was captured: `activation`, or the attention `key` / `value` (statistics of a prefix's space)."""
+        return str(self.meta.get("space") or "activation")
+
+    @property
     def layers(self) -> list[int]:
         return self.stats.layers
 

@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import EptkUsageError
 from ..options import NoOptions, build_options, fields_of
 from ..registry import Registry
-from ..spaces import TensorSpec
+from ..spaces import TensorSpec, slot_rows
 
 METHODS = Registry("method")
 
@@ -147,8 +147,7 @@ class PromptMethod:
     @staticmethod
     def vectors(tensor: torch.Tensor) -> torch.Tensor:
         """A tensor as one row per slot: [P, d] as is, keys/values [Hkv, P, D] with the heads concatenated."""
-        t = tensor.float()
-        return t.permute(1, 0, 2).reshape(t.shape[1], -1) if t.ndim == 3 else t
+        return slot_rows(tensor.float())
 
     # ---- forward ----------------------------------------------------------------------------------
     def install(self, prompted) -> list:

@@ -6,7 +6,7 @@ runs exactly as `deep` (its prompt tensors, hooks, priors, analysis and PEFT exp
 parameters differ: `soft`, `factors` [n_layers,P,r] and `basis` [r,d]. They start at the best rank-r
 approximation of the prior's sample of the deep states (truncated SVD over every layer's rows at once; the
 singular values split evenly between factors and basis); ranks past the sample's own get zero factors and
-small random basis rows, so that they still train. PEFT: exported as PREFIX_TUNING like `deep`.
+small random basis rows, so that they still train (all of them for the zero prior: exactly zero states that train). PEFT: exported as PREFIX_TUNING like `deep`.
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class LowRankDeepPrompt(DeepPrompt):
         n, P, d, r = len(self.layers), self.tokens, self.dims["hidden_size"], self.options.rank
         rows = torch.stack([init[f"deep.{l}"].float() for l in self.layers]).reshape(n * P, d)
         u, s, vh = torch.linalg.svd(rows.double(), full_matrices=False)
-        k = min(r, s.numel())
+        k = min(r, int((s > s.max() * 1e-12).sum()))  # the sample's own rank (0 for the zero prior)
         root = s[:k].sqrt()
         factors, basis = torch.zeros(n * P, r), torch.zeros(r, d)
         factors[:, :k], basis[:k] = (u[:, :k] * root).float(), (root[:, None] * vh[:k]).float()

@@ -14,8 +14,15 @@ from torch import nn
 
 
 def fit_output_layer(layer: nn.Linear, hidden: torch.Tensor, target: torch.Tensor) -> None:
-    """Set `layer.weight` (bias kept) so that layer(hidden [P,h]) equals target [P,out] (least squares)."""
+    """Set `layer.weight` (bias kept) so that layer(hidden [P,h]) equals target [P,out] (least squares).
+
+    An all-zero target (the `zero` prior) is reached exactly by weight 0 and bias 0: least squares would leave
+    rounding in it. The weight still gets a gradient (Σ_p g_p h_pᵀ), so the encoder trains from the first step."""
     with torch.no_grad():
+        if not bool(target.any()):
+            layer.weight.zero_()
+            layer.bias.zero_()
+            return
         rhs = (target.double() - layer.bias.double()).to(hidden.device)
         solution = torch.linalg.lstsq(hidden.double(), rhs, driver="gelsd").solution  # [h, out]
         layer.weight.copy_(solution.T.to(layer.weight.dtype))

@@ -1,4 +1,4 @@
-"""The prior families that need no captured statistics: normal, uniform, xavier, vocab, text, fitted,
+"""The prior families that need no captured statistics: normal, uniform, xavier, zero, vocab, text, fitted,
 posterior, and the distributions they (and the region families) build on.
 """
 from __future__ import annotations
@@ -120,6 +120,11 @@ def _uniform(args, ctx, param):
 def _xavier(args, ctx, param):
     fan_out = rows(param.shape)
     return Uniform(param.shape, math.sqrt(6.0 / (fan_out + param.shape[-1])))
+
+
+@register_prior("zero", "", "every element 0 (prefix tuning's zero init; any space); log-density N(0, 0.02^2)")
+def _zero(args, ctx, param):
+    return PosteriorPrior(torch.zeros(param.shape), 0.0)
 
 
 @register_prior("vocab", "", "rows of the input-embedding matrix, sampled without replacement")

@@ -3,8 +3,10 @@ exclusion.
 
 Each family reads `ctx.stats(task, layer)` (a `LayerActivations`: mean, covariance, shrunk covariance
 and a reservoir sample of token activations at that layer) for the layer of each prompt tensor:
-`soft` is layer 0 (token embeddings), `deep.<l>` layer l. Key/value tensors are not residual-stream
-vectors and are refused.
+`soft` is layer 0 (token embeddings), `deep.<l>` layer l. A prefix's keys/values `prefix.<l>.key` /
+`.value` [Hkv,P,D] read `ctx.stats(task, l, space="key" / "value")`, the task's captured keys or values of
+decoder layer l, one row per token with its kv heads concatenated; the family then works on the prefix as P
+such rows (`SlotRows`), so every region family serves both kinds of space with one sampler.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch
 
 from .. import linalg
 from ..errors import EptkUsageError
+from ..spaces import KEY_VALUE, TensorSpec, capture_space, from_slot_rows, slot_rows
 from ..stats import LayerActivations
 from ..tasks import load_task
 from .basic import Gaussian, RowMixture, scale_tril
@@ -35,19 +38,62 @@ POOL_ROWS = 256     # region:new: drawn points whose kernel mixture is the log-d
 
 def layer_stats_for(family: str, ctx: PriorContext, param: ParamInfo, task: str | None,
                     reference: bool = False) -> LayerActivations:
-    """The captured statistics at the layer of `param`, checked for width (`reference`: those of the fixed
-    capture seed, `ctx.reference_stats`, when the context has them)."""
-    if not param.residual:
-        raise EptkUsageError(f"prior {family!r}: region priors apply to soft and deep prompts; prefix tensors "
-                             f"are keys/values, not activation vectors (use normal, uniform or xavier with "
-                             f"--method prefix)")
+    """The captured statistics at the layer of `param` in its space (activations for soft and deep vectors, the
+    keys or values of its decoder layer for a prefix's; a key/value `param` is given as its slot rows, see
+    `slot_row_spec`), checked for width (`reference`: those of the fixed capture seed, `ctx.reference_stats`,
+    when the context has them)."""
     if ctx.stats is None:
         raise EptkUsageError(f"prior {family!r} needs captured activation statistics of a task "
                              f"(give --task, or name one: {family}:<task>)")
     source = ctx.reference_stats if reference and ctx.reference_stats is not None else ctx.stats
-    stats = source(task or ctx.task, param.layer)
+    space = capture_space(param.space)
+    # activations keep the two-argument call (the statistics callables written before key/value spaces)
+    stats = source(task or ctx.task, param.layer) if space == "activation" else \
+        source(task or ctx.task, param.layer, space=space)
     check_width(family, param, stats.dim)
     return stats
+
+
+class SlotRows(Distribution):
+    """A distribution over the P slot rows [P, Hkv*D] of a key/value tensor, seen as that tensor [Hkv,P,D]."""
+
+    def __init__(self, rows: Distribution, shape):
+        self.rows, self.shape = rows, tuple(shape)
+
+    def sample(self, generator):
+        return from_slot_rows(self.rows.sample(generator), self.shape)
+
+    def log_prob(self, x):
+        return self.rows.log_prob(slot_rows(x))
+
+    def to(self, device):
+        self.rows.to(device)
+        return self
+
+    @property
+    def acceptance_rate(self) -> float:  # an exclusion prior's, logged by tune (AttributeError for the others)
+        return self.rows.acceptance_rate
+
+
+def sampler_seed(ctx: PriorContext, param: ParamInfo, salt: int) -> int:
+    """The seed of a family's own sampler for one tensor: apart per run seed, layer and (keys vs values) space."""
+    space = KEY_VALUE.index(param.space) + 1 if param.space in KEY_VALUE else 0
+    return ctx.seed * 1_000_003 + 7 * param.layer + salt + 100_003 * space
+
+
+def slot_row_spec(param: ParamInfo) -> ParamInfo:
+    """A key/value tensor [Hkv,P,D] as its slot rows [P, Hkv*D] (the layout of captured keys/values)."""
+    heads, slots, width = param.shape
+    return TensorSpec(param.name, (slots, heads * width), param.layer, param.space)
+
+
+def over_slot_rows(make):
+    """A region family's `make` for every space: on keys/values it builds over the slot rows and wraps them."""
+    def wrapped(args, ctx, param):
+        if param.space not in KEY_VALUE:
+            return make(args, ctx, param)
+        return SlotRows(make(args, ctx, slot_row_spec(param)), param.shape)
+    return wrapped
 
 
 def _check_tasks(args, ctx) -> None:
@@ -70,6 +116,7 @@ def _parse_task(name: str):
 @register_prior("region:data", "[:task]", "Gaussian fitted to the task's activations at each prompted layer "
                 "(soft: token embeddings, deep.<l>: layer l)", parse=_parse_task("region:data"), needs_stats=True,
                 check=_check_tasks)
+@over_slot_rows
 def _region_data(args, ctx, param):
     stats = layer_stats_for("region:data", ctx, param, args["task"])
     return Gaussian(param.shape, stats.mean, stats.cov)
@@ -213,9 +260,10 @@ class NewRegion(RowMixture):
 @register_prior("region:new", "[:task]", "outside the data: Mahalanobis beyond every captured data point, norm in "
                 "the data's 5-95% norm range, k=5 nearest-neighbour distance beyond the data's own kNN radius (95th percentile)",
                 parse=_parse_task("region:new"), needs_stats=True, check=_check_tasks)
+@over_slot_rows
 def _region_new(args, ctx, param):
     stats = layer_stats_for("region:new", ctx, param, args["task"])
-    gen = torch.Generator().manual_seed(ctx.seed * 1_000_003 + 7 * param.layer + 11)
+    gen = torch.Generator().manual_seed(sampler_seed(ctx, param, 11))
     return NewRegion(param.shape, stats, gen)
 
 
@@ -265,6 +313,7 @@ def _parse_between(rest):
 
 @register_prior("region:between", ":<taskA>,<taskB>", "a·x + (1-a)·y with x, y from the two tasks' Gaussians, "
                 "a ~ U[0,1] (paper)", parse=_parse_between, needs_stats=True, check=_check_tasks)
+@over_slot_rows
 def _region_between(args, ctx, param):
     task_a, task_b = args["tasks"]
     return Between(param.shape, layer_stats_for("region:between", ctx, param, task_a),
@@ -349,9 +398,10 @@ class Exclusion(Distribution):
                 "propose N(mu, c^(2/d) Sigma), accept with 1 - pdf/pdf_wide; c default 5",
                 parse=positive_float("exclusion", "c", 5.0), needs_stats=True,
                 check=_check_tasks)
+@over_slot_rows
 def _exclusion(args, ctx, param):
     if args["c"] <= 1:
         raise EptkUsageError(f"prior exclusion:{args['c']:g}: c must be greater than 1, e.g. exclusion:5")
     stats = layer_stats_for("exclusion", ctx, param, None)
-    gen = torch.Generator().manual_seed(ctx.seed * 1_000_003 + 7 * param.layer + 13)
+    gen = torch.Generator().manual_seed(sampler_seed(ctx, param, 13))
     return Exclusion(param.shape, stats, args["c"], gen)

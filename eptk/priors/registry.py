@@ -21,7 +21,7 @@ ParamInfo = TensorSpec  # a prior sees a prompt tensor as its method declares it
 @dataclass
 class PriorContext:
     """What prior families may read. `stats(task, layer)` returns captured activation statistics of the run's
-    seed; `reference_stats(task, layer)` those of one fixed capture seed, for a prior that must be the same
+    seed (`stats(task, layer, space="key" / "value")` the captured keys or values of decoder layer `layer`); `reference_stats(task, layer)` those of one fixed capture seed, for a prior that must be the same
     distribution for every run seed (`vae`); without it, `stats` serves both."""
     embeddings: torch.Tensor | None = None          # [V,d] float32 token embeddings in the soft prompt's space
     tokenizer: object = None
@@ -168,7 +168,11 @@ def positive_float(name: str, key: str, default: float):
 def check_width(family: str, param: ParamInfo, width: int) -> None:
     if param.shape[-1] != width:
         raise EptkUsageError(f"prior {family!r} gives vectors of width {width} but {param.name} has width "
-                             f"{param.shape[-1]} (prefix key/value tensors need normal, uniform or xavier)")
+                             f"{param.shape[-1]} (prefix key/value tensors take {', '.join(KEY_VALUE_PRIORS)})")
+
+
+KEY_VALUE_PRIORS = ("normal", "uniform", "xavier", "zero", "text", "posterior", "region:data", "region:new",
+                    "region:between", "exclusion")  # the families that serve a prefix's keys/values (README)
 
 
 def rows(shape) -> int:

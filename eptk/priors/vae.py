@@ -21,7 +21,7 @@ from ..errors import EptkUsageError
 from ..io import cache_dir, load_tensors, save_tensors_atomic
 from ..progress import progress_bar
 from .region import layer_stats_for
-from .registry import Distribution, check_width, register_prior, rows
+from .registry import KEY_VALUE_PRIORS, Distribution, check_width, register_prior, rows
 from .vae_net import VAE, train_vae
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,8 @@ def reference_rows(ctx, param) -> tuple[torch.Tensor, str]:
     """What the VAE of a prompt tensor learns: vocabulary rows for layer 0, the task's captured token
     activations (fixed capture seed) for a deep layer."""
     if not param.residual:
-        raise EptkUsageError("prior 'vae': prefix tensors are keys/values, not embedding or activation vectors "
-                             "(use normal, uniform or xavier with --method prefix)")
+        raise EptkUsageError(f"prior 'vae' serves soft and deep prompts; prefix tensors are keys/values, which it "
+                             f"has no reference vectors for (a prefix takes {', '.join(KEY_VALUE_PRIORS)})")
     if param.layer == 0:
         emb = ctx.need_embeddings("vae")
         check_width("vae", param, emb.shape[1])
