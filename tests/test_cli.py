@@ -139,6 +139,15 @@ def test_a_stop_signal_writes_a_checkpoint(tmp_path, stop):
     assert (tmp_path / "t/checkpoint/latest").exists()
 
 
+def test_tune_draws_its_progress_bar_unless_quiet(tmp_path):
+    """eptk.progress.Bar as `eptk tune` draws it: the step count, the loss and the validation loss."""
+    args = [a for a in TINY if a != "--quiet"]
+    done = _cli("tune", *args, "--method", "soft", "--eval-every", "2", "--out", tmp_path / "t")
+    assert done.returncode == 0, done.stderr[-2000:]
+    shown = done.stdout + done.stderr
+    assert "4/4" in shown and "loss " in shown and "tok/s" in shown and "val " in shown, shown[-2000:]
+
+
 def test_region_prior_run_records_its_stats_for_analyze(tmp_path, run_cli, monkeypatch):
     """A region-prior run names the statistics it used; analyze measures against them without --stats."""
     monkeypatch.setenv("EPTK_CACHE", str(tmp_path / "cache"))
