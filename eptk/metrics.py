@@ -33,10 +33,11 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def _subsample(x: torch.Tensor, max_n: int | None, generator: torch.Generator) -> torch.Tensor:
+def subsample_rows(x: torch.Tensor, max_n: int | None, seed: int) -> torch.Tensor:
+    """At most `max_n` rows of x, drawn without replacement by `seed` (None, or x no longer: x itself)."""
     if max_n is None or x.shape[0] <= max_n:
         return x
-    return x[torch.randperm(x.shape[0], generator=generator)[:max_n]]
+    return x[torch.randperm(x.shape[0], generator=_generator(seed))[:max_n]]
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -201,7 +202,7 @@ def pca_2d(reference, *, max_n: int = 5000, seed: int = 0) -> dict:
     `components` [2, d] and `explained` (the two components' shares of the total variance);
     project with (x − mean) @ components.T."""
     ref = reference if isinstance(reference, torch.Tensor) else torch.as_tensor(np.asarray(reference))
-    x = _rows(_subsample(ref.reshape(-1, ref.shape[-1]), max_n, _generator(seed)))  # subsample before float64
+    x = _rows(subsample_rows(ref.reshape(-1, ref.shape[-1]), max_n, seed))  # subsample before float64
     mean = x.mean(dim=0)
     xc = x - mean
     if x.shape[0] < 2:
@@ -288,7 +289,7 @@ class DataSample:
     run at this layer). `samples` is subsampled to `max_n` rows (seeded)."""
 
     def __init__(self, samples, *, max_n: int | None = 1000, seed: int = 0):
-        self.x = _subsample(_rows(samples), max_n, _generator(seed))
+        self.x = subsample_rows(_rows(samples), max_n, seed)
         self.n = self.x.shape[0]
         self._dist = torch.cdist(self.x, self.x)
         self._radius: dict[int, torch.Tensor] = {}

@@ -467,14 +467,13 @@ def test_row_helpers_take_arrays_and_any_shape():
     assert M._rows32(torch.ones(2, 2, dtype=torch.float64)).dtype == torch.float32
     units = M._unit(torch.tensor([[3.0, 4.0], [0.0, 0.0], [1e-6, 0.0]]))
     torch.testing.assert_close(units, torch.tensor([[0.6, 0.8], [0.0, 0.0], [1.0, 0.0]]))  # tiny norms still unit
-    g = torch.Generator()
     rows = torch.arange(10.0)[:, None]
-    assert torch.equal(M._subsample(rows, None, g), rows) and torch.equal(M._subsample(rows, 10, g), rows)
-    picked = M._subsample(rows, 4, torch.Generator().manual_seed(1))
+    assert torch.equal(M.subsample_rows(rows, None, 0), rows) and torch.equal(M.subsample_rows(rows, 10, 0), rows)
+    picked = M.subsample_rows(rows, 4, 1)
     assert picked.shape == (4, 1) and len(set(picked[:, 0].tolist())) == 4
-    assert torch.equal(picked, M._subsample(rows, 4, torch.Generator().manual_seed(1)))
-    assert not torch.equal(picked, M._subsample(rows, 4, torch.Generator().manual_seed(2)))
-    assert M._subsample(torch.zeros(9, 20), 5, g).shape == (5, 20)
+    assert torch.equal(picked, M.subsample_rows(rows, 4, 1))
+    assert not torch.equal(picked, M.subsample_rows(rows, 4, 2))
+    assert M.subsample_rows(torch.zeros(9, 20), 5, 0).shape == (5, 20)
 
 
 def test_displacement_relative_to_small_priors_and_its_refusal():
