@@ -27,7 +27,7 @@ from .models import input_device, load_frozen
 from .priors import PriorContext, build_prior, jitter, parse_spec
 from .progress import Bar
 from .prompts import PromptedModel, text_keys_values
-from .runs import prepare_out_dir
+from .runs import TUNED, prepare_out_dir
 from .signals import on_stop_signals, restore_handlers
 
 
@@ -296,7 +296,7 @@ def _train(cfg, run, plan, loaded, prompted, prior, resume, progress, device, di
     if val:
         final["val_loss"] = answer_loss(prompted, tok, val)
     if plan.test:
-        final["val_score"] = result["tuned"]["score"]
+        final["val_score"] = result[TUNED]["score"]
     if len(final) > 1:
         run.log(final)
     run.write_eval(result, rows)

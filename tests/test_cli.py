@@ -45,6 +45,10 @@ def test_run_directory_format(deep_run):
     result = json.loads((deep_run / "eval.json").read_text())
     assert {"baseline", "tuned", "prefix_mass"} <= set(result)
     assert len(result["prefix_mass"]) == 4 and all(0 <= m <= 1 for h in result["prefix_mass"].values() for m in h)
+    # the items went to predictions.jsonl (evaluate.item_rows), one row per test item with both predictions
+    assert "items" not in result["tuned"] and "items" not in result["baseline"]
+    items = [json.loads(l) for l in (deep_run / "predictions.jsonl").read_text().splitlines()]
+    assert len(items) == result["tuned"]["n"] == 4 and all({"prediction", "baseline_prediction"} <= set(r) for r in items)
 
 
 def test_load_run_is_callable_like_hf(deep_run):

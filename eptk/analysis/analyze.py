@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import EptkUsageError
 from ..io import check_output_dir
 from ..progress import Bar
-from ..runs import CONFIG, find_runs
+from ..runs import CONFIG, PREFIX_MASS, find_runs
 from .columns import num
 from .findings import findings, print_findings, wide_console
 from .measure import AnalysisOptions, analyze_run, task_cluster_metrics
@@ -96,7 +96,7 @@ def analyze_runs(paths: Sequence, out="analysis", *, stats: Sequence = (), vocab
             if val:
                 curves.append({"run": run.name, "prior": str(run.config.get("prior")), "steps": [s for s, _ in val],
                                "values": [v for _, v in val]})
-            mass = (run.eval or {}).get("prefix_mass")
+            mass = (run.eval or {}).get(PREFIX_MASS)
             if isinstance(mass, dict) and mass:
                 prefix_masses.append((run.name, safe, mass))
             notes += [f"{run.name}: {n}" for n in run.notes]
