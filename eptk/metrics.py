@@ -481,30 +481,6 @@ def step_lengths(trajectory) -> np.ndarray:
     return (t[1:] - t[:-1]).norm(dim=1).numpy()
 
 
-def random_walk_step_lengths(vocab, n_steps: int, *, seed: int = 0) -> np.ndarray:
-    """Step lengths of a random walk over vocabulary embeddings: consecutive uniformly drawn
-    vocabulary rows (what a trajectory of unrelated tokens would look like)."""
-    e = _rows(vocab)
-    idx = torch.randint(0, e.shape[0], (n_steps + 1,), generator=_generator(seed))
-    return step_lengths(e[idx])
-
-
-def trajectory_localization(trajectory, vocab, *, n_random: int = 1000, seed: int = 0) -> dict:
-    """Is a trajectory localized? Compares its step lengths with those of a random walk over the
-    vocabulary embeddings by a one-sided Mann–Whitney U test (H1: trajectory steps are shorter).
-    Returns `median_step`, `median_random_step`, `u` and `p` (small p = localized)."""
-    from scipy.stats import mannwhitneyu
-
-    steps = step_lengths(trajectory)
-    rand = random_walk_step_lengths(vocab, n_random, seed=seed)
-    if steps.size == 0:
-        return {"median_step": float("nan"), "median_random_step": float(np.median(rand)),
-                "u": float("nan"), "p": float("nan")}
-    res = mannwhitneyu(steps, rand, alternative="less")
-    return {"median_step": float(np.median(steps)), "median_random_step": float(np.median(rand)),
-            "u": float(res.statistic), "p": float(res.pvalue)}
-
-
 def trajectory_against_data(states, data, *, n_perm: int = 200, walk_pairs: int = 4096, seed: int = 0) -> dict:
     """Is a generated trajectory [n, d] localized, against the data's token activations [m, d] at its layer?
 
