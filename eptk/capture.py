@@ -286,46 +286,6 @@ def capture(loaded: LoadedModel, texts_or_batches, layers: list[int], samples: i
     return capturer.finish(meta)
 
 
-# ---- trajectories ---------------------------------------------------------------------------------
-
-@dataclass
-class Trajectory:
-    prompt: str
-    answer: str                      # the greedy continuation, decoded
-    token_ids: torch.Tensor          # [S] prompt + generated ids
-    prompt_len: int
-    states: dict[int, torch.Tensor]  # layer -> [S,d] float32, every position of prompt + answer
-
-    def answer_states(self, layer: int) -> torch.Tensor:
-        """[n_generated, d]: the states at the generated tokens' own positions."""
-        return self.states[layer][self.prompt_len:]
-
-
-def trajectories(loaded: LoadedModel, prompts: list[str], layers: list[int], max_new_tokens: int = 32,
-                 stop_at_eos: bool = True) -> list[Trajectory]:
-    """Greedy answers to each prompt and the hidden states of prompt + answer at the given layers."""
-    model, tokenizer = loaded.model, loaded.tokenizer
-    layers = check_layers(model, layers)
-    device = input_device(model)
-    eos = tokenizer.eos_token_id if stop_at_eos else None
-    out = []
-    for prompt in prompts:
-        ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=device)
-        prompt_len = ids.shape[1]
-        with torch.inference_mode():
-            for _ in range(max_new_tokens):
-                next_id = model(input_ids=ids, use_cache=False).logits[0, -1].argmax()
-                ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
-                if eos is not None and int(next_id) == eos:
-                    break
-        states = {}
-        run_to_layers(model, ids, torch.ones_like(ids), layers,
-                      lambda l, h: states.__setitem__(l, h[0].float().cpu().clone()))
-        answer = tokenizer.decode(ids[0, prompt_len:].tolist(), skip_special_tokens=True)
-        out.append(Trajectory(prompt, answer, ids[0].cpu(), prompt_len, states))
-    return out
-
-
 @dataclass
 class GeneratedStates:
     prompt: str

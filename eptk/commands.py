@@ -67,7 +67,7 @@ def tune(settings: dict, *, given=None, method_args=(), resume: Path | None = No
 
 
 def _print_scores(run: Path) -> None:
-    from .runs import RunDir
+    from .runs import BASELINE, TUNED, RunDir
 
     result = RunDir(run).eval()
     if result is None:
@@ -76,7 +76,7 @@ def _print_scores(run: Path) -> None:
         print(f"{result['task']} test evaluation skipped ({result['skipped']})")
         print(f"run directory: {run}")
         return
-    base, tuned = result["baseline"], result["tuned"]
+    base, tuned = result[BASELINE], result[TUNED]
     print(f"{result['task']} test ({tuned['n']} examples), {result['metric']}: baseline {base['score']:.1f} -> "
           f"tuned {tuned['score']:.1f}   (answer loss {base['loss']:.3f} -> {tuned['loss']:.3f})")
     print(f"run directory: {run}")

@@ -98,9 +98,6 @@ class Distributed:
                 continue
             state["step"] = torch.tensor(float(step[0]), dtype=torch.float32)
 
-    def sum_scalar(self, value: float) -> float:
-        return self.sum_values([value])[0]
-
     def sum_values(self, values) -> list[float]:
         """Sum a few floats over the ranks (one collective)."""
         values = [float(v) for v in values]

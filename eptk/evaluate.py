@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .batches import encode_batch, encode_prompts
+from .runs import BASELINE, PREFIX_MASS, PREFIX_MASS_FIRST_SLOT, PREFIX_MASS_OTHER_SLOTS, TUNED, scores
 from .tasks import Example, Task, first_line
 
 
@@ -68,15 +69,14 @@ def evaluate(prompted, task: Task, examples: list[Example], split: str = "test",
     (`prefix_mass_other_slots`), each the mean over the real (not padding) query tokens."""
     tokenizer = prompted.tokenizer
     result = {"task": task.name, "split": split, "metric": task.metric,
-              "baseline": score(prompted.baseline(), tokenizer, task, examples),
-              "tuned": score(prompted, tokenizer, task, examples)}
+              BASELINE: score(prompted.baseline(), tokenizer, task, examples),
+              TUNED: score(prompted, tokenizer, task, examples)}
     if prefix_mass and prompted.method.reports_prefix_mass:
         batch = encode_batch(tokenizer, examples[:64])
         total, first = prompted.slot_mass(batch["input_ids"].to(prompted.device),
                                           batch["attention_mask"].to(prompted.device))
         others = {l: total[l] - first[l] for l in total}
-        for key, mass in (("prefix_mass", total), ("prefix_mass_first_slot", first),
-                          ("prefix_mass_other_slots", others)):
+        for key, mass in ((PREFIX_MASS, total), (PREFIX_MASS_FIRST_SLOT, first), (PREFIX_MASS_OTHER_SLOTS, others)):
             result[key] = {f"layer{l}": [round(float(x), 6) for x in v] for l, v in sorted(mass.items())}
     return result
 
@@ -86,7 +86,7 @@ def item_rows(result: dict) -> list[dict]:
     """Take the per-item results out of an evaluation (they go to predictions.jsonl, not eval.json): one row per
     test item with its prompt, answer, and the baseline's and the tuned prompt's prediction and scores."""
     rows = []
-    base, tuned = (result.get(k) or {} for k in ("baseline", "tuned"))
+    base, tuned = scores(result)
     base_items, tuned_items = base.pop("items", None), tuned.pop("items", None)
     if not tuned_items:
         return rows
@@ -100,5 +100,5 @@ def item_rows(result: dict) -> list[dict]:
 
 def skipped(task: Task, reason: str, split: str = "test") -> dict:
     """eval.json of a run whose test evaluation was skipped: the reason, and no score."""
-    return {"task": task.name, "split": split, "metric": task.metric, "skipped": reason, "baseline": None,
-            "tuned": None}
+    return {"task": task.name, "split": split, "metric": task.metric, "skipped": reason, BASELINE: None,
+            TUNED: None}

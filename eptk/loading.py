@@ -8,7 +8,7 @@ from .families import model_dims
 from .methods import method_from_config
 from .models import LoadedModel, load_frozen
 from .prompts import PromptedModel
-from .runs import CONFIG, RunDir, is_run
+from .runs import BASELINE, CONFIG, SCORE_KEYS, TUNED, RunDir, is_run
 
 
 def load_run(path, *, device: str = "auto", backend: str = "auto", tensors: str = "posterior",
@@ -74,7 +74,7 @@ def evaluate_run(run: Path, task: str | None = None, split: str = "test", size: 
     if save:
         RunDir(run).write_eval(dict(result, versions=versions()), rows, name=f"{split}-{size}")
     summary = {k: result[k] for k in ("task", "split", "metric")}
-    summary.update({which: {k: result[which][k] for k in ("score", "loss", "n")} for which in ("baseline", "tuned")})
+    summary.update({which: {k: result[which][k] for k in SCORE_KEYS} for which in (BASELINE, TUNED)})
     return summary
 
 

@@ -33,10 +33,11 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def _subsample(x: torch.Tensor, max_n: int | None, generator: torch.Generator) -> torch.Tensor:
+def subsample_rows(x: torch.Tensor, max_n: int | None, seed: int) -> torch.Tensor:
+    """At most `max_n` rows of x, drawn without replacement by `seed` (None, or x no longer: x itself)."""
     if max_n is None or x.shape[0] <= max_n:
         return x
-    return x[torch.randperm(x.shape[0], generator=generator)[:max_n]]
+    return x[torch.randperm(x.shape[0], generator=_generator(seed))[:max_n]]
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -201,7 +202,7 @@ def pca_2d(reference, *, max_n: int = 5000, seed: int = 0) -> dict:
     `components` [2, d] and `explained` (the two components' shares of the total variance);
     project with (x − mean) @ components.T."""
     ref = reference if isinstance(reference, torch.Tensor) else torch.as_tensor(np.asarray(reference))
-    x = _rows(_subsample(ref.reshape(-1, ref.shape[-1]), max_n, _generator(seed)))  # subsample before float64
+    x = _rows(subsample_rows(ref.reshape(-1, ref.shape[-1]), max_n, seed))  # subsample before float64
     mean = x.mean(dim=0)
     xc = x - mean
     if x.shape[0] < 2:
@@ -288,7 +289,7 @@ class DataSample:
     run at this layer). `samples` is subsampled to `max_n` rows (seeded)."""
 
     def __init__(self, samples, *, max_n: int | None = 1000, seed: int = 0):
-        self.x = _subsample(_rows(samples), max_n, _generator(seed))
+        self.x = subsample_rows(_rows(samples), max_n, seed)
         self.n = self.x.shape[0]
         self._dist = torch.cdist(self.x, self.x)
         self._radius: dict[int, torch.Tensor] = {}
@@ -478,30 +479,6 @@ def step_lengths(trajectory) -> np.ndarray:
     """‖x_{t+1} − x_t‖ for consecutive rows of a trajectory [T, d]."""
     t = _rows(trajectory)
     return (t[1:] - t[:-1]).norm(dim=1).numpy()
-
-
-def random_walk_step_lengths(vocab, n_steps: int, *, seed: int = 0) -> np.ndarray:
-    """Step lengths of a random walk over vocabulary embeddings: consecutive uniformly drawn
-    vocabulary rows (what a trajectory of unrelated tokens would look like)."""
-    e = _rows(vocab)
-    idx = torch.randint(0, e.shape[0], (n_steps + 1,), generator=_generator(seed))
-    return step_lengths(e[idx])
-
-
-def trajectory_localization(trajectory, vocab, *, n_random: int = 1000, seed: int = 0) -> dict:
-    """Is a trajectory localized? Compares its step lengths with those of a random walk over the
-    vocabulary embeddings by a one-sided Mann–Whitney U test (H1: trajectory steps are shorter).
-    Returns `median_step`, `median_random_step`, `u` and `p` (small p = localized)."""
-    from scipy.stats import mannwhitneyu
-
-    steps = step_lengths(trajectory)
-    rand = random_walk_step_lengths(vocab, n_random, seed=seed)
-    if steps.size == 0:
-        return {"median_step": float("nan"), "median_random_step": float(np.median(rand)),
-                "u": float("nan"), "p": float("nan")}
-    res = mannwhitneyu(steps, rand, alternative="less")
-    return {"median_step": float(np.median(steps)), "median_random_step": float(np.median(rand)),
-            "u": float(res.statistic), "p": float(res.pvalue)}
 
 
 def trajectory_against_data(states, data, *, n_perm: int = 200, walk_pairs: int = 4096, seed: int = 0) -> dict:

@@ -13,11 +13,12 @@ import torch
 from .config import DEFAULT_MODEL, DEVICE_MAPS, check_device_map, is_tiny_name
 from .errors import EptkUsageError, choices
 from .families import family_of
+from .families.base import tiny_configs
 from .io import file_sha256, replace_folder
 from .io import cache_dir  # noqa: F401  (eptk.models.cache_dir: where models and statistics are cached)
 from .packaged import PACKAGED
 
-TINY_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gpt2", "gemma2", "gemma3", "phi3")
+TINY_FAMILIES = tuple(tiny_configs())  # every family adapter's `tiny:<name>` models
 MODEL_CHOICES = (*PACKAGED, "tiny", f"tiny:<{'|'.join(TINY_FAMILIES)}>", "a local directory", "a .gguf file",
                  "a hub id (owner/name)")
 DEVICE_NAMES = ("cpu", "disk", "cuda", "cuda:N", "N (a GPU index)")
@@ -353,50 +354,12 @@ def build_tiny_tokenizer():
 
 
 def tiny_config(family: str, vocab_size: int):
-    """A small random config per family, with the family's attention features switched on and smaller than
-    the tests' [slots ; tokens] (5 + 11): sliding windows of 6 positions (every layer in Mistral and Phi-3,
-    layers 1.. in Qwen2 and Qwen3, alternating local/global layers in Gemma-2/3) and Gemma-2's soft-caps, set low
-    enough to change the logits of random weights."""
-    import transformers
-
-    common = dict(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=0, max_position_embeddings=512)
-    window = 6
-    alternating = ["sliding_attention", "full_attention"] * 2
-    if family == "llama":
-        return transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                                        **common)
-    if family == "qwen2":
-        return transformers.Qwen2Config(hidden_size=48, intermediate_size=96, num_hidden_layers=3,
-                                        num_attention_heads=6, num_key_value_heads=2, use_sliding_window=True,
-                                        sliding_window=window, max_window_layers=1, **common)
-    if family == "qwen3":  # Qwen2's layout with q/k norms
-        return transformers.Qwen3Config(hidden_size=48, intermediate_size=96, num_hidden_layers=3,
-                                        num_attention_heads=6, num_key_value_heads=2, head_dim=8,
-                                        use_sliding_window=True, sliding_window=window, max_window_layers=1, **common)
-    if family == "mistral":
-        return transformers.MistralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                                          num_attention_heads=4, num_key_value_heads=1, sliding_window=window,
-                                          **common)
-    if family == "gpt2":
-        common.pop("max_position_embeddings")
-        return transformers.GPT2Config(n_embd=64, n_layer=3, n_head=4, n_positions=512, **common)
-    if family == "gemma2":
-        return transformers.Gemma2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                                         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                         query_pre_attn_scalar=16, sliding_window=window, layer_types=alternating,
-                                         attn_logit_softcapping=1.0, final_logit_softcapping=2.0,
-                                         initializer_range=0.2, **common)
-    if family == "gemma3":
-        return transformers.Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                                             num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                             query_pre_attn_scalar=16, sliding_window=window,
-                                             layer_types=alternating, initializer_range=0.2, **common)
-    if family == "phi3":
-        return transformers.Phi3Config(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                                       num_attention_heads=4, num_key_value_heads=2, sliding_window=window,
-                                       **common)
-    raise EptkUsageError(f"unknown tiny model family {family!r}; valid: {choices(TINY_FAMILIES)}")
+    """The `tiny:<family>` model's random config, from its family adapter (eptk/families/: `tiny_configs`)."""
+    builders = tiny_configs()
+    if family not in builders:
+        raise EptkUsageError(f"unknown tiny model family {family!r}; valid: {choices(TINY_FAMILIES)}")
+    return builders[family](dict(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                                 max_position_embeddings=512))
 
 
 def build_tiny(family: str = "llama", seed: int = 0):

@@ -28,6 +28,20 @@ PARAMETERS = "parameters.safetensors"  # the trained parameters beside the poste
 TENSORS = {"prior": PRIOR, "posterior": POSTERIOR}
 IMPORTED = "imported"  # the config "prior" of a run made from a PEFT adapter (no training state)
 
+# eval.json's keys (evaluate.evaluate writes them; every reader names them from here): the scores without a prompt
+# and with the tuned one, each {"score", "loss", "n", "metric", "examples"} (None when the evaluation was skipped),
+# and the attention mass on the prompt per layer, {"layer<l>": [one per head]}, where the method reports it
+BASELINE, TUNED = "baseline", "tuned"
+SCORE_KEYS = ("score", "loss", "n")
+PREFIX_MASS, PREFIX_MASS_FIRST_SLOT, PREFIX_MASS_OTHER_SLOTS = \
+    "prefix_mass", "prefix_mass_first_slot", "prefix_mass_other_slots"
+
+
+def scores(evaluation: dict | None) -> tuple[dict, dict]:
+    """An evaluation's baseline and tuned entries, themselves ({} where one is absent or skipped)."""
+    evaluation = evaluation or {}
+    return tuple(evaluation.get(k) if isinstance(evaluation.get(k), dict) else {} for k in (BASELINE, TUNED))
+
 
 def is_run(path) -> bool:
     return (Path(path) / CONFIG).is_file()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import signal
 import time
 from pathlib import Path
 
@@ -26,8 +25,10 @@ from .io import crash_point
 from .methods import get_method
 from .models import input_device, load_frozen
 from .priors import PriorContext, build_prior, jitter, parse_spec
+from .progress import Bar
 from .prompts import PromptedModel, text_keys_values
-from .runs import prepare_out_dir
+from .runs import TUNED, prepare_out_dir
+from .signals import on_stop_signals, restore_handlers
 
 
 def lr_factor(step: int, cfg: TuneConfig) -> float:
@@ -192,8 +193,9 @@ def _train(cfg, run, plan, loaded, prompted, prior, resume, progress, device, di
     dist.broadcast_params(trainable)
     use_amp = device.type == "cuda"
     stop_flag = {"signal": None}
-    handlers = _install_signal_handlers(stop_flag)
-    bar = _progress(progress and dist.is_main, cfg.steps, start)
+    handlers = on_stop_signals(lambda name: stop_flag.update(signal=name))
+    bar = Bar(progress and dist.is_main, "[bold]tune", cfg.steps, "loss {task.fields[loss]}",
+              "{task.fields[speed]} tok/s", "{task.fields[val]}", completed=start, eta=True, loss="-", speed="-", val="")
     if run is not None and start == 0 and cfg.eval_every and val and dist.is_main:
         # the prior's validation loss: where a learning curve starts, and the first candidate for the best prompt
         prior_loss = answer_loss(prompted, tok, val)
@@ -260,7 +262,8 @@ def _train(cfg, run, plan, loaded, prompted, prior, resume, progress, device, di
                 early_stop = bool(dist.broadcast_int(int(early_stop)))
             if run is not None:
                 run.log(row)
-            bar.update(loss_value, row["tokens_per_s"], row.get("val_loss"))
+            bar.advance(loss=f"{loss_value:.4f}", speed=f"{row['tokens_per_s']:,.0f}",
+                        **({"val": f"val {row['val_loss']:.4f}"} if "val_loss" in row else {}))
             last = step + 1 == cfg.steps or early_stop
             if dist.world == 1:
                 stopping = stop_flag["signal"] is not None
@@ -273,7 +276,7 @@ def _train(cfg, run, plan, loaded, prompted, prior, resume, progress, device, di
                 break
     finally:
         bar.close()
-        _restore_signal_handlers(handlers)
+        restore_handlers(handlers)
     dist.close(synchronize=True)  # every rank finished the last step; rank 0 evaluates alone
     if run is None:
         return out
@@ -293,7 +296,7 @@ def _train(cfg, run, plan, loaded, prompted, prior, resume, progress, device, di
     if val:
         final["val_loss"] = answer_loss(prompted, tok, val)
     if plan.test:
-        final["val_score"] = result["tuned"]["score"]
+        final["val_score"] = result[TUNED]["score"]
     if len(final) > 1:
         run.log(final)
     run.write_eval(result, rows)
@@ -334,46 +337,3 @@ def _restore(run, prompted, optimizer, params, dist, early) -> int:
         early.stopped_at = int(state["step"])
     run.truncate_metrics(int(state["step"]))
     return dist.broadcast_int(int(state["step"]))
-
-
-def _install_signal_handlers(flag):
-    def handler(signum, frame):
-        flag["signal"] = signal.Signals(signum).name
-    previous = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            previous[sig] = signal.signal(sig, handler)
-        except ValueError:  # not the main thread
-            pass
-    return previous
-
-
-def _restore_signal_handlers(previous) -> None:
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
-
-
-class _progress:
-    """A rich progress bar with loss, tokens/s and ETA (silent when disabled)."""
-
-    def __init__(self, enabled: bool, total: int, start: int):
-        self.enabled = enabled
-        if not enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-        self.progress = Progress(TextColumn("[bold]tune"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} tok/s"),
-                                 TextColumn("{task.fields[val]}"), TimeRemainingColumn())
-        self.progress.start()
-        self.task = self.progress.add_task("tune", total=total, completed=start, loss="-", speed="-", val="")
-
-    def update(self, loss, speed, val=None):
-        if self.enabled:
-            fields = {"loss": f"{loss:.4f}", "speed": f"{speed:,.0f}"}
-            if val is not None:
-                fields["val"] = f"val {val:.4f}"
-            self.progress.update(self.task, advance=1, **fields)
-
-    def close(self):
-        if self.enabled:
-            self.progress.stop()

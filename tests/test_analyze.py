@@ -201,6 +201,18 @@ def test_task_clusters(world):
     assert all(r["frechet"] > 100 for r in result.frechet_rows)  # offset 6 in 16 dims: ‖Δμ‖² = 576
 
 
+def test_task_clusters_subsample_each_task_to_max_per_task(world):
+    """Fewer than the captured samples: each task's cluster and map points are `max_per_task` of them."""
+    from eptk.analysis.measure import task_cluster_metrics
+    from eptk.analysis.read import load_stats
+
+    stats = [load_stats(path) for path in world["stats"]]
+    assert all(s.samples(0).shape[0] > 50 for s in stats)
+    rows, _, panels = task_cluster_metrics(stats, max_per_task=50)
+    assert rows and all(r["n_per_task"] == 50 for r in rows)
+    assert all(points.shape[0] == 50 for panel in panels for points in panel["groups"].values())
+
+
 def test_outputs_written(world):
     out = world["out"]
     with open(out / "summary.csv") as f:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from eptk.capture import capture, trajectories
+from eptk.capture import capture, run_to_layers
 from eptk.errors import EptkUsageError
 from eptk.families import decoder_layers
 from eptk.linalg import shrink_covariance
@@ -124,21 +124,30 @@ def test_capture_stops_after_the_last_requested_layer(tiny, layers, ran):
     assert not any(module._forward_pre_hooks or module._forward_hooks for module in decoder_layers(tiny.model))
 
 
+def states_of(loaded, text: str, layers: list[int]) -> dict[int, torch.Tensor]:
+    """layer -> [S, d]: what capture's hooks (run_to_layers) see of one text, every position."""
+    ids = torch.tensor([loaded.tokenizer(text)["input_ids"]])
+    states = {}
+    run_to_layers(loaded.model, ids, torch.ones_like(ids), layers,
+                  lambda l, h: states.__setitem__(l, h[0].float().cpu().clone()))
+    return states
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2"])
 def test_layers_match_hidden_states_of_hf(tiny_models, family):
     """Layer l = hidden_states[l] of HF for l < L; layer L = the last layer's output before the final norm."""
     loaded = tiny_models[family]
     L = loaded.model.config.num_hidden_layers
-    (traj,) = trajectories(loaded, ["12+3="], list(range(L + 1)), max_new_tokens=4)
+    text = "12+3=45"
+    states = states_of(loaded, text, list(range(L + 1)))
     with torch.no_grad():
-        out = loaded.model(input_ids=traj.token_ids.unsqueeze(0), output_hidden_states=True)
+        out = loaded.model(input_ids=torch.tensor([loaded.tokenizer(text)["input_ids"]]), output_hidden_states=True)
     for l in range(L):
-        torch.testing.assert_close(traj.states[l], out.hidden_states[l][0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(states[l], out.hidden_states[l][0], rtol=1e-5, atol=1e-5)
     norm = getattr(getattr(loaded.model, loaded.model.base_model_prefix), "norm", None) or \
         loaded.model.transformer.ln_f
     with torch.no_grad():
-        torch.testing.assert_close(norm(traj.states[L]), out.hidden_states[L][0], rtol=1e-5, atol=1e-5)
-    assert traj.answer_states(L).shape == (traj.token_ids.shape[0] - traj.prompt_len, loaded.model.config.hidden_size)
+        torch.testing.assert_close(norm(states[L]), out.hidden_states[L][0], rtol=1e-5, atol=1e-5)
 
 
 def test_capture_statistics_equal_the_real_token_states(tiny):
@@ -146,7 +155,7 @@ def test_capture_statistics_equal_the_real_token_states(tiny):
     tok = tiny.tokenizer
     for l in (0, 2, 4):
         # every token but the first of each text (the attention sink)
-        rows = torch.cat([t.states[l][1:] for t in trajectories(tiny, TEXTS, [l], max_new_tokens=0)])
+        rows = torch.cat([states_of(tiny, t, [l])[l][1:] for t in TEXTS])
         assert stats.gaussians[l].count == rows.shape[0] == sum(len(tok(t)["input_ids"]) - 1 for t in TEXTS)
         torch.testing.assert_close(stats.layer(l).mean, rows.mean(0), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(stats.gaussians[l].covariance().float(), torch.cov(rows.T), rtol=1e-3, atol=1e-6)

@@ -45,6 +45,10 @@ def test_run_directory_format(deep_run):
     result = json.loads((deep_run / "eval.json").read_text())
     assert {"baseline", "tuned", "prefix_mass"} <= set(result)
     assert len(result["prefix_mass"]) == 4 and all(0 <= m <= 1 for h in result["prefix_mass"].values() for m in h)
+    # the items went to predictions.jsonl (evaluate.item_rows), one row per test item with both predictions
+    assert "items" not in result["tuned"] and "items" not in result["baseline"]
+    items = [json.loads(l) for l in (deep_run / "predictions.jsonl").read_text().splitlines()]
+    assert len(items) == result["tuned"]["n"] == 4 and all({"prediction", "baseline_prediction"} <= set(r) for r in items)
 
 
 def test_load_run_is_callable_like_hf(deep_run):
@@ -137,6 +141,15 @@ def test_a_stop_signal_writes_a_checkpoint(tmp_path, stop):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + sig and stop in err and "Traceback" not in err
     assert (tmp_path / "t/checkpoint/latest").exists()
+
+
+def test_tune_draws_its_progress_bar_unless_quiet(tmp_path):
+    """eptk.progress.Bar as `eptk tune` draws it: the step count, the loss and the validation loss."""
+    args = [a for a in TINY if a != "--quiet"]
+    done = _cli("tune", *args, "--method", "soft", "--eval-every", "2", "--out", tmp_path / "t")
+    assert done.returncode == 0, done.stderr[-2000:]
+    shown = done.stdout + done.stderr
+    assert "4/4" in shown and "loss " in shown and "tok/s" in shown and "val " in shown, shown[-2000:]
 
 
 def test_region_prior_run_records_its_stats_for_analyze(tmp_path, run_cli, monkeypatch):

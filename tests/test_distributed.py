@@ -108,7 +108,7 @@ def test_close_frees_the_process_group(tmp_path):
         "from eptk.distributed import Distributed\n"
         "d = Distributed.from_env()\n"
         "import transformers.modeling_utils  # noqa: F401  (imports torch.distributed.fsdp)\n"
-        "total = d.sum_scalar(1.0)\n"
+        "[total] = d.sum_values([1.0])\n"
         "pg = dist.group.WORLD\n"
         "d.close(synchronize=True)\n"
         "refs = sys.getrefcount(pg) - 1  # -1: getrefcount's own argument\n"

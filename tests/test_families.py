@@ -16,6 +16,16 @@ from eptk.train import prior_context
 WORDS = "Say 12"
 
 
+def test_every_model_type_has_a_tiny_model_from_its_adapter(tiny_models):
+    """The tiny models come from the family adapters (`tiny_configs`): each registered model type is served by
+    one, and each is the config's own model type, so the contract and two-pass suites cover every family."""
+    from eptk.families import FAMILIES
+
+    served = {name: family_of(tiny_models[name].model).model_type for name in TINY_FAMILIES}
+    assert set(served.values()) == set(FAMILIES), served
+    assert served["gemma3"] == "gemma3_text" and all(v == k for k, v in served.items() if k != "gemma3")
+
+
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_a_text_prior_is_the_text_in_front(tiny_models, family):
     """The vocabulary eptk's priors read lives in the soft prompt's space (the model's inputs_embeds): a

@@ -149,13 +149,6 @@ def test_frechet_distance():
     assert M.frechet_distance(torch.zeros(3), torch.eye(3), torch.ones(3), 4 * torch.eye(3)) == pytest.approx(6.0)
 
 
-def test_trajectory_localization(vocab):
-    local = torch.cumsum(torch.randn(40, 24, generator=gen(13)) * 0.05, dim=0) + vocab[0]
-    assert M.trajectory_localization(local, vocab)["p"] < 1e-6
-    unrelated = vocab[torch.randint(0, 500, (40,), generator=gen(14))]
-    assert M.trajectory_localization(unrelated, vocab, seed=1)["p"] > 0.05
-
-
 # ---- the functions mutation testing found untested (benchmarks/results/mutation.md) ---------------------------
 
 def test_pca_2d_is_the_top_two_principal_directions(data):
@@ -278,22 +271,6 @@ def test_collapse_threshold_edge_cases():
 def test_collapse_threshold_is_seeded(vocab):
     assert M.collapse_threshold(vocab, n_pairs=500, seed=3) == M.collapse_threshold(vocab, n_pairs=500, seed=3)
     assert M.collapse_threshold(vocab, n_pairs=500, seed=3) != M.collapse_threshold(vocab, n_pairs=500, seed=4)
-
-
-def test_trajectory_localization_edge_cases_and_direction(vocab):
-    empty = M.trajectory_localization(vocab[:1], vocab, n_random=50, seed=2)
-    assert set(empty) == {"median_step", "median_random_step", "u", "p"}
-    assert math.isnan(empty["median_step"]) and math.isnan(empty["u"]) and math.isnan(empty["p"])
-    assert empty["median_random_step"] == pytest.approx(float(np.median(M.random_walk_step_lengths(vocab, 50, seed=2))))
-    one_step = M.trajectory_localization(vocab[:2], vocab, n_random=50, seed=2)
-    assert one_step["median_step"] == pytest.approx(float((vocab[1] - vocab[0]).norm()), rel=1e-6)
-    far = M.trajectory_localization(vocab[:20] * 10, vocab, n_random=200, seed=0)  # steps longer than the walk's
-    assert far["p"] > 0.99  # one-sided: long steps are not evidence of localization
-    from scipy.stats import mannwhitneyu
-    steps, rand = M.step_lengths(vocab[:20] * 10), M.random_walk_step_lengths(vocab, 200, seed=0)
-    assert far["u"] == pytest.approx(float(mannwhitneyu(steps, rand, alternative="less").statistic))
-    assert M.trajectory_localization(vocab[:20], vocab, n_random=200, seed=5)["median_random_step"] != \
-        far["median_random_step"]  # the seed picks the walk
 
 
 def test_data_gaussian_symmetrizes_and_chooses_its_shrinkage(data):
@@ -467,14 +444,13 @@ def test_row_helpers_take_arrays_and_any_shape():
     assert M._rows32(torch.ones(2, 2, dtype=torch.float64)).dtype == torch.float32
     units = M._unit(torch.tensor([[3.0, 4.0], [0.0, 0.0], [1e-6, 0.0]]))
     torch.testing.assert_close(units, torch.tensor([[0.6, 0.8], [0.0, 0.0], [1.0, 0.0]]))  # tiny norms still unit
-    g = torch.Generator()
     rows = torch.arange(10.0)[:, None]
-    assert torch.equal(M._subsample(rows, None, g), rows) and torch.equal(M._subsample(rows, 10, g), rows)
-    picked = M._subsample(rows, 4, torch.Generator().manual_seed(1))
+    assert torch.equal(M.subsample_rows(rows, None, 0), rows) and torch.equal(M.subsample_rows(rows, 10, 0), rows)
+    picked = M.subsample_rows(rows, 4, 1)
     assert picked.shape == (4, 1) and len(set(picked[:, 0].tolist())) == 4
-    assert torch.equal(picked, M._subsample(rows, 4, torch.Generator().manual_seed(1)))
-    assert not torch.equal(picked, M._subsample(rows, 4, torch.Generator().manual_seed(2)))
-    assert M._subsample(torch.zeros(9, 20), 5, g).shape == (5, 20)
+    assert torch.equal(picked, M.subsample_rows(rows, 4, 1))
+    assert not torch.equal(picked, M.subsample_rows(rows, 4, 2))
+    assert M.subsample_rows(torch.zeros(9, 20), 5, 0).shape == (5, 20)
 
 
 def test_displacement_relative_to_small_priors_and_its_refusal():
@@ -530,21 +506,12 @@ def test_norm_position_ranks_ties_and_bounds():
     assert on_bounds["outside_share"] == 0.0  # the range's ends are inside
 
 
-def test_random_walk_steps_are_seeded_draws_of_rows():
-    rows = torch.tensor([[0.0], [1.0], [3.0]])
-    steps = M.random_walk_step_lengths(rows, 2000, seed=1)
-    assert steps.shape == (2000,) and set(np.round(steps, 6)) == {0.0, 1.0, 2.0, 3.0}  # every pair, row 0 too
-    assert np.array_equal(steps, M.random_walk_step_lengths(rows, 2000, seed=1))
-    assert not np.array_equal(steps, M.random_walk_step_lengths(rows, 2000, seed=2))
-    assert M.random_walk_step_lengths(torch.eye(30), 5).shape == (5,)
+def test_step_lengths_are_the_distances_between_consecutive_rows():
     assert np.allclose(M.step_lengths(torch.tensor([[0.0], [2.0], [7.0]])), [2.0, 5.0])
 
 
 def test_defaults_are_the_documented_ones(vocab, data):
     samples, _ = data
-    traj = vocab[:8]
-    assert M.trajectory_localization(traj, vocab) == M.trajectory_localization(traj, vocab, n_random=1000, seed=0)
-    assert M.random_walk_step_lengths(vocab, 5).tolist() == M.random_walk_step_lengths(vocab, 5, seed=0).tolist()
     assert M.knn_precision_recall(samples[:30], samples[30:40]) == \
         M.knn_precision_recall(samples[:30], samples[30:40], k=5, max_real=2000, seed=0)
     x, y = samples[:6], samples[100:1300]

@@ -163,3 +163,29 @@ def test_bad_shard(tmp_path, shard):
     toml.write_text('priors = ["normal"]\n')
     code, _, err = _cli("sweep", toml, "--shard", shard, "--out", tmp_path / "o")
     assert code == 2 and "--shard" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_sweep_stopped_by_sigterm_asks_its_runs_to_checkpoint(tmp_path):
+    """SIGTERM to `eptk sweep` (bar drawn): each running run gets SIGTERM, checkpoints and stops, the summary
+    says interrupted, and the sweep exits 130."""
+    import sys
+
+    toml = tmp_path / "grid.toml"
+    toml.write_text(SWEEP.replace("seeds = [0, 1]", "seeds = [0]").replace('priors = ["normal", "uniform"]',
+                                                                         'priors = ["normal"]')
+                    .replace("steps = 3", "steps = 400").replace("checkpoint_every = 1", "checkpoint_every = 0"))
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "eptk.cli", "sweep", str(toml), "--out", str(out), "--no-analyze"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "arith-soft-normal-t4-s0" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "asked to checkpoint and stop" in stdout + stderr and "Traceback" not in stderr
+    assert "0/1" in stdout + stderr and "1 running (arith-soft-normal-t4-s0)" in stdout + stderr, "the bar"
+    run = json.loads((out / "sweep.json").read_text())["runs"][0]
+    assert run["status"] == "interrupted" and run["exit_code"] == 128 + signal.SIGTERM, run
+    assert (metrics.parent / "checkpoint" / "latest").exists()

@@ -91,3 +91,17 @@ def test_take_rows_equals_encoding_those_examples(tiny_models):
     for rows in ([0, 1, 2], [3, 5, 7], [8], [1, 4, 7]):
         alone = encode_batch(tok, [examples[i] for i in rows])
         assert all(torch.equal(take_rows(full, rows)[k], alone[k]) for k in alone), rows
+
+
+@pytest.mark.parametrize("task, a_word, b_word", [("qa", "\nQuestion: ", "Context: "),
+                                                  ("fill", "Fill in the blank: ", "Complete the sentence: ")])
+def test_template_b_words_the_same_content_otherwise(task, a_word, b_word):
+    """`<task>:b` (claim 4's null) is its own task with its own wording; its content spans hold content."""
+    from eptk.tasks import load_task
+
+    a, b = load_task(task), load_task(f"{task}:b")
+    assert (a.name, b.name) == (task, f"{task}:b")
+    for t, word, other in ((a, a_word, b_word), (b, b_word, a_word)):
+        for e in t.examples("test", 20):
+            assert word in e.prompt and other not in e.prompt
+            assert all(word not in e.prompt[s:end] for s, end in e.content)

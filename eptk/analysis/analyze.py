@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..errors import EptkUsageError
 from ..io import check_output_dir
-from ..runs import CONFIG, find_runs
+from ..progress import Bar
+from ..runs import CONFIG, PREFIX_MASS, find_runs
 from .columns import num
 from .findings import findings, print_findings, wide_console
 from .measure import AnalysisOptions, analyze_run, task_cluster_metrics
@@ -53,8 +54,6 @@ def analyze_runs(paths: Sequence, out="analysis", *, stats: Sequence = (), vocab
     more tasks, tasks.csv/json and frechet.csv; with `options.trajectories` N, trajectories.csv (N generated
     trajectories per complete run, eptk/analysis/trajectories.py); prints the findings table to `console`.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     opts = options or AnalysisOptions()
     opts.validate()
     console = console or wide_console()
@@ -72,16 +71,14 @@ def analyze_runs(paths: Sequence, out="analysis", *, stats: Sequence = (), vocab
     used_names: set = set()
     display_names: set = set()
 
-    with Progress(TextColumn("[bold]analyze[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                  TimeElapsedColumn(), console=console, transient=True, disable=not progress) as bar:
-        task = bar.add_task("", total=len(run_dirs))
+    with Bar(progress, "[bold]analyze[/]", len(run_dirs), "{task.description}", console=console, transient=True) as bar:
         for run_dir in run_dirs:
-            bar.update(task, description=str(run_dir))
+            bar.advance(0, description=str(run_dir))
             try:
                 run = read_run(run_dir)
             except EptkUsageError as exc:
                 notes.append(f"{run_dir}: skipped ({exc})")
-                bar.advance(task)
+                bar.advance()
                 continue
             name = run.name
             i = 2
@@ -99,11 +96,11 @@ def analyze_runs(paths: Sequence, out="analysis", *, stats: Sequence = (), vocab
             if val:
                 curves.append({"run": run.name, "prior": str(run.config.get("prior")), "steps": [s for s, _ in val],
                                "values": [v for _, v in val]})
-            mass = (run.eval or {}).get("prefix_mass")
+            mass = (run.eval or {}).get(PREFIX_MASS)
             if isinstance(mass, dict) and mass:
                 prefix_masses.append((run.name, safe, mass))
             notes += [f"{run.name}: {n}" for n in run.notes]
-            bar.advance(task)
+            bar.advance()
     notes = vocabs.notes + notes
     if not rows:
         raise EptkUsageError(f"no readable runs under {', '.join(str(p) for p in paths)}: a run directory holds {CONFIG}")

@@ -16,7 +16,7 @@ from functools import cached_property
 import torch
 
 from .. import metrics as M
-from ..runs import IMPORTED
+from ..runs import IMPORTED, scores
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,7 @@ class RunView:
     @cached_property
     def scores(self) -> tuple[dict, dict]:
         """eval.json's baseline and tuned entries ({} when absent)."""
-        ev = self.run.eval or {}
-        return tuple(ev.get(k) if isinstance(ev.get(k), dict) else {} for k in ("baseline", "tuned"))
+        return scores(self.run.eval)
 
     @cached_property
     def val(self) -> list[tuple]:

@@ -11,6 +11,7 @@ import torch
 from .. import metrics as M
 from ..config import check_setting
 from ..errors import check_range
+from ..metrics import subsample_rows
 from ..spaces import RESIDUAL, capture_space
 from .columns import SUMMARY_COLUMNS, BlockView, RunView, block_values, run_values
 from .read import Block, RunData, TaskActivations, VocabCache
@@ -128,10 +129,6 @@ def _neighbour_details(neigh: dict | None) -> list[dict] | None:
     return rows
 
 
-def _subsample_rows(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    if x.shape[0] <= n:
-        return x
-    return x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n]]
 
 
 
@@ -203,9 +200,3 @@ def task_cluster_metrics(stats: Sequence[TaskActivations], *, max_per_task: int 
                                "groups": {t: ((part.double() - pca["mean"]) @ pca["components"].T).numpy()
                                           for t, part in zip(tasks, xs)}})
     return task_rows, frechet_rows, panels
-
-
-def subsample_rows(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    if x.shape[0] <= n:
-        return x
-    return x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n]]

@@ -7,12 +7,17 @@ attention soft-capping need nothing here: the attention modules pass them to `ep
 """
 from __future__ import annotations
 
+from typing import Callable, ClassVar
+
 import torch
 
 from ..errors import EptkUsageError
 from ..registry import Registry
 
 FAMILIES = Registry("architecture", usage=lambda family: family.model_type)
+# The random test models' sliding windows: smaller than the tests' [slots ; tokens] (5 + 11), so they bite.
+TINY_WINDOW = 6
+TINY_ALTERNATING = ["sliding_attention", "full_attention"] * 2  # Gemma-2/3's local and global layers
 
 
 class ModelFamily:
@@ -20,6 +25,9 @@ class ModelFamily:
     model_type = ""        # the config.model_type this instance serves
     layers_attr = "layers"  # the decoder layers' ModuleList on the base model
     attention_attr = "self_attn"  # the attention module of a decoder layer
+    # `tiny:<name>` random test models of this family: name -> the HF config, given the settings every tiny model
+    # shares (vocabulary, special tokens, positions), with the family's attention features switched on
+    tiny_configs: ClassVar[dict[str, Callable[[dict], object]]] = {}
 
     def __init__(self, model_type: str):
         self.model_type = model_type
@@ -118,6 +126,14 @@ def register_family(*model_types: str):
             FAMILIES.register(model_type, cls(model_type))
         return cls
     return wrap
+
+
+def tiny_configs() -> dict[str, Callable[[dict], object]]:
+    """Every registered family's `tiny:<name>` config builders, in registration order."""
+    found = {}
+    for family in FAMILIES.values():
+        found.update(family.tiny_configs)
+    return found
 
 
 def family_of(model) -> ModelFamily:

@@ -123,22 +123,28 @@ class Gathered:
         return None if place is None else place["inside_share"]
 
     # ---- claim 4 ------------------------------------------------------------------------------------
+    def _stats_per_seed(self, captures, folder_of, tasks, on_missing=lambda capture: None):
+        """(seed, task -> statistics, their common layers) for each capture seed that has statistics of every one
+        of `tasks`; `on_missing(capture)` for each capture of a seed not written yet."""
+        captures = list(captures)
+        for seed in self.study.scale.seeds:
+            stats = {}
+            for c in captures:
+                if c.seed != seed:
+                    continue
+                if is_stats_folder(folder_of(c)):
+                    stats[c.task] = load_stats(folder_of(c))
+                else:
+                    on_missing(c)
+            if set(stats) == set(tasks):
+                yield seed, stats, sorted(set.intersection(*(set(s.layers) for s in stats.values())))
+
     def token_rows(self) -> tuple[list[dict], list[str]]:
         """One row per (capture seed, layer, pair of TOKEN_PAIRS): the silhouette of the two tasks' content-token
         activations (TOKENS_PER_TASK sampled from each capture's reservoir)."""
         rows, missing = [], []
-        for seed in self.study.scale.seeds:
-            stats = {}
-            for c in self.study.token_captures():
-                if c.seed != seed:
-                    continue
-                if is_stats_folder(self.study.token_dir(c)):
-                    stats[c.task] = load_stats(self.study.token_dir(c))
-                else:
-                    missing.append(f"tokens/{c.name}")
-            if set(stats) != set(TOKEN_TASKS):
-                continue
-            layers = sorted(set.intersection(*(set(s.layers) for s in stats.values())))
+        for seed, stats, layers in self._stats_per_seed(self.study.token_captures(), self.study.token_dir, TOKEN_TASKS,
+                                                        lambda c: missing.append(f"tokens/{c.name}")):
             for layer in layers:
                 sample = {t: subsample_rows(stats[t].samples(layer), TOKENS_PER_TASK, seed) for t in TOKEN_TASKS}
                 for a, b in TOKEN_PAIRS:
@@ -150,14 +156,7 @@ class Gathered:
         """Version 1's view: one row per (capture seed, layer, task pair): the silhouette of per-sequence mean
         activations and its permutation p."""
         rows, cap = [], self.study.scale.max_sequences
-        for seed in self.study.scale.seeds:
-            stats = {}
-            for c in self.study.captures():
-                if c.seed == seed and is_stats_folder(self.study.capture_dir(c)):
-                    stats[c.task] = load_stats(self.study.capture_dir(c))
-            if set(stats) != set(TASKS):
-                continue
-            layers = sorted(set.intersection(*(set(s.layers) for s in stats.values())))
+        for seed, stats, layers in self._stats_per_seed(self.study.captures(), self.study.capture_dir, TASKS):
             for layer in layers:
                 pooled = {t: subsample_rows(stats[t].pooled(layer), cap, seed) for t in TASKS}
                 for a, b in SEQUENCE_PAIRS:

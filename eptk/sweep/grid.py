@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..config import EXECUTION_ONLY, TuneConfig, check_settings, check_value, setting_types
 from ..errors import EptkUsageError, choices
+from ..options import as_arguments
 from ..runs import RunDir, is_run
 
 # grid key in the sweep file -> the TuneConfig field it sets (expansion order: these, with the method options'
@@ -55,14 +56,7 @@ class SweepRun:
 
     def tune_args(self) -> list[str]:
         """The `eptk tune` options that reproduce these settings."""
-        args = []
-        for key, value in self.settings.items():
-            flag = "--" + key.replace("_", "-")
-            if isinstance(value, bool):
-                args.append(flag if value else "--no-" + key.replace("_", "-"))
-            else:
-                args += [flag, str(value)]
-        return args
+        return as_arguments(self.settings)
 
 
 @dataclass

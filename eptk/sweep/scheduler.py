@@ -20,7 +20,9 @@ from pathlib import Path
 
 from ..errors import EptkUsageError
 from ..io import crash_point, write_json_atomic
+from ..progress import Bar
 from ..runs import EVAL, RunDir, is_run
+from ..signals import on_stop_signals, restore_handlers
 from .grid import Sweep, plan, select_shard
 
 SUMMARY = "sweep.json"
@@ -140,7 +142,7 @@ def run_sweep(sweep: Sweep, out=None, *, jobs: int | None = None, shard: tuple[i
             results[run.name].update(status="failed", exit_code=None, error=row["problem"])
     todo = [row for row in rows if row["action"] not in ("skip", "conflict")]
 
-    bar = _SweepBar(progress, console, total=len(rows))
+    bar = Bar(progress, "[bold]sweep", len(rows), "{task.fields[status]}", console=console, status="")
     bar.advance(len(rows) - len(todo))
     for row in rows:
         if row["action"] == "conflict":
@@ -148,7 +150,7 @@ def run_sweep(sweep: Sweep, out=None, *, jobs: int | None = None, shard: tuple[i
     running: list[_Job] = []
     free_slots = list(range(jobs))
     interrupted = None
-    previous = _install_stop_handler()
+    previous = on_stop_signals(_raise_stop, (signal.SIGTERM,))  # Ctrl-C arrives as KeyboardInterrupt
     try:
         queue = list(todo)
         while queue or running:
@@ -160,7 +162,7 @@ def run_sweep(sweep: Sweep, out=None, *, jobs: int | None = None, shard: tuple[i
                 job = _Job(row, logs, job_env, gpu, slot)
                 running.append(job)
                 results[row["run"].name].update(status="running", command=job.command, gpu=gpu)
-                bar.show(running, results)
+                bar.advance(0, status=_status(running, results))
             time.sleep(0.2)
             for job in list(running):
                 code = job.proc.poll()
@@ -170,8 +172,7 @@ def run_sweep(sweep: Sweep, out=None, *, jobs: int | None = None, shard: tuple[i
                 free_slots.append(job.slot)
                 free_slots.sort()
                 _finish(job, code, results, console)
-                bar.advance(1)
-                bar.show(running, results)
+                bar.advance(1, status=_status(running, results))
     except (KeyboardInterrupt, _StopSweep) as exc:
         interrupted = exc
         console.print(f"[yellow]stopping: {len(running)} running run(s) asked to checkpoint and stop[/]")
@@ -189,7 +190,7 @@ def run_sweep(sweep: Sweep, out=None, *, jobs: int | None = None, shard: tuple[i
         running = []
     finally:
         bar.close()
-        _restore_stop_handler(previous)
+        restore_handlers(previous)
         for job in running:
             job.close()
 
@@ -277,45 +278,12 @@ class _StopSweep(Exception):
     pass
 
 
-def _install_stop_handler():
-    def handler(signum, frame):
-        raise _StopSweep(signal.Signals(signum).name)
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        return None
+def _raise_stop(name: str):
+    raise _StopSweep(name)
 
 
-def _restore_stop_handler(previous) -> None:
-    if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
-
-
-class _SweepBar:
-    """Overall progress: runs finished of this sweep (shard), what is running, failures so far."""
-
-    def __init__(self, enabled: bool, console, total: int):
-        self.enabled = enabled
-        if not enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-        self.progress = Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console)
-        self.progress.start()
-        self.task = self.progress.add_task("sweep", total=total, status="")
-
-    def advance(self, n: int) -> None:
-        if self.enabled and n:
-            self.progress.advance(self.task, n)
-
-    def show(self, running, results) -> None:
-        if not self.enabled:
-            return
-        failed = sum(1 for r in results.values() if r["status"] == "failed")
-        names = ", ".join(j.row["run"].name for j in running[:2]) + (" …" if len(running) > 2 else "")
-        status = f"{len(running)} running" + (f" ({names})" if names else "") + (f", {failed} failed" if failed else "")
-        self.progress.update(self.task, status=status)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.progress.stop()
+def _status(running, results) -> str:
+    """What the bar shows beside the count: the runs running now (two named) and the failures so far."""
+    failed = sum(1 for r in results.values() if r["status"] == "failed")
+    names = ", ".join(j.row["run"].name for j in running[:2]) + (" …" if len(running) > 2 else "")
+    return f"{len(running)} running" + (f" ({names})" if names else "") + (f", {failed} failed" if failed else "")

@@ -48,18 +48,27 @@ def templated(template: str, **fields) -> tuple[str, tuple]:
     return text, tuple(spans)
 
 
-class QA(GeneratedTask):
+class TemplatedTask(GeneratedTask):
+    """A task whose prompts come in two wordings of the same content: `<name>` (template a) and `<name>:b`
+    (claim 4's null). `PROMPTS` maps each to its template; `prompt(**fields)` fills the chosen one."""
+    PROMPTS: dict[str, str] = {}
+
+    def __init__(self, seed: int = 0, template: str = "a"):
+        super().__init__(seed)
+        self.template = template
+        self.name = type(self).name if template == "a" else f"{type(self).name}:{template}"
+
+    def prompt(self, **fields) -> tuple[str, tuple]:
+        return templated(self.PROMPTS[self.template], **fields)
+
+
+class QA(TemplatedTask):
     """Extractive questions over generated contexts, SQuAD's template: '{context}\\nQuestion: ..\\nAnswer:'
     (`qa:b`: the same questions as 'Context: {context}\\nQ: ..\\nA:', a template variant for claim 4's null)."""
     name = "qa"
     metric = "f1"
     max_answer_tokens = 8
-    TEMPLATES = {"a": "{context}\nQuestion: {question}\nAnswer:", "b": "Context: {context}\nQ: {question}\nA:"}
-
-    def __init__(self, seed: int = 0, template: str = "a"):
-        super().__init__(seed)
-        self.template = template
-        self.name = "qa" if template == "a" else f"qa:{template}"
+    PROMPTS = {"a": "{context}\nQuestion: {question}\nAnswer:", "b": "Context: {context}\nQ: {question}\nA:"}
     FACTS = [("lives in", _CITIES, "Where does {n} live?"), ("works as a", _JOBS, "What is {n}'s job?"),
              ("owns a", _PETS, "What pet does {n} own?"), ("likes the color", _COLORS, "What color does {n} like?")]
 
@@ -71,21 +80,16 @@ class QA(GeneratedTask):
             facts.append((person, verb, rng.choice(values), question))
         context = " ".join(f"{p} {verb} {value}." for p, verb, value, _ in facts)
         person, _, value, question = rng.choice(facts)
-        prompt, spans = templated(self.TEMPLATES[self.template], context=context, question=question.format(n=person))
+        prompt, spans = self.prompt(context=context, question=question.format(n=person))
         return Example(prompt, f" {value}", content=spans)
 
 
-class Fill(GeneratedTask):
+class Fill(TemplatedTask):
     """Masked-word fill-in (the MLM-like task): a sentence with one word replaced by ___ (`fill:b`: the same
     sentences as 'Complete the sentence: ..\\nThe missing word is:', a template variant for claim 4's null)."""
     name = "fill"
     max_answer_tokens = 6
     PROMPTS = {"a": "Fill in the blank: {sentence}\nAnswer:", "b": "Complete the sentence: {sentence}\nThe missing word is:"}
-
-    def __init__(self, seed: int = 0, template: str = "a"):
-        super().__init__(seed)
-        self.template = template
-        self.name = "fill" if template == "a" else f"fill:{template}"
     TEMPLATES = ["The {pet} sleeps on the {color} mat.", "{name} flew from {city} to see a {job}.",
                  "A {color} {pet} sat next to {name}.", "In {city} the {job} painted the door {color}.",
                  "{name} asked the {job} about the {pet}.", "The {job} from {city} owns a {pet}."]
@@ -98,7 +102,7 @@ class Fill(GeneratedTask):
         used = [k for k in fields if "{" + k + "}" in template]
         target = fields[rng.choice(used)]
         masked = re.sub(rf"\b{re.escape(target)}\b", "___", sentence, count=1)
-        prompt, spans = templated(self.PROMPTS[self.template], sentence=masked)
+        prompt, spans = self.prompt(sentence=masked)
         return Example(prompt, f" {target}", content=spans)
 
 
