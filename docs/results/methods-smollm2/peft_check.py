@@ -42,14 +42,18 @@ def main(runs):
             cli = [sys.executable, "-m", "eptk.cli"]
             subprocess.run([*cli, "export", str(run), "--format", "peft", "--out", str(adapter)], check=True)
             peft_type = json.loads((adapter / "adapter_config.json").read_text())["peft_type"]
-            wrapped = PeftModel.from_pretrained(load_model("smollm2").model, str(adapter)).eval()
+            base = load_model("smollm2").model.eval()
+            with torch.no_grad():  # the model without the adapter: the check must tell the two apart
+                plain = base(input_ids=ids, attention_mask=mask).logits
+            wrapped = PeftModel.from_pretrained(base, str(adapter)).eval()
             with torch.no_grad():
                 theirs = wrapped(input_ids=ids, attention_mask=mask).logits[:, -ids.shape[1]:]
             subprocess.run([*cli, "import-peft", str(adapter), "--task", "arith", "--out", str(imported)],
                            check=True, capture_output=True)
             back = logits(imported, ids, mask)
         print(f"{run.name}: {peft_type}, PEFT vs eptk {rel_err(theirs, ours, mask):.1e}, "
-              f"imported back vs eptk {rel_err(back, ours, mask):.1e}", flush=True)
+              f"imported back vs eptk {rel_err(back, ours, mask):.1e} (no prompt vs eptk "
+              f"{rel_err(plain, ours, mask):.1e}; attention: {base.config._attn_implementation})", flush=True)
 
 
 if __name__ == "__main__":
