@@ -41,6 +41,19 @@ def load_run(path, *, device: str = "auto", backend: str = "auto", tensors: str 
     return prompted
 
 
+def run_logits(path, input_ids, attention_mask, **kwargs):
+    """The logits of a run's tuned model on one batch (its hooks removed after): what a PEFT export, an import
+    or a reloaded run is compared against."""
+    import torch
+
+    tuned = load_run(path, **kwargs)
+    try:
+        with torch.no_grad():
+            return tuned(input_ids=input_ids, attention_mask=attention_mask).logits
+    finally:
+        tuned.remove_hooks()
+
+
 def evaluate_run(run: Path, task: str | None = None, split: str = "test", size: int = 200, backend: str = "auto", *,
                  device: str = "auto", device_map: str = "", offload_dir: str = "", save: bool = False) -> dict:
     """Score a tuned run and the no-prompt baseline on a task split (the scorer that writes eval.json); with

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 
 from eptk.config import TuneConfig
 from eptk.families import model_dims
+from eptk.loading import run_logits
 from eptk.methods import METHODS, build_method
 from eptk.models import TINY_FAMILIES
 from eptk.options import as_arguments, fields_of, flag, kind_of
@@ -175,13 +176,7 @@ def runs(tmp_path_factory):
 
 
 def logits_of(run, ids, mask):
-    import eptk
-    tuned = eptk.load_run(run, backend="torch")
-    try:
-        with torch.no_grad():
-            return tuned(input_ids=ids, attention_mask=mask).logits
-    finally:
-        tuned.remove_hooks()
+    return run_logits(run, ids, mask, backend="torch")
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -9,19 +9,14 @@ from pathlib import Path
 
 import torch
 
-import eptk
+from eptk.loading import run_logits
 from eptk.models import load_model
 
 PROMPTS = ["12+34=", "7+58=", "91+9="]
 
 
 def logits(run, ids, mask):
-    tuned = eptk.load_run(run, backend="torch")
-    try:
-        with torch.no_grad():
-            return tuned(input_ids=ids, attention_mask=mask).logits
-    finally:
-        tuned.remove_hooks()
+    return run_logits(run, ids, mask, backend="torch")
 
 
 def rel_err(a, b, mask):
