@@ -73,6 +73,70 @@ def test_tost_shows_equivalence_only_inside_the_margin():
     assert close["p"] < 0.05 < far["p"]
 
 
+def test_tost_is_statsmodels_welch_tost_and_skips_only_what_it_cannot_test():
+    """Claim 2's equivalence test: unequal variances and sizes (pooled would give another p), the fields it
+    returns, and NaN only for an arm of fewer than 2 runs or both arms constant (mutation testing found
+    each of these unchecked)."""
+    from statsmodels.stats.weightstats import ttost_ind
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(80, 1, 5), rng.normal(76, 8, 20)
+    welch, pooled = ttost_ind(a, b, -10, 10, usevar="unequal")[0], ttost_ind(a, b, -10, 10)[0]
+    assert abs(welch - pooled) > 1e-3, "the data must tell the two apart"
+    assert I.tost(a, b, 10) == {"p": pytest.approx(welch), "margin": 10, "n": 25}
+    for x, y in [([1.0], [1.0, 2.0, 3.0]), ([1.0, 2.0, 3.0], [4.0]), ([5.0, 5.0], [5.0, 5.0, 5.0])]:
+        out = I.tost(x, y, 7)
+        assert math.isnan(out["p"]) and (out["margin"], out["n"]) == (7, len(x) + len(y)), (x, y)
+    for x, y in [([1.0, 2.0], [3.0, 5.0]), ([5.0, 5.0, 5.0], [1.0, 2.0, 4.0]), ([1.0, 2.0, 4.0], [5.0, 5.0, 5.0]),
+                 ([1.0, 2.0], [5.0, 5.0]), ([5.0, 5.0], [1.0, 2.0])]:
+        assert not math.isnan(I.tost(x, y, 7)["p"]), (x, y)
+
+
+def test_wilson_share_level_and_empty_input():
+    from scipy.stats import binomtest
+
+    ci = I.wilson(3, 10, level=0.9)
+    ref = binomtest(3, 10).proportion_ci(0.9, method="wilson")
+    assert (ci["mean"], ci["n"]) == (0.3, 10) and (ci["lo"], ci["hi"]) == (pytest.approx(ref.low), pytest.approx(ref.high))
+    one = I.wilson(1, 1)
+    assert one["mean"] == 1.0 and 0 < one["lo"] < 1 and one["hi"] == pytest.approx(1.0)
+    empty = I.wilson(0, 0)
+    assert math.isnan(empty["lo"]) and math.isnan(empty["hi"]) and empty["why"] == "no runs"
+
+
+def test_spearman_test_known_values_and_what_it_drops():
+    """Claims 1 and 6's trend test: ρ and a permutation p with the stated alternative and resample count; pairs
+    with a non-finite side are dropped, fewer than 3 pairs or a constant side give NaN."""
+    from scipy.stats import spearmanr
+
+    x, y = np.arange(8.0), np.arange(8.0)[::-1]
+    down = I.spearman_test(x, y, n_perm=99)
+    assert (down["rho"], down["n"]) == (pytest.approx(-1.0), 8)
+    assert down["p"] == pytest.approx(1 / 100), "only the observed pairing is as low: (0 + 1) / (99 + 1)"
+    assert I.spearman_test(x, y)["p"] == pytest.approx(1 / 1000)
+    assert I.spearman_test(x, y, alternative="greater", n_perm=99)["p"] == pytest.approx(1.0)
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=12), rng.normal(size=12)
+    mixed = I.spearman_test(np.append(a, np.nan), np.append(b, 1.0), alternative="two-sided")
+    assert mixed["n"] == 12 and mixed["rho"] == pytest.approx(spearmanr(a, b).statistic) and 0 < mixed["p"] <= 1
+    assert I.spearman_test(a, b, seed=1) == I.spearman_test(a, b, seed=1)
+    assert I.spearman_test(a, b, alternative="two-sided", seed=0) == mixed | {"n": 12}  # seed 0 by default
+    assert not math.isnan(I.spearman_test([1.0, 2.0, 3.0], [3.0, 1.0, 2.0])["p"])
+    for xs, ys in [([1.0, 2.0], [2.0, 1.0]), ([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]), ([1.0, 2.0, 3.0], [2.0, 2.0, 2.0])]:
+        out = I.spearman_test(xs, ys)
+        assert math.isnan(out["rho"]) and math.isnan(out["p"]) and out["n"] == len(xs), (xs, ys)
+
+
+def test_fmt_prints_the_interval_as_the_report_shows_it():
+    ci = {"mean": 0.4213, "lo": 0.3099, "hi": 0.5351, "n": 5}
+    assert I.fmt(ci) == "0.42 [0.31, 0.54]"
+    assert I.fmt(ci, digits=1, scale=100) == "42.1 [31.0, 53.5]"
+    assert I.fmt(dict(ci, lo=math.nan)) == I.fmt(dict(ci, hi=math.nan)) == "0.42 (n=5, no interval)"
+    assert I.fmt({"mean": 3.0, "lo": math.nan, "hi": math.nan}, digits=0) == "3 (n=0, no interval)"
+    assert I.fmt({"mean": 0.5, "lo": math.nan}, digits=1, scale=100) == "50.0 (n=0, no interval)"
+    assert I.fmt(dict(ci, mean=math.nan)) == I.fmt({}) == "n/a"
+
+
 def test_log_ols_pools_the_variance_and_stays_positive():
     ols = I.LogOLS({"a": [1.0, 1.1, 0.9], "b": [0.1, 0.11, 0.09], "c": [0.5, 0.7, 0.3]})
     ratio = ols.ratio("b", "a")
