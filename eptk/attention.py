@@ -268,26 +268,30 @@ def register() -> None:
     AttentionMaskInterface.register(ATTN_NAME, eptk_mask)
 
 
+def set_attention_implementation(model, name: str) -> None:
+    """Make `model` run attention implementation `name` ("eptk", "eager", "sdpa", ...)."""
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(name)
+    else:  # older transformers
+        model.config._attn_implementation = name
+
+
 @contextlib.contextmanager
-def eptk_attention_on(model):
-    """The model runs eptk's attention inside, its own implementation again after."""
+def attention_implementation(model, name: str):
+    """The model runs attention implementation `name` inside (eptk's registered on first use), its own after."""
     previous = getattr(model.config, "_attn_implementation", None)
-    use_eptk_attention(model)
+    if name == ATTN_NAME:
+        register()
+    set_attention_implementation(model, name)
     try:
         yield
     finally:
-        if previous is not None and previous != ATTN_NAME:
-            if hasattr(model, "set_attn_implementation"):
-                model.set_attn_implementation(previous)
-            else:
-                model.config._attn_implementation = previous
+        if previous is not None and previous != name:
+            set_attention_implementation(model, previous)
 
 
 def use_eptk_attention(model) -> None:
     """Register the functions (on first use, so that importing eptk does not import transformers) and
     set the model's attention implementation to them."""
     register()
-    if hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation(ATTN_NAME)
-    else:  # older transformers
-        model.config._attn_implementation = ATTN_NAME
+    set_attention_implementation(model, ATTN_NAME)

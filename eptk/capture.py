@@ -32,7 +32,7 @@ from typing import Callable, Iterable
 import torch
 
 from . import linalg
-from .attention import RecordPass, active, eptk_attention_on
+from .attention import ATTN_NAME, RecordPass, active, attention_implementation
 from .errors import EptkUsageError
 from .families import decoder_layers, model_dims
 from .models import LoadedModel, input_device
@@ -124,7 +124,7 @@ def run_to_keys_values(model, input_ids: torch.Tensor, attention_mask: torch.Ten
         if layer == last:
             raise _StopForward
 
-    with torch.inference_mode(), eptk_attention_on(model), active(RecordPass(record)):
+    with torch.inference_mode(), attention_implementation(model, ATTN_NAME), active(RecordPass(record)):
         try:
             model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         except _StopForward:

@@ -13,11 +13,10 @@ def position0_mass(model, tokenizer, prompts: list[str]) -> dict[int, float]:
     """Per decoder layer (1-based input index l = layer l's input, as deep prompts count), the unprompted model's
     mean attention probability on key position 0, over heads and the query positions after it. One sequence at a
     time (no padding), eager attention so the probabilities are returned."""
+    from ..attention import attention_implementation
     from ..families import family_of
 
-    previous = model.config._attn_implementation
-    model.set_attn_implementation("eager")
-    try:
+    with attention_implementation(model, "eager"):
         sums: dict[int, float] = {}
         count = 0
         for text in prompts:
@@ -28,8 +27,6 @@ def position0_mass(model, tokenizer, prompts: list[str]) -> dict[int, float]:
             for index, probs in enumerate(out.attentions):   # [1, H, T, T] of decoder layer `index`
                 sums[index] = sums.get(index, 0.0) + float(probs[0, :, 1:, 0].mean())
             count += 1
-    finally:
-        model.set_attn_implementation(previous)
     return {layer: total / count for layer, total in sums.items()} if count else {}
 
 
