@@ -15,10 +15,6 @@ from eptk.models import load_model
 PROMPTS = ["12+34=", "7+58=", "91+9="]
 
 
-def logits(run, ids, mask):
-    return run_logits(run, ids, mask, backend="torch")
-
-
 def rel_err(a, b, mask):
     real = mask.bool()
     return float((a[real] - b[real]).abs().max() / b[real].abs().max())
@@ -31,7 +27,7 @@ def main(runs):
     enc = loaded.tokenizer(PROMPTS, return_tensors="pt", padding=True)
     ids, mask = enc["input_ids"], enc["attention_mask"]
     for run in map(Path, runs):
-        ours = logits(run, ids, mask)
+        ours = run_logits(run, ids, mask, backend="torch")
         with tempfile.TemporaryDirectory() as tmp:
             adapter, imported = Path(tmp) / "adapter", Path(tmp) / "imported"
             cli = [sys.executable, "-m", "eptk.cli"]
@@ -45,7 +41,7 @@ def main(runs):
                 theirs = wrapped(input_ids=ids, attention_mask=mask).logits[:, -ids.shape[1]:]
             subprocess.run([*cli, "import-peft", str(adapter), "--task", "arith", "--out", str(imported)],
                            check=True, capture_output=True)
-            back = logits(imported, ids, mask)
+            back = run_logits(imported, ids, mask, backend="torch")
         print(f"{run.name}: {peft_type}, PEFT vs eptk {rel_err(theirs, ours, mask):.1e}, "
               f"imported back vs eptk {rel_err(back, ours, mask):.1e} (no prompt vs eptk "
               f"{rel_err(plain, ours, mask):.1e}; attention: {base.config._attn_implementation})", flush=True)
