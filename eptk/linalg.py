@@ -86,12 +86,6 @@ def covariance_shrinkage(cov: torch.Tensor, count: float, mean: torch.Tensor | N
     return max(delta, 1e-3) if count <= d else delta
 
 
-def shrink_covariance(cov: torch.Tensor, count: float, mean: torch.Tensor | None = None,
-                      samples: torch.Tensor | None = None) -> torch.Tensor:
-    """S shrunk by its `covariance_shrinkage` δ (float64, positive definite)."""
-    return shrink(cov, covariance_shrinkage(cov, count, mean, samples))
-
-
 # ---- factors and distances ------------------------------------------------------------------------
 
 def psd_cholesky(cov: torch.Tensor, ridge: float = 1e-6, growth: float = 10.0, tries: int = 8,

@@ -115,15 +115,6 @@ class RunningGaussian:
         """Unbiased covariance [d,d], float64."""
         return self.m2 / (self._count - 1.0).clamp_min(1.0)
 
-    def shrunk_covariance(self, samples: torch.Tensor | None = None) -> torch.Tensor:
-        """Ledoit–Wolf shrinkage of the covariance toward the scaled identity, float64, positive definite.
-
-        Ledoit and Wolf's intensity needs a fourth moment of the data that sums cannot carry; it is
-        estimated from `samples` (rows of a uniform sample of the same data, e.g. the reservoir).
-        Without samples the OAS intensity (Chen et al. 2010), which needs only S, n and d, is used.
-        """
-        return linalg.shrink_covariance(self.covariance().cpu(), self.count, self.mean.cpu(), samples)
-
     def cpu(self) -> "RunningGaussian":
         self._count, self.mean, self.m2 = self._count.cpu(), self.mean.cpu(), self.m2.cpu()
         return self
@@ -245,6 +236,8 @@ class LayerActivations:
     def scale_tril(self) -> torch.Tensor:
         """Cholesky factor of the shrunk covariance, float32."""
         if self._tril is None:
+            # psd_cholesky's default ridge (1e-6 of the mean variance): this factor is used in float32, whose
+            # rounding a smaller ridge would not cover; metrics.DataGaussian stays in float64 and starts at 1e-10
             self._tril = linalg.psd_cholesky(self.shrunk_cov.double(), error=EptkUsageError).float()
         return self._tril
 

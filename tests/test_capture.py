@@ -8,7 +8,7 @@ import torch
 from eptk.capture import capture, run_to_layers
 from eptk.errors import EptkUsageError
 from eptk.families import decoder_layers
-from eptk.linalg import shrink_covariance
+from eptk.linalg import covariance_shrinkage, shrink
 from eptk.models import load_model
 from eptk.stats import ActivationStats, Reservoir, RunningGaussian, check_model
 from eptk.stats_cache import StatsCache, ensure_stats, stats_folder
@@ -51,7 +51,8 @@ def test_ledoit_wolf_is_positive_definite_when_count_below_dim(with_samples):
                                                                                dtype=torch.float64)
     g = RunningGaussian(40).add(x)
     assert torch.linalg.eigvalsh(g.covariance()).min() < 1e-8          # singular: 10 points in 40 dims
-    shrunk = g.shrunk_covariance(x if with_samples else None)
+    samples = x if with_samples else None
+    shrunk = shrink(g.covariance(), covariance_shrinkage(g.covariance(), g.count, g.mean, samples))
     eig = torch.linalg.eigvalsh(shrunk)
     assert eig.min() > 1e-6 * eig.max()
     assert torch.allclose(shrunk.trace(), g.covariance().trace())       # shrinks toward tr(S)/d · I
@@ -61,9 +62,10 @@ def test_ledoit_wolf_barely_shrinks_well_sampled_data():
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(20000, 8, generator=gen, dtype=torch.float64) * torch.linspace(1, 4, 8)
     g = RunningGaussian(8).add(x)
-    shrunk = g.shrunk_covariance(x[:2000])
+    shrunk = shrink(g.covariance(), covariance_shrinkage(g.covariance(), g.count, g.mean, x[:2000]))
     assert (shrunk - g.covariance()).abs().max() < 0.02 * g.covariance().abs().max()
-    assert torch.equal(shrink_covariance(torch.zeros(3, 3), 5), torch.eye(3, dtype=torch.float64) * 1e-12)
+    assert torch.equal(shrink(torch.zeros(3, 3), covariance_shrinkage(torch.zeros(3, 3), 5)),
+                       torch.eye(3, dtype=torch.float64) * 1e-12)
 
 
 # ---- Reservoir --------------------------------------------------------------------------------------

@@ -156,14 +156,6 @@ def test_covariance_shrinkage_chooses_its_estimator(data):
         assert linalg.covariance_shrinkage(S, count, torch.zeros(4, dtype=torch.float64), rows) == 1e-3
 
 
-def test_shrink_covariance_is_shrink_by_that_intensity(data):
-    x = data.double()
-    cov = torch.cov(x.T)
-    delta = linalg.covariance_shrinkage(cov, 800, x.mean(0), x[:64])
-    assert torch.equal(linalg.shrink_covariance(cov, 800, x.mean(0), x[:64]), linalg.shrink(cov, delta))
-    assert torch.equal(linalg.shrink_covariance(cov, 800), linalg.shrink(cov, linalg.oas_intensity(cov, 800)))
-
-
 def test_shrink_computes_in_float64_at_any_scale(data):
     S = torch.cov(data.double().T) * 1e-3                                 # a trace per dimension below one
     want = 0.8 * S + 0.2 * float(S.diagonal().mean()) * torch.eye(16, dtype=torch.float64)

@@ -67,6 +67,25 @@ def test_a_partial_study_says_what_it_misses(quick_study):
     assert verdicts["1"]["verdict"] != C.NOT_MEASURED
 
 
+def test_a_run_is_read_with_its_baseline_and_tuned_scores_apart(quick_study, tmp_path):
+    """The tiny model scores 0 with and without a prompt, so the study's own runs cannot tell the two apart: one
+    of them, copied with its per-item predictions dropped and its eval.json given two different scores, can."""
+    import shutil
+
+    from eptk.reproduce.gather import Gathered
+
+    out = quick_study[0]
+    run = Study.build("tiny", out, quick=True).stage_runs["main"][0]
+    copy = tmp_path / "study"
+    shutil.copytree(out / run.name, copy / run.name, ignore=shutil.ignore_patterns("predictions*", "eval-*"))
+    ev = json.loads((copy / run.name / "eval.json").read_text())
+    ev["baseline"]["score"], ev["tuned"]["score"] = 12.5, 87.5
+    (copy / run.name / "eval.json").write_text(json.dumps(ev))
+    got = Gathered(Study.build("tiny", copy, quick=True)).runs
+    assert list(got) == [run.name]
+    assert (got[run.name].baseline, got[run.name].score) == (12.5, 87.5)
+
+
 def test_quick_study_writes_every_file(quick_study):
     out, _, done, again = quick_study
     for name in ("FINDINGS.md", "findings.html", "runs.csv", "claims.json"):

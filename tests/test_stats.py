@@ -93,14 +93,6 @@ def test_running_gaussian_from_moments_round_trip():
     assert RunningGaussian.from_moments(big, torch.ones(5), torch.eye(5)).count == big
 
 
-def test_shrunk_covariance_is_linalgs():
-    x = rows(30)
-    g = RunningGaussian(5).add(x)
-    torch.testing.assert_close(g.shrunk_covariance(), linalg.shrink_covariance(g.covariance(), 30, g.mean))
-    torch.testing.assert_close(g.shrunk_covariance(x[:10]),
-                               linalg.shrink_covariance(g.covariance(), 30, g.mean, x[:10]))
-
-
 def test_reservoir_keeps_the_first_rows_then_a_seeded_uniform_sample():
     stream = torch.arange(100.0)[:, None]
     r = Reservoir(10, 1, seed=3)

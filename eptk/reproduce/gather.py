@@ -16,7 +16,7 @@ from ..analysis.read import load_stats, read_run
 from ..analysis.write import has_trajectories, read_trajectories
 from ..errors import EptkUsageError
 from ..io import in_cache, read_json, write_json_atomic
-from ..runs import RunDir
+from ..runs import RunDir, scores
 from ..stats import is_stats_folder
 from .claims.base import TunedRun, slot_distance
 from .stages import TASKS, TOKEN_TASKS, Study
@@ -48,6 +48,7 @@ class Gathered:
         data = read_run(path)
         ev = data.eval or {}
         blocks = data.blocks()
+        baseline, tuned_entry = scores(ev)
         items, n_items = test_items(path)
         tuned = TunedRun(
             name=run.name, method=str(run.settings["method"]), prior=str(run.settings["prior"]),
@@ -55,8 +56,8 @@ class Gathered:
             task=str(run.settings["task"]), settings=dict(run.settings),
             prior_tensors={b.name: b.prior for b in blocks if b.prior is not None},
             posterior_tensors={b.name: b.posterior for b in blocks if b.posterior is not None},
-            score=100.0 * float(np.mean(items)) if items else (ev.get("tuned") or {}).get("score"),
-            baseline=(ev.get("baseline") or {}).get("score"), items=items,
+            score=100.0 * float(np.mean(items)) if items else tuned_entry.get("score"),
+            baseline=baseline.get("score"), items=items,
             losses=[(r["step"], r["loss"]) for r in data.metrics if "loss" in r],
             val=_val_curve(data.metrics),
             extra={"weight": float(run.settings.get("prior_weight", 0.0)), "eval": ev, "test_items": n_items,
@@ -165,9 +166,6 @@ class Gathered:
                     sil, p = silhouette_test(pooled[a], pooled[b], n_perm=n_perm, seed=seed)
                     rows.append({"seed": seed, "layer": layer, "pair": f"{a}-{b}", "silhouette": sil, "p": p})
         return rows
-
-    def missing_captures(self) -> list[str]:
-        return [f"captures/{c.name}" for c in self.study.captures() if not is_stats_folder(self.study.capture_dir(c))]
 
     # ---- claim 3 ------------------------------------------------------------------------------------
     def trajectory_rows(self) -> tuple[list[dict], list[str]]:
