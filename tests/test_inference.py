@@ -127,6 +127,24 @@ def test_spearman_test_known_values_and_what_it_drops():
         assert math.isnan(out["rho"]) and math.isnan(out["p"]) and out["n"] == len(xs), (xs, ys)
 
 
+def test_spearman_test_permutes_pairings_exactly_and_drops_missing_values():
+    """At 4 pairs every pairing is enumerated ((4!)² ≤ 999 resamples): p is the exact share of the 24 orders of y
+    whose ρ is at most the observed one, which permuting the pooled values instead (independent samples) misses.
+    A missing value (None, from a run without that measure) is dropped like a NaN."""
+    import itertools
+
+    from scipy.stats import spearmanr
+
+    x, y = [1.0, 2.0, 3.0, 4.0], [2.0, 1.0, 4.0, 3.0]
+    rho = spearmanr(x, y).statistic
+    orders = [spearmanr(x, list(order)).statistic for order in itertools.permutations(y)]
+    exact = sum(r <= rho + 1e-12 for r in orders) / len(orders)
+    assert exact == pytest.approx(20 / 24)
+    assert I.spearman_test(x, y)["p"] == pytest.approx(exact, abs=1e-12)
+    assert I.spearman_test(x + [None], y + [5.0]) == I.spearman_test(x, y)
+    assert I.spearman_test(x + [5.0], y + [None]) == I.spearman_test(x, y)
+
+
 def test_fmt_prints_the_interval_as_the_report_shows_it():
     ci = {"mean": 0.4213, "lo": 0.3099, "hi": 0.5351, "n": 5}
     assert I.fmt(ci) == "0.42 [0.31, 0.54]"
@@ -144,6 +162,14 @@ def test_log_ols_pools_the_variance_and_stays_positive():
     # pooled: the noisy arm c widens a and b's intervals alike
     a, b = ols.mean("a"), ols.mean("b")
     assert math.log(a["hi"] / a["lo"]) == pytest.approx(math.log(b["hi"] / b["lo"]))
+    # a value of 0 has no logarithm: it is left out, not an error
+    with_zero = I.LogOLS({"a": [0.0, 1.0, 1.1, 0.9], "b": [0.1, 0.11, 0.09], "c": [0.5, 0.7, 0.3]})
+    assert with_zero.n == 9 and with_zero.mean("a") == pytest.approx(a)
+    # one value per arm leaves no residual degrees of freedom: no interval, and the reason says so
+    single = I.LogOLS({"a": [1.0], "b": [2.0]})
+    assert single.fit is None
+    for ci in (single.mean("a"), single.ratio("a", "b")):
+        assert math.isnan(ci["lo"]) and math.isnan(ci["hi"]) and ci["why"] == "no residual degrees of freedom"
 
 
 def test_mantel_against_exact_enumeration():
