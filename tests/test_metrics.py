@@ -557,3 +557,100 @@ def test_vocab_neighbours_chunks_arrays_and_small_vocabularies(vocab):
     kept = M.vocab_neighbours(x, vocab, k=3, prior=vocab[[7, 131, 260]], chunk=50)
     assert kept["nn_kept"] == [True, False, True] and kept["nn_kept_share"] == pytest.approx(2 / 3)
     assert math.isnan(M.vocab_neighbours(x[:0], vocab, prior=x[:0])["nn_kept_share"])
+
+
+# ---- what mutation testing found unchecked (benchmarks/results/mutation.md) ---------------------------
+
+def test_vocabulary_inputs_may_be_parameters_or_nested_lists(vocab):
+    """A model's embedding matrix is a Parameter that requires grad (numpy cannot read it), and plain nested lists
+    have no .shape: every function that takes a vocabulary or reference reads both."""
+    param = torch.nn.Parameter(vocab.clone())
+    listed = vocab.tolist()
+    x = torch.randn(6, 24, generator=gen(9))
+    for given in (param, listed):
+        assert M.collapse_threshold(given, n_pairs=2000) == pytest.approx(M.collapse_threshold(vocab, n_pairs=2000))
+        assert M.vocab_neighbours(x, given, k=3)["topk_ids"] == M.vocab_neighbours(x, vocab, k=3)["topk_ids"]
+        assert M.norm_position(x, given)["norm_pctile"] == pytest.approx(M.norm_position(x, vocab)["norm_pctile"])
+        fitted = M.pca_2d(given)
+        torch.testing.assert_close(fitted["components"].abs(), M.pca_2d(vocab)["components"].abs())
+
+
+def test_pca_2d_small_inputs_and_scale():
+    """Two rows already have a first component (their difference); one row has none, but its result still projects
+    (float64 components beside the float64 mean). The explained shares do not depend on the data's scale."""
+    two = torch.tensor([[0.0, 0.0, 0.0], [3.0, 4.0, 0.0]])
+    fitted = M.pca_2d(two)
+    torch.testing.assert_close(fitted["components"][0].abs(), torch.tensor([0.6, 0.8, 0.0], dtype=torch.float64))
+    assert fitted["explained"] == pytest.approx([1.0, 0.0], abs=1e-12)
+    one = M.pca_2d(torch.ones(1, 3))
+    assert set(one) == {"mean", "components", "explained"} and len(one["explained"]) == 2
+    assert all(math.isnan(v) for v in one["explained"])
+    projected = (torch.ones(1, 3, dtype=torch.float64) - one["mean"]) @ one["components"].T
+    assert projected.shape == (1, 2)
+    x = torch.randn(50, 5, generator=gen(3)).double() * torch.tensor([3.0, 2.0, 1.0, 0.5, 0.1], dtype=torch.float64)
+    assert M.pca_2d(x * 1e-4)["explained"] == pytest.approx(M.pca_2d(x)["explained"], rel=1e-9)
+
+
+def test_pca_2d_randomized_route_is_seeded():
+    """Above 20 rows and columns the components come from a seeded randomized subspace iteration: the same call
+    gives bitwise the same result, and it agrees with an exact SVD."""
+    x = torch.randn(300, 40, generator=gen(5)) * torch.cat([torch.tensor([10.0, 5.0]), torch.linspace(1.0, 0.1, 38)])
+    first, again = M.pca_2d(x), M.pca_2d(x)
+    assert torch.equal(first["components"], again["components"])
+    exact = torch.linalg.svd(x.double() - x.double().mean(0), full_matrices=False).Vh[:2]
+    torch.testing.assert_close(first["components"].abs(), exact.abs(), atol=1e-8, rtol=0)
+
+
+def test_effective_rank_of_no_rows_is_nan():
+    assert math.isnan(M.effective_rank(torch.zeros(0, 4)))
+
+
+def test_nc1_uses_each_class_own_rows():
+    """Three classes of different spreads and sizes against the formula written out."""
+    g = gen(7)
+    parts = [torch.randn(n, 4, generator=g) * s + c for n, s, c in ((5, 0.1, 0.0), (9, 2.0, 5.0), (7, 0.7, -4.0))]
+    x = torch.cat(parts).double()
+    labels = [0] * 5 + [1] * 9 + [2] * 7
+    means = torch.stack([p.double().mean(0) for p in parts])
+    within = torch.stack([((p.double() - p.double().mean(0)) ** 2).sum(1).mean() for p in parts]).mean()
+    between = ((means - means.mean(0)) ** 2).sum(1).mean()
+    assert M.nc1(x, labels) == pytest.approx((within / between).item(), rel=1e-12)
+
+
+def test_trajectory_measures_from_two_points_and_at_any_scale():
+    """Two states are a trajectory (one step; both orders have that step, so the order p is 1); two data tokens are
+    a data cloud; and the ratios do not depend on the units (data at 1e-3 scale, walks shorter than 1)."""
+    states = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    data = torch.tensor([[0.0, 0.0], [0.0, 2.0]])
+    out = M.trajectory_against_data(states, data, n_perm=20)
+    assert out["mean_step"] == pytest.approx(1.0) and out["walk_step"] == pytest.approx(2.0)
+    assert out["step_ratio"] == pytest.approx(0.5) and out["spread_ratio"] == pytest.approx(0.5)
+    assert out["order_p"] == 1.0
+    g = gen(8)
+    walk, cloud = torch.randn(30, 6, generator=g).double().cumsum(0), torch.randn(200, 6, generator=g).double() * 3
+    big, small = (M.trajectory_against_data(walk * s, cloud * s, n_perm=50) for s in (1.0, 1e-3))
+    for key in ("step_ratio", "spread_ratio", "order_p"):
+        assert small[key] == pytest.approx(big[key], rel=1e-9), key
+
+
+def _cov_with_eigenvalues(values, seed=0):
+    q, _ = torch.linalg.qr(torch.randn(len(values), len(values), generator=gen(seed), dtype=torch.float64))
+    return q @ torch.diag(torch.tensor(values, dtype=torch.float64)) @ q.T
+
+
+def test_data_gaussian_ridge_starts_tiny_and_grows_a_hundredfold():
+    """Unshrunk, a positive definite covariance is used as it is (a ridge of 1e-10 of its mean variance); one that
+    is not (an eigenvalue of −1e-3) gets the first ridge that factors it, 1e-10 × 100⁴ of the mean variance; one
+    that six tries cannot factor (an eigenvalue below minus the mean variance) is refused."""
+    x = torch.randn(7, 5, generator=gen(11), dtype=torch.float64)
+    good = _cov_with_eigenvalues([4.0, 2.0, 1.0, 0.5, 0.25])
+    want = torch.linalg.solve(good, x.T).T.mul(x).sum(1).sqrt()
+    torch.testing.assert_close(M.DataGaussian(torch.zeros(5), good, shrinkage=0.0).mahalanobis(x), want,
+                               rtol=1e-9, atol=0)
+    bad = _cov_with_eigenvalues([1.0, 1.0, 1.0, 1.0, -1e-3])
+    fixed = bad + 1e-2 * float(bad.diagonal().mean()) * torch.eye(5, dtype=torch.float64)
+    want = torch.linalg.solve(fixed, x.T).T.mul(x).sum(1).sqrt()
+    torch.testing.assert_close(M.DataGaussian(torch.zeros(5), bad, shrinkage=0.0).mahalanobis(x), want,
+                               rtol=1e-9, atol=0)
+    with pytest.raises(torch.linalg.LinAlgError):
+        M.DataGaussian(torch.zeros(5), _cov_with_eigenvalues([1.0, 1.0, 1.0, 1.0, -3.0]), shrinkage=0.0)
