@@ -514,11 +514,24 @@ def test_defaults_are_the_documented_ones(vocab, data):
     samples, _ = data
     assert M.knn_precision_recall(samples[:30], samples[30:40]) == \
         M.knn_precision_recall(samples[:30], samples[30:40], k=5, max_real=2000, seed=0)
-    x, y = samples[:6], samples[100:1300]
+    x, y = samples[:6], torch.cat([samples, samples + 0.5])      # 1,600 rows: max_n = 1000 subsamples them
     assert M.mmd_rbf(x, y, n_perm=20) == M.mmd_rbf(x, y, n_perm=20, seed=0, max_n=1000)
     assert M.energy_distance(x, y, n_perm=20) == M.energy_distance(x, y, n_perm=20, seed=0, max_n=1000)
+    assert M.energy_distance(x, y, n_perm=20) != M.energy_distance(x, y, n_perm=20, max_n=1001)
     assert M.energy_distance(x, y)["p"] == M.energy_distance(x, y, n_perm=200)["p"]
-    assert M.collapse_threshold(vocab) == M.collapse_threshold(vocab, quantile=0.999, n_pairs=100_000, seed=0)
+    shared = M.DataSample(y, max_n=500, seed=3).two_sample_tests(x, n_perm=20, seed=3)  # y subsampled by its seed
+    assert M.energy_distance(x, y, n_perm=20, seed=3, max_n=500) == {"energy": shared["energy"], "p": shared["energy_p"]}
+    assert M.DataSample(samples[:30]).knn_precision_recall(samples[30:40]) == \
+        M.DataSample(samples[:30]).knn_precision_recall(samples[30:40], k=5)
+    big = torch.randn(5000, 24, generator=gen(12))      # 500 tokens: any two seeds' 100,000 pairs share the top ones
+    assert M.collapse_threshold(big) == M.collapse_threshold(big, quantile=0.999, n_pairs=100_000, seed=0)
+    assert M.collapse_threshold(big) != M.collapse_threshold(big, seed=1)
+    many = torch.randn(5200, 24, generator=gen(13))     # above max_n and 20 columns: subsampled, randomized route
+    assert torch.equal(M.pca_2d(many)["components"], M.pca_2d(many, max_n=5000, seed=0)["components"])
+    assert not torch.equal(M.pca_2d(many)["components"], M.pca_2d(many, seed=1)["components"])
+    walk, cloud = torch.randn(12, 24, generator=gen(14)).cumsum(0), torch.randn(300, 24, generator=gen(15))
+    assert M.trajectory_against_data(walk, cloud) == \
+        M.trajectory_against_data(walk, cloud, n_perm=200, walk_pairs=4096, seed=0)
     assert M.vocab_neighbours(vocab[:3], vocab)["topk_ids"] == M.vocab_neighbours(vocab[:3], vocab, k=5)["topk_ids"]
     assert M.DataSample(samples).n == 800 and M.DataSample(torch.cat([samples, samples])).n == 1000
     assert M.DataGaussian(samples.mean(0), torch.cov(samples.T)).radius() == \
