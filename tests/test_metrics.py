@@ -667,3 +667,12 @@ def test_data_gaussian_ridge_starts_tiny_and_grows_a_hundredfold():
                                rtol=1e-9, atol=0)
     with pytest.raises(torch.linalg.LinAlgError):
         M.DataGaussian(torch.zeros(5), _cov_with_eigenvalues([1.0, 1.0, 1.0, 1.0, -3.0]), shrinkage=0.0)
+
+
+def test_knn_measures_without_neighbours_are_named_and_nan(data):
+    """One data point has no k-th neighbour, and no generated points give no share: every measure is there, NaN."""
+    samples, _ = data
+    for real, fake in ((samples[:1], samples[1:5]), (samples[:30], samples[:0])):
+        out = M.DataSample(real).knn_precision_recall(fake)
+        assert set(out) == {"precision", "recall", "density", "coverage"}
+        assert all(math.isnan(v) for v in out.values())
