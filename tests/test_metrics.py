@@ -521,6 +521,18 @@ def test_defaults_are_the_documented_ones(vocab, data):
     assert M.energy_distance(x, y)["p"] == M.energy_distance(x, y, n_perm=200)["p"]
     shared = M.DataSample(y, max_n=500, seed=3).two_sample_tests(x, n_perm=20, seed=3)  # y subsampled by its seed
     assert M.energy_distance(x, y, n_perm=20, seed=3, max_n=500) == {"energy": shared["energy"], "p": shared["energy_p"]}
+    assert M.mmd_rbf(x, y, n_perm=20, seed=3, max_n=500) == \
+        {"mmd2": shared["mmd2"], "p": shared["mmd_p"], "bandwidth": shared["bandwidth"]}
+    assert M.mmd_rbf(x, y)["p"] == M.mmd_rbf(x, y, n_perm=200)["p"]
+    assert M.mmd_rbf(x, y, n_perm=20) != M.mmd_rbf(x, y, n_perm=20, max_n=1001)
+    assert torch.equal(M.DataSample(y).x, M.DataSample(y, max_n=1000, seed=0).x)
+    assert M.DataSample(y).two_sample_tests(x) == M.DataSample(y).two_sample_tests(x, n_perm=200, seed=0)
+    near = samples[:6] + 0.25            # close to y: a p-value that moves with the permutations' seed
+    assert M.DataSample(y).two_sample_tests(near, n_perm=20) != M.DataSample(y).two_sample_tests(near, n_perm=20, seed=1)
+    real = torch.randn(2100, 4, generator=gen(16))                        # above max_real: subsampled
+    fake = torch.randn(40, 4, generator=gen(17))
+    assert M.knn_precision_recall(real, fake) == M.knn_precision_recall(real, fake, k=5, max_real=2000, seed=0)
+    assert M.knn_precision_recall(real, fake) != M.knn_precision_recall(real, fake, seed=1)
     assert M.DataSample(samples[:30]).knn_precision_recall(samples[30:40]) == \
         M.DataSample(samples[:30]).knn_precision_recall(samples[30:40], k=5)
     big = torch.randn(5000, 24, generator=gen(12))      # 500 tokens: any two seeds' 100,000 pairs share the top ones
@@ -676,3 +688,16 @@ def test_knn_measures_without_neighbours_are_named_and_nan(data):
         out = M.DataSample(real).knn_precision_recall(fake)
         assert set(out) == {"precision", "recall", "density", "coverage"}
         assert all(math.isnan(v) for v in out.values())
+
+
+def test_two_sample_tests_from_two_points_each_count_ties_and_are_scale_free():
+    """Two points on each side can be tested. When x and y are the same two points, every permutation is at least
+    as extreme as the observed split (a tie or the separated split), so p = 1: the first permutation and exact ties
+    both count. The bandwidth follows the data's scale (distances far below 1), and the statistics with it."""
+    x = torch.tensor([[0.0], [10.0]])
+    mmd, energy = M.mmd_rbf(x, x.clone(), n_perm=20), M.energy_distance(x, x.clone(), n_perm=20)
+    assert mmd["p"] == 1.0 and energy["p"] == 1.0 and math.isfinite(mmd["mmd2"]) and math.isfinite(energy["energy"])
+    a, b = torch.randn(8, 3, generator=gen(18)).double(), torch.randn(9, 3, generator=gen(19)).double() + 1
+    big, small = M.mmd_rbf(a, b, n_perm=30), M.mmd_rbf(a * 1e-3, b * 1e-3, n_perm=30)
+    assert small["bandwidth"] == pytest.approx(big["bandwidth"] * 1e-3, rel=1e-9)
+    assert small["mmd2"] == pytest.approx(big["mmd2"], rel=1e-9) and small["p"] == big["p"]
