@@ -701,3 +701,14 @@ def test_two_sample_tests_from_two_points_each_count_ties_and_are_scale_free():
     big, small = M.mmd_rbf(a, b, n_perm=30), M.mmd_rbf(a * 1e-3, b * 1e-3, n_perm=30)
     assert small["bandwidth"] == pytest.approx(big["bandwidth"] * 1e-3, rel=1e-9)
     assert small["mmd2"] == pytest.approx(big["mmd2"], rel=1e-9) and small["p"] == big["p"]
+
+
+def test_tsne_2d_caps_the_perplexity_at_a_third_of_the_other_rows():
+    """perplexity = min(30, max(2, (n − 1) / 3)): 2 at 7 rows, 3 at 10, 30 at 100; the map equals scikit-learn's at
+    that value."""
+    from sklearn.manifold import TSNE
+
+    x = torch.randn(100, 4, generator=gen(20), dtype=torch.float64)
+    for n, perplexity in ((7, 2.0), (10, 3.0), (100, 30.0)):
+        want = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=0).fit_transform(x[:n].numpy())
+        torch.testing.assert_close(M.tsne_2d(x[:n]), torch.from_numpy(want).double())
