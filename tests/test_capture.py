@@ -50,20 +50,21 @@ def test_ledoit_wolf_is_positive_definite_when_count_below_dim(with_samples):
     x = torch.randn(10, 40, generator=gen, dtype=torch.float64) @ torch.randn(40, 40, generator=gen,
                                                                                dtype=torch.float64)
     g = RunningGaussian(40).add(x)
-    assert torch.linalg.eigvalsh(g.covariance()).min() < 1e-8          # singular: 10 points in 40 dims
-    samples = x if with_samples else None
-    shrunk = shrink(g.covariance(), covariance_shrinkage(g.covariance(), g.count, g.mean, samples))
+    cov = g.covariance()
+    assert torch.linalg.eigvalsh(cov).min() < 1e-8                     # singular: 10 points in 40 dims
+    shrunk = shrink(cov, covariance_shrinkage(cov, g.count, g.mean, x if with_samples else None))
     eig = torch.linalg.eigvalsh(shrunk)
     assert eig.min() > 1e-6 * eig.max()
-    assert torch.allclose(shrunk.trace(), g.covariance().trace())       # shrinks toward tr(S)/d · I
+    assert torch.allclose(shrunk.trace(), cov.trace())                  # shrinks toward tr(S)/d · I
 
 
 def test_ledoit_wolf_barely_shrinks_well_sampled_data():
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(20000, 8, generator=gen, dtype=torch.float64) * torch.linspace(1, 4, 8)
     g = RunningGaussian(8).add(x)
-    shrunk = shrink(g.covariance(), covariance_shrinkage(g.covariance(), g.count, g.mean, x[:2000]))
-    assert (shrunk - g.covariance()).abs().max() < 0.02 * g.covariance().abs().max()
+    cov = g.covariance()
+    shrunk = shrink(cov, covariance_shrinkage(cov, g.count, g.mean, x[:2000]))
+    assert (shrunk - cov).abs().max() < 0.02 * cov.abs().max()
     assert torch.equal(shrink(torch.zeros(3, 3), covariance_shrinkage(torch.zeros(3, 3), 5)),
                        torch.eye(3, dtype=torch.float64) * 1e-12)
 

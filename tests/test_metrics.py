@@ -474,6 +474,7 @@ def test_effective_rank_drops_noise_below_the_input_precision():
     assert M.effective_rank(noisy) > 2.0 + 1e-12                     # float64 keeps it
     assert M.effective_rank(noisy.numpy()) == pytest.approx(M.effective_rank(noisy))  # arrays count as float64
     assert math.isnan(M.effective_rank(torch.zeros(3, 4)))
+    assert math.isnan(M.effective_rank(torch.zeros(0, 4)))          # no rows: no singular values at all
     assert M.effective_rank(torch.eye(3)) == pytest.approx(3.0)
 
 
@@ -626,10 +627,6 @@ def test_pca_2d_randomized_route_is_seeded():
     torch.testing.assert_close(first["components"].abs(), exact.abs(), atol=1e-8, rtol=0)
 
 
-def test_effective_rank_of_no_rows_is_nan():
-    assert math.isnan(M.effective_rank(torch.zeros(0, 4)))
-
-
 def test_nc1_uses_each_class_own_rows():
     """Three classes of different spreads and sizes against the formula written out."""
     g = gen(7)
@@ -669,14 +666,12 @@ def test_data_gaussian_ridge_starts_tiny_and_grows_a_hundredfold():
     that six tries cannot factor (an eigenvalue below minus the mean variance) is refused."""
     x = torch.randn(7, 5, generator=gen(11), dtype=torch.float64)
     good = _cov_with_eigenvalues([4.0, 2.0, 1.0, 0.5, 0.25])
-    want = torch.linalg.solve(good, x.T).T.mul(x).sum(1).sqrt()
-    torch.testing.assert_close(M.DataGaussian(torch.zeros(5), good, shrinkage=0.0).mahalanobis(x), want,
-                               rtol=1e-9, atol=0)
     bad = _cov_with_eigenvalues([1.0, 1.0, 1.0, 1.0, -1e-3])
     fixed = bad + 1e-2 * float(bad.diagonal().mean()) * torch.eye(5, dtype=torch.float64)
-    want = torch.linalg.solve(fixed, x.T).T.mul(x).sum(1).sqrt()
-    torch.testing.assert_close(M.DataGaussian(torch.zeros(5), bad, shrinkage=0.0).mahalanobis(x), want,
-                               rtol=1e-9, atol=0)
+    for given, factored in ((good, good), (bad, fixed)):
+        want = torch.linalg.solve(factored, x.T).T.mul(x).sum(1).sqrt()
+        torch.testing.assert_close(M.DataGaussian(torch.zeros(5), given, shrinkage=0.0).mahalanobis(x), want,
+                                   rtol=1e-9, atol=0)
     with pytest.raises(torch.linalg.LinAlgError):
         M.DataGaussian(torch.zeros(5), _cov_with_eigenvalues([1.0, 1.0, 1.0, 1.0, -3.0]), shrinkage=0.0)
 
