@@ -1,0 +1,25 @@
+#!/bin/bash
+# Issue 24's own measure of a tune step: whole-process wall times of 4- and 24-step `eptk tune` runs (SmolLM2,
+# arith, batch 8, P = 20, --eval-every 0 --test-size 1), several commits interleaved, ROUNDS rounds; a step costs
+# (t24 - t4) / 20. Each commit runs from its own copy of the package (git archive), with this checkout's venv.
+#   bash benchmarks/whole_process.sh METHOD ROUNDS COMMIT...   e.g. soft 2 1ac4033 607a55f HEAD
+set -euo pipefail
+method=$1; rounds=$2; shift 2
+root=$(cd "$(dirname "$0")/.." && pwd); python="$root/.venv/bin/python"
+work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+for c in "$@"; do  # the package layout pyproject.toml maps: kernels/ and cli/ inside eptk/
+  mkdir -p "$work/src-$c" "$work/pkg-$c"
+  git -C "$root" archive "$c" eptk kernels cli | tar -x -C "$work/src-$c"
+  mv "$work/src-$c/eptk" "$work/pkg-$c/eptk"; mv "$work/src-$c/kernels" "$work/src-$c/cli" "$work/pkg-$c/eptk/"
+done
+echo "commit,steps,round,wall_s"
+for r in $(seq 1 "$rounds"); do
+  for c in "$@"; do
+    for steps in 4 24; do
+      start=$(date +%s.%N)
+      (cd "$work" && PYTHONPATH="$work/pkg-$c" "$python" -m eptk.cli.main tune --method "$method" --batch-size 8 \
+        --tokens 20 --steps "$steps" --eval-every 0 --test-size 1 --out "$work/run-$c-$steps-$r" >/dev/null 2>&1)
+      echo "$c,$steps,$r,$(echo "$(date +%s.%N) - $start" | bc)"
+    done
+  done
+done
