@@ -4,6 +4,7 @@
     python benchmarks/mutation.py eptk/linalg.py        # one module (make mutation MODULE=eptk/linalg.py)
     python benchmarks/mutation.py --report              # only rewrite the report from the last runs
     python benchmarks/mutation.py eptk/stats.py --collect-partial 2026-12-02T18:09   # a stopped run's results so far
+    python benchmarks/mutation.py eptk/metrics.py --resume  # a stopped run continued: only its mutants not run
 
 Each module runs in its own scratch copy of the package under .mutation/<module>/ (mutmut mutates a copy and
 puts it first on sys.path; the copy lays kernels/ and cli/ out as eptk/kernels and eptk/cli, so the modules keep
@@ -143,9 +144,33 @@ def run_module(module: str) -> dict:
     return collect(module, folder, started)
 
 
-def collect(module: str, folder: Path, started: dt.datetime, partial: bool = False) -> dict:
+def resume_module(module: str) -> dict:
+    """A stopped run continued in its scratch folder: the results it has stand, the current tests are copied in
+    (mutmut collects coverage for the new ones), and only the mutants without a result run."""
+    folder = SCRATCH / slug(module)
+    if not (folder / "mutants" / (scratch_path(module) + ".meta")).exists():
+        raise SystemExit(f"error: no stopped run of {module} under {folder.relative_to(ROOT)}; run it without --resume")
+    if (folder / scratch_path(module)).read_bytes() != (ROOT / module).read_bytes():
+        raise SystemExit(f"error: {module} changed since its stopped run; its results would not be this code's: "
+                         "run it again without --resume")
+    shutil.rmtree(folder / "tests")
+    shutil.copytree(ROOT / "tests", folder / "tests", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    left = sorted(name for name, code in statuses(folder, module).items() if code is None)
+    earlier = RESULTS / f"mutation-{slug(module)}.json"
+    minutes = json.loads(earlier.read_text())["minutes"] if earlier.exists() else 0.0
+    print(f"== {module}: resuming, {len(left)} mutants not run yet", flush=True)
+    started = dt.datetime.now()
+    if left and mutmut(folder, "run", "--max-children", "1", *left).returncode != 0:
+        raise SystemExit(f"mutmut run failed for {module}; see the output above")
+    left_now = any(code is None for code in statuses(folder, module).values())
+    return collect(module, folder, started, partial=left_now, earlier_minutes=minutes)
+
+
+def collect(module: str, folder: Path, started: dt.datetime, partial: bool = False,
+            earlier_minutes: float = 0.0) -> dict:
     """The module's results from its scratch folder, written to its JSON. `partial`: a run stopped before the end
-    (--collect-partial); the mutants it never ran count as `not checked` and the score leaves them out."""
+    (--collect-partial); the mutants it never ran count as `not checked` and the score leaves them out.
+    `earlier_minutes`: what the stopped run took before a --resume."""
     tests = MODULES[module]
     codes = statuses(folder, module)
     survivors = []
@@ -159,7 +184,8 @@ def collect(module: str, folder: Path, started: dt.datetime, partial: bool = Fal
         survivors.append({"mutant": name, "status": status, "function": function, "from": original,
                           "to": mutated, "equivalent": triage(module, function, original, mutated), "diff": diff})
     result = {"module": module, "tests": tests, "tool": f"mutmut {_version()}",
-              "date": started.strftime("%Y-%m-%d"), "minutes": round((dt.datetime.now() - started).seconds / 60, 1),
+              "date": started.strftime("%Y-%m-%d"),
+              "minutes": round(earlier_minutes + (dt.datetime.now() - started).seconds / 60, 1),
               "counts": _counts(codes), "survivors": survivors, **({"partial": True} if partial else {})}
     write_json(RESULTS / f"mutation-{slug(module)}.json", result)
     return result
@@ -240,6 +266,9 @@ def main(argv=None) -> int:
                         help="a run stopped before its end: write its modules' results so far from their scratch "
                              "folders (the mutants not run are listed as not checked); STARTED: when it began, "
                              "YYYY-MM-DDTHH:MM")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue each module's stopped run in its scratch folder: only the mutants it has no "
+                             "result for run, against the current tests")
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
@@ -253,7 +282,7 @@ def main(argv=None) -> int:
                   f"({share:.1%})", flush=True)
     elif not args.report:
         for module in args.modules or MODULES:
-            result = run_module(module)
+            result = resume_module(module) if args.resume else run_module(module)
             total, equivalent, killed, share = score(result)
             print(f"{module}: {killed} of {total - equivalent} non-equivalent mutants killed ({share:.1%})", flush=True)
     print(f"wrote {write_report().relative_to(ROOT)}")

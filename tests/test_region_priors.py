@@ -11,8 +11,11 @@ from eptk import linalg
 from eptk.capture import capture_task
 from eptk.errors import EptkUsageError
 from eptk.models import load_model
-from eptk.priors import ParamInfo, PriorContext, build_prior, parse_spec
-from eptk.priors.region import KNN_K, KNN_QUANTILE, NORM_BAND, Between, Exclusion
+from eptk.priors import ParamInfo, PriorContext, build_prior, check_prior, parse_spec
+from eptk.priors.basic import Normal
+from eptk.priors.region import (KNN_K, KNN_QUANTILE, NORM_BAND, Between, Exclusion, SlotRows, over_slot_rows,
+                                slot_row_spec)
+from eptk.spaces import slot_rows
 from eptk.stats_cache import StatsCache
 
 P = 8
@@ -42,7 +45,7 @@ def check_log_prob(prior, tensors):
     assert torch.isfinite(lp)
     for v in x.values():
         assert torch.isfinite(v.grad).all()
-    return float(lp)
+    return float(lp.detach())
 
 
 # ---- region:data ----------------------------------------------------------------------------------
@@ -373,3 +376,116 @@ def test_exclusion_log_density_and_acceptance_are_their_formulas():
     with pytest.raises(EptkUsageError, match="c must be greater than 1"):
         build_prior("exclusion:1", PriorContext(task="arith", stats=lambda task, layer: ls),
                     {"deep.2": ParamInfo("deep.2", (4, 6), 2)})
+
+
+def test_exclusion_log_density_inside_and_across_the_core():
+    """Inside the excluded core the log-density follows log τ·softplus((1 − ratio)/τ) at every depth: across the
+    boundary (|s| < 30, where p/τ and its softplus differ) and deep inside (s < −30, where it is s itself)."""
+    ls = synthetic_layer(d=3)
+    dist = Exclusion((1, 3), ls, 5.0, torch.Generator().manual_seed(0))
+    c_d = 5.0 ** (2 / 3)
+    core = 2 * math.log(5.0) / (1 - 1 / c_d)
+    L, mu = dist.scale_tril.double(), dist.mean.double()
+    log_det = 2 * float(L.diagonal().log().sum())
+    for d2 in (0.0, 0.3 * core, 0.99 * core, 0.9995 * core, 1.0005 * core, 1.01 * core, 2 * core):
+        x = (mu + math.sqrt(d2) * L[:, 0]).float()[None]   # along the factor's first column: D² = d2
+        d2_x = float(dist.mahalanobis2(x))
+        assert d2_x == pytest.approx(d2, rel=1e-4, abs=1e-4)
+        s = (1 - math.exp(math.log(5.0) - 0.5 * d2_x * (1 - 1 / c_d))) / 0.01
+        log_p = math.log(0.01) + float(torch.log(torch.nn.functional.softplus(torch.tensor(s, dtype=torch.float64))))
+        log_wide = -0.5 * d2_x / c_d - 0.5 * (log_det + 2 * math.log(5.0)) - 1.5 * math.log(2 * math.pi)
+        want = log_wide + log_p - math.log(dist.acceptance_rate)
+        assert float(dist.log_prob(x)) == pytest.approx(want, rel=1e-4, abs=1e-3), (d2 / core, s)
+
+
+def test_exclusion_samples_come_from_the_generator_and_are_logged(caplog):
+    """Construction and sampling draw from the generators given (the same seeds, the same prior and rows), count
+    every proposal, take one batch of 2·rows/rate proposals when that suffices, and log the rate."""
+    ls = synthetic_layer(d=3)
+    make = lambda rows=50: Exclusion((rows, 3), ls, 5.0, torch.Generator().manual_seed(0))  # noqa: E731
+    with caplog.at_level(logging.INFO, logger="eptk.priors.region"):
+        first, second = make(), make()
+        assert (first.accepted, first.proposed) == (second.accepted, second.proposed) and first.proposed == 4096
+        assert f"exclusion:5 prior at layer 2: acceptance rate {first.acceptance_rate:.3f}" in caplog.messages
+        accepted, rate = first.accepted, first.acceptance_rate
+        x = first.sample(torch.Generator().manual_seed(1))
+    assert torch.equal(x, second.sample(torch.Generator().manual_seed(1)))
+    assert not torch.equal(x, make().sample(torch.Generator().manual_seed(2)))
+    assert first.proposed == 4096 + max(64, int(2 * 50 / rate)) and first.accepted >= accepted + 50
+    assert first.acceptance_rate == first.accepted / first.proposed
+    assert (f"exclusion:5 acceptance rate {first.acceptance_rate:.3f} over {first.proposed} proposals"
+            in caplog.messages)
+    one = make(rows=1).sample(torch.Generator().manual_seed(3))
+    assert one.shape == (1, 3) and float(first.mahalanobis2(one)) > 2 * math.log(5) / (1 - 5 ** (-2 / 3))
+
+
+def test_exclusion_near_one_samples_after_an_empty_calibration_and_refuses_when_nothing_is_accepted():
+    """A c near 1 leaves a thin shell: the 4096 calibration proposals may accept none, and sampling still goes on
+    (c = 1.0003: 1 row after about 22,000 proposals); at c = 1 + 1e-9 nothing is accepted in 50 million proposals,
+    and the prior refuses in one line that says which way to move c."""
+    ls = synthetic_layer(d=3)
+    thin = Exclusion((1, 3), ls, 1.0003, torch.Generator().manual_seed(0))
+    assert thin.accepted == 0
+    assert thin.sample(torch.Generator().manual_seed(0)).shape == (1, 3) and thin.accepted >= 1
+    never = Exclusion((1, 3), ls, 1 + 1e-9, torch.Generator().manual_seed(0))
+    with pytest.raises(EptkUsageError, match=r"^exclusion:1\.000000001: no proposal accepted in 5\d{7}; use a larger c$"):
+        never.sample(torch.Generator().manual_seed(0))
+
+
+# ---- keys/values as slot rows, the task checks, device moves -------------------------------------
+
+def test_a_key_value_tensor_is_sampled_and_scored_as_its_slot_rows():
+    """A region family sees a prefix's keys [Hkv,P,D] as slot rows [P, Hkv*D]: its spec, its samples and its
+    log-density all go through that layout (a mean that differs per column makes any other layout score worse)."""
+    param = ParamInfo("prefix.2.key", (2, 3, 4), 2, "key")
+    spec = slot_row_spec(param)
+    assert (spec.name, tuple(spec.shape), spec.layer, spec.space) == ("prefix.2.key", (3, 8), 2, "key")
+    rows = Normal((3, 8), 0.5, mean=torch.arange(24.0).reshape(3, 8))
+    dist = SlotRows(rows, (2, 3, 4))
+    x = dist.sample(torch.Generator().manual_seed(0))
+    assert x.shape == (2, 3, 4)
+    torch.testing.assert_close(slot_rows(x), rows.sample(torch.Generator().manual_seed(0)))
+    assert float(dist.log_prob(x)) == pytest.approx(float(rows.log_prob(slot_rows(x))))
+    assert float(dist.log_prob(x)) > float(rows.log_prob(x.reshape(3, 8))) + 100
+    assert dist.to("meta") is dist and rows.mean.device.type == "meta"
+
+
+def test_region_families_wrap_keys_values_and_pass_activations_through():
+    seen = []
+    make = over_slot_rows(lambda args, ctx, param: seen.append(param) or Normal(param.shape, 1.0))
+    plain = make({}, None, ParamInfo("deep.2", (3, 8), 2))
+    assert isinstance(plain, Normal) and seen[-1].shape == (3, 8)
+    wrapped = make({}, None, ParamInfo("prefix.2.value", (2, 3, 4), 2, "value"))
+    assert isinstance(wrapped, SlotRows) and tuple(seen[-1].shape) == (3, 8) and wrapped.shape == (2, 3, 4)
+
+
+def test_exclusion_on_keys_reports_its_acceptance_rate(tiny_ctx):
+    params = {"prefix.2.key": ParamInfo("prefix.2.key", (2, P, 16), 2, "key")}
+    dist = build_prior("exclusion:5", tiny_ctx, params).dists["prefix.2.key"]
+    assert isinstance(dist, SlotRows) and dist.acceptance_rate == dist.rows.acceptance_rate
+    assert 0 < dist.acceptance_rate <= 1
+
+
+@pytest.mark.parametrize("spec,task", [("region:data:poetry", "arith"), ("region:new", "poetry"),
+                                       ("region:between:arith,poetry", "arith"),
+                                       ("region:between:poetry,arith", "arith")])
+def test_region_priors_check_their_tasks_before_any_model(spec, task):
+    """An unknown task is refused at the check (before a model loads), by name, with the valid ones; the run's own
+    task stands in when the spec names none."""
+    ctx = PriorContext(task=task, model="tiny", seed=0)
+    with pytest.raises(EptkUsageError, match="unknown task 'poetry'; valid: .*arith"):
+        check_prior(spec, ctx)
+
+
+@pytest.mark.parametrize("spec", ["region:data", "region:data:fill", "region:new:qa", "region:between:arith,fill"])
+def test_region_priors_of_known_tasks_pass_the_check(spec):
+    check_prior(spec, PriorContext(task="arith", model="tiny", seed=0))
+
+
+def test_new_region_and_between_move_every_tensor_they_sample_from(tiny_ctx):
+    """`to(device)` moves what log_prob reads and returns the distribution (a meta device shows it on a CPU)."""
+    new = build_prior("region:new", tiny_ctx, prompt_params([2])).dists["deep.2"]
+    assert new.to("meta") is new and new.centres.device.type == "meta"
+    between = build_prior("region:between:arith,fill", tiny_ctx, prompt_params([2])).dists["deep.2"]
+    assert between.to("meta") is between
+    assert {g.mean.device.type for g in (between.a, between.b, between.moments)} == {"meta"}
