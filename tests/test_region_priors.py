@@ -13,8 +13,8 @@ from eptk.errors import EptkUsageError
 from eptk.models import load_model
 from eptk.priors import ParamInfo, PriorContext, build_prior, check_prior, parse_spec
 from eptk.priors.basic import Normal
-from eptk.priors.region import (KNN_K, KNN_QUANTILE, NORM_BAND, Between, Exclusion, SlotRows, over_slot_rows,
-                                slot_row_spec)
+from eptk.priors.region import (KNN_K, KNN_QUANTILE, NORM_BAND, Between, Exclusion, SlotRows, _parse_task,
+                                over_slot_rows, sampler_seed, slot_row_spec)
 from eptk.spaces import slot_rows
 from eptk.stats_cache import StatsCache
 
@@ -339,6 +339,35 @@ def test_new_region_samples_clear_every_bound_by_the_margin():
     inside = ls.samples[:5].double()
     assert not dist.checks(inside)["mahalanobis"].any() and not dist.cheap_checks(inside).any()
     assert torch.equal(dist.sample(torch.Generator().manual_seed(1)), x.float())   # seeded
+    again = NewRegion((40, 4), ls, torch.Generator().manual_seed(0))
+    assert torch.equal(again.centres, dist.centres)                                 # its density's pool: seeded
+    far_out = x[:2] * (b.norm_hi / x[:2].norm(dim=1, keepdim=True)) * 1.5       # the same directions, too long
+    too_short = x[:2] * (b.norm_lo / x[:2].norm(dim=1, keepdim=True)) * 0.5     # and too short
+    assert not dist.checks(far_out)["norm"].any() and not dist.checks(too_short)["norm"].any()
+
+
+def test_new_region_refuses_where_the_data_fills_its_norm_band():
+    """Data spread evenly over a ring around the origin (d = 2): every vector with a norm inside the data's band
+    lies within its Mahalanobis range, so no path clears the bounds. Building the density's pool of 256 rows
+    refuses after 20 rounds of 320 tries (the rows still needed and a quarter more), in one line with what it
+    found and the data's bounds."""
+    from eptk.priors.region import NewRegion
+    from eptk.stats import Reservoir, RunningGaussian, layer_activations
+
+    g = torch.Generator().manual_seed(0)
+    angle = 2 * math.pi * torch.rand(2000, generator=g, dtype=torch.float64)
+    radius = 1 + torch.rand(2000, generator=g, dtype=torch.float64)
+    x = torch.stack([radius * angle.cos(), radius * angle.sin()], dim=1)
+    res = Reservoir(2000, 2)
+    res.add(x)
+    ring = layer_activations(3, RunningGaussian(2).add(x), res)
+    with pytest.raises(EptkUsageError) as refused:
+        NewRegion((4, 2), ring, torch.Generator().manual_seed(0))
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("region:new: found only 0 of 256 vectors outside the data at layer 3 after 6400 "
+                              "tries (data: max Mahalanobis 1.8")
+    assert "the data fills its norm band here, use another layer or prior" in message
 
 
 def test_between_moments_are_the_interpolations():
@@ -451,12 +480,37 @@ def test_a_key_value_tensor_is_sampled_and_scored_as_its_slot_rows():
 
 
 def test_region_families_wrap_keys_values_and_pass_activations_through():
-    seen = []
-    make = over_slot_rows(lambda args, ctx, param: seen.append(param) or Normal(param.shape, 1.0))
-    plain = make({}, None, ParamInfo("deep.2", (3, 8), 2))
-    assert isinstance(plain, Normal) and seen[-1].shape == (3, 8)
-    wrapped = make({}, None, ParamInfo("prefix.2.value", (2, 3, 4), 2, "value"))
-    assert isinstance(wrapped, SlotRows) and tuple(seen[-1].shape) == (3, 8) and wrapped.shape == (2, 3, 4)
+    """A family's `make` gets the parsed args and the context as they came, and on keys/values the slot-row spec;
+    the distribution it makes is the one wrapped."""
+    calls = []
+
+    def make(args, ctx, param):
+        calls.append((args, ctx, param))
+        return Normal(param.shape, 1.0)
+    args, ctx = {"task": "fill"}, PriorContext(task="arith", model="tiny", seed=0)
+    plain = over_slot_rows(make)(args, ctx, ParamInfo("deep.2", (3, 8), 2))
+    assert isinstance(plain, Normal) and calls[-1][:2] == (args, ctx) and calls[-1][2].shape == (3, 8)
+    wrapped = over_slot_rows(make)(args, ctx, ParamInfo("prefix.2.value", (2, 3, 4), 2, "value"))
+    assert len(calls) == 2 and calls[-1][:2] == (args, ctx) and tuple(calls[-1][2].shape) == (3, 8)
+    assert isinstance(wrapped, SlotRows) and wrapped.shape == (2, 3, 4) and wrapped.rows.shape == (3, 8)
+
+
+def test_a_region_spec_names_its_task_or_none():
+    parse = _parse_task("region:data")
+    assert parse(None) == {"task": None} and parse(" fill ") == {"task": "fill"}
+    for empty in ("", "  "):
+        with pytest.raises(EptkUsageError, match=r"^prior region:data: needs a task after the colon, "
+                                                 r"e\.g\. region:data:arith \(or region:data\)$"):
+            parse(empty)
+
+
+def test_sampler_seeds_stay_what_committed_runs_used():
+    """The seed of a family's own sampler is part of a run's record: a committed run rebuilt from its config must
+    draw the same prior. Apart per run seed, layer, salt and space (none, key, value)."""
+    ctx = PriorContext(task="arith", model="tiny", seed=2)
+    seeds = {space: sampler_seed(ctx, ParamInfo("p", (2, 3, 4), 3, space), 13) for space in ("", "key", "value")}
+    assert seeds == {"": 2_000_006 + 21 + 13, "key": 2_000_006 + 21 + 13 + 100_003,
+                     "value": 2_000_006 + 21 + 13 + 200_006}
 
 
 def test_exclusion_on_keys_reports_its_acceptance_rate(tiny_ctx):
