@@ -335,6 +335,7 @@ def test_new_region_samples_clear_every_bound_by_the_margin():
     assert float(ls.mahalanobis(x.float()).min()) > b.mahalanobis * (1 + MARGIN) * (1 - 1e-5)
     norms = x.norm(dim=1)
     assert bool(((norms >= b.norm_lo) & (norms <= b.norm_hi)).all())
+    assert float(norms.max() - norms.min()) > 0.5 * (b.norm_hi - b.norm_lo)   # each row its own norm in the band
     assert torch.equal(dist.cheap_checks(x), checks["mahalanobis"] & checks["norm"])
     inside = ls.samples[:5].double()
     assert not dist.checks(inside)["mahalanobis"].any() and not dist.cheap_checks(inside).any()
