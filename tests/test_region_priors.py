@@ -299,12 +299,15 @@ def test_knn_distance_is_the_kth_nearest_row():
     assert torch.equal(knn_distance(many, data, 1)[-2:], torch.tensor([2991.0, 2992.0], dtype=torch.float64))
 
 
-def test_new_region_bounds_are_the_datas_own():
+def test_new_region_bounds_are_the_datas_own(caplog):
     from eptk.priors.region import knn_distance, new_region_bounds
 
     ls = synthetic_layer()
     data = ls.samples.double()
-    b = new_region_bounds(ls)
+    with caplog.at_level(logging.WARNING, logger="eptk.priors.region"):
+        b = new_region_bounds(ls)              # statistics with no distance over every token: the reservoir's bound
+    assert caplog.messages == ["region:new at layer 2: these statistics predate eptk-stats/4 and record no distance "
+                               "over every token; the bound is the reservoir's (recapture for the full guarantee)"]
     norms = data.norm(dim=1)
     assert (b.norm_lo, b.norm_hi) == pytest.approx(torch.quantile(norms, torch.tensor([0.05, 0.95],
                                                                                       dtype=torch.float64)).tolist())
