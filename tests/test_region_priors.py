@@ -461,7 +461,8 @@ def test_exclusion_near_one_samples_after_an_empty_calibration_and_refuses_when_
     assert thin.accepted == 0
     assert thin.sample(torch.Generator().manual_seed(0)).shape == (1, 3) and thin.accepted >= 1
     never = Exclusion((1, 3), ls, 1 + 1e-9, torch.Generator().manual_seed(0))
-    with pytest.raises(EptkUsageError, match=r"^exclusion:1\.000000001: no proposal accepted in 5\d{7}; use a larger c$"):
+    refusal = r"^exclusion:1\.000000001: no proposal accepted in 5\d{7}; use a larger c$"
+    with pytest.raises(EptkUsageError, match=refusal):
         never.sample(torch.Generator().manual_seed(0))
 
 
@@ -547,3 +548,32 @@ def test_new_region_and_between_move_every_tensor_they_sample_from(tiny_ctx):
     between = build_prior("region:between:arith,fill", tiny_ctx, prompt_params([2])).dists["deep.2"]
     assert between.to("meta") is between
     assert {g.mean.device.type for g in (between.a, between.b, between.moments)} == {"meta"}
+
+
+def test_layer_stats_for_reads_the_named_or_the_runs_task_at_its_layer_and_space():
+    """The statistics a family reads: the task it names or the run's, at the tensor's layer, in its space (keys or
+    values with the space, activations with the two-argument call), the fixed capture seed's when asked and
+    given, and refused by family name when the width differs."""
+    from eptk.priors.region import layer_stats_for
+
+    calls = []
+
+    def stats(task, layer, **space):
+        calls.append((task, layer, space))
+        return synthetic_layer(d=8)
+
+    def reference(task, layer, **space):
+        calls.append(("reference", task, layer, space))
+        return synthetic_layer(d=8)
+    key = ParamInfo("prefix.3.key", (5, 8), 3, "key")
+    both = PriorContext(task="arith", model="tiny", seed=0, stats=stats, reference_stats=reference)
+    layer_stats_for("region:data", both, key, "fill")
+    layer_stats_for("region:data", both, key, None)
+    layer_stats_for("region:data", both, ParamInfo("deep.2", (5, 8), 2), None)
+    layer_stats_for("vae", both, key, None, reference=True)
+    layer_stats_for("vae", PriorContext(task="arith", model="tiny", seed=0, stats=stats), key, None, reference=True)
+    assert calls == [("fill", 3, {"space": "key"}), ("arith", 3, {"space": "key"}), ("arith", 2, {}),
+                     ("reference", "arith", 3, {"space": "key"}), ("arith", 3, {"space": "key"})]
+    with pytest.raises(EptkUsageError, match="^prior 'region:data' gives vectors of width 8 but prefix.3.key has "
+                                             "width 6"):
+        layer_stats_for("region:data", both, ParamInfo("prefix.3.key", (5, 6), 3, "key"), None)
