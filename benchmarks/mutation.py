@@ -57,14 +57,22 @@ def scratch_path(module: str) -> str:
     return f"{LAYOUT[top]}/{rest}"
 
 
+IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+
+def copy_tests(folder: Path) -> None:
+    """The repository's tests, as they are now, into a scratch folder (replacing any older copy)."""
+    shutil.rmtree(folder / "tests", ignore_errors=True)
+    shutil.copytree(ROOT / "tests", folder / "tests", ignore=IGNORE)
+
+
 def lay_out(module: str, tests: list[str]) -> Path:
     """A fresh scratch copy of the package and the tests, with mutmut's settings for this module."""
     folder = SCRATCH / slug(module)
     shutil.rmtree(folder, ignore_errors=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for top, where in LAYOUT.items():
-        shutil.copytree(ROOT / top, folder / where, ignore=ignore)
-    shutil.copytree(ROOT / "tests", folder / "tests", ignore=ignore)
+        shutil.copytree(ROOT / top, folder / where, ignore=IGNORE)
+    copy_tests(folder)
     settings = {
         "source_paths": ["eptk"],  # the whole package is copied; only the module is mutated
         "only_mutate": [scratch_path(module)],
@@ -138,10 +146,21 @@ def run_module(module: str) -> dict:
     folder = lay_out(module, tests)
     print(f"== {module}: mutmut against {' '.join(tests)} (scratch {folder.relative_to(ROOT)})", flush=True)
     started = dt.datetime.now()
-    proc = mutmut(folder, "run", "--max-children", "1")
+    run_mutants(folder, module)
+    return collect(module, folder, started)
+
+
+def run_mutants(folder: Path, module: str, *names: str) -> None:
+    """mutmut over the module's mutants (or only `names`), one test process at a time."""
+    proc = mutmut(folder, "run", "--max-children", "1", *names)
     if proc.returncode != 0:
         raise SystemExit(f"mutmut run failed for {module} (exit {proc.returncode}); see the output above")
-    return collect(module, folder, started)
+
+
+def refuse(message: str) -> None:
+    """Bad input: one line on stderr and exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def resume_module(module: str) -> dict:
@@ -149,19 +168,18 @@ def resume_module(module: str) -> dict:
     (mutmut collects coverage for the new ones), and only the mutants without a result run."""
     folder = SCRATCH / slug(module)
     if not (folder / "mutants" / (scratch_path(module) + ".meta")).exists():
-        raise SystemExit(f"error: no stopped run of {module} under {folder.relative_to(ROOT)}; run it without --resume")
+        refuse(f"no stopped run of {module} under {folder.relative_to(ROOT)}; run it without --resume")
     if (folder / scratch_path(module)).read_bytes() != (ROOT / module).read_bytes():
-        raise SystemExit(f"error: {module} changed since its stopped run; its results would not be this code's: "
-                         "run it again without --resume")
-    shutil.rmtree(folder / "tests")
-    shutil.copytree(ROOT / "tests", folder / "tests", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        refuse(f"{module} changed since its stopped run; its results would not be this code's: run it again "
+               "without --resume")
+    copy_tests(folder)
     left = sorted(name for name, code in statuses(folder, module).items() if code is None)
     earlier = RESULTS / f"mutation-{slug(module)}.json"
     minutes = json.loads(earlier.read_text())["minutes"] if earlier.exists() else 0.0
     print(f"== {module}: resuming, {len(left)} mutants not run yet", flush=True)
     started = dt.datetime.now()
-    if left and mutmut(folder, "run", "--max-children", "1", *left).returncode != 0:
-        raise SystemExit(f"mutmut run failed for {module}; see the output above")
+    if left:
+        run_mutants(folder, module, *left)
     left_now = any(code is None for code in statuses(folder, module).values())
     return collect(module, folder, started, partial=left_now, earlier_minutes=minutes)
 
@@ -272,8 +290,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
-        print(f"error: unknown module {unknown[0]!r}; valid: {', '.join(MODULES)}", file=sys.stderr)
-        return 2
+        refuse(f"unknown module {unknown[0]!r}; valid: {', '.join(MODULES)}")
     if args.collect_partial:
         started = dt.datetime.fromisoformat(args.collect_partial)
         for module in args.modules:

@@ -18,7 +18,8 @@ for r in $(seq 1 "$rounds"); do
     for steps in 4 24; do
       start=$(date +%s.%N)
       (cd "$work" && PYTHONPATH="$work/pkg-$c" "$python" -m eptk.cli.main tune --method "$method" --batch-size 8 \
-        --tokens 20 --steps "$steps" --eval-every 0 --test-size 1 --out "$work/run-$c-$steps-$r" >/dev/null 2>&1)
+        --tokens 20 --steps "$steps" --eval-every 0 --test-size 1 --out "$work/run-$c-$steps-$r" >"$work/log" 2>&1) \
+        || { echo "error: eptk tune at $c ($steps steps) failed: $(tail -n 1 "$work/log")" >&2; exit 1; }
       echo "$c,$steps,$r,$(echo "$(date +%s.%N) - $start" | bc)"
     done
   done

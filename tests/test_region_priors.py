@@ -278,14 +278,19 @@ def test_exclusion_rejects_the_core_and_reports_acceptance(tiny_ctx, caplog):
 
 # ---- the same families on synthetic statistics (no model): their formulas ---------------------------------
 
-def synthetic_layer(seed=0, n=300, d=6, layer=2, max_mahalanobis=None):
+def layer_of_rows(x, layer=2, max_mahalanobis=None):
+    """A layer's statistics captured from exactly the rows x [n, d] (every row kept in the reservoir)."""
     from eptk.stats import Reservoir, RunningGaussian, layer_activations
 
+    res = Reservoir(*x.shape)
+    res.add(x)
+    return layer_activations(layer, RunningGaussian(x.shape[1]).add(x), res, max_mahalanobis=max_mahalanobis)
+
+
+def synthetic_layer(seed=0, n=300, d=6, layer=2, max_mahalanobis=None):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.linspace(0.5, 2.0, d) + 4.0
-    res = Reservoir(n, d)
-    res.add(x)
-    return layer_activations(layer, RunningGaussian(d).add(x), res, max_mahalanobis=max_mahalanobis)
+    return layer_of_rows(x, layer, max_mahalanobis)
 
 
 def test_knn_distance_is_the_kth_nearest_row():
@@ -356,15 +361,11 @@ def test_new_region_refuses_where_the_data_fills_its_norm_band():
     refuses after 20 rounds of 320 tries (the rows still needed and a quarter more), in one line with what it
     found and the data's bounds."""
     from eptk.priors.region import NewRegion
-    from eptk.stats import Reservoir, RunningGaussian, layer_activations
 
     g = torch.Generator().manual_seed(0)
     angle = 2 * math.pi * torch.rand(2000, generator=g, dtype=torch.float64)
     radius = 1 + torch.rand(2000, generator=g, dtype=torch.float64)
-    x = torch.stack([radius * angle.cos(), radius * angle.sin()], dim=1)
-    res = Reservoir(2000, 2)
-    res.add(x)
-    ring = layer_activations(3, RunningGaussian(2).add(x), res)
+    ring = layer_of_rows(torch.stack([radius * angle.cos(), radius * angle.sin()], dim=1), layer=3)
     with pytest.raises(EptkUsageError) as refused:
         NewRegion((4, 2), ring, torch.Generator().manual_seed(0))
     message = str(refused.value)
