@@ -707,3 +707,47 @@ def test_tsne_2d_caps_the_perplexity_at_a_third_of_the_other_rows():
     for n, perplexity in ((7, 2.0), (10, 3.0), (100, 30.0)):
         want = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=0).fit_transform(x[:n].numpy())
         torch.testing.assert_close(M.tsne_2d(x[:n]), torch.from_numpy(want).double())
+
+
+def naive_silhouette(x: torch.Tensor, labels) -> float:
+    """Rousseeuw's definition point by point (s = 0 for a point alone in its cluster)."""
+    scores = []
+    for i, own in enumerate(labels):
+        dist = {c: [float((x[i] - x[j]).norm()) for j, cj in enumerate(labels) if cj == c and j != i]
+                for c in set(labels)}
+        if not dist[own]:
+            scores.append(0.0)
+            continue
+        a = sum(dist[own]) / len(dist[own])
+        b = min(sum(d) / len(d) for c, d in dist.items() if c != own)
+        scores.append((b - a) / max(a, b))
+    return sum(scores) / len(scores)
+
+
+def test_silhouette_of_a_two_point_cluster_averages_over_its_one_neighbour():
+    # a two-point cluster's a is the distance to its single neighbour (divided by 2 − 1, not clamped to 2),
+    # and its points score (they are not alone, as a singleton is)
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0], [11.0, 1.0], [13.0, 0.0], [30.0, 5.0]], dtype=torch.float64)
+    labels = ["a", "a", "b", "b", "b", "c"]
+    assert M.silhouette(x, labels) == pytest.approx(naive_silhouette(x, labels), rel=1e-12)
+    assert M.silhouette(x[:5], labels[:5]) == pytest.approx(naive_silhouette(x[:5], labels[:5]), rel=1e-12)
+
+
+def test_silhouette_takes_labels_in_the_rows_own_shape():
+    # runs × slots vectors with runs × slots labels: numpy's inverse codes keep the labels' 2-D shape
+    g = gen(21)
+    x = torch.cat([torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g) + 3])
+    labels = np.array([0] * 6 + [1] * 6)
+    flat = M.silhouette(x, labels)
+    assert M.silhouette(x.reshape(2, 6, 3), labels.reshape(2, 6)) == pytest.approx(flat, rel=1e-12)
+    dist = torch.cdist(x.double(), x.double())
+    assert M.silhouette_from_distances(dist, labels.reshape(3, 4)) == pytest.approx(flat, rel=1e-12)
+
+
+def test_metrics_take_a_list_of_row_tensors():
+    # per-run vectors collected in a Python list are read as rows, like the stacked tensor
+    g = gen(22)
+    x = torch.randn(9, 5, generator=g)
+    rows = list(x)
+    assert M.participation_ratio(rows) == pytest.approx(M.participation_ratio(x), rel=1e-12)
+    assert M.mean_pairwise_cosine(rows) == pytest.approx(M.mean_pairwise_cosine(x), rel=1e-12)
