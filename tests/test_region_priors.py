@@ -355,6 +355,20 @@ def test_new_region_samples_clear_every_bound_by_the_margin():
     assert not dist.checks(far_out)["norm"].any() and not dist.checks(too_short)["norm"].any()
 
 
+def test_new_region_takes_one_row_per_path():
+    """Each path is walked outward until its first point clears the bounds, then it is done: a path's points
+    all share the path's norm ρ, so a path taken twice shows as two rows with one norm (the norms of distinct
+    paths are continuous draws and never agree to 1e-9)."""
+    from eptk.priors.region import NewRegion
+
+    for d in (4, 6):
+        ls = synthetic_layer(d=d)
+        dist = NewRegion((40, d), ls, torch.Generator().manual_seed(0))
+        norms = dist.draw(300, torch.Generator().manual_seed(3)).norm(dim=1).sort().values
+        gaps = (norms[1:] - norms[:-1]) / norms[1:]
+        assert float(gaps.min()) > 1e-9, f"d={d}: {int((gaps <= 1e-9).sum())} rows share a path"
+
+
 def test_new_region_refuses_where_the_data_fills_its_norm_band():
     """Data spread evenly over a ring around the origin (d = 2): every vector with a norm inside the data's band
     lies within its Mahalanobis range, so no path clears the bounds. Building the density's pool of 256 rows
