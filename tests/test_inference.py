@@ -101,7 +101,7 @@ def test_wilson_share_level_and_empty_input():
     one = I.wilson(1, 1)
     assert one["mean"] == 1.0 and 0 < one["lo"] < 1 and one["hi"] == pytest.approx(1.0)
     empty = I.wilson(0, 0)
-    assert math.isnan(empty["lo"]) and math.isnan(empty["hi"]) and empty["why"] == "no runs"
+    assert math.isnan(empty["lo"]) and math.isnan(empty["hi"]) and empty["why"] == "no runs" and empty["n"] == 0
 
 
 def test_spearman_test_known_values_and_what_it_drops():
@@ -224,3 +224,189 @@ def test_mixed_model_intervals_are_over_seeds_not_rows():
     means = [np.mean(np.log(values)[seeds == s]) for s in (0, 1, 2)]
     half = t.ppf(0.975, 2) * np.std(means, ddof=1) / math.sqrt(3)
     assert math.log(ci["hi"] / ci["lo"]) / 2 == pytest.approx(half, rel=0.1)
+
+
+def test_plain_intervals_say_why_they_have_no_interval():
+    """Too few values: the mean (or difference) that exists, the count, NaN bounds and the reason; all values alike:
+    a zero-width interval at the value (scipy would return NaN)."""
+    few = I.t_interval([2.5, None, math.nan])
+    assert (few["mean"], few["n"], few["why"]) == (2.5, 1, "fewer than 2 values") and math.isnan(few["lo"] + few["hi"])
+    empty = I.t_interval([])
+    assert math.isnan(empty["mean"]) and empty["n"] == 0
+    assert I.t_interval([3.0, 3.0, 3.0]) == {"mean": 3.0, "lo": 3.0, "hi": 3.0, "n": 3}
+    w = I.welch_interval([1.0, 2.0, 3.0], [5.0])
+    assert (w["mean"], w["n"], w["why"]) == (-3.0, 4, "fewer than 2 values in an arm") and math.isnan(w["lo"])
+    assert math.isnan(I.welch_interval([], [1.0, 2.0])["mean"]) and math.isnan(I.welch_interval([1.0, 2.0], [])["mean"])
+    assert I.welch_interval([4.0, 4.0], [1.0, 1.0, 1.0]) == {"mean": 3.0, "lo": 3.0, "hi": 3.0, "n": 5}
+    p = I.paired_interval([1.0, None, 3.0, math.inf], [0.5, 2.0, None, 1.0])
+    assert (p["mean"], p["n"], p["why"]) == (0.5, 1, "fewer than 2 pairs") and math.isnan(p["hi"])
+    assert math.isnan(I.paired_interval([], [])["mean"])
+    assert I.paired_interval([3.0, 5.0, 8.0], [1.0, 3.0, 6.0]) == {"mean": 2.0, "lo": 2.0, "hi": 2.0, "n": 3}
+    b = I.bootstrap_difference([1.0] * 3, [0.0] * 12)
+    assert (b["mean"], b["n"], b["why"]) == (1.0, 15, "fewer than 10 runs in an arm: no bootstrap")
+    assert I.bootstrap_difference([0.0] * 12, [1.0] * 5)["why"].startswith("fewer than 10")
+    assert I.bootstrap_difference([2.0] * 10, [1.0] * 11) == {"mean": 1.0, "lo": 1.0, "hi": 1.0, "n": 21}
+    assert math.isnan(I.bootstrap_difference([], [1.0] * 10)["mean"])
+
+
+def test_plain_intervals_take_their_level_and_drop_missing_values():
+    from scipy.stats import bootstrap, ttest_1samp, ttest_ind, ttest_rel
+
+    x, y = [1.0, 2.5, 4.0, 3.0], [2.0, 2.2, 5.5, 3.1]
+    for level in (0.8, 0.99):
+        lo, hi = ttest_1samp(x, 0.0).confidence_interval(level)
+        assert (I.t_interval(x + [None, math.nan], level)["lo"], I.t_interval(x, level)["hi"]) == (
+            pytest.approx(lo), pytest.approx(hi))
+        lo, hi = ttest_ind(x, y, equal_var=False).confidence_interval(level)
+        assert (I.welch_interval(x, y + [None], level)["lo"], I.welch_interval(x, y, level)["hi"]) == (
+            pytest.approx(lo), pytest.approx(hi))
+        lo, hi = ttest_rel(x, y).confidence_interval(level)
+        paired = I.paired_interval(x + [None], y + [1.0], level)
+        assert (paired["lo"], paired["hi"], paired["n"]) == (pytest.approx(lo), pytest.approx(hi), 4)
+    assert I.paired_interval(x, y)["mean"] == pytest.approx(np.mean(np.subtract(x, y)))
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(80, 5, 12), rng.normal(75, 5, 10)
+    ref = bootstrap((a, b), lambda u, v, axis: u.mean(axis=axis) - v.mean(axis=axis), vectorized=True, paired=False,
+                    confidence_level=0.9, method="BCa", n_resamples=999, random_state=np.random.default_rng(7))
+    got = I.bootstrap_difference(list(a) + [None], b, 0.9, seed=7, n_resamples=999)
+    assert (got["lo"], got["hi"], got["n"]) == (pytest.approx(ref.confidence_interval.low),
+                                                  pytest.approx(ref.confidence_interval.high), 22)
+    assert got["mean"] == pytest.approx(a.mean() - b.mean())
+    assert I.bootstrap_difference(a, b, seed=1) != I.bootstrap_difference(a, b, seed=2)   # the seed is used
+    assert I.bootstrap_difference(a, b) == I.bootstrap_difference(a, b, seed=0, n_resamples=9999)
+
+
+def test_score_interval_edge_cases_and_level():
+    """No runs (or only empty ones): no interval, and why. One run, or every item alike: the exact binomial
+    interval over the items, in percent, n the number of runs. Several runs: statsmodels' GEE at the level asked."""
+    from scipy.stats import binomtest
+
+    none = I.score_interval([[], []])
+    assert math.isnan(none["mean"]) and none["why"] == "no runs" and none["n"] == 0
+    alike = I.score_interval([[1.0] * 50, [], [1.0] * 30])
+    exact = binomtest(80, 80).proportion_ci(method="exact")
+    assert (alike["mean"], alike["n"], alike["method"]) == (100.0, 2, "exact binomial over items")
+    assert (alike["lo"], alike["hi"]) == (pytest.approx(100 * exact.low), pytest.approx(100 * exact.high))
+    one = I.score_interval([[1, 0, 1, 1]], level=0.8)
+    ref = binomtest(3, 4).proportion_ci(0.8, method="exact")
+    assert (one["mean"], one["lo"], one["hi"], one["n"]) == (75.0, pytest.approx(100 * ref.low),
+                                                            pytest.approx(100 * ref.high), 1)
+    rng = np.random.default_rng(6)
+    runs = [(rng.random(400) < p).astype(float) for p in (0.6, 0.7, 0.8)]
+    wide, narrow = I.score_interval(runs, level=0.99), I.score_interval(runs, level=0.8)
+    assert narrow["mean"] == wide["mean"] and wide["lo"] < narrow["lo"] < narrow["hi"] < wide["hi"]
+    assert wide["n"] == 3 and wide["method"] == "binomial GEE"
+    # the GEE's intercept is the logit of the pooled share (one cluster-robust mean): the same centre
+    assert wide["mean"] == pytest.approx(100 * np.concatenate(runs).mean(), rel=1e-6)
+
+
+def test_log_ols_levels_missing_arms_and_the_ratio_direction():
+    ols = I.LogOLS({"a": [1.0, 1.2, 0.8], "b": [2.0, 2.4, 1.6], "empty": [], "none": [None, math.nan]})
+    assert ols.arms == ["a", "b"] and ols.n == 6
+    ab, ba = ols.ratio("a", "b"), ols.ratio("b", "a")
+    geo = lambda v: math.exp(np.mean(np.log(v)))  # noqa: E731
+    assert ab["mean"] == pytest.approx(geo([1.0, 1.2, 0.8]) / geo([2.0, 2.4, 1.6])) and ba["mean"] == pytest.approx(1 / ab["mean"])
+    assert (ab["lo"], ab["hi"]) == (pytest.approx(1 / ba["hi"]), pytest.approx(1 / ba["lo"]))
+    assert ols.mean("b")["mean"] == pytest.approx(geo([2.0, 2.4, 1.6])) and ols.mean("b")["n"] == 6
+    m80, m99 = ols.mean("a", level=0.8), ols.mean("a", level=0.99)
+    assert m99["lo"] < m80["lo"] < m80["mean"] < m80["hi"] < m99["hi"]
+    assert ols.ratio("a", "b", level=0.8)["hi"] < ab["hi"]
+    for ci, why in ((ols.mean("empty"), "no runs"), (ols.ratio("a", "none"), "an arm has no runs"),
+                    (ols.ratio("missing", "a"), "an arm has no runs")):
+        assert math.isnan(ci["mean"]) and math.isnan(ci["lo"]) and ci["why"] == why
+    just_enough = I.LogOLS({"a": [1.0, 2.0], "b": [3.0]})                # 3 values, 2 arms: one degree of freedom
+    assert just_enough.fit is not None and math.isfinite(just_enough.mean("b")["lo"])
+    assert I.LogOLS({"a": [1.0], "b": [3.0, 0.0]}).fit is None           # the 0 is dropped: no freedom left
+
+
+def test_mixed_log_mean_needs_two_seeds_and_drops_non_finite_rows():
+    one = I.mixed_log_mean([1.0, 2.0, 3.0], [0, 0, 0], [0, 1, 2])
+    assert math.isnan(one["lo"]) and one["why"] == "fewer than 2 seeds" and one["n"] == 1
+    rng = np.random.default_rng(8)
+    seeds, prompts = np.repeat([0, 1, 2, 3], 10), np.tile(np.arange(5), 8)
+    values = np.exp(rng.normal(0, 0.3, 40) + np.repeat(rng.normal(0, 0.2, 4), 10))
+    ci = I.mixed_log_mean(values, seeds, prompts)
+    with_zero = I.mixed_log_mean(list(values) + [0.0], list(seeds) + [3], list(prompts) + [0])  # log 0: dropped
+    assert (ci["n"], ci["items"]) == (4, 40) and with_zero == pytest.approx(ci)
+    assert ci["lo"] < ci["mean"] < ci["hi"] and ci["mean"] == pytest.approx(math.exp(np.log(values).mean()), rel=0.05)
+    narrow = I.mixed_log_mean(values, seeds, prompts, level=0.5)
+    assert ci["lo"] < narrow["lo"] < narrow["hi"] < ci["hi"]
+
+
+def test_permutation_tests_small_inputs_seeds_and_counts():
+    small = I.mantel(np.zeros((3, 3)), np.zeros((3, 3)))
+    assert math.isnan(small["rho"]) and math.isnan(small["p"]) and small["n"] == 3
+    rng = np.random.default_rng(9)
+    pts = rng.normal(size=(7, 2))
+    d = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
+    noisy = d + np.abs(np.random.default_rng(1).normal(0, 5.0, d.shape))   # related, p near 0.4
+    noisy = (noisy + noisy.T) / 2
+    np.fill_diagonal(noisy, 0)
+    same = I.mantel(d, d, n_perm=99)
+    assert same["rho"] == pytest.approx(1.0) and same["n"] == 7 and same["p"] == pytest.approx(1 / 100)
+    assert I.mantel(d, noisy, seed=3) == I.mantel(d, noisy, seed=3) and I.mantel(d, noisy) == I.mantel(d, noisy, seed=0)
+    assert I.mantel(d, noisy, seed=3)["p"] != I.mantel(d, noisy, seed=4)["p"]
+    p = I.mantel(d, noisy, n_perm=199)["p"]
+    assert 0 < p <= 1 and round(p * 200) == pytest.approx(p * 200)                   # (1 + hits) / (1 + 199)
+    lone = I.identification(np.zeros((1, 1)))
+    assert math.isnan(lone["share"]) and math.isnan(lone["chance"]) and math.isnan(lone["p"]) and lone["n"] == 1
+    half = np.ones((4, 4)) - np.diag([1.0, 1.0, 0.0, 0.0])          # 2 of 4 posteriors nearest their own prior
+    half[2, 0] = half[3, 0] = 0.5
+    got = I.identification(half, n_perm=999, seed=5)
+    assert (got["share"], got["chance"], got["n"]) == (0.5, 0.25, 4)
+    # the exact p: the share of the 24 permutations that match at least 2 of the 4 nearest priors (the 6 that
+    # keep 1 in place: prior 0 then always meets one of posteriors 0, 2, 3)
+    assert got["p"] == pytest.approx(6 / 24, abs=0.03) and got == I.identification(half, n_perm=999, seed=5)
+    assert I.identification(half, seed=5) != I.identification(half, seed=6)
+
+
+def test_seeds_needed_takes_every_setting():
+    from scipy.stats import norm
+
+    base = I.seeds_needed(6.0)
+    assert base["tost"] == pytest.approx(2 * 36 * (norm.ppf(0.95) + norm.ppf(0.9)) ** 2 / 100)
+    assert base["width"] == pytest.approx(2 * (1.959964 * 6 / 5) ** 2, rel=1e-6)
+    assert base["n"] == 12 and not base["capped"]
+    assert I.seeds_needed(6.0, margin=5.0)["tost"] == pytest.approx(4 * base["tost"])
+    assert I.seeds_needed(6.0, half_width=10.0)["width"] == pytest.approx(base["width"] / 4)
+    assert I.seeds_needed(6.0, alpha=0.1)["tost"] < base["tost"] and I.seeds_needed(6.0, alpha=0.1)["width"] < base["width"]
+    assert I.seeds_needed(6.0, power=0.9)["tost"] > base["tost"]
+    assert I.seeds_needed(1.0)["n"] == 10 and I.seeds_needed(1.0, floor=2)["n"] == 2
+    assert I.seeds_needed(6.0, cap=11) == dict(base, n=11, capped=True)
+    assert I.seeds_needed(math.sqrt(10 * 25 / (2 * 1.959964 ** 2)))["n"] == 10       # width n = 10.0: no rounding up
+
+
+def test_a_zero_width_interval_only_when_every_value_agrees():
+    """One constant arm (or values spread by exactly 1) still has a spread to estimate: a real interval around the
+    mean, not the zero-width one kept for values that all agree."""
+    def spread(ci):
+        return ci["lo"] < ci["mean"] < ci["hi"]
+
+    for a, b in [([4.0, 4.0], [1.0, 2.0, 3.0]), ([1.0, 2.0, 3.0], [4.0, 4.0]), ([1.0, 2.0], [5.0, 5.0, 5.0]),
+                 ([4.0, 4.0], [1.0, 2.0]), ([1.0, 2.0], [2.0, 3.0, 3.5])]:
+        assert spread(I.welch_interval(a, b)), (a, b)
+    assert spread(I.t_interval([1.0, 2.0])) and spread(I.t_interval([0.5, 1.5, 1.0]))
+    assert spread(I.paired_interval([3.0, 5.0, 8.0], [1.0, 3.0, 7.0]))          # differences 2, 2, 1
+    ten, one_apart = [5.0] * 10, [1.0] * 5 + [2.0] * 5
+    for a, b in [(ten, one_apart), (one_apart, ten), (one_apart, [0.0] * 5 + [1.0] * 5)]:
+        assert spread(I.bootstrap_difference(a, b, n_resamples=999)), (a, b)
+
+
+def test_two_pairs_are_enough_and_counts_are_totals():
+    two = I.paired_interval([1.0, 2.0], [0.5, 0.7])
+    assert two["n"] == 2 and two["lo"] < two["mean"] < two["hi"] and two["mean"] == pytest.approx(0.9)
+    mirrored = I.paired_interval([1.0, 2.0, 3.0], [3.0, 2.0, 1.0])     # the sums agree, the differences do not
+    assert mirrored["mean"] == 0.0 and mirrored["lo"] < 0 < mirrored["hi"]
+    assert I.welch_interval([1.0, 2.5, 4.0], [2.0, 2.2, 5.5, 3.1, 2.9])["n"] == 8
+    assert I.t_interval([1.0, 2.5, 4.0, 3.0])["n"] == 4
+
+
+def test_score_and_tost_read_what_runs_write():
+    """predictions.jsonl stores correctness as true/false: a score from booleans is the score from 0/1. Two arms
+    whose runs all agree within each arm have no spread to test equivalence with: NaN, even when the arms differ."""
+    rng = np.random.default_rng(10)
+    runs = [rng.random(300) < p for p in (0.6, 0.7, 0.8)]
+    assert I.score_interval(runs) == pytest.approx(I.score_interval([r.astype(float) for r in runs]))
+    assert I.score_interval([list(r) for r in runs]) == pytest.approx(I.score_interval(runs))
+    for a, b in [([5.0, 5.0], [6.0, 6.0, 6.0]), ([70.0] * 4, [90.0] * 4)]:
+        assert math.isnan(I.tost(a, b, 7)["p"]), (a, b)

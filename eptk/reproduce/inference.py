@@ -25,7 +25,7 @@ def _interval(mean, lo, hi, n, **extra) -> dict:
     return {"mean": float(mean), "lo": float(lo), "hi": float(hi), "n": int(n), **extra}
 
 
-def _none(mean=math.nan, n=0, why="") -> dict:
+def _none(mean=math.nan, n=0, *, why: str) -> dict:
     return _interval(mean, math.nan, math.nan, n, why=why)
 
 
@@ -37,7 +37,7 @@ def t_interval(values, level: float = LEVEL) -> dict:
 
     x = _clean(values)
     if x.size < 2:
-        return _none(x.mean() if x.size else math.nan, x.size, "fewer than 2 values")
+        return _none(x.mean() if x.size else math.nan, x.size, why="fewer than 2 values")
     if np.ptp(x) == 0:
         return _interval(x[0], x[0], x[0], x.size)
     ci = ttest_1samp(x, 0.0).confidence_interval(level)
@@ -51,7 +51,7 @@ def welch_interval(a, b, level: float = LEVEL) -> dict:
     xa, xb = _clean(a), _clean(b)
     if xa.size < 2 or xb.size < 2:
         diff = xa.mean() - xb.mean() if xa.size and xb.size else math.nan
-        return _none(diff, xa.size + xb.size, "fewer than 2 values in an arm")
+        return _none(diff, xa.size + xb.size, why="fewer than 2 values in an arm")
     diff = xa.mean() - xb.mean()
     if np.ptp(xa) == 0 and np.ptp(xb) == 0:
         return _interval(diff, diff, diff, xa.size + xb.size)
@@ -67,7 +67,7 @@ def paired_interval(a, b, level: float = LEVEL) -> dict:
              and math.isfinite(float(x)) and math.isfinite(float(y))]
     if len(pairs) < 2:
         d = pairs[0][0] - pairs[0][1] if pairs else math.nan
-        return _none(d, len(pairs), "fewer than 2 pairs")
+        return _none(d, len(pairs), why="fewer than 2 pairs")
     xa, xb = np.array(pairs).T
     diff = float(np.mean(xa - xb))
     if np.ptp(xa - xb) == 0:
@@ -84,7 +84,7 @@ def bootstrap_difference(a, b, level: float = LEVEL, *, seed: int = 0, n_resampl
     xa, xb = _clean(a), _clean(b)
     diff = xa.mean() - xb.mean() if xa.size and xb.size else math.nan
     if min(xa.size, xb.size) < MIN_BOOTSTRAP_GROUPS:
-        return _none(diff, xa.size + xb.size, f"fewer than {MIN_BOOTSTRAP_GROUPS} runs in an arm: no bootstrap")
+        return _none(diff, xa.size + xb.size, why=f"fewer than {MIN_BOOTSTRAP_GROUPS} runs in an arm: no bootstrap")
     if np.ptp(xa) == 0 and np.ptp(xb) == 0:
         return _interval(diff, diff, diff, xa.size + xb.size)
     with warnings.catch_warnings():
@@ -204,7 +204,7 @@ def mixed_log_mean(values, seeds, prompts, level: float = LEVEL) -> dict:
     df = df[np.isfinite(df["y"])]
     groups = df["seed"].nunique()
     if groups < 2:
-        return _none(why="fewer than 2 seeds")
+        return _none(n=groups, why="fewer than 2 seeds")
     fits = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -216,7 +216,7 @@ def mixed_log_mean(values, seeds, prompts, level: float = LEVEL) -> dict:
             except (ValueError, np.linalg.LinAlgError):
                 continue
     if not fits:
-        return _none(why="the mixed model did not fit")
+        return _none(n=groups, why="the mixed model did not fit")
     fit = max(fits, key=lambda f: f.llf)
     beta, se = float(fit.fe_params.iloc[0]), float(fit.bse_fe.iloc[0])
     q = student.ppf(0.5 + level / 2, groups - 1)
