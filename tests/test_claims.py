@@ -178,12 +178,28 @@ def test_claim5_fixed_budget_measures():
 
 def test_claim6_bounds():
     hurts = {"rho": -0.8, "p": 0.01}
-    assert C6.decide(hurts, True, interval(0.5, 0.4, 0.99))[0] == HOLDS
-    assert C6.decide(hurts, True, interval(0.9, 0.8, 1.0))[0] == UNSURE
-    assert C6.decide(hurts, True, interval(1.2, 1.0, 1.5))[0] == FAILS
-    assert C6.decide(hurts, False, interval(0.5, 0.4, 0.9))[0] == UNSURE      # the manipulation did not take
-    assert C6.decide({"rho": -0.8, "p": 0.05}, True, interval(0.5, 0.4, 0.9))[0] == FAILS
-    assert C6.decide({"rho": 0.1, "p": 0.01}, True, interval(0.5, 0.4, 0.9))[0] == FAILS
+    assert C6.decide(hurts, True, interval(0.5, 0.4, 0.99), 0.9)[0] == HOLDS
+    assert C6.decide(hurts, True, interval(0.9, 0.8, 1.0), 1.0)[0] == UNSURE
+    assert C6.decide(hurts, True, interval(1.2, 1.0, 1.5), 1.0)[0] == FAILS
+    assert C6.decide(hurts, False, interval(0.5, 0.4, 0.9), 1.0)[0] == UNSURE      # the manipulation did not take
+    assert C6.decide({"rho": -0.8, "p": 0.05}, True, interval(0.5, 0.4, 0.9), 1.0)[0] == FAILS
+    assert C6.decide({"rho": 0.1, "p": 0.01}, True, interval(0.5, 0.4, 0.9), 1.0)[0] == FAILS
+    # RULES.md, "Inference": below 90% of runs stopped early, no verdict either way (claim 6 had left this out)
+    for trend, fix in [(hurts, interval(0.5, 0.4, 0.99)), (hurts, interval(1.2, 1.0, 1.5)), ({"rho": 0.1, "p": 0.01}, interval(0.5, 0.4, 0.9))]:
+        verdict, why = C6.decide(trend, True, fix, 0.899)
+        assert verdict == UNSURE and "only 90% of runs stopped early" in why and "not converged" in why
+        assert C6.decide(trend, True, fix, math.nan)[0] == UNSURE
+
+
+def test_converged_share_counts_runs_that_stopped_early():
+    from types import SimpleNamespace as Run
+
+    from eptk.reproduce.claims.base import converged_share, not_converged
+
+    runs = [Run(stopped_early=v) for v in (True, True, False, None, True)]
+    assert converged_share(runs) == 0.75 and math.isnan(converged_share([Run(stopped_early=None)]))
+    assert not_converged(0.9) is None and not_converged(1.0) is None
+    assert "only 89% of runs stopped early" in not_converged(0.89) and not_converged(math.nan)
 
 
 def test_claim6_manipulation_check_compares_with_the_unprompted_sink():

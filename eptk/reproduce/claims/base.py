@@ -8,6 +8,20 @@ from dataclasses import dataclass, field
 
 HOLDS, FAILS, UNSURE, NOT_MEASURED = "holds", "does not hold", "inconclusive", "not measured"
 STALL_LOSS = 0.6          # a run whose best validation loss is at least this stalled (RULES.md, "Inference")
+CONVERGED_SHARE = 0.9     # below this share of runs stopped early, verdicts on them are inconclusive (same section)
+
+
+def converged_share(runs) -> float:
+    """The share of `runs` whose training stopped early (NaN when none says)."""
+    stopped = [r.stopped_early for r in runs if r.stopped_early is not None]
+    return sum(map(bool, stopped)) / len(stopped) if stopped else math.nan
+
+
+def not_converged(share: float) -> str | None:
+    """Why a verdict on runs with this converged share must be inconclusive, or None when it may be read."""
+    if share == share and share >= CONVERGED_SHARE:   # share == share: not NaN
+        return None
+    return f"only {share:.0%} of runs stopped early (needs ≥ {CONVERGED_SHARE:.0%}): not converged"
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,12 @@ import math
 import numpy as np
 
 from .. import inference as I
-from .base import FAILS, HOLDS, NOT_MEASURED, UNSURE, Claim, finite, not_measured, partial, register, result
+from .base import FAILS, HOLDS, NOT_MEASURED, UNSURE, Claim, converged_share, finite, not_converged, not_measured, \
+    partial, register, result
 
 MARGIN = 10.0              # points of exact match
 CONTROL_INSIDE = 0.5       # region:data posteriors mostly inside the data's 99% region
 NEW_OUTSIDE = 0.05         # region:new posteriors at most this share inside
-CONVERGED_SHARE = 0.9      # runs that must have stopped early
 
 
 def step_of(arm: dict) -> str:
@@ -64,10 +64,10 @@ def equal_loss_difference(data: dict, new: dict) -> dict:
     return {"mean": float(fit.params[1]), "lo": float(lo), "hi": float(hi), "n": len(y)}
 
 
-def decide(comparisons: dict, converged_share: float) -> tuple[str, str]:
+def decide(comparisons: dict, share: float) -> tuple[str, str]:
     """comparisons: method -> step -> compare(...). The verdict of RULES.md claim 2."""
-    if not finite(converged_share) or converged_share < CONVERGED_SHARE:
-        return UNSURE, f"only {converged_share:.0%} of runs stopped early (needs ≥ {CONVERGED_SHARE:.0%}): not converged"
+    if not_converged(share):
+        return UNSURE, not_converged(share)
     readable = {m: {s: c for s, c in steps.items() if c["control_passes"] and c["new_outside"]}
                 for m, steps in comparisons.items()}
     text = "; ".join(f"{m} {s}: Δ {I.fmt(c['delta'], 1)}, TOST p {c['tost']['p']:.3g}"
@@ -106,16 +106,15 @@ def measure(g, **_) -> dict:
         if partner in summaries:
             comparisons.setdefault(arm["method"], {})[step_of(arm)] = compare(s, summaries[partner][1])
     runs = [r for arm in arms for r in g.tuned("converged", **arm)]
-    stopped = [r.stopped_early for r in runs if r.stopped_early is not None]
-    converged_share = float(np.mean(stopped)) if stopped else math.nan
+    share = converged_share(runs)
     seeds = seed_plan(g, summaries)
     short = [f"{name} needs {need['n']} seeds (has {summaries[name][1]['runs']})" for name, need in seeds.items()
              if summaries[name][1]["runs"] < need["n"]]
     short += [f"{g.study.arm_name(arm)} has no finished run" for arm in arms if g.study.arm_name(arm) not in summaries]
-    verdict, why = decide(comparisons, converged_share)
+    verdict, why = decide(comparisons, share)
     if short:
         verdict, why = NOT_MEASURED, "seeds the power rule asks for are not all in: " + "; ".join(short)
-    stats = {"comparisons": comparisons, "converged_share": converged_share, "seeds": seeds}
+    stats = {"comparisons": comparisons, "converged_share": share, "seeds": seeds}
     rows = [{"method": m, "step": s, "delta_new_minus_data": c["delta"], "tost_p": c["tost"]["p"],
              "control_passes": c["control_passes"], "new_outside": c["new_outside"],
              "delta_at_equal_val_loss": c["at_equal_val_loss"]} for m, steps in comparisons.items()

@@ -8,7 +8,8 @@ import math
 import numpy as np
 
 from .. import inference as I
-from .base import FAILS, HOLDS, UNSURE, Claim, finite, not_measured, partial, register, result
+from .base import FAILS, HOLDS, UNSURE, Claim, converged_share, finite, not_converged, not_measured, partial, register, \
+    result
 
 SINK_SHARE = 0.5   # the kept slot's mass over the unprompted model's position-0 mass, for a restored sink
 
@@ -29,10 +30,12 @@ def mean_mass(table: dict | None, lowest: int = 1) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-def decide(trend: dict, manipulation: bool | None, fix: dict) -> tuple[str, str]:
+def decide(trend: dict, manipulation: bool | None, fix: dict, share: float) -> tuple[str, str]:
     text = (f"ρ(k, best validation loss) {trend['rho']:.2f} (p {trend['p']:.3g}); kept slot "
             f"{'became' if manipulation else 'did not become' if manipulation is not None else 'not measured as'} a sink; "
             f"keep-sink / plain loss {I.fmt(fix)}")
+    if not_converged(share):    # RULES.md, "Inference": no verdict on runs that did not converge
+        return UNSURE, f"{text}; {not_converged(share)}"
     hurts = finite(trend["rho"], trend["p"]) and trend["rho"] < 0 and trend["p"] < 0.05
     if not finite(trend["rho"], trend["p"]):
         return UNSURE, text
@@ -65,14 +68,15 @@ def measure(g, **_) -> dict:
     manipulation = None
     if kept_mass and finite(base) and base > 0:
         manipulation = bool(np.mean(kept_mass) >= SINK_SHARE * base)
-    verdict, why = decide(trend, manipulation, fix)
+    share = converged_share(runs)
+    verdict, why = decide(trend, manipulation, fix, share)
     table = []
     for k in sorted(set(ks)):
         sub = [r for r, rk in zip(plain, ks) if rk == k]
         table.append(_row(f"layers ≥ {k}", sub, ols.mean(f"k={k}"), measures))
     if kept:
         table.append(_row(f"layers ≥ {deepest}, --keep-sink", kept, ols.mean("k=1 keep-sink"), measures))
-    stats = {"trend": trend, "keep_sink_over_plain_loss": fix, "manipulation_check": manipulation,
+    stats = {"trend": trend, "keep_sink_over_plain_loss": fix, "manipulation_check": manipulation, "converged_share": share,
              "unprompted_position0_mass": base,
              "kept_slot_mass": float(np.mean(kept_mass)) if kept_mass else math.nan}
     return partial(result(CLAIM, stats, verdict, why, {"table": table}), missing)
