@@ -410,3 +410,17 @@ def test_score_and_tost_read_what_runs_write():
     assert I.score_interval([list(r) for r in runs]) == pytest.approx(I.score_interval(runs))
     for a, b in [([5.0, 5.0], [6.0, 6.0, 6.0]), ([70.0] * 4, [90.0] * 4)]:
         assert math.isnan(I.tost(a, b, 7)["p"]), (a, b)
+
+
+def test_two_runs_or_seeds_are_enough_for_a_model_interval():
+    """Two runs get the GEE (not the exact interval over items), and its interval is symmetric on the logit scale
+    (β ± z·se); two seeds get the mixed model's interval (Student's t with 1 degree of freedom: wide, finite)."""
+    rng = np.random.default_rng(11)
+    two = I.score_interval([(rng.random(500) < 0.6).astype(float), (rng.random(500) < 0.8).astype(float)])
+    assert two["method"] == "binomial GEE" and two["n"] == 2
+    logit = lambda v: math.log(v / (100 - v))  # noqa: E731
+    assert logit(two["hi"]) - logit(two["mean"]) == pytest.approx(logit(two["mean"]) - logit(two["lo"]), rel=1e-9)
+    seeds, prompts = np.repeat([0, 1], 12), np.tile(np.arange(6), 4)
+    values = np.exp(rng.normal(0, 0.2, 24) + np.repeat([0.0, 0.5], 12))
+    ci = I.mixed_log_mean(values, seeds, prompts)
+    assert ci["n"] == 2 and 0 < ci["lo"] < ci["mean"] < ci["hi"] < math.inf
