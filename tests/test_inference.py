@@ -424,3 +424,51 @@ def test_two_runs_or_seeds_are_enough_for_a_model_interval():
     values = np.exp(rng.normal(0, 0.2, 24) + np.repeat([0.0, 0.5], 12))
     ci = I.mixed_log_mean(values, seeds, prompts)
     assert ci["n"] == 2 and 0 < ci["lo"] < ci["mean"] < ci["hi"] < math.inf
+
+
+def test_mantel_from_four_objects_and_a_cap_that_is_just_enough():
+    pts = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])
+    d = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
+    four = I.mantel(d, d, n_perm=99)
+    assert four["n"] == 4 and four["rho"] == pytest.approx(1.0) and 0 < four["p"] < 1
+    base = I.seeds_needed(6.0)
+    assert I.seeds_needed(6.0, cap=base["n"]) == base                      # needing exactly the cap is not capped
+
+
+def test_mantel_p_matches_exact_enumeration_where_it_is_moderate():
+    """7 objects, a second matrix only loosely related (exact p near 0.4, all 5,040 orders listed), and 4 objects
+    compared with themselves (only the identity order reaches ρ = 1: p = 1/24): counting each permutation's ρ
+    against the observed one, ties included, over the rank matrix permuted by rows and columns together."""
+    import itertools
+
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(9)
+    pts = rng.normal(size=(7, 2))
+    d = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
+    noisy = d + np.abs(np.random.default_rng(1).normal(0, 5.0, d.shape))
+    noisy = (noisy + noisy.T) / 2
+    np.fill_diagonal(noisy, 0)
+    up = np.triu_indices(7, 1)
+    observed = spearmanr(d[up], noisy[up]).statistic
+    exact = np.mean([spearmanr(d[up], noisy[np.ix_(p, p)][up]).statistic >= observed - 1e-12
+                     for p in map(list, itertools.permutations(range(7)))])
+    assert 0.2 < exact < 0.6
+    assert I.mantel(d, noisy, n_perm=4999)["p"] == pytest.approx(exact, abs=0.02)
+    four = np.linalg.norm(np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])[:, None]
+                          - np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])[None], axis=-1)
+    assert I.mantel(four, four, n_perm=999)["p"] == pytest.approx(1 / 24, abs=0.015)
+
+
+def test_permutation_tests_default_to_999_permutations_of_seed_0_and_take_two_objects():
+    rng = np.random.default_rng(9)
+    pts = rng.normal(size=(7, 2))
+    d = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
+    assert I.mantel(d, d) == I.mantel(d, d, n_perm=999, seed=0)
+    own = np.ones((6, 6)) - np.eye(6)
+    assert I.identification(own) == I.identification(own, n_perm=999, seed=0)
+    half = np.ones((4, 4)) - np.diag([1.0, 1.0, 0.0, 0.0])
+    half[2, 0] = half[3, 0] = 0.5
+    assert I.identification(half) == I.identification(half, n_perm=999, seed=0) != I.identification(half, seed=1)
+    two = I.identification(np.array([[0.0, 1.0], [1.0, 0.0]]), n_perm=99)
+    assert (two["share"], two["chance"], two["n"]) == (1.0, 0.5, 2) and 0 < two["p"] < 1
