@@ -172,10 +172,20 @@ def test_log_ols_pools_the_variance_and_stays_positive():
         assert math.isnan(ci["lo"]) and math.isnan(ci["hi"]) and ci["why"] == "no residual degrees of freedom"
 
 
-def test_mantel_against_exact_enumeration():
-    """On 5 objects every permutation can be listed: the sampled p must match the exact one."""
+def exact_mantel_p(d1, d2) -> float:
+    """The Mantel p over every order of the objects: the share whose Spearman ρ reaches the observed one."""
     import itertools
 
+    from scipy.stats import spearmanr
+
+    up = np.triu_indices(len(d1), 1)
+    observed = spearmanr(d1[up], d2[up]).statistic
+    return float(np.mean([spearmanr(d1[up], d2[np.ix_(p, p)][up]).statistic >= observed - 1e-12
+                          for p in map(list, itertools.permutations(range(len(d1))))]))
+
+
+def test_mantel_against_exact_enumeration():
+    """On 5 objects every permutation can be listed: the sampled p must match the exact one."""
     from scipy.stats import spearmanr
 
     rng = np.random.default_rng(3)
@@ -184,10 +194,8 @@ def test_mantel_against_exact_enumeration():
     d2 = d1 + rng.normal(0, 0.3, d1.shape)
     d2 = (d2 + d2.T) / 2
     np.fill_diagonal(d2, 0)
-    up = np.triu_indices(5, 1)
-    observed = spearmanr(d1[up], d2[up]).statistic
-    exact = np.mean([spearmanr(d1[up], d2[np.ix_(p, p)][up]).statistic >= observed - 1e-12
-                     for p in map(list, itertools.permutations(range(5)))])
+    observed = spearmanr(d1[np.triu_indices(5, 1)], d2[np.triu_indices(5, 1)]).statistic
+    exact = exact_mantel_p(d1, d2)
     got = I.mantel(d1, d2, n_perm=4999)
     assert got["rho"] == pytest.approx(observed) and got["p"] == pytest.approx(exact, abs=0.02)
 
@@ -439,20 +447,13 @@ def test_mantel_p_matches_exact_enumeration_where_it_is_moderate():
     """7 objects, a second matrix only loosely related (exact p near 0.4, all 5,040 orders listed), and 4 objects
     compared with themselves (only the identity order reaches ρ = 1: p = 1/24): counting each permutation's ρ
     against the observed one, ties included, over the rank matrix permuted by rows and columns together."""
-    import itertools
-
-    from scipy.stats import spearmanr
-
     rng = np.random.default_rng(9)
     pts = rng.normal(size=(7, 2))
     d = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
     noisy = d + np.abs(np.random.default_rng(1).normal(0, 5.0, d.shape))
     noisy = (noisy + noisy.T) / 2
     np.fill_diagonal(noisy, 0)
-    up = np.triu_indices(7, 1)
-    observed = spearmanr(d[up], noisy[up]).statistic
-    exact = np.mean([spearmanr(d[up], noisy[np.ix_(p, p)][up]).statistic >= observed - 1e-12
-                     for p in map(list, itertools.permutations(range(7)))])
+    exact = exact_mantel_p(d, noisy)
     assert 0.2 < exact < 0.6
     assert I.mantel(d, noisy, n_perm=4999)["p"] == pytest.approx(exact, abs=0.02)
     four = np.linalg.norm(np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])[:, None]
