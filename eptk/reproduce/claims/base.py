@@ -19,7 +19,7 @@ def converged_share(runs) -> float:
 
 def not_converged(share: float) -> str | None:
     """Why a verdict on runs with this converged share must be inconclusive, or None when it may be read."""
-    if share == share and share >= CONVERGED_SHARE:   # share == share: not NaN
+    if finite(share) and share >= CONVERGED_SHARE:
         return None
     return f"only {share:.0%} of runs stopped early (needs ≥ {CONVERGED_SHARE:.0%}): not converged"
 

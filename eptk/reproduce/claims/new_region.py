@@ -27,14 +27,13 @@ def arm_summary(runs) -> dict:
     kept = [r for r in runs if not r.stalled]
     inside = [r.extra["position"]["inside_share"] for r in runs if r.extra.get("position")]
     distance = [r.extra["position"]["distance"] for r in runs if r.extra.get("position")]
-    stopped = [r.stopped_early for r in runs if r.stopped_early is not None]
     return {"runs": len(runs), "score": I.score_interval([r.items for r in runs if r.items]),
             "score_sd": float(np.std(scores, ddof=1)) if len(scores) > 1 else math.nan,
             "stall_rate": I.wilson(len(stalled), len(runs)),
             "score_without_stalls": I.score_interval([r.items for r in kept if r.items]),
             "inside_share": float(np.mean(inside)) if inside else math.nan,
             "distance": float(np.median(distance)) if distance else math.nan,
-            "stopped_early": float(np.mean(stopped)) if stopped else math.nan,
+            "stopped_early": converged_share(runs),
             "best_step": float(np.median([r.extra["early_stop"]["best_step"] for r in runs
                                           if r.extra.get("early_stop")])) if runs else math.nan,
             "scores": scores, "best_val": [r.best_val for r in runs]}
@@ -66,8 +65,9 @@ def equal_loss_difference(data: dict, new: dict) -> dict:
 
 def decide(comparisons: dict, share: float) -> tuple[str, str]:
     """comparisons: method -> step -> compare(...). The verdict of RULES.md claim 2."""
-    if not_converged(share):
-        return UNSURE, not_converged(share)
+    reason = not_converged(share)
+    if reason:
+        return UNSURE, reason
     readable = {m: {s: c for s, c in steps.items() if c["control_passes"] and c["new_outside"]}
                 for m, steps in comparisons.items()}
     text = "; ".join(f"{m} {s}: Δ {I.fmt(c['delta'], 1)}, TOST p {c['tost']['p']:.3g}"

@@ -34,8 +34,9 @@ def decide(trend: dict, manipulation: bool | None, fix: dict, share: float) -> t
     text = (f"ρ(k, best validation loss) {trend['rho']:.2f} (p {trend['p']:.3g}); kept slot "
             f"{'became' if manipulation else 'did not become' if manipulation is not None else 'not measured as'} a sink; "
             f"keep-sink / plain loss {I.fmt(fix)}")
-    if not_converged(share):    # RULES.md, "Inference": no verdict on runs that did not converge
-        return UNSURE, f"{text}; {not_converged(share)}"
+    reason = not_converged(share)   # RULES.md, "Inference": no verdict on runs that did not converge
+    if reason:
+        return UNSURE, f"{text}; {reason}"
     hurts = finite(trend["rho"], trend["p"]) and trend["rho"] < 0 and trend["p"] < 0.05
     if not finite(trend["rho"], trend["p"]):
         return UNSURE, text
