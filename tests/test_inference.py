@@ -473,3 +473,59 @@ def test_permutation_tests_default_to_999_permutations_of_seed_0_and_take_two_ob
     assert I.identification(half) == I.identification(half, n_perm=999, seed=0) != I.identification(half, seed=1)
     two = I.identification(np.array([[0.0, 1.0], [1.0, 0.0]]), n_perm=99)
     assert (two["share"], two["chance"], two["n"]) == (1.0, 0.5, 2) and 0 < two["p"] < 1
+
+
+def test_score_interval_weighs_runs_not_items_when_runs_disagree():
+    """Runs of unequal size that disagree: the exchangeable GEE estimates the within-run correlation and weighs
+    the runs almost equally (centre near the mean of run scores), where an independence model would let the two
+    big runs outvote the small ones (the pooled item share)."""
+    rng = np.random.default_rng(0)
+    runs = [(rng.random(n) < p).astype(float) for n, p in ((200, 0.9), (200, 0.85), (20, 0.3), (20, 0.2))]
+    ci = I.score_interval(runs)
+    by_run = np.mean([100 * r.mean() for r in runs])
+    pooled = 100 * np.concatenate(runs).mean()
+    assert pooled - by_run > 25                       # the data make the two weightings far apart
+    assert abs(ci["mean"] - by_run) < 3 and ci["lo"] < by_run < ci["hi"]
+
+
+def _failing_fits(monkeypatch, failing: set) -> list:
+    """MixedLM.fit as statsmodels has it, except that the optimizers named in `failing` raise as a singular fit
+    does; returns the list of the optimizers that fitted, in order (statsmodels reads the names in any case)."""
+    from statsmodels.regression.mixed_linear_model import MixedLM
+
+    real, fitted = MixedLM.fit, []
+
+    def fit(self, *args, method=None, **kwargs):
+        if method.lower() in failing:
+            raise np.linalg.LinAlgError("Singular matrix")
+        result = real(self, *args, method=method, **kwargs)
+        fitted.append(method.lower())
+        return result
+
+    monkeypatch.setattr(MixedLM, "fit", fit)
+    return fitted
+
+
+def _four_seeds():
+    rng = np.random.default_rng(8)
+    seeds, prompts = np.repeat([0, 1, 2, 3], 10), np.tile(np.arange(5), 8)
+    return np.exp(rng.normal(0, 0.3, 40) + np.repeat(rng.normal(0, 0.2, 4), 10)), seeds, prompts
+
+
+def test_mixed_log_mean_tries_each_optimizer_and_keeps_the_best_fit(monkeypatch):
+    """Powell, Nelder-Mead and L-BFGS each fit; one that fails is skipped and the others still fit; when every
+    one fails there is no interval, and the reason says so."""
+    values, seeds, prompts = _four_seeds()
+    fitted = _failing_fits(monkeypatch, set())
+    every = I.mixed_log_mean(values, seeds, prompts)
+    assert fitted == ["powell", "nm", "lbfgs"] and math.isfinite(every["lo"])
+    monkeypatch.undo()
+    fitted = _failing_fits(monkeypatch, {"powell"})
+    without_powell = I.mixed_log_mean(values, seeds, prompts)
+    assert fitted == ["nm", "lbfgs"] and math.isfinite(without_powell["lo"])
+    assert without_powell["mean"] == pytest.approx(every["mean"], rel=1e-3)
+    monkeypatch.undo()
+    fitted = _failing_fits(monkeypatch, {"powell", "nm", "lbfgs"})
+    none = I.mixed_log_mean(values, seeds, prompts)
+    assert fitted == [] and math.isnan(none["lo"]) and none["why"] == "the mixed model did not fit"
+    assert none["n"] == 4
