@@ -592,3 +592,38 @@ def test_layer_stats_for_reads_the_named_or_the_runs_task_at_its_layer_and_space
     with pytest.raises(EptkUsageError, match="^prior 'region:data' gives vectors of width 8 but prefix.3.key has "
                                              "width 6"):
         layer_stats_for("region:data", both, ParamInfo("prefix.3.key", (5, 6), 3, "key"), None)
+
+
+def test_new_region_walks_the_documented_path_grid(monkeypatch):
+    """Each path is v(t) = ρ·(μ + t·u)/‖μ + t·u‖ over t = t₀·√2^s, s = 0..15, then t = ∞ (v = ρ·u), where t₀ takes
+    μ + t₀·u exactly to the data's largest Mahalanobis distance plus the margin; the row kept is the path's first
+    point that clears every bound. The paths are read where the sampler checks them (cheap_checks), and each
+    point's t is solved back from μ, u and the point."""
+    from eptk import linalg
+    from eptk.priors.region import NewRegion
+
+    ls = synthetic_layer(d=5)
+    dist = NewRegion((8, 5), ls, torch.Generator().manual_seed(0))
+    seen = []
+    real = NewRegion.cheap_checks
+    monkeypatch.setattr(NewRegion, "cheap_checks", lambda self, x: seen.append(x.clone()) or real(self, x))
+    rows = dist.draw(24, torch.Generator().manual_seed(5))
+    paths = seen[0].reshape(-1, 17, 5)                                    # 16 grid points and t = ∞ per path
+    mu, b, m = dist.mean, dist.bounds, dist.margin
+    rho = paths[:, -1].norm(dim=1)
+    u = paths[:, -1] / rho[:, None]                                         # t = ∞: the direction itself
+    assert torch.allclose(paths.norm(dim=-1), rho[:, None].expand(-1, 17), rtol=1e-12)
+    t0 = b.mahalanobis * (1 + m) / linalg.mahalanobis(u, dist.tril)
+    for i in range(paths.shape[0]):
+        # μ + t·u = λ·v: two unknowns (t, λ), d equations
+        a = torch.stack([u[i].expand(16, -1), -paths[i, :16]], dim=-1)     # [16, d, 2]
+        t = torch.linalg.lstsq(a, -mu.expand(16, -1).unsqueeze(-1)).solution[:, 0, 0]
+        torch.testing.assert_close(t, t0[i] * 2.0 ** (torch.arange(16, dtype=torch.float64) / 2), rtol=1e-6, atol=0)
+    # the rows kept are each path's first point that clears every bound, gathered step by step outward
+    checks = dist.checks(paths.reshape(-1, 5))
+    clears = (checks["mahalanobis"] & checks["norm"] & checks["knn"]).reshape(-1, 17)
+    first_step = torch.where(clears.any(1), clears.int().argmax(1), 17)
+    order = sorted((int(s), i) for i, s in enumerate(first_step) if s < 17)
+    assert len(seen) == 1 and len(order) >= 24
+    expected = torch.stack([paths[i, s] for s, i in order[:24]])
+    torch.testing.assert_close(rows.double(), expected, rtol=0, atol=0)
