@@ -75,6 +75,9 @@ def test_state_follows_the_first_batch_onto_its_device():
     r.add(meta)
     r.add(torch.ones(5, 3))
     assert r.rows.device.type == "meta" and r.seen == 9
+    by_index = Reservoir(4, 3)                 # a capture's real-token rows, their positions found on the device
+    by_index.add_from(torch.zeros(2, 3, 3, device="meta"), index=torch.arange(5, device="meta"))
+    assert by_index.rows.device.type == "meta" and by_index.seen == 5
 
 
 def test_running_gaussian_from_moments_round_trip():
@@ -303,3 +306,120 @@ def test_statistics_of_another_model_are_refused():
     with pytest.raises(EptkUsageError) as refused:
         check_model({"model": "tiny", "hidden_size": 64}, "tiny", 576)
     assert str(refused.value) == "activation statistics have width 64 (model 'tiny') but model 'tiny' has hidden size 576"
+
+
+def saved_and_changed(tmp_path, stats, change_meta=None, change_tensors=None):
+    """`stats` saved to tmp_path/s, then its meta.json and tensors edited in place (an older or damaged folder)."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "s"
+    stats.save(folder)
+    if change_meta:
+        meta = json.loads((folder / META_FILE).read_text())
+        change_meta(meta)
+        (folder / META_FILE).write_text(json.dumps(meta))
+    if change_tensors:
+        tensors = load_file(str(folder / STATS_FILE))
+        change_tensors(tensors)
+        save_file(tensors, str(folder / STATS_FILE))
+    return folder
+
+
+@pytest.mark.parametrize("seed", [7, None])
+def test_loaded_reservoirs_draw_as_a_fresh_capture_of_that_seed_would(tmp_path, seed):
+    """A loaded layer's reservoir is seeded as the capture seeds it (from the seed in meta.json, 0 for a folder
+    that records none), each layer its own stream; its capacity is the capture's `samples`, not the rows it kept."""
+    stats = ActivationStats(5, [0, 2], 16, seed=seed or 0, meta={"model": "tiny"})
+    for l in (0, 2):
+        stats.reservoirs[l].add(rows(6, seed=l))         # fewer rows than the capacity
+    record = {"samples": 16, **({"seed": seed} if seed is not None else {})}
+    back = ActivationStats.load(saved_and_changed(tmp_path, stats, change_meta=lambda m: m.update(record)))
+    fresh = ActivationStats(5, [0, 2], 16, seed=seed or 0)
+    more = rows(40, seed=3)
+    for l in (0, 2):
+        assert back.reservoirs[l].capacity == 16 and back.reservoirs[l].seen == 6
+        assert torch.equal(back.reservoirs[l].generator.get_state(), fresh.reservoirs[l].generator.get_state())
+        back.reservoirs[l].add(more)
+        assert back.reservoirs[l].samples.shape == (16, 5)
+    assert not torch.equal(back.reservoirs[0].samples[6:], back.reservoirs[2].samples[6:])
+
+
+def test_statistics_file_names_its_format_in_its_header(tmp_path):
+    from safetensors import safe_open
+
+    filled().save(tmp_path / "s")
+    with safe_open(str(tmp_path / "s" / STATS_FILE), "pt") as f:
+        assert f.metadata() == {"format": FORMAT}
+
+
+def test_a_width_alone_is_checked_and_damaged_files_are_named(tmp_path):
+    folder = saved_and_changed(tmp_path, filled())
+    with pytest.raises(EptkUsageError) as refused:
+        ActivationStats.load(folder, hidden_size=576)             # no model name: the width is still checked
+    assert "have width 5" in str(refused.value) and "hidden size 576" in str(refused.value)
+    (folder / STATS_FILE).write_bytes(b"not safetensors")
+    with pytest.raises(EptkUsageError) as refused:
+        ActivationStats.load(folder)
+    assert str(refused.value).startswith(f"activation statistics {folder / STATS_FILE}")
+    (folder / META_FILE).write_text("{")
+    with pytest.raises(EptkUsageError) as refused:
+        ActivationStats.load(folder)
+    assert str(refused.value).startswith(f"activation statistics metadata {folder / META_FILE} is not valid JSON")
+
+
+@pytest.mark.parametrize("dropped,listed", [
+    (("layer0.mean", "layer0.cov", "layer0.count", "layer0.samples"),
+     "lacks layer0.mean, layer0.cov, layer0.count, layer0.samples; recapture"),
+    (("layer0.mean", "layer0.cov", "layer0.count", "layer0.samples", "layer2.mean"),
+     "lacks layer0.mean, layer0.cov, layer0.count, layer0.samples ...; recapture"),
+])
+def test_missing_tensors_are_listed_four_at_most(tmp_path, dropped, listed):
+    folder = saved_and_changed(tmp_path, filled(), change_tensors=lambda t: [t.pop(k) for k in dropped])
+    with pytest.raises(EptkUsageError) as refused:
+        ActivationStats.load(folder)
+    assert listed in str(refused.value)
+
+
+def test_one_layer_and_no_layer_folders_load(tmp_path):
+    one = ActivationStats.load(saved_and_changed(tmp_path / "one", filled(layers=(3,), d=4)))
+    assert one.layers == [3] and one.dim == 4
+    empty = ActivationStats.load(saved_and_changed(tmp_path / "none", ActivationStats(6, [], 8)))
+    assert empty.layers == [] and empty.dim == 6                  # the width from meta.json's hidden_size
+    unknown = ActivationStats.load(saved_and_changed(tmp_path / "unknown", ActivationStats(6, [], 8),
+                                                     change_meta=lambda m: m.pop("hidden_size")))
+    assert unknown.dim == 0                                       # no layer and no recorded width: none
+
+
+def test_a_folder_that_records_no_sample_count_keeps_what_it_holds(tmp_path):
+    """Without `samples` in meta.json (statistics not written by a capture) each reservoir's capacity is the
+    rows it kept: none kept, none taken later."""
+    stats = ActivationStats(5, [0, 1], 8)
+    stats.reservoirs[1].add(rows(3))
+    back = ActivationStats.load(saved_and_changed(tmp_path, stats))
+    assert (back.reservoirs[0].capacity, back.reservoirs[1].capacity) == (0, 3)
+    back.reservoirs[0].add(rows(4))
+    assert back.reservoirs[0].samples.shape == (0, 5) and back.reservoirs[0].seen == 4
+
+
+def test_a_layer_view_names_its_layer_and_carries_its_pooled_rows():
+    stats = filled()
+    stats.max_mahalanobis[2] = 4.0
+    view = stats.layer(2)
+    assert view.layer == 2 and view.max_mahalanobis == 4.0 and stats.layer(0).max_mahalanobis is None
+    assert torch.equal(view.pooled, stats.pooled(2)) and view.pooled.shape == (3, 5)
+
+
+def test_exactly_as_many_tokens_as_dimensions_is_still_shrunk():
+    """The sample covariance of n <= d rows is singular (rank n − 1): at n == d it is shrunk too."""
+    g, res = RunningGaussian(5).add(rows(5)), Reservoir(8, 5)
+    res.add(rows(5))
+    view = layer_activations(0, g, res)
+    assert torch.linalg.matrix_rank(g.covariance()) == 4
+    torch.testing.assert_close(view.cov, view.shrunk_cov)
+
+
+def test_a_covariance_no_ridge_can_factor_is_a_usage_error():
+    view = layer_activations(0, RunningGaussian(3).add(rows(10, d=3)), Reservoir(4, 3))
+    view.shrunk_cov = torch.full((3, 3), float("nan"))
+    with pytest.raises(EptkUsageError, match="covariance is not positive definite even with a ridge"):
+        view.scale_tril()
