@@ -423,3 +423,39 @@ def test_a_covariance_no_ridge_can_factor_is_a_usage_error():
     view.shrunk_cov = torch.full((3, 3), float("nan"))
     with pytest.raises(EptkUsageError, match="covariance is not positive definite even with a ridge"):
         view.scale_tril()
+
+
+def test_sums_in_float32_are_merged_in_float64():
+    """`update` takes a capture kernel's Σx and Σxxᵀ in float32 and divides and subtracts in float64: the result
+    is exactly that of the same sums handed over in float64."""
+    x = rows(50).float()
+    count, total, gram = torch.tensor(50.0), x.sum(0), x.T @ x
+    from32 = RunningGaussian(5).update(count, total, gram)
+    from64 = RunningGaussian(5).update(count.double(), total.double(), gram.double())
+    assert from32.mean.dtype == from32.m2.dtype == torch.float64
+    assert torch.equal(from32.mean, from64.mean) and torch.equal(from32.m2, from64.m2)
+
+
+def test_a_batch_count_is_exact_past_float32_integers():
+    n = 2**24 + 1                                           # float32 rounds it to 2**24
+    g = RunningGaussian(1).add(torch.zeros(n, 1))
+    assert g.count == n
+
+
+def test_statistics_start_on_the_device_asked_for_and_seed_0_by_default():
+    on_meta = ActivationStats(3, [0, 1], 4, device="meta")
+    for l in (0, 1):
+        assert on_meta.gaussians[l].mean.device.type == on_meta.reservoirs[l].rows.device.type == "meta"
+    g = RunningGaussian(3).update(torch.tensor(2.0), torch.zeros(3, device="meta"), torch.zeros(3, 3, device="meta"))
+    g.update(torch.tensor(3.0), torch.ones(3), torch.eye(3))   # later sums from another device follow the state
+    assert g.mean.device.type == g.m2.device.type == "meta"
+    default, zero = ActivationStats(3, [0, 1], 4), ActivationStats(3, [0, 1], 4, seed=0)
+    for l in (0, 1):
+        assert torch.equal(default.reservoirs[l].generator.get_state(), zero.reservoirs[l].generator.get_state())
+
+
+def test_pooled_rows_are_joined_once_then_returned_as_they_are():
+    stats = filled()
+    stats.pooled_parts[0].append(rows(2).float())
+    joined = stats.pooled(0)
+    assert joined.shape == (5, 5) and stats.pooled(0) is joined and stats.pooled_parts[0] == [joined]
