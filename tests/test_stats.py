@@ -444,6 +444,7 @@ def test_a_batch_count_is_exact_past_float32_integers():
 
 def test_statistics_start_on_the_device_asked_for_and_seed_0_by_default():
     on_meta = ActivationStats(3, [0, 1], 4, device="meta")
+    on_meta.gaussians[0].add(torch.ones(2, 3))                 # rows from the CPU come to the device asked for
     for l in (0, 1):
         assert on_meta.gaussians[l].mean.device.type == on_meta.reservoirs[l].rows.device.type == "meta"
     g = RunningGaussian(3).update(torch.tensor(2.0), torch.zeros(3, device="meta"), torch.zeros(3, 3, device="meta"))
@@ -459,3 +460,37 @@ def test_pooled_rows_are_joined_once_then_returned_as_they_are():
     stats.pooled_parts[0].append(rows(2).float())
     joined = stats.pooled(0)
     assert joined.shape == (5, 5) and stats.pooled(0) is joined and stats.pooled_parts[0] == [joined]
+
+
+def algorithm_r(stream: torch.Tensor, capacity: int, seed: int, chunks: list[int]) -> torch.Tensor:
+    """Algorithm R row by row, as written in Vitter (1985): row i < n fills slot i; a later row i draws j
+    uniformly from 0..i and replaces slot j when j < n. The draws are the reservoir's (one float64 uniform per
+    offered row, from a generator of that seed, a chunk at a time)."""
+    g = torch.Generator().manual_seed(seed)
+    draws = torch.cat([torch.rand(c, generator=g, dtype=torch.float64) for c in chunks])
+    kept = [None] * capacity
+    for i, row in enumerate(stream):
+        j = i if i < capacity else int(draws[i] * (i + 1))
+        if j < capacity:
+            kept[j] = row
+    return torch.stack([r for r in kept if r is not None])
+
+
+@pytest.mark.parametrize("capacity,chunks", [(10, [100]), (10, [7, 13, 80]), (1, [1, 1, 30]), (3, [3, 40])])
+def test_reservoir_is_algorithm_r_row_by_row(capacity, chunks):
+    stream = rows(sum(chunks)).float()
+    r = Reservoir(capacity, 5, seed=4)
+    for part in stream.split(chunks):
+        r.add(part)
+    assert r.seen == len(stream)
+    torch.testing.assert_close(r.samples, algorithm_r(stream, capacity, 4, chunks), rtol=0, atol=0)
+
+
+def test_reservoir_defaults_and_its_device():
+    assert torch.equal(Reservoir(4, 3).generator.get_state(), Reservoir(4, 3, seed=0).generator.get_state())
+    on_meta = Reservoir(4, 3, device="meta")
+    on_meta.add(torch.ones(5, 3))                               # rows offered from the CPU come to the device
+    assert on_meta.rows.device.type == "meta" and on_meta.seen == 5
+    one = Reservoir(4, 3)
+    one.add(torch.ones(1, 3))
+    assert one.samples.shape == (1, 3) and one.seen == 1
