@@ -383,6 +383,9 @@ def test_missing_tensors_are_listed_four_at_most(tmp_path, dropped, listed):
 def test_one_layer_and_no_layer_folders_load(tmp_path):
     one = ActivationStats.load(saved_and_changed(tmp_path / "one", filled(layers=(3,), d=4)))
     assert one.layers == [3] and one.dim == 4
+    unrecorded = ActivationStats.load(saved_and_changed(tmp_path / "unrecorded", filled(layers=(3,), d=4),
+                                                        change_meta=lambda m: m.pop("hidden_size")))
+    assert unrecorded.dim == 4                                    # the width from the tensors themselves
     empty = ActivationStats.load(saved_and_changed(tmp_path / "none", ActivationStats(6, [], 8)))
     assert empty.layers == [] and empty.dim == 6                  # the width from meta.json's hidden_size
     unknown = ActivationStats.load(saved_and_changed(tmp_path / "unknown", ActivationStats(6, [], 8),
@@ -494,3 +497,10 @@ def test_reservoir_defaults_and_its_device():
     one = Reservoir(4, 3)
     one.add(torch.ones(1, 3))
     assert one.samples.shape == (1, 3) and one.seen == 1
+
+
+def test_an_empty_gaussian_is_float64_too():
+    """The state is float64 from the start, not only once a batch has been merged into it."""
+    g = RunningGaussian(3)
+    assert g._count.dtype == g.mean.dtype == g.m2.dtype == g.covariance().dtype == torch.float64
+    assert g.count == 0.0 and torch.equal(g.covariance(), torch.zeros(3, 3, dtype=torch.float64))
