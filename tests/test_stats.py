@@ -265,49 +265,6 @@ def test_save_and_load_round_trip(tmp_path):
     assert (tmp_path / "again" / STATS_FILE).read_bytes() == (tmp_path / "s" / STATS_FILE).read_bytes()
 
 
-def test_an_older_folder_without_seen_or_pooled_loads(tmp_path):
-    from safetensors.torch import load_file, save_file
-
-    filled().save(tmp_path / "s")
-    tensors = {k: v for k, v in load_file(str(tmp_path / "s" / STATS_FILE)).items()
-               if not k.endswith((".seen", ".pooled"))}
-    save_file(tensors, str(tmp_path / "s" / STATS_FILE))
-    back = ActivationStats.load(tmp_path / "s")
-    assert back.reservoirs[0].seen == 8 and back.pooled(0).shape == (0, 5)
-
-
-@pytest.mark.parametrize("change,message", [
-    (lambda m, t: m.pop("layers"), "is not eptk activation-statistics metadata (no 'layers' list)"),
-    (lambda m, t: t.pop("layer2.samples"), "lacks layer2.samples; recapture with `eptk capture`"),
-    (lambda m, t: t.update({"layer0.cov": torch.zeros(4, 4)}),
-     "layer0 has mean (5,) and cov (4, 4), expected (5,) and (5, 5)"),
-])
-def test_damaged_folders_are_refused_by_name(tmp_path, change, message):
-    from safetensors.torch import load_file, save_file
-
-    filled().save(tmp_path / "s")
-    meta = json.loads((tmp_path / "s" / META_FILE).read_text())
-    tensors = load_file(str(tmp_path / "s" / STATS_FILE))
-    change(meta, tensors)
-    (tmp_path / "s" / META_FILE).write_text(json.dumps(meta))
-    save_file(tensors, str(tmp_path / "s" / STATS_FILE))
-    with pytest.raises(EptkUsageError) as refused:
-        ActivationStats.load(tmp_path / "s")
-    assert message in str(refused.value)
-
-
-def test_statistics_of_another_model_are_refused():
-    check_model({"model": "tiny", "hidden_size": 64}, "tiny", 64)
-    check_model({}, "tiny", 64)  # nothing recorded: nothing to refuse
-    with pytest.raises(EptkUsageError) as refused:
-        check_model({"model": "tiny"}, "smollm2")
-    assert str(refused.value) == ("activation statistics were captured from model 'tiny', not 'smollm2'; capture "
-                                  "them for 'smollm2' with `eptk capture --model smollm2`")
-    with pytest.raises(EptkUsageError) as refused:
-        check_model({"model": "tiny", "hidden_size": 64}, "tiny", 576)
-    assert str(refused.value) == "activation statistics have width 64 (model 'tiny') but model 'tiny' has hidden size 576"
-
-
 def saved_and_changed(tmp_path, stats, change_meta=None, change_tensors=None):
     """`stats` saved to tmp_path/s, then its meta.json and tensors edited in place (an older or damaged folder)."""
     from safetensors.torch import load_file, save_file
@@ -323,6 +280,37 @@ def saved_and_changed(tmp_path, stats, change_meta=None, change_tensors=None):
         change_tensors(tensors)
         save_file(tensors, str(folder / STATS_FILE))
     return folder
+
+
+def test_an_older_folder_without_seen_or_pooled_loads(tmp_path):
+    older = lambda t: [t.pop(k) for k in list(t) if k.endswith((".seen", ".pooled"))]  # noqa: E731
+    back = ActivationStats.load(saved_and_changed(tmp_path, filled(), change_tensors=older))
+    assert back.reservoirs[0].seen == 8 and back.pooled(0).shape == (0, 5)
+
+
+@pytest.mark.parametrize("change_meta,change_tensors,message", [
+    (lambda m: m.pop("layers"), None, "is not eptk activation-statistics metadata (no 'layers' list)"),
+    (None, lambda t: t.pop("layer2.samples"), "lacks layer2.samples; recapture with `eptk capture`"),
+    (None, lambda t: t.update({"layer0.cov": torch.zeros(4, 4)}),
+     "layer0 has mean (5,) and cov (4, 4), expected (5,) and (5, 5)"),
+])
+def test_damaged_folders_are_refused_by_name(tmp_path, change_meta, change_tensors, message):
+    folder = saved_and_changed(tmp_path, filled(), change_meta=change_meta, change_tensors=change_tensors)
+    with pytest.raises(EptkUsageError) as refused:
+        ActivationStats.load(folder)
+    assert message in str(refused.value)
+
+
+def test_statistics_of_another_model_are_refused():
+    check_model({"model": "tiny", "hidden_size": 64}, "tiny", 64)
+    check_model({}, "tiny", 64)  # nothing recorded: nothing to refuse
+    with pytest.raises(EptkUsageError) as refused:
+        check_model({"model": "tiny"}, "smollm2")
+    assert str(refused.value) == ("activation statistics were captured from model 'tiny', not 'smollm2'; capture "
+                                  "them for 'smollm2' with `eptk capture --model smollm2`")
+    with pytest.raises(EptkUsageError) as refused:
+        check_model({"model": "tiny", "hidden_size": 64}, "tiny", 576)
+    assert str(refused.value) == "activation statistics have width 64 (model 'tiny') but model 'tiny' has hidden size 576"
 
 
 @pytest.mark.parametrize("seed", [7, None])
