@@ -327,12 +327,16 @@ def test_log_ols_levels_missing_arms_and_the_ratio_direction():
     assert I.LogOLS({"a": [1.0], "b": [3.0, 0.0]}).fit is None           # the 0 is dropped: no freedom left
 
 
+def _four_seeds():
+    rng = np.random.default_rng(8)
+    seeds, prompts = np.repeat([0, 1, 2, 3], 10), np.tile(np.arange(5), 8)
+    return np.exp(rng.normal(0, 0.3, 40) + np.repeat(rng.normal(0, 0.2, 4), 10)), seeds, prompts
+
+
 def test_mixed_log_mean_needs_two_seeds_and_drops_non_finite_rows():
     one = I.mixed_log_mean([1.0, 2.0, 3.0], [0, 0, 0], [0, 1, 2])
     assert math.isnan(one["lo"]) and one["why"] == "fewer than 2 seeds" and one["n"] == 1
-    rng = np.random.default_rng(8)
-    seeds, prompts = np.repeat([0, 1, 2, 3], 10), np.tile(np.arange(5), 8)
-    values = np.exp(rng.normal(0, 0.3, 40) + np.repeat(rng.normal(0, 0.2, 4), 10))
+    values, seeds, prompts = _four_seeds()
     ci = I.mixed_log_mean(values, seeds, prompts)
     with_zero = I.mixed_log_mean(list(values) + [0.0], list(seeds) + [3], list(prompts) + [0])  # log 0: dropped
     assert (ci["n"], ci["items"]) == (4, 40) and with_zero == pytest.approx(ci)
@@ -434,9 +438,14 @@ def test_two_runs_or_seeds_are_enough_for_a_model_interval():
     assert ci["n"] == 2 and 0 < ci["lo"] < ci["mean"] < ci["hi"] < math.inf
 
 
-def test_mantel_from_four_objects_and_a_cap_that_is_just_enough():
+def four_point_distances() -> np.ndarray:
+    """Euclidean distances of four points in the plane (no two pairs at the same distance)."""
     pts = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])
-    d = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
+    return np.linalg.norm(pts[:, None] - pts[None], axis=-1)
+
+
+def test_mantel_from_four_objects_and_a_cap_that_is_just_enough():
+    d = four_point_distances()
     four = I.mantel(d, d, n_perm=99)
     assert four["n"] == 4 and four["rho"] == pytest.approx(1.0) and 0 < four["p"] < 1
     base = I.seeds_needed(6.0)
@@ -456,8 +465,7 @@ def test_mantel_p_matches_exact_enumeration_where_it_is_moderate():
     exact = exact_mantel_p(d, noisy)
     assert 0.2 < exact < 0.6
     assert I.mantel(d, noisy, n_perm=4999)["p"] == pytest.approx(exact, abs=0.02)
-    four = np.linalg.norm(np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])[:, None]
-                          - np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])[None], axis=-1)
+    four = four_point_distances()
     assert I.mantel(four, four, n_perm=999)["p"] == pytest.approx(1 / 24, abs=0.015)
 
 
@@ -506,13 +514,7 @@ def _failing_fits(monkeypatch, failing: set) -> list:
     return fitted
 
 
-def _four_seeds():
-    rng = np.random.default_rng(8)
-    seeds, prompts = np.repeat([0, 1, 2, 3], 10), np.tile(np.arange(5), 8)
-    return np.exp(rng.normal(0, 0.3, 40) + np.repeat(rng.normal(0, 0.2, 4), 10)), seeds, prompts
-
-
-def test_mixed_log_mean_tries_each_optimizer_and_keeps_the_best_fit(monkeypatch):
+def test_mixed_log_mean_tries_each_optimizer_and_skips_one_that_fails(monkeypatch):
     """Powell, Nelder-Mead and L-BFGS each fit; one that fails is skipped and the others still fit; when every
     one fails there is no interval, and the reason says so."""
     values, seeds, prompts = _four_seeds()
