@@ -1,5 +1,5 @@
-"""`eptk reproduce [--out DIR] [--quick] [--jobs N] [--shard I/N] [--model M] [--stages ...]`: the paper's
-claims measured, with a findings report (over eptk.commands)."""
+"""`eptk reproduce [--out DIR] [--quick] [--jobs N] [--shard I/N] [--model M] [--stages ...] [--beside DIR]`:
+the paper's claims measured, with a findings report (over eptk.commands)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,6 +27,8 @@ def reproduce(
                                                "reeval, tokens, report (default: all)"),
     report_to: Optional[Path] = typer.Option(None, help="write the report (FINDINGS.md, findings.html, runs.csv, "
                                              "claims.json, figures/) here instead of the study directory"),
+    beside: Optional[List[Path]] = typer.Option(None, "--beside", help="another model's report folder (its "
+                                                "--report-to, with claims.json), repeated: a verdict column per model"),
     dry_run: bool = typer.Option(False, "--dry-run", "--plan", help="list every item and what would happen to it "
                                                                    "(skip, resume, fresh, waits); run nothing"),
     quiet: bool = typer.Option(False, help="no progress bars"),
@@ -35,6 +37,6 @@ def reproduce(
     from eptk import commands
 
     code = commands.reproduce(out, model=model, quick=quick, jobs=jobs, shard=shard, stages=stages, dry_run=dry_run,
-                              progress=not quiet, report_to=report_to)
+                              progress=not quiet, report_to=report_to, beside=beside or ())
     if code:
         raise typer.Exit(code)

@@ -245,13 +245,14 @@ def priors() -> None:
 
 
 def reproduce(out: Path, *, model: str, quick: bool = False, jobs: int | None = None, shard: str | None = None,
-              stages=None, dry_run: bool = False, progress: bool = True, report_to: Path | None = None) -> int:
+              stages=None, dry_run: bool = False, progress: bool = True, report_to: Path | None = None,
+              beside=()) -> int:
     """Run the study's stages into `out` (complete items skipped) and write its findings (into `report_to` when
-    given); return the exit code."""
+    given; `beside`: other models' report folders, a verdict column each); return the exit code."""
     from .io import check_output_dir
     from .reproduce import reproduce as run_study
 
     if report_to is not None:
         report_to = check_output_dir(report_to, "--report-to")
     return run_study(out, model=model, quick=quick, jobs=jobs, shard=shard, stages=stages, dry_run=dry_run,
-                     progress=progress, report_to=report_to)
+                     progress=progress, report_to=report_to, beside=beside)

@@ -131,3 +131,56 @@ def test_quick_study_writes_every_file(quick_study):
                 if isinstance(row.get(key), dict) and row[key].get("lo") is not None:
                     assert 0 <= row[key]["lo"] <= row[key]["hi"] <= 100, (c["claim"], row)
     assert "skip" in again.stdout and "fresh" not in again.stdout and "resume" not in again.stdout, again.stdout
+
+
+def _other_model_report(folder, claims, model="other"):
+    folder.mkdir()
+    (folder / "claims.json").write_text(json.dumps({"model": model, "claims": claims}))
+    return folder
+
+
+def test_another_models_verdicts_get_a_column_and_disagreements_are_named(quick_study, tmp_path):
+    from eptk.reproduce import reproduce
+
+    out = quick_study[0]
+    ours = {c["claim"]: c for c in json.loads((out / "claims.json").read_text())["claims"]}
+    assert json.loads((out / "claims.json").read_text())["model"] == "tiny"
+    flipped = C.FAILS if ours["1"]["verdict"] != C.FAILS else C.HOLDS
+    theirs = [dict(ours["1"], verdict=flipped, why="their reason"), dict(ours["2"], verdict=C.NOT_MEASURED)]
+    theirs += [ours[k] for k in ("3", "4", "5")]                      # claim 6 is not in their report
+    other = _other_model_report(tmp_path / "other", theirs)
+    into = tmp_path / "both"
+    assert reproduce(out, model="tiny", quick=True, stages=["report"], report_to=into, beside=[other],
+                     progress=False) == 0
+    md = (into / "FINDINGS.md").read_text()
+    written = json.loads((into / "claims.json").read_text())
+    assert {c["claim"]: c["verdict"] for c in written["claims"]} == {k: c["verdict"] for k, c in ours.items()}
+    head = next(line for line in md.splitlines() if line.startswith("| claim |"))
+    assert head == "| claim | tiny: statistic | tiny: verdict | other: statistic | other: verdict | rule |"
+    rows = {line.split(".")[0][2:]: [c.strip() for c in line.strip("|").split("|")]
+            for line in md.splitlines() if line[:3] in {f"| {k}" for k in "123456"}}
+    for key in "123456":
+        assert rows[key][2] == f"**{ours[key]['verdict']}**", rows[key]
+    assert rows["1"][4] == f"**{flipped}**" and rows["2"][4] == f"**{C.NOT_MEASURED}**"
+    assert rows["6"][3:5] == ["—", "not in its report"]
+    assert all(rows[k][4] == f"**{ours[k]['verdict']}**" for k in "345")
+    said = [line for line in md.splitlines() if "the models disagree" in line]
+    assert said == [f"Claim 1: the models disagree: {ours['1']['verdict']} on tiny; {flipped} on other."]
+    assert f"On other: **{flipped}**: their reason" in md
+    assert written["model"] == "tiny" and written["beside"] == [{"model": "other", "findings": "../other/FINDINGS.md"}]
+    assert '<a href="../other/findings.html">' in (into / "findings.html").read_text()
+    assert str(tmp_path) not in md
+
+
+@pytest.mark.parametrize("content,word", [(None, "no claims.json there"), ("{not json", "cannot be read"),
+                                          ({"claims": []}, "names no model"),
+                                          ({"model": "tiny", "claims": []}, "model tiny already has a column")])
+def test_a_bad_beside_folder_is_one_line_and_writes_nothing(tmp_path, content, word):
+    other = tmp_path / "other"
+    other.mkdir()
+    if content is not None:
+        (other / "claims.json").write_text(content if isinstance(content, str) else json.dumps(content))
+    done = _cli("reproduce", "--model", "tiny", "--quick", "--out", tmp_path / "study", "--stages", "report",
+                "--beside", other)
+    assert done.returncode == 2 and word in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "study").exists()

@@ -4,7 +4,7 @@ stages.py says which runs, captures and trajectories the study holds (full or --
 (training through eptk.sweep); gather.py reads what exists; claims/ holds one module per claim (its statistic,
 rule and figure; docs/findings/RULES.md) and inference.py the statistics they use (scipy, statsmodels);
 provenance.py reads from git when the rules and runs were committed; report.py and figures.py write FINDINGS.md,
-findings.html, runs.csv, claims.json and figures/.
+findings.html, runs.csv, claims.json and figures/; beside.py puts other models' verdicts beside this one's.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ __all__ = ["STAGES", "Study", "parse_stages", "reproduce"]
 
 def reproduce(out, *, model: str, quick: bool = False, jobs: int | None = None, shard: str | None = None,
               stages=None, dry_run: bool = False, progress: bool = True, console=None, n_perm: int = 999,
-              report_to=None) -> int:
+              report_to=None, beside=()) -> int:
     """Run (or, with `dry_run`, list) the chosen stages; the report stage writes the findings from whatever is
     complete. Returns 1 when a run failed, else 0."""
     from rich.console import Console
@@ -27,8 +27,10 @@ def reproduce(out, *, model: str, quick: bool = False, jobs: int | None = None, 
     from ..config import check_setting
     from ..io import check_output_dir
     from ..models import check_model_name
+    from ..errors import EptkUsageError
     from ..sweep import parse_shard
     from . import run as R
+    from .beside import load_beside
 
     # Every check before anything is written: a bad model would otherwise fail each run of a stage.
     chosen = parse_stages(stages)
@@ -36,6 +38,9 @@ def reproduce(out, *, model: str, quick: bool = False, jobs: int | None = None, 
     if jobs is not None:
         check_setting("jobs", jobs)
     check_model_name(model)
+    if beside and "report" not in chosen:
+        raise EptkUsageError("--beside adds columns to the report; add the report stage (--stages report)")
+    others = load_beside(beside, model)
     study = Study.build(model, check_output_dir(out, "--out"), quick=quick)
     study.check_folder()
     if dry_run:
@@ -56,11 +61,11 @@ def reproduce(out, *, model: str, quick: bool = False, jobs: int | None = None, 
         elif stage == "reeval":
             failed += R.run_reevaluations(study, parsed, console=console)
         elif stage == "report":
-            _report(study, n_perm=n_perm, console=console, into=report_to)
+            _report(study, n_perm=n_perm, console=console, into=report_to, beside=others)
     return 1 if failed else 0
 
 
-def _report(study: Study, *, n_perm: int, console, into=None) -> None:
+def _report(study: Study, *, n_perm: int, console, into=None, beside=()) -> None:
     from ..config import versions
     from .claims import measure_claims
     from .gather import Gathered
@@ -69,7 +74,7 @@ def _report(study: Study, *, n_perm: int, console, into=None) -> None:
     g = Gathered(study)
     results = measure_claims(g, n_perm=n_perm)
     command = "eptk " + " ".join(shlex.quote(_portable(a)) for a in sys.argv[1:]) if sys.argv[1:] else "eptk reproduce"
-    files = write_report(g, results, command=command, versions=versions(), into=into)
+    files = write_report(g, results, command=command, versions=versions(), into=into, beside=beside)
     for r in results:
         console.print(f"claim {r['claim']}: {r['verdict']} — {r['why']}", markup=False, highlight=False)
     console.print(f"report: {files['FINDINGS.md']}, {files['findings.html']}", markup=False)

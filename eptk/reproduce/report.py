@@ -7,12 +7,14 @@ import base64
 import html
 import json
 import math
+import re
 from pathlib import Path
 
 from ..config import portable_paths
 from ..io import write_json_atomic, write_text_atomic
 from . import provenance
-from .claims import CLAIMS
+from .beside import disagreements, link
+from .claims import CLAIMS, NOT_MEASURED
 from .gather import TRAINING_STAGES, Gathered
 from .inference import fmt
 
@@ -122,8 +124,10 @@ def _md_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def write_report(g: Gathered, results: list[dict], *, command: str, versions: dict, into: Path | None = None) -> dict:
-    """FINDINGS.md, findings.html, runs.csv, claims.json and figures/ in `into` (default: the study folder)."""
+def write_report(g: Gathered, results: list[dict], *, command: str, versions: dict, into: Path | None = None,
+                 beside: list[dict] = ()) -> dict:
+    """FINDINGS.md, findings.html, runs.csv, claims.json and figures/ in `into` (default: the study folder);
+    `beside`: other models' verdicts (beside.load_beside), a column each."""
     out = Path(into) if into is not None else g.study.out
     figures = {r["claim"]: (CLAIMS[r["claim"]].draw(r, out / "figures") if CLAIMS[r["claim"]].draw else [])
                for r in results}
@@ -132,31 +136,36 @@ def write_report(g: Gathered, results: list[dict], *, command: str, versions: di
               for label, stages in STAGE_GROUPS.items()}
     record = provenance.record(out, groups)
     write_text_atomic(out / "runs.csv", _csv(rows))
-    write_json_atomic(out / "claims.json", _clean({"command": command, "versions": versions, "provenance": record,
+    others = [{"model": b["model"], "findings": link(b, out)} for b in beside]
+    write_json_atomic(out / "claims.json", _clean({"model": g.study.model, "command": command, "versions": versions,
+                                                   "provenance": record, "beside": others,
                                                    "claims": [{k: v for k, v in r.items() if k != "items"}
                                                               for r in results]}))
-    md = _markdown(g, results, figures, command, versions, record, out)
+    md = _markdown(g, results, figures, command, versions, record, out, beside)
     write_text_atomic(out / "FINDINGS.md", md)
     write_text_atomic(out / "findings.html", _html(md, out))
     return {"FINDINGS.md": out / "FINDINGS.md", "findings.html": out / "findings.html", "runs.csv": out / "runs.csv",
             "claims.json": out / "claims.json"}
 
 
-def _markdown(g: Gathered, results, figures, command, versions, record, out: Path) -> str:
+def _markdown(g: Gathered, results, figures, command, versions, record, out: Path, beside=()) -> str:
     complete = len(g.runs)
     total = sum(len(g.study.stage_runs[s]) for s in TRAINING_STAGES)
     lines = ["# Findings: embedding priors in prompt-tuning, measured", "",
              f"Model `{g.study.model}`; {complete} of {total} runs complete. Each verdict follows the rule printed "
              f"next to it (the whole rule: docs/findings/RULES.md, version {provenance.RULES_VERSION}); intervals "
              f"are 95%, from scipy.stats and statsmodels, over runs (seeds).", "",
-             provenance.describe(record), "",
-             "| claim | statistic | verdict | rule |", "|---|---|---|---|"]
-    for r in results:
-        lines.append(f"| {r['claim']}. {r['text']} | {_statistic(r)} | **{r['verdict']}** | {r['rule']} |")
+             provenance.describe(record), ""]
+    lines += _summary(g.study.model, results, beside, out)
     lines += ["", f"Command: `{command}`", "",
               "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
     for r in results:
         lines += [f"## Claim {r['claim']}: {r['text']}", "", f"**{r['verdict']}**: {r['why']}", ""]
+        for b in beside:
+            other = b["claims"].get(r["claim"])
+            if other is not None:
+                lines += [f"On {b['model']}: **{other['verdict']}**: {other.get('why', '')} "
+                          f"({_statistic(other)}; [its findings]({link(b, out)}))", ""]
         figure = r.get("figure") or {}
         for key, rows in figure.items():
             if key in ("curves", "rows") or not isinstance(rows, list) or not rows or not isinstance(rows[0], dict):
@@ -170,6 +179,28 @@ def _markdown(g: Gathered, results, figures, command, versions, record, out: Pat
     return "\n".join(lines) + "\n"
 
 
+def _summary(model: str, results, beside, out: Path) -> list[str]:
+    """The claims table: statistic and verdict of this study's model, then one verdict column per other model,
+    and a sentence for each claim on which measured verdicts differ."""
+    if not beside:
+        lines = ["| claim | statistic | verdict | rule |", "|---|---|---|---|"]
+        return lines + [f"| {r['claim']}. {r['text']} | {_statistic(r)} | **{r['verdict']}** | {r['rule']} |"
+                        for r in results]
+    names = [model] + [b["model"] for b in beside]
+    lines = [f"Models: {model} (this study), " + ", ".join(f"{b['model']} ([its findings]({link(b, out)}))"
+                                                         for b in beside) + ".", "",
+             "| claim | " + " | ".join(f"{m}: statistic | {m}: verdict" for m in names) + " | rule |",
+             "|---|" + "---|---|" * len(names) + "---|"]
+    for r in results:
+        cells = [f"{_statistic(r)} | **{r['verdict']}**"]
+        for b in beside:
+            other = b["claims"].get(r["claim"])
+            cells.append("— | not in its report" if other is None else f"{_statistic(other)} | **{other['verdict']}**")
+        lines.append(f"| {r['claim']}. {r['text']} | " + " | ".join(cells) + f" | {r['rule']} |")
+    return lines + [""] + (disagreements(model, results, beside, NOT_MEASURED)
+                           or ["No claim measured on two models has different verdicts."])
+
+
 def _html(md: str, out: Path) -> str:
     """A self-contained page from the markdown: tables, headings, paragraphs, figures embedded as data URIs."""
     body, table = [], []
@@ -179,7 +210,9 @@ def _html(md: str, out: Path) -> str:
         for mark, tag in (("**", "b"), ("`", "code")):
             parts = text.split(mark)
             text = "".join(p if i % 2 == 0 else f"<{tag}>{p}</{tag}>" for i, p in enumerate(parts))
-        return text
+        # a link to another model's findings opens that model's page
+        return re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)",
+                      lambda m: f'<a href="{m[2].replace("FINDINGS.md", "findings.html")}">{m[1]}</a>', text)
 
     def flush():
         if table:
