@@ -148,6 +148,7 @@ def test_another_models_verdicts_get_a_column_and_disagreements_are_named(quick_
     flipped = C.FAILS if ours["1"]["verdict"] != C.FAILS else C.HOLDS
     theirs = [dict(ours["1"], verdict=flipped, why="their reason"), dict(ours["2"], verdict=C.NOT_MEASURED)]
     theirs += [ours[k] for k in ("3", "4", "5")]                      # claim 6 is not in their report
+    theirs[2] = dict(theirs[2], statistics={"step_ratio": {"mean": None, "lo": None, "hi": None}})  # NaN as written
     other = _other_model_report(tmp_path / "other", theirs)
     into = tmp_path / "both"
     assert reproduce(out, model="tiny", quick=True, stages=["report"], report_to=into, beside=[other],
@@ -164,6 +165,7 @@ def test_another_models_verdicts_get_a_column_and_disagreements_are_named(quick_
     assert rows["1"][4] == f"**{flipped}**" and rows["2"][4] == f"**{C.NOT_MEASURED}**"
     assert rows["6"][3:5] == ["—", "not in its report"]
     assert all(rows[k][4] == f"**{ours[k]['verdict']}**" for k in "345")
+    assert rows["3"][3] == "step_ratio n/a"
     said = [line for line in md.splitlines() if "the models disagree" in line]
     assert said == [f"Claim 1: the models disagree: {ours['1']['verdict']} on tiny; {flipped} on other."]
     assert f"On other: **{flipped}**: their reason" in md

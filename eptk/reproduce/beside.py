@@ -4,6 +4,7 @@ one verdict column per model, naming each claim on which the models disagree."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -37,8 +38,18 @@ def load_beside(folders, model: str) -> list[dict]:
             raise EptkUsageError(f"--beside {folder}: model {other} already has a column; give each model once "
                                  f"(this study's model is {model})")
         seen.add(other)
+        claims = [dict(c, statistics=_nan_for_null(c.get("statistics") or {})) for c in claims]
         loaded.append({"model": other, "folder": folder, "claims": {c["claim"]: c for c in claims}})
     return loaded
+
+
+def _nan_for_null(value):
+    """claims.json writes a non-finite number as null; read back, it is NaN again (printed as n/a)."""
+    if value is None:
+        return math.nan
+    if isinstance(value, dict):
+        return {k: _nan_for_null(v) for k, v in value.items()}
+    return value
 
 
 def link(entry: dict, out: Path) -> str:
