@@ -119,31 +119,42 @@ def test_report_opens_with_every_figure(browser, analysis, width, browser_artifa
     check_screenshot(shot, WIDTHS[width][0], browser_artifacts)
 
 
-def claims_table_rows(page) -> list[list[str]]:
-    """The body rows of the table whose header has a `verdict` column: each row's cell texts."""
-    return page.evaluate("""() => {
+def claims_table_rows(page, column: str = "verdict") -> list[dict] | None:
+    """The body rows of the table whose header has `column` (`verdict`, or `<model>: verdict` when other
+    models' verdicts stand beside): each row's cell texts and that column's cell."""
+    return page.evaluate("""(column) => {
         const table = [...document.querySelectorAll('table')].find(t =>
-            [...t.querySelectorAll('th')].some(th => th.textContent.trim().toLowerCase() === 'verdict'));
+            [...t.querySelectorAll('th')].some(th => th.textContent.trim().toLowerCase() === column));
         if (!table) return null;
         const heads = [...table.querySelectorAll('th')].map(th => th.textContent.trim().toLowerCase());
-        const col = heads.indexOf('verdict');
+        const col = heads.indexOf(column);
         return [...table.querySelectorAll('tr')].filter(tr => tr.querySelector('td'))
             .map(tr => [...tr.querySelectorAll('td')].map(td => td.textContent.trim()))
             .map(cells => ({cells, verdict: cells[col]}));
-    }""")
+    }""", column)
 
 
 @pytest.mark.parametrize("width", WIDTHS)
 def test_findings_open_with_every_figure_and_one_row_per_claim(browser, width, browser_artifacts):
-    claims = json.loads((FINDINGS / "claims.json").read_text())["claims"]
+    written = json.loads((FINDINGS / "claims.json").read_text())
+    claims, beside = written["claims"], written.get("beside", [])
     page, problems, shot = open_page(browser, FINDINGS / "findings.html", width, browser_artifacts.folder)
     try:
         assert not problems, problems
         check_figures_load(page, len(list((FINDINGS / "figures").glob("*.png"))))
-        rows = claims_table_rows(page)
-        assert rows is not None, "no table with a verdict column"
+        column = f"{written['model']}: verdict" if beside else "verdict"
+        rows = claims_table_rows(page, column)
+        assert rows is not None, f"no table with a {column!r} column"
         assert len(rows) == len(claims), f"{len(rows)} rows in the claims table, {len(claims)} claims in claims.json"
         assert [r["verdict"] for r in rows] == [c["verdict"] for c in claims]
+        links = page.evaluate("[...document.querySelectorAll('a')].map(a => a.getAttribute('href'))")
+        assert all((FINDINGS / link).is_file() for link in links), links   # every link opens a page
+        for other in beside:   # each other model's column holds that model's own verdicts, and its page opens
+            theirs = {c["claim"]: c["verdict"] for c in json.loads(
+                (FINDINGS / other["findings"]).with_name("claims.json").read_text())["claims"]}
+            got = claims_table_rows(page, f"{other['model']}: verdict")
+            assert [r["verdict"] for r in got] == [theirs.get(c["claim"], "not in its report") for c in claims]
+            assert other["findings"].replace("FINDINGS.md", "findings.html") in links
     finally:
         page.close()
     check_screenshot(shot, WIDTHS[width][0], browser_artifacts)
