@@ -25,9 +25,9 @@ def reproduce(out, *, model: str, quick: bool = False, jobs: int | None = None, 
     from rich.console import Console
 
     from ..config import check_setting
+    from ..errors import EptkUsageError
     from ..io import check_output_dir
     from ..models import check_model_name
-    from ..errors import EptkUsageError
     from ..sweep import parse_shard
     from . import run as R
     from .beside import load_beside

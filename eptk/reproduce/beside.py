@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from ..errors import EptkUsageError
+from .claims import NOT_MEASURED
 
 HINT = "give the --report-to folder of `eptk reproduce --model M --stages report`"
 
@@ -57,13 +58,13 @@ def link(entry: dict, out: Path) -> str:
     return Path(os.path.relpath(Path(entry["folder"]).absolute() / "FINDINGS.md", Path(out).absolute())).as_posix()
 
 
-def disagreements(model: str, results: list[dict], beside: list[dict], not_measured: str) -> list[str]:
+def disagreements(model: str, results: list[dict], beside: list[dict]) -> list[str]:
     """One sentence per claim that two models both measured and judged differently."""
     lines = []
     for r in results:
         verdicts = {model: r["verdict"]} | {b["model"]: b["claims"][r["claim"]]["verdict"]
                                             for b in beside if r["claim"] in b["claims"]}
-        measured = {m: v for m, v in verdicts.items() if v != not_measured}
+        measured = {m: v for m, v in verdicts.items() if v != NOT_MEASURED}
         if len(set(measured.values())) > 1:
             said = "; ".join(f"{v} on {m}" for m, v in measured.items())
             lines.append(f"Claim {r['claim']}: the models disagree: {said}.")

@@ -14,7 +14,7 @@ from ..config import portable_paths
 from ..io import write_json_atomic, write_text_atomic
 from . import provenance
 from .beside import disagreements, link
-from .claims import CLAIMS, NOT_MEASURED
+from .claims import CLAIMS
 from .gather import TRAINING_STAGES, Gathered
 from .inference import fmt
 
@@ -129,6 +129,7 @@ def write_report(g: Gathered, results: list[dict], *, command: str, versions: di
     """FINDINGS.md, findings.html, runs.csv, claims.json and figures/ in `into` (default: the study folder);
     `beside`: other models' verdicts (beside.load_beside), a column each."""
     out = Path(into) if into is not None else g.study.out
+    beside = [dict(b, findings=link(b, out)) for b in beside]   # each other report's page, relative to `out`
     figures = {r["claim"]: (CLAIMS[r["claim"]].draw(r, out / "figures") if CLAIMS[r["claim"]].draw else [])
                for r in results}
     rows = run_rows(g)
@@ -136,9 +137,9 @@ def write_report(g: Gathered, results: list[dict], *, command: str, versions: di
               for label, stages in STAGE_GROUPS.items()}
     record = provenance.record(out, groups)
     write_text_atomic(out / "runs.csv", _csv(rows))
-    others = [{"model": b["model"], "findings": link(b, out)} for b in beside]
     write_json_atomic(out / "claims.json", _clean({"model": g.study.model, "command": command, "versions": versions,
-                                                   "provenance": record, "beside": others,
+                                                   "provenance": record,
+                                                   "beside": [{k: b[k] for k in ("model", "findings")} for b in beside],
                                                    "claims": [{k: v for k, v in r.items() if k != "items"}
                                                               for r in results]}))
     md = _markdown(g, results, figures, command, versions, record, out, beside)
@@ -156,7 +157,7 @@ def _markdown(g: Gathered, results, figures, command, versions, record, out: Pat
              f"next to it (the whole rule: docs/findings/RULES.md, version {provenance.RULES_VERSION}); intervals "
              f"are 95%, from scipy.stats and statsmodels, over runs (seeds).", "",
              provenance.describe(record), ""]
-    lines += _summary(g.study.model, results, beside, out)
+    lines += _summary(g.study.model, results, beside)
     lines += ["", f"Command: `{command}`", "",
               "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
     for r in results:
@@ -165,7 +166,7 @@ def _markdown(g: Gathered, results, figures, command, versions, record, out: Pat
             other = b["claims"].get(r["claim"])
             if other is not None:
                 lines += [f"On {b['model']}: **{other['verdict']}**: {other.get('why', '')} "
-                          f"({_statistic(other)}; [its findings]({link(b, out)}))", ""]
+                          f"({_statistic(other)}; [its findings]({b['findings']}))", ""]
         figure = r.get("figure") or {}
         for key, rows in figure.items():
             if key in ("curves", "rows") or not isinstance(rows, list) or not rows or not isinstance(rows[0], dict):
@@ -179,26 +180,26 @@ def _markdown(g: Gathered, results, figures, command, versions, record, out: Pat
     return "\n".join(lines) + "\n"
 
 
-def _summary(model: str, results, beside, out: Path) -> list[str]:
-    """The claims table: statistic and verdict of this study's model, then one verdict column per other model,
-    and a sentence for each claim on which measured verdicts differ."""
-    if not beside:
-        lines = ["| claim | statistic | verdict | rule |", "|---|---|---|---|"]
-        return lines + [f"| {r['claim']}. {r['text']} | {_statistic(r)} | **{r['verdict']}** | {r['rule']} |"
-                        for r in results]
+def _summary(model: str, results, beside) -> list[str]:
+    """The claims table: this study's statistic and verdict (columns named after each model once others stand
+    beside it), one pair of columns per other model, and then a sentence for each claim on which measured
+    verdicts differ."""
+    named = (lambda m: f"{m}: ") if beside else (lambda m: "")
     names = [model] + [b["model"] for b in beside]
-    lines = [f"Models: {model} (this study), " + ", ".join(f"{b['model']} ([its findings]({link(b, out)}))"
-                                                         for b in beside) + ".", "",
-             "| claim | " + " | ".join(f"{m}: statistic | {m}: verdict" for m in names) + " | rule |",
-             "|---|" + "---|---|" * len(names) + "---|"]
+    lines = ([f"Models: {model} (this study), " + ", ".join(f"{b['model']} ([its findings]({b['findings']}))"
+                                                          for b in beside) + ".", ""] if beside else [])
+    lines += ["| claim | " + " | ".join(f"{named(m)}statistic | {named(m)}verdict" for m in names) + " | rule |",
+              "|---|" + "---|---|" * len(names) + "---|"]
     for r in results:
         cells = [f"{_statistic(r)} | **{r['verdict']}**"]
         for b in beside:
             other = b["claims"].get(r["claim"])
             cells.append("— | not in its report" if other is None else f"{_statistic(other)} | **{other['verdict']}**")
         lines.append(f"| {r['claim']}. {r['text']} | " + " | ".join(cells) + f" | {r['rule']} |")
-    return lines + [""] + (disagreements(model, results, beside, NOT_MEASURED)
-                           or ["No claim measured on two models has different verdicts."])
+    if beside:
+        lines += [""] + (disagreements(model, results, beside) or
+                         ["No claim measured on two models has different verdicts."])
+    return lines
 
 
 def _html(md: str, out: Path) -> str:
