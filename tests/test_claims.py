@@ -211,3 +211,32 @@ def test_not_measured_names_what_is_missing():
 
     r = not_measured(CLAIMS["2"], ["a", "b"])
     assert r["verdict"] == NOT_MEASURED and r["missing"] == ["a", "b"] and "missing 2" in r["why"]
+
+
+def test_a_claim_with_inputs_still_missing_is_not_a_verdict():
+    """The rules judge a claim on all its inputs (claim 1: "for every method" of the whole grid): on part of them a
+    claim reads not measured, and what the inputs there are would give is kept apart as `provisional`. Found on
+    Gemma, whose first 6 main-grid runs (soft only) gave claim 1 "holds"."""
+    from types import SimpleNamespace
+
+    from eptk.reproduce.claims.base import partial
+
+    g = torch.Generator().manual_seed(0)
+    runs = []
+    for i in range(6):
+        prior = torch.randn(4, 8, generator=g) * 3
+        runs.append(TunedRun(f"r{i}", "soft", f"p{i % 3}", i, prior_tensors={"soft": prior},
+                             posterior_tensors={"soft": prior + 0.05 * torch.randn(prior.shape, generator=g)}))
+
+    def gathered(missing):
+        return SimpleNamespace(tuned=lambda stage, **_: runs if stage == "main" else [],
+                               missing_of=lambda stage, **_: list(missing) if stage == "main" else [])
+    whole = C1.measure(gathered([]), n_perm=199)
+    assert whole["verdict"] == HOLDS and "missing" not in whole and "provisional" not in whole
+    part = C1.measure(gathered(["deep-a", "deep-b"]), n_perm=199)
+    assert part["verdict"] == NOT_MEASURED and part["provisional"] == HOLDS and part["missing"] == ["deep-a", "deep-b"]
+    assert part["why"].startswith("2 of its inputs are not in yet (deep-a, deep-b)") and "would read holds" in part["why"]
+    assert part["statistics"] == whole["statistics"]
+    # a claim that already reads not measured (claim 2's seeds) keeps its own reason and gets no provisional verdict
+    short = partial({"verdict": NOT_MEASURED, "why": "seeds are not all in"}, ["x"])
+    assert short["verdict"] == NOT_MEASURED and "provisional" not in short and short["why"].startswith("seeds")

@@ -48,17 +48,28 @@ def result(claim: Claim, statistics: dict, verdict: str, why: str, figure: dict 
             "verdict": verdict, "why": why, "figure": figure or {}, **extra}
 
 
+def named(missing: list[str]) -> str:
+    """The first few missing inputs, and how many more."""
+    return ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+
+
 def not_measured(claim: Claim, missing: list[str]) -> dict:
     """A claim whose inputs are missing: which (runs, captures, trajectories), never an error."""
-    shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
-    return result(claim, {}, NOT_MEASURED, f"missing {len(missing)}: {shown}", missing=list(missing))
+    return result(claim, {}, NOT_MEASURED, f"missing {len(missing)}: {named(missing)}", missing=list(missing))
 
 
 def partial(res: dict, missing: list[str]) -> dict:
-    """A verdict on the inputs there are, saying which are not there yet."""
+    """A result that may lack some of its inputs. The rules judge a claim on all of them (claim 1: "for every
+    method" of the whole grid), so with any missing it reads not measured; what the inputs there are would give
+    stays in the statistics and in `provisional`, and the reason says both."""
     if missing:
         res["missing"] = list(missing)
-        res["why"] += f" (partial: {len(missing)} input(s) missing)"
+        if res["verdict"] == NOT_MEASURED:
+            res["why"] += f" (partial: {len(missing)} input(s) missing)"
+        else:
+            res["why"] = (f"{len(missing)} of its inputs are not in yet ({named(missing)}); on the inputs there are "
+                          f"it would read {res['verdict']}: {res['why']}")
+            res["provisional"], res["verdict"] = res["verdict"], NOT_MEASURED
     return res
 
 

@@ -1,0 +1,10 @@
+# Shared settings of the background study scripts (sourced, not run). Paths are derived, never machine-specific:
+# REPO is this checkout's root; WORK (default: a folder `repro` beside it) holds the frozen checkouts and the
+# study folders, which are never committed as a whole.
+REPO=${REPO:-$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)}
+WORK=${WORK:-$(dirname "$REPO")/repro}
+# model -> the folder of the repository where its study's runs are committed
+declare -A COMMITTED=([smollm2]=docs/findings/runs [gemma3-270m]=docs/findings/gemma3-270m/runs)
+# A study folder must not be named after a packaged model: the checkout frozen for SmolLM2 (d901117) predates
+# eb79675 and would record `--model smollm2` as the path of a folder `./smollm2` in the working directory.
+study_dir() { echo "$WORK/study-$1"; }

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# At a session's end, once the studies are stopped: each run still training (no eval.json, a checkpoint) is
+# committed with its small files and its newest checkpoint only, so that the next session (on this machine or a
+# new one) resumes it from that step (study.sh seeds its study folder from the committed runs).
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+parked=()
+for model in "${!COMMITTED[@]}"; do
+    out=$(study_dir "$model")
+    [ -d "$out" ] || continue
+    for latest in "$out"/*/checkpoint/latest; do
+        run=$(dirname "$(dirname "$latest")")
+        [ -f "$latest" ] && [ ! -f "$run/eval.json" ] || continue
+        dest="${COMMITTED[$model]}/$(basename "$run")" step=$(cat "$latest")
+        [ -d "$REPO/$dest/checkpoint" ] && git -C "$REPO" rm -rq --ignore-unmatch "$dest/checkpoint" && rm -rf "$REPO/$dest/checkpoint"
+        mkdir -p "$REPO/$dest/checkpoint"
+        find "$run" -maxdepth 1 -type f -exec cp -p {} "$REPO/$dest/" \;
+        cp -p "$latest" "$REPO/$dest/checkpoint/"
+        cp -rp "$run/checkpoint/$step" "$REPO/$dest/checkpoint/"
+        git -C "$REPO" add "$dest"
+        parked+=("$dest")
+    done
+done
+[ ${#parked[@]} -gt 0 ] && git -C "$REPO" commit -q -m "docs/findings: ${#parked[@]} study run(s) still training parked at their newest checkpoint (resumed next session)" -- "${parked[@]}"
+echo "parked: ${parked[*]:-none}"
