@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every two minutes: each study run that finished (its eval.json written at least a minute ago) gets its small
-# files (every file at the top of its folder; never the checkpoints) copied into the committed runs folder and
-# committed on their own (`git commit -- PATHS` leaves whatever else is staged alone). A run that was parked has
-# its committed checkpoint removed once it is complete.
+# files (the files at the top of its folder, but not hidden ones such as the run's .lock; never the checkpoints)
+# copied into the committed runs folder and committed on their own (`git commit -- PATHS` leaves whatever else is
+# staged alone). A run that was parked has its committed checkpoint removed once it is complete.
 set -uo pipefail
 source "$(dirname "$0")/env.sh"
 while true; do
@@ -14,7 +14,7 @@ while true; do
             [ -f "$eval" ] && [ $(( $(date +%s) - $(stat -c %Y "$eval") )) -ge 60 ] || continue
             run=$(dirname "$eval") dest="${COMMITTED[$model]}/$(basename "$(dirname "$eval")")"
             mkdir -p "$REPO/$dest"
-            find "$run" -maxdepth 1 -type f -exec cp -p {} "$REPO/$dest/" \;
+            find "$run" -maxdepth 1 -type f ! -name '.*' -exec cp -p {} "$REPO/$dest/" \;
             [ -d "$REPO/$dest/checkpoint" ] && git -C "$REPO" rm -rq "$dest/checkpoint"
             git -C "$REPO" add "$dest"
             [ -n "$(git -C "$REPO" status --porcelain -- "$dest")" ] && changed+=("$dest")

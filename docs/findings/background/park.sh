@@ -14,7 +14,7 @@ for model in "${!COMMITTED[@]}"; do
         dest="${COMMITTED[$model]}/$(basename "$run")" step=$(cat "$latest")
         [ -d "$REPO/$dest/checkpoint" ] && git -C "$REPO" rm -rq --ignore-unmatch "$dest/checkpoint" && rm -rf "$REPO/$dest/checkpoint"
         mkdir -p "$REPO/$dest/checkpoint"
-        find "$run" -maxdepth 1 -type f -exec cp -p {} "$REPO/$dest/" \;
+        find "$run" -maxdepth 1 -type f ! -name '.*' -exec cp -p {} "$REPO/$dest/" \;
         cp -p "$latest" "$REPO/$dest/checkpoint/"
         cp -rp "$run/checkpoint/$step" "$REPO/$dest/checkpoint/"
         git -C "$REPO" add "$dest"
