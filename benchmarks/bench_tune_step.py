@@ -275,6 +275,7 @@ def test_methods_against_the_floor(benchmark, setting):
     for r in rows[1:]:
         benchmark.extra_info[f"{r['provider']}_vs_floor"] = r["vs_floor"]
         benchmark.extra_info[f"{r['provider']}_cpu_vs_floor"] = r["cpu_vs_floor"]
+        benchmark.extra_info[f"{r['provider']}_paired_cpu_vs_floor"] = r["paired_cpu_vs_floor"]
     benchmark.extra_info["table"] = table(rows)
     print("\n" + table(rows))
     if setting.id not in recorded:
@@ -309,15 +310,17 @@ def _x(row, key, fmt="{:.2f}×"):
 
 def table(rows: list[dict]) -> str:
     lines = ["| setting | provider | ms/step | tokens/s | peak MiB | vs floor (time) | vs floor (CPU time) "
+             "| vs floor, paired by round (time / CPU time) "
              "| vs floor (memory) | speed-up vs PEFT | memory vs PEFT | +gc time | +gc memory |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['setting']} | {r['provider']} | {r['error']} ||||||||||")
+            lines.append(f"| {r['setting']} | {r['provider']} | {r['error']} |||||||||||")
             continue
         peft = f"{r['speedup_vs_peft']:.2f}× vs {r['peft']}" if "speedup_vs_peft" in r else ""
         lines.append(f"| {r['setting']} | {r['provider']} | {r['ms']:.1f} | {r['tokens_per_s']:,.0f} | "
                      f"{r['peak_bytes'] / 2**20:,.1f} | {_x(r, 'vs_floor')} | {_x(r, 'cpu_vs_floor')} | "
+                     f"{' / '.join(filter(None, (_x(r, 'paired_vs_floor'), _x(r, 'paired_cpu_vs_floor'))))} | "
                      f"{_x(r, 'memory_vs_floor')} | {peft} | "
                      f"{_x(r, 'memory_vs_peft')} | {_x(r, 'gc_time_ratio')} | {_x(r, 'gc_memory_ratio')} |")
     return "\n".join(lines)
@@ -363,6 +366,20 @@ def take_turns(steps: dict, rounds: int, repeat=None) -> dict[str, dict[str, lis
     return times
 
 
+def paired_ratios(times: dict, base: str = "floor") -> dict[str, dict[str, float]]:
+    """provider -> {"wall", "cpu"}: the median over rounds of its step over `base`'s step of the same round. A
+    round's steps are seconds apart, so a change of the machine's speed during the run (the floor's own median
+    moved by half between two quiet runs) falls on both sides of each ratio, which a ratio of medians misses."""
+    import math
+    import statistics
+
+    def median_ratio(mine, floor):
+        ratios = [a / b for a, b in zip(mine, floor) if b > 0]  # (a step too short for the CPU clock has no ratio)
+        return statistics.median(ratios) if ratios else math.nan
+    return {provider: {kind: median_ratio(t[kind], times[base][kind]) for kind in ("wall", "cpu")}
+            for provider, t in times.items() if provider != base and base in times}
+
+
 def run_interleaved(settings, rounds: int, backend: str = "auto", repeat=None) -> list[dict]:
     """Every provider of a setting built first, then their timed steps taken in turn (`take_turns`). CPU only
     (all the setting's models live at once)."""
@@ -370,10 +387,13 @@ def run_interleaved(settings, rounds: int, backend: str = "auto", repeat=None) -
     for setting in settings:
         steps = {provider: setup(provider, setting, backend) for provider in setting.providers}
         times = take_turns(steps, rounds, repeat)
+        paired = paired_ratios(times)
         for provider, (step, batch) in steps.items():
             cpu = summary(times[provider]["cpu"])
             timing = {**summary(times[provider]["wall"]), "cpu_ms": cpu["ms"], "cpu_ms_min": cpu["ms_min"],
                       "peak_bytes": peak_bytes(step)}
+            if provider in paired:
+                timing.update(paired_vs_floor=paired[provider]["wall"], paired_cpu_vs_floor=paired[provider]["cpu"])
             rows.append(describe(provider, setting, batch, timing, done))
             print(f"{setting.id} {provider}: {timing['ms']:.1f} ms", flush=True)
         del steps

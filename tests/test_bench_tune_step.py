@@ -21,6 +21,7 @@ def test_providers_take_their_steps_in_turn(monkeypatch):
     assert [r["provider"] for r in rows] == list(setting.providers)
     soft = rows[-1]
     assert soft["vs_floor"] > 0 and soft["speedup_vs_peft"] > 0 and soft["peft"] == "peft-prompt"
+    assert soft["paired_vs_floor"] > 0 and "paired_cpu_vs_floor" in soft and "paired_vs_floor" not in rows[0]
 
 
 def test_the_floor_guard_fails_past_the_margin_only():
@@ -47,3 +48,20 @@ def test_a_make_bench_result_becomes_the_recorded_ratios(tmp_path, monkeypatch):
     assert saved["devices"] == {"cpu-x86-64": {"s": {"eptk-soft": 1.2346}}}
     assert saved["sources"]["cpu-x86-64"] == "make bench, 2026-12-02: benchmarks/results/cpu-x86-64-2026-12-02.json"
     assert bench.recorded_ratios() == {"s": {"eptk-soft": 1.2346}}
+
+
+def test_ratios_paired_by_round_follow_the_machine_between_rounds():
+    """The machine slows four-fold after two rounds; each round's soft step is 1.1x that round's floor step. The
+    paired ratio says 1.1; a ratio of the two medians would say 4.4."""
+    times = {"floor": {"wall": [100, 100, 400, 400, 400], "cpu": [50, 50, 50, 200, 200]},
+             "eptk-soft": {"wall": [110, 110, 440, 440, 440], "cpu": [55, 55, 55, 220, 220]},
+             "eptk-deep": {"wall": [90, 130, 400, 440, 480], "cpu": [60, 40, 50, 200, 200]}}
+    paired = bench.paired_ratios(times)
+    assert set(paired) == {"eptk-soft", "eptk-deep"}
+    assert abs(paired["eptk-soft"]["wall"] - 1.1) < 1e-12
+    assert abs(paired["eptk-soft"]["cpu"] - 1.1) < 1e-12
+    assert abs(paired["eptk-deep"]["wall"] - 1.1) < 1e-12  # ratios 0.9, 1.3, 1.0, 1.1, 1.2: the median
+    assert abs(paired["eptk-deep"]["cpu"] - 1.0) < 1e-12   # 1.2, 0.8, 1.0, 1.0, 1.0
+    assert bench.paired_ratios({"eptk-soft": times["eptk-soft"]}) == {}  # no floor, no ratio
+    zero = bench.paired_ratios({"floor": {"wall": [0, 2], "cpu": [0, 0]}, "s": {"wall": [1, 3], "cpu": [1, 1]}})
+    assert zero["s"]["wall"] == 1.5 and zero["s"]["cpu"] != zero["s"]["cpu"]  # a zero floor step is left out; none: NaN
