@@ -133,6 +133,37 @@ def test_quick_study_writes_every_file(quick_study):
     assert "skip" in again.stdout and "fresh" not in again.stdout and "resume" not in again.stdout, again.stdout
 
 
+def test_claim4_silhouettes_are_kept_so_a_report_needs_no_captures(quick_study, tmp_path):
+    """The report keeps claim 4's silhouettes in measures/ (small, committed); a copy of the study without its
+    captures (large, not committed) reads them back, the same rows; kept rows of other captures, or none, are not
+    read, and the captures count as missing."""
+    import shutil
+
+    from eptk.reproduce.gather import Gathered
+
+    out = quick_study[0]
+    whole = Gathered(Study.build("tiny", out, quick=True))
+    tokens, missing = whole.token_rows()
+    sequences = whole.cluster_rows()
+    assert tokens and sequences and not missing
+    kept = json.loads((out / "measures" / "token-silhouettes.json").read_text())
+    assert sorted(kept["seeds"]) == [str(s) for s in Study.build("tiny", out, quick=True).scale.seeds]
+    copy = tmp_path / "study"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("captures", "tokens"))
+    assert not (copy / "tokens").exists() and not (copy / "captures").exists()
+    bare = Gathered(Study.build("tiny", copy, quick=True))
+    assert bare.token_rows() == (tokens, []) and bare.cluster_rows() == sequences
+    # kept for other captures (a seed's list differs): not read
+    kept["seeds"]["0"]["captures"] = kept["seeds"]["0"]["captures"][:-1]
+    (copy / "measures" / "token-silhouettes.json").write_text(json.dumps(kept))
+    rows, missing = Gathered(Study.build("tiny", copy, quick=True)).token_rows()
+    assert {r["seed"] for r in rows} == {int(s) for s in kept["seeds"]} - {0}
+    assert missing and all(m.startswith("tokens/") and m.endswith("-s0") for m in missing)
+    (copy / "measures" / "token-silhouettes.json").unlink()
+    rows, missing = Gathered(Study.build("tiny", copy, quick=True)).token_rows()
+    assert rows == [] and len(missing) == len(Study.build("tiny", copy, quick=True).token_captures())
+
+
 def _other_model_report(folder, claims, model="other"):
     folder.mkdir()
     (folder / "claims.json").write_text(json.dumps({"model": model, "claims": claims}))

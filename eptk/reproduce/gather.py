@@ -1,7 +1,8 @@
 """The claims' inputs, built from what the study's stages left in its directory: run directories (through
 eptk.analysis.read / eptk.runs), their per-item test predictions, captured statistics (eptk.analysis.read.load_stats)
 and trajectory tables (eptk.analysis.write). What is missing is listed, never an error. Only claim 6's measures
-load the model (`sink_measures`), once, and keep what they measured in <study>/measures/.
+load the model (`sink_measures`), once, and keep what they measured in <study>/measures/; claim 4's silhouettes
+are kept there too, so that a report can be written again where the captures they came from are not.
 """
 from __future__ import annotations
 
@@ -124,48 +125,66 @@ class Gathered:
         return None if place is None else place["inside_share"]
 
     # ---- claim 4 ------------------------------------------------------------------------------------
-    def _stats_per_seed(self, captures, folder_of, tasks, on_missing=lambda capture: None):
-        """(seed, task -> statistics, their common layers) for each capture seed that has statistics of every one
-        of `tasks`; `on_missing(capture)` for each capture of a seed not written yet."""
+    def _rows_per_seed(self, kind: str, captures, folder_of, tasks, rows_of, prefix: str):
+        """(rows, missing): for each capture seed, `rows_of(seed, task -> statistics, their common layers)` where
+        the seed has statistics of every one of `tasks`, kept in measures/<kind>.json; where its captures are not
+        on disk (they are large, deterministic and not committed), the rows an earlier report kept for the same
+        captures; otherwise its absent captures named as `prefix/<name>`."""
+        path = self.study.out / "measures" / f"{kind}.json"
+        kept = read_json(path, "measures") if path.is_file() else {}
+        seeds = kept.setdefault("seeds", {})
+        rows, missing, changed = [], [], False
         captures = list(captures)
         for seed in self.study.scale.seeds:
-            stats = {}
-            for c in captures:
-                if c.seed != seed:
-                    continue
-                if is_stats_folder(folder_of(c)):
-                    stats[c.task] = load_stats(folder_of(c))
-                else:
-                    on_missing(c)
-            if set(stats) == set(tasks):
-                yield seed, stats, sorted(set.intersection(*(set(s.layers) for s in stats.values())))
+            mine = [c for c in captures if c.seed == seed]
+            names = [c.name for c in mine]
+            absent = [c for c in mine if not is_stats_folder(folder_of(c))]
+            if not absent and {c.task for c in mine} == set(tasks):
+                stats = {c.task: load_stats(folder_of(c)) for c in mine}
+                layers = sorted(set.intersection(*(set(s.layers) for s in stats.values())))
+                entry = {"captures": names, "rows": rows_of(seed, stats, layers)}
+                changed |= seeds.get(str(seed)) != entry
+                seeds[str(seed)] = entry
+                rows += entry["rows"]
+            elif seeds.get(str(seed), {}).get("captures") == names:
+                rows += seeds[str(seed)]["rows"]
+            else:
+                missing += [f"{prefix}/{c.name}" for c in absent]
+        if changed:
+            write_json_atomic(path, kept)
+        return rows, missing
 
     def token_rows(self) -> tuple[list[dict], list[str]]:
         """One row per (capture seed, layer, pair of TOKEN_PAIRS): the silhouette of the two tasks' content-token
-        activations (TOKENS_PER_TASK sampled from each capture's reservoir)."""
-        rows, missing = [], []
-        for seed, stats, layers in self._stats_per_seed(self.study.token_captures(), self.study.token_dir, TOKEN_TASKS,
-                                                        lambda c: missing.append(f"tokens/{c.name}")):
+        activations (TOKENS_PER_TASK sampled from each capture's reservoir); kept in measures/token-silhouettes.json."""
+        def rows_of(seed, stats, layers):
+            rows = []
             for layer in layers:
                 sample = {t: subsample_rows(stats[t].samples(layer), TOKENS_PER_TASK, seed) for t in TOKEN_TASKS}
-                for a, b in TOKEN_PAIRS:
-                    rows.append({"seed": seed, "layer": layer, "pair": f"{a}-{b}",
-                                 "silhouette": silhouette(sample[a], sample[b])})
-        return rows, missing
+                rows += [{"seed": seed, "layer": int(layer), "pair": f"{a}-{b}",
+                          "silhouette": silhouette(sample[a], sample[b])} for a, b in TOKEN_PAIRS]
+            return rows
+        return self._rows_per_seed("token-silhouettes", self.study.token_captures(), self.study.token_dir, TOKEN_TASKS,
+                                   rows_of, "tokens")
 
     def cluster_rows(self, n_perm: int = 200) -> list[dict]:
         """Version 1's view: one row per (capture seed, layer, task pair): the silhouette of per-sequence mean
-        activations and its permutation p."""
-        rows, cap = [], self.study.scale.max_sequences
-        for seed, stats, layers in self._stats_per_seed(self.study.captures(), self.study.capture_dir, TASKS):
+        activations and its permutation p; kept in measures/sequence-silhouettes.json."""
+        cap = self.study.scale.max_sequences
+
+        def rows_of(seed, stats, layers):
+            rows = []
             for layer in layers:
                 pooled = {t: subsample_rows(stats[t].pooled(layer), cap, seed) for t in TASKS}
                 for a, b in SEQUENCE_PAIRS:
                     if min(pooled[a].shape[0], pooled[b].shape[0]) < 2:
                         continue
                     sil, p = silhouette_test(pooled[a], pooled[b], n_perm=n_perm, seed=seed)
-                    rows.append({"seed": seed, "layer": layer, "pair": f"{a}-{b}", "silhouette": sil, "p": p})
-        return rows
+                    rows.append({"seed": seed, "layer": int(layer), "pair": f"{a}-{b}", "silhouette": float(sil),
+                                 "p": float(p)})
+            return rows
+        return self._rows_per_seed(f"sequence-silhouettes-{n_perm}", self.study.captures(), self.study.capture_dir,
+                                   TASKS, rows_of, "captures")[0]
 
     # ---- claim 3 ------------------------------------------------------------------------------------
     def trajectory_rows(self) -> tuple[list[dict], list[str]]:
