@@ -64,8 +64,23 @@ def open_page(browser, path: Path, width: str, shots: Path):
     page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url[:120]} {r.failure}"))
     page.goto(path.resolve().as_uri(), wait_until="load")
     shot = shots / f"{path.stem}-{width}.png"
-    page.screenshot(path=str(shot), full_page=True)
+    screenshot(page, shot)
     return page, problems, shot
+
+
+def screenshot(page, shot: Path, tries: int = 3) -> None:
+    """A full-page screenshot. Chromium's headless shell sometimes answers "Unable to capture screenshot" on a
+    busy machine (seen 2 times in 4 runs beside two training processes, never twice running): a capture
+    failure of the browser, not of the page, so it is tried again; the page's own checks are untouched."""
+    from playwright.sync_api import Error
+
+    for attempt in range(tries):
+        try:
+            page.screenshot(path=str(shot), full_page=True)
+            return
+        except Error as error:
+            if "Unable to capture screenshot" not in str(error) or attempt == tries - 1:
+                raise
 
 
 def figures(page) -> list[dict]:

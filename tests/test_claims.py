@@ -237,6 +237,13 @@ def test_a_claim_with_inputs_still_missing_is_not_a_verdict():
     assert part["verdict"] == NOT_MEASURED and part["provisional"] == HOLDS and part["missing"] == ["deep-a", "deep-b"]
     assert part["why"].startswith("2 of its inputs are not in yet (deep-a, deep-b)") and "would read holds" in part["why"]
     assert part["statistics"] == whole["statistics"]
+    # the converged runs' second view says on how many of its runs it reads while some are missing
+    def with_converged(missing):
+        return SimpleNamespace(tuned=lambda stage, **_: runs,
+                               missing_of=lambda stage, **_: list(missing) if stage == "converged" else [])
+    assert "Converged runs (version 2, region:data and region:new; 6 of 9 runs so far): holds" in \
+        C1.measure(with_converged(["c1", "c2", "c3"]), n_perm=199)["why"]
+    assert "Converged runs (version 2, region:data and region:new): holds" in C1.measure(with_converged([]), n_perm=199)["why"]
     # a claim that already reads not measured (claim 2's seeds) keeps its own reason and gets no provisional verdict
     short = partial({"verdict": NOT_MEASURED, "why": "seeds are not all in"}, ["x"])
     assert short["verdict"] == NOT_MEASURED and "provisional" not in short and short["why"].startswith("seeds")

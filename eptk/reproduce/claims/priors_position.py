@@ -82,7 +82,9 @@ def measure(g, n_perm: int = 999, **_) -> dict:
     second = block_tests(converged, n_perm=n_perm) if len(converged) >= 4 else []
     if second:
         v2, why2 = decide(second)
-        why += f". Converged runs (version 2, region:data and region:new): {v2} ({why2})"
+        lacking = g.missing_of("converged")  # a view on part of the design says so: its reading may still move
+        so_far = f"; {len(converged)} of {len(converged) + len(lacking)} runs so far" if lacking else ""
+        why += f". Converged runs (version 2, region:data and region:new{so_far}): {v2} ({why2})"
         if v2 != verdict:
             why += "; the two disagree"
     stats = {"blocks": len(rows), "converged_blocks": len(second),
