@@ -38,10 +38,10 @@ def prefix_attention_reference(q, k, v, prefix_k, prefix_v, *, key_padding_mask=
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     acc = torch.promote_types(q.dtype, torch.float32)  # float32 softmax, float64 stays float64
 
-    keys = torch.cat([prefix_k.unsqueeze(0).expand(B, -1, -1, -1), k], dim=2)
-    values = torch.cat([prefix_v.unsqueeze(0).expand(B, -1, -1, -1), v], dim=2)
-    keys = keys.repeat_interleave(group, dim=1)
-    values = values.repeat_interleave(group, dim=1)
+    keys, values = k, v  # no prefix: the sequence's own, not a copy (an empty prefix that asks for its gradient
+    if P or prefix_k.requires_grad or prefix_v.requires_grad:  # still gets one, empty)
+        keys = torch.cat([prefix_k.unsqueeze(0).expand(B, -1, -1, -1), k], dim=2)
+        values = torch.cat([prefix_v.unsqueeze(0).expand(B, -1, -1, -1), v], dim=2)
 
     rows = torch.arange(T, device=q.device).unsqueeze(1) + (P + S - T)   # query positions
     cols = torch.arange(P + S, device=q.device).unsqueeze(0)              # key positions
@@ -59,9 +59,17 @@ def prefix_attention_reference(q, k, v, prefix_k, prefix_v, *, key_padding_mask=
     if not return_prefix_mass and softcap is None and sees_a_key:
         # The fused SDPA path computes the same function as the explicit softmax below, with its
         # float32 accumulation, faster on the CPU.
+        # enable_gqa: each key/value head serves its group of query heads inside the kernel, the same function
+        # as repeating them first (bit for bit on the CPU), without the copies and their backward sums.
+        # With nothing but causality to mask (the slot pass: no prefix, padding or window) the kernel's own causal
+        # mask is the same mask, built without a tensor.
+        causal = P == 0 and S == T and key_padding_mask is None and window is None
         out = torch.nn.functional.scaled_dot_product_attention(
-            q.to(acc), keys.to(acc), values.to(acc), attn_mask=visible, scale=scale)
+            q.to(acc), keys.to(acc), values.to(acc), attn_mask=None if causal else visible, is_causal=causal,
+            scale=scale, enable_gqa=group > 1)
         return out.to(q.dtype)
+    keys = keys.repeat_interleave(group, dim=1)
+    values = values.repeat_interleave(group, dim=1)
     scores = torch.matmul(q.to(acc), keys.to(acc).transpose(-1, -2)) * scale
     if softcap is not None:
         scores = softcap * torch.tanh(scores / softcap)
