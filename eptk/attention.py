@@ -162,17 +162,21 @@ def packed_attention(state: PackedPass, layer, query, key, value, scale, window,
     call on the first S positions, the token pass's on the B padded rows, their prefix the slots' keys/values
     as views of k/v (so their gradient reaches the slots' positions in the same backward)."""
     S = state.slots
-    slot_k, slot_v = key[:, :, :S], value[:, :, :S]
+    # split, not two slices: in backward the two parts' gradients are joined once instead of each being padded
+    # to the full row with zeros and then added
+    (slot_q, token_q), (slot_k, token_k), (slot_v, token_v) = (x.split([S, x.shape[2] - S], dim=2)
+                                                              for x in (query, key, value))
     empty = key.new_zeros(key.shape[1], 0, key.shape[3])
-    slot_out = prefix_attention(query[:, :, :S], slot_k, slot_v, empty, empty, scale=scale, backend=state.backend,
+    slot_out = prefix_attention(slot_q, slot_k, slot_v, empty, empty, scale=scale, backend=state.backend,
                                 window=window, softcap=softcap)
     prefix_k, prefix_v = (slot_k[0], slot_v[0]) if layer >= state.first_layer else (empty, empty)
 
-    def rows(x):  # the token positions of the row, [H,K,D], as the padded rows [B,H,T,D]
-        return state.unpacked(x[0, :, S:].transpose(0, 1)).transpose(1, 2)
+    def rows(x):  # the token positions of the row, [1,H,K,D], as the padded rows [B,H,T,D]
+        return state.unpacked(x[0].transpose(0, 1)).transpose(1, 2)
     padding = None if state.padding is None else state.padding.to(query.device)
-    token_out = prefix_attention(rows(query), rows(key), rows(value), prefix_k, prefix_v, key_padding_mask=padding,
-                                 scale=scale, backend=state.backend, window=window, softcap=softcap)
+    token_out = prefix_attention(rows(token_q), rows(token_k), rows(token_v), prefix_k, prefix_v,
+                                 key_padding_mask=padding, scale=scale, backend=state.backend, window=window,
+                                 softcap=softcap)
     return torch.cat([slot_out[0].transpose(0, 1), state.packed(token_out.transpose(1, 2))]).unsqueeze(0)
 
 
