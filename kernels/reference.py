@@ -59,14 +59,19 @@ def prefix_attention_reference(q, k, v, prefix_k, prefix_v, *, key_padding_mask=
     if not return_prefix_mass and softcap is None and sees_a_key:
         # The fused SDPA path computes the same function as the explicit softmax below, with its
         # float32 accumulation, faster on the CPU.
-        # enable_gqa: each key/value head serves its group of query heads inside the kernel, the same function
-        # as repeating them first (bit for bit on the CPU), without the copies and their backward sums.
+        # On the CPU, enable_gqa: each key/value head serves its group of query heads inside the kernel, the
+        # same function as repeating them first (bit for bit), without the copies and their backward sums.
+        # Elsewhere the heads are repeated as before, so that a GPU's fused kernels (not all of which take
+        # enable_gqa with a mask) and the benchmarks' baseline stay what they were.
+        inside = q.device.type == "cpu"
+        if not inside:
+            keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
         # With nothing but causality to mask (the slot pass: no prefix, padding or window) the kernel's own causal
         # mask is the same mask, built without a tensor.
         causal = P == 0 and S == T and key_padding_mask is None and window is None
         out = torch.nn.functional.scaled_dot_product_attention(
             q.to(acc), keys.to(acc), values.to(acc), attn_mask=None if causal else visible, is_causal=causal,
-            scale=scale, enable_gqa=group > 1)
+            scale=scale, enable_gqa=inside and group > 1)
         return out.to(q.dtype)
     keys = keys.repeat_interleave(group, dim=1)
     values = values.repeat_interleave(group, dim=1)
