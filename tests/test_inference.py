@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from eptk.reproduce import inference as I
+from eptk.reproduce.seed_power import seeds_needed
 
 
 def test_t_interval_known_value():
@@ -209,10 +210,10 @@ def test_identification_against_chance():
 
 
 def test_seeds_needed_is_the_stated_power_calculation():
-    deep, soft = I.seeds_needed(4.25), I.seeds_needed(7.5)
+    deep, soft = seeds_needed(4.25), seeds_needed(7.5)
     assert (round(deep["tost"], 1), round(deep["width"], 1), deep["n"]) == (3.1, 5.6, 10)
     assert (round(soft["tost"], 1), round(soft["width"], 1), soft["n"]) == (9.6, 17.3, 18)
-    assert I.seeds_needed(30.0)["n"] == 20 and I.seeds_needed(30.0)["capped"]
+    assert seeds_needed(30.0)["n"] == 20 and seeds_needed(30.0)["capped"]
 
 
 def test_mixed_model_intervals_are_over_seeds_not_rows():
@@ -375,17 +376,17 @@ def test_permutation_tests_small_inputs_seeds_and_counts():
 def test_seeds_needed_takes_every_setting():
     from scipy.stats import norm
 
-    base = I.seeds_needed(6.0)
+    base = seeds_needed(6.0)
     assert base["tost"] == pytest.approx(2 * 36 * (norm.ppf(0.95) + norm.ppf(0.9)) ** 2 / 100)
     assert base["width"] == pytest.approx(2 * (1.959964 * 6 / 5) ** 2, rel=1e-6)
     assert base["n"] == 12 and not base["capped"]
-    assert I.seeds_needed(6.0, margin=5.0)["tost"] == pytest.approx(4 * base["tost"])
-    assert I.seeds_needed(6.0, half_width=10.0)["width"] == pytest.approx(base["width"] / 4)
-    assert I.seeds_needed(6.0, alpha=0.1)["tost"] < base["tost"] and I.seeds_needed(6.0, alpha=0.1)["width"] < base["width"]
-    assert I.seeds_needed(6.0, power=0.9)["tost"] > base["tost"]
-    assert I.seeds_needed(1.0)["n"] == 10 and I.seeds_needed(1.0, floor=2)["n"] == 2
-    assert I.seeds_needed(6.0, cap=11) == dict(base, n=11, capped=True)
-    assert I.seeds_needed(math.sqrt(10 * 25 / (2 * 1.959964 ** 2)))["n"] == 10       # width n = 10.0: no rounding up
+    assert seeds_needed(6.0, margin=5.0)["tost"] == pytest.approx(4 * base["tost"])
+    assert seeds_needed(6.0, half_width=10.0)["width"] == pytest.approx(base["width"] / 4)
+    assert seeds_needed(6.0, alpha=0.1)["tost"] < base["tost"] and seeds_needed(6.0, alpha=0.1)["width"] < base["width"]
+    assert seeds_needed(6.0, power=0.9)["tost"] > base["tost"]
+    assert seeds_needed(1.0)["n"] == 10 and seeds_needed(1.0, floor=2)["n"] == 2
+    assert seeds_needed(6.0, cap=11) == dict(base, n=11, capped=True)
+    assert seeds_needed(math.sqrt(10 * 25 / (2 * 1.959964 ** 2)))["n"] == 10       # width n = 10.0: no rounding up
 
 
 def test_a_zero_width_interval_only_when_every_value_agrees():
@@ -448,8 +449,8 @@ def test_mantel_from_four_objects_and_a_cap_that_is_just_enough():
     d = four_point_distances()
     four = I.mantel(d, d, n_perm=99)
     assert four["n"] == 4 and four["rho"] == pytest.approx(1.0) and 0 < four["p"] < 1
-    base = I.seeds_needed(6.0)
-    assert I.seeds_needed(6.0, cap=base["n"]) == base                      # needing exactly the cap is not capped
+    base = seeds_needed(6.0)
+    assert seeds_needed(6.0, cap=base["n"]) == base                      # needing exactly the cap is not capped
 
 
 def test_mantel_p_matches_exact_enumeration_where_it_is_moderate():

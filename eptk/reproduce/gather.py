@@ -6,8 +6,6 @@ are kept there too, so that a report can be written again where the captures the
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import torch
 
@@ -20,6 +18,7 @@ from ..io import in_cache, read_json, write_json_atomic
 from ..runs import RunDir, scores
 from ..stats import is_stats_folder
 from .claims.base import TunedRun, slot_distance
+from .seed_power import score_of, test_items
 from .stages import TASKS, TOKEN_TASKS, Study
 
 TRAINING_STAGES = ("main", "transfer", "sink", "converged", "ablation")
@@ -49,7 +48,7 @@ class Gathered:
         data = read_run(path)
         ev = data.eval or {}
         blocks = data.blocks()
-        baseline, tuned_entry = scores(ev)
+        baseline, _ = scores(ev)
         items, n_items = test_items(path)
         tuned = TunedRun(
             name=run.name, method=str(run.settings["method"]), prior=str(run.settings["prior"]),
@@ -57,7 +56,7 @@ class Gathered:
             task=str(run.settings["task"]), settings=dict(run.settings),
             prior_tensors={b.name: b.prior for b in blocks if b.prior is not None},
             posterior_tensors={b.name: b.posterior for b in blocks if b.posterior is not None},
-            score=100.0 * float(np.mean(items)) if items else tuned_entry.get("score"),
+            score=score_of(items, ev),
             baseline=baseline.get("score"), items=items,
             losses=[(r["step"], r["loss"]) for r in data.metrics if "loss" in r],
             val=_val_curve(data.metrics),
@@ -230,18 +229,6 @@ class Gathered:
                                                                         run.posterior_tensors)}
         write_json_atomic(path, kept)
         return kept
-
-
-def test_items(path) -> tuple[list[float], int]:
-    """Per-item exact match (0/1) of the run's largest test evaluation that kept its items, and its size."""
-    best: tuple[list[float], int] = ([], 0)
-    for summary, items in RunDir(path).evaluations():
-        if items is None or summary.get("split", "test") != "test":
-            continue
-        rows = [json.loads(line) for line in items.read_text().splitlines() if line.strip()]
-        if len(rows) > best[1]:
-            best = ([float(r["exact_match"]) for r in rows], len(rows))
-    return best
 
 
 def _val_curve(metrics: list[dict]) -> list[tuple[int, float]]:

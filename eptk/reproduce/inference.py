@@ -280,21 +280,6 @@ def spearman_test(x, y, *, alternative: str = "less", n_perm: int = 999, seed: i
     return {"rho": float(res.statistic), "p": float(res.pvalue), "n": int(xs.size)}
 
 
-# ---- power ---------------------------------------------------------------------------------------------
-
-def seeds_needed(sd: float, *, margin: float = 10.0, half_width: float = 5.0, alpha: float = 0.05,
-                 power: float = 0.8, floor: int = MIN_BOOTSTRAP_GROUPS, cap: int = 20) -> dict:
-    """Seeds per arm from an observed SD of run scores (RULES.md, "Seeds per arm"): the larger of a TOST at
-    `margin` with `power` at a true difference of 0, and a difference interval of ±`half_width`; at least
-    `floor` (a bootstrap's groups), at most `cap`."""
-    from scipy.stats import norm
-
-    tost_n = 2 * sd ** 2 * (norm.ppf(1 - alpha) + norm.ppf(1 - (1 - power) / 2)) ** 2 / margin ** 2
-    width_n = 2 * (norm.ppf(1 - alpha / 2) * sd / half_width) ** 2
-    need = max(floor, math.ceil(max(tost_n, width_n)))
-    return {"tost": tost_n, "width": width_n, "n": min(cap, need), "capped": need > cap}
-
-
 def fmt(interval: dict, digits: int = 2, scale: float = 1.0) -> str:
     """'0.42 [0.31, 0.53]' (or '0.42 (n=1, no interval)' when no interval exists)."""
     m, lo, hi = (interval.get(k, math.nan) for k in ("mean", "lo", "hi"))

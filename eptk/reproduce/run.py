@@ -70,7 +70,18 @@ def _trajectory_action(study: Study, run) -> str:
 
 
 def run_training(study: Study, stage: str, *, jobs, shard, progress: bool, console) -> int:
-    """One training stage through the sweep scheduler; returns the number of failed runs."""
+    """One training stage through the sweep scheduler; returns the number of failed runs. The converged stage
+    goes on with the seeds the power rule adds once an arm's first seeds are in (seed_power), until none is added."""
+    failed = _train(study, stage, jobs=jobs, shard=shard, progress=progress, console=console)
+    while stage == "converged" and not failed and (added := study.regrow_converged()):
+        console.print(f"the power rule (RULES.md) adds {len(added)} converged run{'s' * (len(added) != 1)}: "
+                      f"{', '.join(added)}",
+                      markup=False, highlight=False)
+        failed = _train(study, stage, jobs=jobs, shard=shard, progress=progress, console=console)
+    return failed
+
+
+def _train(study: Study, stage: str, *, jobs, shard, progress: bool, console) -> int:
     ready, waiting = _waiting(study, stage, select_shard(study.stage_runs[stage], shard))
     for run in waiting:
         console.print(f"⏸ {run.name}: waits for {study.source_of(run).name} (rerun when it is complete)",

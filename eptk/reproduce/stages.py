@@ -12,6 +12,7 @@ from pathlib import Path
 from ..errors import EptkUsageError, choices
 from ..sweep import SweepRun, expand
 from ..sweep.grid import _safe
+from .seed_power import arm_seeds
 
 # Version 1's stages (main, transfer, sink, captures, trajectories) stay: claims 1, 3 and 5 read them. Version 2
 # (docs/findings/RULES.md) adds early-stopped runs for claims 2 (`converged`) and 6 (`ablation`), 1,000-item
@@ -109,7 +110,7 @@ class Study:
         study = cls(model=model, out=Path(out).resolve(), scale=QUICK if quick else FULL)
         study.stage_runs = {"main": study._main(), "sink": study._sink()}
         study.stage_runs["transfer"] = study._transfer()
-        study.stage_runs["converged"] = study._converged(study.scale.converged_seeds)
+        study.stage_runs["converged"] = study._converged(study.scale.converged_seeds, arm_seeds(study))
         study.stage_runs["ablation"] = study._ablation()
         return study
 
@@ -175,13 +176,23 @@ class Study:
         where = f"{arm['method']}-{_safe(arm['layers']).replace('-', '')}" if "layers" in arm else arm["method"]
         return f"v2-arith-{where}-{_safe(arm['prior'])}-{step}"
 
-    def _converged(self, seeds) -> list[SweepRun]:
-        """Seed-major, so the arms grow together while the stage runs."""
-        runs = [self._v2(f"{self.arm_name(arm)}-s{seed}", dict(arm, seed=seed)) for seed in seeds
-                for arm in self.converged_arms()]
+    def _converged(self, seeds, grown: dict[str, int] | None = None) -> list[SweepRun]:
+        """Seed-major, so the arms grow together while the stage runs: every arm's first `seeds`, then the further
+        seeds the power rule asks of an arm (`grown`: arm name -> seeds it needs, seed_power.arm_seeds)."""
+        grown = grown or {}
+        more = range(len(seeds), max([len(seeds), *grown.values()]))
+        runs = [self._v2(f"{self.arm_name(arm)}-s{seed}", dict(arm, seed=seed))
+                for seed in (*seeds, *more) for arm in self.converged_arms()
+                if seed in seeds or grown.get(self.arm_name(arm), 0) > seed]
         for i, run in enumerate(runs):
             run.index = i
         return runs
+
+    def regrow_converged(self) -> list[str]:
+        """List the converged seeds the power rule asks for now (after runs finished); the names it adds."""
+        before = {r.name for r in self.stage_runs["converged"]}
+        self.stage_runs["converged"] = self._converged(self.scale.converged_seeds, arm_seeds(self))
+        return [r.name for r in self.stage_runs["converged"] if r.name not in before]
 
     def _ablation(self) -> list[SweepRun]:
         tokens = self.scale.converged["tokens"]

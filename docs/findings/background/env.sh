@@ -8,3 +8,5 @@ declare -A COMMITTED=([smollm2]=docs/findings/runs [gemma3-270m]=docs/findings/g
 # A study folder must not be named after a packaged model: the checkout frozen for SmolLM2 (d901117) predates
 # eb79675 and would record `--model smollm2` as the path of a folder `./smollm2` in the working directory.
 study_dir() { echo "$WORK/study-$1"; }
+# model -> the commit its study trains from (checkout.sh makes that checkout, with seed-power.patch applied)
+declare -A FROZEN=([smollm2]=d901117 [gemma3-270m]=2388a29)

@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from .. import inference as I
+from ..seed_power import arm_need
 from .base import FAILS, HOLDS, NOT_MEASURED, UNSURE, Claim, converged_share, finite, not_converged, not_measured, \
     partial, register, result
 
@@ -123,15 +124,10 @@ def measure(g, **_) -> dict:
 
 
 def seed_plan(g, summaries: dict) -> dict:
-    """Seeds each arm needs by RULES.md (10, then the power formulas on the arm's observed SD, at most 20)."""
+    """Seeds each arm needs by RULES.md (10, then the power formulas on the arm's observed SD, at most 20): the
+    same rule the converged stage grows its arms by (seed_power)."""
     first = len(g.study.scale.converged_seeds)
-    plan = {}
-    for name, (_, s) in summaries.items():
-        if s["runs"] < first or not finite(s["score_sd"]):
-            plan[name] = {"n": first, "sd": s["score_sd"]}
-        else:
-            plan[name] = dict(I.seeds_needed(s["score_sd"], floor=first), sd=s["score_sd"])
-    return plan
+    return {name: arm_need(s["scores"], s["runs"], first) for name, (_, s) in summaries.items()}
 
 
 def draw(res: dict, folder):

@@ -1,0 +1,125 @@
+"""Claim 2's seeds per arm (RULES.md, "Seeds per arm (power)"): every arm runs the first 10 seeds, then grows to
+what the power formulas ask of its observed score SD (at most 20), and the converged stage holds exactly those
+runs, so `eptk reproduce --stages converged` trains the seeds the report waits for."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from eptk.reproduce.claims.new_region import seed_plan
+from eptk.reproduce.seed_power import CAP, arm_need, arm_seeds, seeds_needed
+from eptk.reproduce.stages import Study
+from eptk.runs import RunDir
+
+STEADY = [86.0, 88.0, 90.0, 87.0, 89.0, 91.0, 85.0, 88.5, 89.5, 87.5]   # SD 1.9: the first 10 are enough
+STALLED = [2.9] + STEADY[1:]                                           # one stall: SD 27, the cap
+
+
+def finish(study: Study, arm: str, seed: int, score: float, items: int = 200) -> None:
+    """A finished run as `eptk tune` leaves it: eval.json and its per-item rows (score = their mean, in %)."""
+    right = round(items * score / 100)
+    rows = [{"exact_match": i < right} for i in range(items)]
+    RunDir(study.out / f"{arm}-s{seed}").write_eval({"split": "test", "tuned": {"score": 100.0 * right / items}}, rows)
+
+
+def fill(study: Study, scores: dict[str, list[float]]) -> Study:
+    """Every arm finished at seeds 0.. with the given scores (STEADY where none is given); the study built again."""
+    for arm in map(study.arm_name, study.converged_arms()):
+        for seed, score in enumerate(scores.get(arm, STEADY)):
+            finish(study, arm, seed, score)
+    return Study.build(study.model, study.out)
+
+
+def names(study: Study) -> list[str]:
+    return [r.name for r in study.stage_runs["converged"]]
+
+
+@pytest.fixture
+def study(tmp_path) -> Study:
+    return Study.build("smollm2", tmp_path)
+
+
+def test_an_arm_grows_only_after_its_first_seeds_and_by_the_formulas():
+    assert arm_need(STALLED[:9], 9, 10)["n"] == 10              # 9 of 10 in: no formula yet, whatever the SD
+    assert arm_need(STEADY, 10, 10)["n"] == 10
+    stalled = arm_need(STALLED, 10, 10)
+    assert stalled["n"] == CAP == 20 and stalled["sd"] == pytest.approx(27.086, abs=0.001)
+    between = arm_need([74.0, 86.0] * 5, 10, 10)              # SD 6.32: the width formula decides, 12.3 -> 13
+    assert between["n"] == math.ceil(between["width"]) == 13 and between["tost"] < between["width"]
+    assert not between["capped"]
+    assert math.isnan(arm_need([90.0], 1, 1)["sd"]) and arm_need([90.0], 1, 1)["n"] == 1
+
+
+def test_the_stage_holds_the_first_seeds_of_every_arm_then_the_seeds_an_arm_needs(study):
+    arms = [study.arm_name(a) for a in study.converged_arms()]
+    assert names(study) == [f"{a}-s{s}" for s in range(10) for a in arms]       # nothing run yet: 10 each
+    stalled = "v2-arith-deep-last3-region-new-lrsnone"
+    grown = fill(study, {stalled: STALLED})
+    assert arm_seeds(grown) == {a: (20 if a == stalled else 10) for a in arms}
+    assert names(grown) == names(study) + [f"{stalled}-s{s}" for s in range(10, 20)]   # after every first seed
+    assert [r.index for r in grown.stage_runs["converged"]] == list(range(90))
+    assert {r.settings["seed"] for r in grown.runs("converged", prior="region:new", lr_scale="none")} == set(range(20))
+    assert len(grown.runs("converged", prior="region:data", lr_scale="none")) == 10
+
+
+def test_each_arm_grows_on_its_own_runs_once_its_first_seeds_are_in(tmp_path):
+    """One arm with 9 of 10 in does not hold back a complete arm's growth, nor grows itself, stall or not."""
+    stalled, short = "v2-arith-deep-last3-region-new-lrsnone", "v2-arith-soft-region-data-lr0.01"
+    grown = fill(Study.build("smollm2", tmp_path / "a"), {stalled: STALLED, short: STEADY[:9]})
+    assert arm_seeds(grown)[stalled] == 20 and arm_seeds(grown)[short] == 10
+    steady = fill(Study.build("smollm2", tmp_path / "b"), {stalled: STALLED[:9]})
+    assert f"{stalled}-s9" in names(steady) and f"{stalled}-s10" not in names(steady)
+
+
+def test_a_finished_run_is_never_dropped_when_the_sd_asks_for_fewer(study):
+    """An arm grown to 20 whose later seeds narrowed its SD: every finished seed stays in the stage and the report."""
+    arm = "v2-arith-soft-region-new-lr0.01"
+    grown = fill(study, {arm: STEADY})
+    finish(grown, arm, 12, 88.0)                     # e.g. trained while an earlier SD asked for 13
+    again = Study.build("smollm2", grown.out)
+    assert arm_seeds(again)[arm] == 13
+    assert [n for n in names(again) if n.startswith(arm)] == [f"{arm}-s{s}" for s in range(13)]
+
+
+def test_the_report_waits_for_the_seeds_the_stage_grows(study):
+    """Claim 2's seed plan and the stage read one rule: the arm's scores, runs and first seeds give the same n."""
+    stalled, short = "v2-arith-deep-last3-region-new-lrsnone", "v2-arith-soft-region-new-lr0.001"
+    given = {stalled: STALLED, short: STALLED[:9]}
+    grown = fill(study, given)
+
+    class G:   # the one part of Gathered that seed_plan reads
+        study = grown
+    summaries = {a: ({}, {"scores": given.get(a, STEADY), "runs": len(given.get(a, STEADY))}) for a in arm_seeds(grown)}
+    plan = {a: p["n"] for a, p in seed_plan(G, summaries).items()}
+    assert plan == arm_seeds(grown) and plan[stalled] == 20 and plan[short] == 10
+
+
+def test_the_converged_stage_trains_the_seeds_the_rule_adds_and_stops(tmp_path, monkeypatch):
+    """`eptk reproduce --stages converged` goes on once an arm's first seeds are in: a tiny study whose arms start
+    with 2 seeds, one arm's two finished runs far apart (0 and 100%, the others alike): its third seed is listed,
+    trained and read, and the stage stops there (at the cap of 3 set here)."""
+    import dataclasses
+    import io
+
+    from rich.console import Console
+
+    from eptk.reproduce import seed_power
+    from eptk.reproduce.run import run_training
+    from eptk.reproduce.stages import QUICK
+
+    monkeypatch.setattr(seed_power, "CAP", 3)
+    study = Study.build("tiny", tmp_path, quick=True)
+    study.scale = dataclasses.replace(QUICK, converged_seeds=(0, 1))
+    study.regrow_converged()
+    assert len(names(study)) == 16                   # as the stage starts, nothing run: 2 seeds each
+    wide = "v2-arith-soft-region-data-lr0.01"
+    for run in study.stage_runs["converged"]:        # then the first seeds finish (here: written, settings and all)
+        RunDir(tmp_path / run.name).write_config(dict(run.settings, name=run.name))
+        finish(study, run.name.rsplit("-s", 1)[0], run.settings["seed"],
+               [0.0, 100.0][run.settings["seed"]] if run.name.startswith(wide) else 50.0, items=8)
+    out = io.StringIO()
+    assert run_training(study, "converged", jobs=1, shard=None, progress=False, console=Console(file=out)) == 0
+    assert f"the power rule (RULES.md) adds 1 converged run: {wide}-s2" in " ".join(out.getvalue().split())
+    assert RunDir(tmp_path / f"{wide}-s2").is_complete() and not (tmp_path / f"{wide}-s3").exists()
+    assert names(study)[-1] == f"{wide}-s2" and len(names(study)) == 17
