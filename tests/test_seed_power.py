@@ -123,3 +123,27 @@ def test_the_converged_stage_trains_the_seeds_the_rule_adds_and_stops(tmp_path, 
     assert f"the power rule (RULES.md) adds 1 converged run: {wide}-s2" in " ".join(out.getvalue().split())
     assert RunDir(tmp_path / f"{wide}-s2").is_complete() and not (tmp_path / f"{wide}-s3").exists()
     assert names(study)[-1] == f"{wide}-s2" and len(names(study)) == 17
+
+
+def test_the_frozen_checkouts_patch_carries_main_s_rule():
+    """docs/findings/background/seed-power.patch gives the checkouts that train the study the rule the report reads:
+    its seed_power.py is this one but for the bootstrap floor (those checkouts predate inference.py), and its
+    `_converged` lists runs as this one does."""
+    import inspect
+    from pathlib import Path
+
+    from eptk.reproduce import seed_power
+
+    root = Path(__file__).resolve().parents[1]
+    patch = (root / "docs/findings/background/seed-power.patch").read_text()
+    new_file = patch.split("+++ b/eptk/reproduce/seed_power.py\n", 1)[1].split("\ndiff --git", 1)[0]
+    body = "".join(line[1:] + "\n" for line in new_file.splitlines() if line.startswith("+"))
+    here = inspect.getsource(seed_power).replace(
+        "from .inference import MIN_BOOTSTRAP_GROUPS\n",
+        "MIN_BOOTSTRAP_GROUPS = 10   # a bootstrap's groups (main's inference.MIN_BOOTSTRAP_GROUPS)\n")
+    assert body == here
+    converged = inspect.getsource(Study._converged)
+    added = "".join(line[1:] + "\n" for line in patch.split("+++ b/eptk/reproduce/stages.py\n", 1)[1].splitlines()
+                    if line.startswith("+"))
+    assert converged.split("        for i, run in enumerate(runs):")[0] in added
+    assert "study._converged(study.scale.converged_seeds, arm_seeds(study))" in added

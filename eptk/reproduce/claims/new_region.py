@@ -29,7 +29,6 @@ def arm_summary(runs) -> dict:
     inside = [r.extra["position"]["inside_share"] for r in runs if r.extra.get("position")]
     distance = [r.extra["position"]["distance"] for r in runs if r.extra.get("position")]
     return {"runs": len(runs), "score": I.score_interval([r.items for r in runs if r.items]),
-            "score_sd": float(np.std(scores, ddof=1)) if len(scores) > 1 else math.nan,
             "stall_rate": I.wilson(len(stalled), len(runs)),
             "score_without_stalls": I.score_interval([r.items for r in kept if r.items]),
             "inside_share": float(np.mean(inside)) if inside else math.nan,
