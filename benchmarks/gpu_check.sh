@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # The GPU check of issue 15, for a short GPU window: correctness first, then the prefix-attention
-# benchmark, then the end-to-end tune steps, then (time allowing) the capture benchmark. Each step
+# benchmark, then the end-to-end tune steps, then (time allowing) the capture benchmark and the
+# profile of the tune steps (where their time goes: host or kernels). Each step
 # runs under its own `timeout` inside one budget (GPU_CHECK_BUDGET_S, default 450 s: a 15-minute
 # lease less start-up, with time for a rerun) and prints progress; a failed or timed-out step is
 # reported and the next one still runs. Results, in benchmarks/results/ (copied to $OUT when set),
 # all named <device>-<date>-gpu-* so that `make bench` (<device>-<date>.{json,md}) never collides:
 #   -gpu-check.log (this script's output), -gpu-tests.log (pytest -m gpu),
-#   -gpu-kernel.{json,md} (prefix attention), -gpu-tune.{json,md} (end to end), -gpu-capture.json
+#   -gpu-kernel.{json,md} (prefix attention), -gpu-tune.{json,md} (end to end), -gpu-capture.json,
+#   -gpu-profile.json (its .md is written beside it; $OUT gets the JSON alone, a device run returning at
+#   most 8 files: `python benchmarks/gpu_profile_step.py --render --out <that path less .json>` writes it)
 #
 #   bash benchmarks/gpu_check.sh            # GPU machine, offline; eptk is installed here first
 #   bash benchmarks/gpu_check.sh --dry-run  # any machine: the same steps on CPU, tiny shapes, the
 #                                           # kernels interpreted; results go to a temp folder
-#   GPU_CHECK_STEPS=tune bash benchmarks/gpu_check.sh   # a rerun of some steps: tests,kernel,tune,capture
+#   GPU_CHECK_STEPS=tune bash benchmarks/gpu_check.sh   # a rerun of some steps: tests,kernel,tune,capture,profile
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -20,7 +23,7 @@ dry=0
 started=$(date +%s)
 # A dry run on a (slow, shared) CPU only proves the paths: it gets more time.
 budget=${GPU_CHECK_BUDGET_S:-$( ((dry)) && echo 900 || echo 450)}
-steps=",${GPU_CHECK_STEPS:-tests,kernel,tune,capture},"
+steps=",${GPU_CHECK_STEPS:-tests,kernel,tune,capture,profile},"
 declare -A status
 order=()
 
@@ -72,8 +75,9 @@ mkdir -p "$results"
 name=$("$PY" -c "import sys; sys.path.insert(0, 'benchmarks')
 from common import device_name, slug; print(slug(device_name()))")-$(date +%F)-gpu
 log=$results/$name-tests.log kernel_out=$results/$name-kernel tune_out=$results/$name-tune
-capture_out=$results/$name-capture
-files=("$results/$name-check.log" "$log" "$kernel_out".{json,md} "$tune_out".{json,md} "$capture_out.json")
+capture_out=$results/$name-capture profile_out=$results/$name-profile
+files=("$results/$name-check.log" "$log" "$kernel_out".{json,md} "$tune_out".{json,md} "$capture_out.json"
+       "$profile_out.json")
 # Everything printed from here on also goes to the check's own log (closed and flushed at the end).
 exec > >(tee "$results/$name-check.log") 2>&1
 tee_pid=$!
@@ -141,6 +145,11 @@ whole() {  # whole LIMIT_S NAME COMMAND...: a step that is only worth its full l
 if wanted capture; then  # only in the time left
     whole "${CAPTURE_S:-$( ((dry)) && echo 120 || echo 40)}" capture-bench \
         "$PY" benchmarks/bench_capture.py --out "$capture_out" $( ((dry)) && echo --dry-run)
+fi
+
+if wanted profile; then  # only in the time left: a diagnosis, after every measured target
+    whole "${PROFILE_S:-$( ((dry)) && echo 120 || echo 150)}" profile-steps "$PY" benchmarks/gpu_profile_step.py \
+        --out "$profile_out" --budget-s "$( ((dry)) && echo 100 || echo 130)" $( ((dry)) && echo --dry-run --steps 1 --warm 1)
 fi
 
 echo "=== steps ($(elapsed) s in all)"

@@ -33,7 +33,9 @@ def test_results_never_collide_with_make_bench(tmp_path):
     assert not taken & set(names), sorted(taken & set(names))
     assert all(n.startswith(f"{base}-gpu-") for n in names), names  # the device and date in every name
     kinds = {n.removeprefix(f"{base}-gpu-") for n in names}
-    assert kinds == {"check.log", "tests.log", "kernel.json", "kernel.md", "tune.json", "tune.md", "capture.json"}
+    assert kinds == {"check.log", "tests.log", "kernel.json", "kernel.md", "tune.json", "tune.md", "capture.json",
+                     "profile.json"}
+    assert len(names) <= 8  # what a device run returns at most
     # The check's own log is complete (closed before it is copied) and reached $OUT.
     log = tmp_path / f"{base}-gpu-check.log"
     assert log.is_file(), sorted(p.name for p in tmp_path.iterdir())
