@@ -2,6 +2,7 @@
 time-limited stages for the GPU scripts, and random models of real models' shapes."""
 from __future__ import annotations
 
+import argparse
 import gc
 import platform
 import re
@@ -35,6 +36,16 @@ def machine() -> dict:
     if GPU:
         out["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
     return out
+
+
+def gpu_script_parser(doc: str, budget_s: float) -> argparse.ArgumentParser:
+    """The arguments every GPU script of the check takes: --out, --budget-s and --dry-run."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", required=True, help="output path without suffix (.json, .md)")
+    parser.add_argument("--budget-s", type=float, default=budget_s,
+                        help="wall-clock budget for all stages; later stages skip when spent")
+    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, kernels through the Triton interpreter")
+    return parser
 
 
 def slug(name: str) -> str:

@@ -14,7 +14,6 @@ and the next stage runs. Writes OUT.json and OUT.md.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
@@ -27,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_prefix_attention as bench  # noqa: E402
 from bench_prefix_attention import DECODE, TARGET, Shape, forward_flops  # noqa: E402
-from common import GPU, Stages, device_name, target, targets_table, write_report  # noqa: E402
+from common import GPU, Stages, device_name, gpu_script_parser, target, targets_table, write_report  # noqa: E402
 
 BWD_FLOP_FACTOR = 3.5  # forward: 2 matmuls; backward: 5 (QK^T again, dV, dP, dK, dQ)
 # Dense bf16 peak (no sparsity) by device name, for the "% of peak" column.
@@ -201,14 +200,9 @@ def markdown(report):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="output path without suffix (.json, .md)")
-    parser.add_argument("--budget-s", type=float, default=200.0,
-                        help="wall-clock budget for all stages; later stages skip when spent")
+    parser = gpu_script_parser(__doc__, budget_s=200.0)
     parser.add_argument("--flex-limit-s", type=float, default=90.0,
                         help="limit for each FlexAttention stage (includes torch.compile)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="CPU, tiny shapes, kernels through the Triton interpreter")
     args = parser.parse_args()
     if args.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"

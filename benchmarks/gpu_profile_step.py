@@ -12,7 +12,6 @@ most host time and the kernels that take the most GPU time. Writes OUT.json and 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -23,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_tune_step as tune  # noqa: E402
-from common import GPU, Stages, device_name, sync, write_report  # noqa: E402
+from common import GPU, Stages, device_name, gpu_script_parser, sync, write_report  # noqa: E402
 
 PROVIDERS = ("floor", "peft-prompt", "eptk-soft", "eptk-prefix", "eptk-deep")
 # Host-device syncs; a scalar read (`.item()`) syncs only on a device tensor (AdamW reads its CPU step
@@ -120,12 +119,9 @@ def markdown(report: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="output path without suffix (.json, .md)")
-    parser.add_argument("--budget-s", type=float, default=150.0, help="wall-clock budget; later rows skip when spent")
+    parser = gpu_script_parser(__doc__, budget_s=150.0)
     parser.add_argument("--warm", type=int, default=4, help="steps timed one by one before the trace")
     parser.add_argument("--steps", type=int, default=5, help="steps timed, then traced")
-    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, kernels through the interpreter")
     parser.add_argument("--render", action="store_true", help="only write OUT.md again from OUT.json")
     args = parser.parse_args()
     if args.render:

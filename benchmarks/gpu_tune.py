@@ -16,7 +16,6 @@ is a guarded, time-limited stage; the results are written whatever happens. Writ
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -26,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_tune_step as tune  # noqa: E402
-from common import (GPU, REAL_PARAMETERS, Stages, device_name, random_model, target, targets_table,  # noqa: E402
-                    write_report)
+from common import (GPU, REAL_PARAMETERS, Stages, device_name, gpu_script_parser, random_model,  # noqa: E402
+                    target, targets_table, write_report)
 
 TARGETS = {"prefix": ("eptk-prefix", ">= 1.5", 1.5), "soft": ("eptk-soft", ">= 2", 2.0)}
 FLOOR_GOAL, GC_GOAL = 1.15, 1.35
@@ -108,14 +107,11 @@ def markdown(report: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="output path without suffix (.json, .md)")
-    parser.add_argument("--budget-s", type=float, default=140.0, help="wall-clock budget; later rows skip when spent")
+    parser = gpu_script_parser(__doc__, budget_s=140.0)
     parser.add_argument("--row-limit-s", type=float, default=90.0, help="limit for one row (model, compile, steps)")
     parser.add_argument("--rounds", type=int, default=3, help="timed steps per row (after one warm-up step)")
     parser.add_argument("--autotune", action="store_true", help="autotune the kernels (default: fixed configs, "
                         "EPTK_AUTOTUNE=0: at T <= 2048 attention is a small share of a step, compilation is not)")
-    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, kernels through the interpreter")
     args = parser.parse_args()
     if not args.autotune:
         os.environ["EPTK_AUTOTUNE"] = "0"
