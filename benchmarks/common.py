@@ -44,7 +44,8 @@ def gpu_script_parser(doc: str, budget_s: float) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output path without suffix (.json, .md)")
     parser.add_argument("--budget-s", type=float, default=budget_s,
                         help="wall-clock budget for all stages; later stages skip when spent")
-    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, kernels through the Triton interpreter")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="CPU, tiny shapes, kernels through the Triton interpreter")
     return parser
 
 

@@ -63,3 +63,35 @@ def test_outside_a_repository_the_record_is_unknown(tmp_path):
     rec = provenance.record(tmp_path, {"a": [run]})
     assert rec == {"rules": "unknown", "groups": {"a": "unknown"}}
     assert "unknown" in provenance.describe(rec)
+
+
+def test_an_amendment_s_runs_are_judged_by_the_amendment_s_commit(tmp_path):
+    """RULES.md amendment 1 (claim 2's budget) came after version 2: a continued run committed before the amendment
+    counts as before it, though it came after version 2; the version's own record is unchanged."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    rules = repo / provenance.RULES_FILE
+    rules.parent.mkdir(parents=True)
+    version = f"# Decision rules for `eptk reproduce`, version {provenance.RULES_VERSION}\n"
+    rules.write_text(version)
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "rules v2")
+    first = add_run(repo, "v2-a-s0")
+    early = add_run(repo, "v3-a-s0")                # continued before the amendment was committed
+    header = next(iter(provenance.AMENDMENTS))
+    amended = {header: {"continued": [early]}}
+    missing = provenance.record(repo / "docs" / "findings", {"v2": [first]}, amended)
+    assert missing["amendments"][header]["rules"] == "not committed"
+    assert "not in this repository's history" in provenance.describe(missing)
+    rules.write_text(version + "\n## Amendment 1 (claim 2's training budget), committed before its first run\n")
+    git(repo, "commit", "-qam", "amendment 1")
+    late = add_run(repo, "v3-b-s0")
+    amended = {header: {"continued": [early, late]}}
+    rec = provenance.record(repo / "docs" / "findings", {"v2": [first, early, late]}, amended)
+    assert rec["groups"]["v2"] == {"runs": 3, "after_rules": 3, "before_rules": 0, "not_committed": 0}
+    assert rec["amendments"][header]["groups"]["continued"] == {"runs": 2, "after_rules": 1, "before_rules": 1,
+                                                                 "not_committed": 0}
+    text = provenance.describe(rec)
+    assert "amendment 1 (claim 2's training budget) was introduced by commit" in text
+    assert "continued: 1 of 2 runs committed after it, 1 before" in text

@@ -86,6 +86,37 @@ def test_a_run_is_read_with_its_baseline_and_tuned_scores_apart(quick_study, tmp
     assert (got[run.name].baseline, got[run.name].score) == (12.5, 87.5)
 
 
+def test_a_claim_2_run_is_read_from_its_finished_continuation(quick_study, tmp_path):
+    """RULES.md amendment 1: a run trained again to twice its budget (as extend.sh does where no checkpoint is
+    left) in its v3- folder is what the report reads for that run, with its budget; unfinished, the v2 run."""
+    import os
+    import shutil
+
+    from eptk.reproduce.budget import continued_name
+    from eptk.reproduce.claims.new_region import standing_of
+    from eptk.reproduce.gather import Gathered
+
+    out = quick_study[0]
+    study = Study.build("tiny", out, quick=True)
+    run = study.stage_runs["converged"][0]
+    copy = tmp_path / "study"
+    shutil.copytree(out / run.name, copy / run.name, ignore=shutil.ignore_patterns(".lock"))
+    v3, first = continued_name(run.name), study.scale.converged["steps"]
+    (copy / v3).mkdir()                                   # under way: the version-2 run is read
+    got = Gathered(Study.build("tiny", copy, quick=True))
+    assert got.paths[run.name] == copy / run.name and got.runs[run.name].extra["budget"] == first
+    env = dict(os.environ, EPTK_CACHE=str(out.parent / "cache"), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "eptk.cli", "tune", "--config", f"{run.name}/config.json",
+                           "--steps", str(2 * first), "--out", v3, "--overwrite", "--quiet"], cwd=copy, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = Gathered(Study.build("tiny", copy, quick=True))
+    assert got.paths[run.name] == copy / v3
+    continued = got.runs[run.name]
+    assert continued.extra["budget"] == 2 * first and standing_of(continued).budget == 2 * first
+    assert json.loads((copy / v3 / "config.json").read_text())["out"] == v3   # no path of this machine
+
+
 def test_quick_study_writes_every_file(quick_study):
     out, _, done, again = quick_study
     for name in ("FINDINGS.md", "findings.html", "runs.csv", "claims.json"):

@@ -6,6 +6,8 @@ are kept there too, so that a report can be written again where the captures the
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -17,6 +19,7 @@ from ..errors import EptkUsageError
 from ..io import in_cache, read_json, write_json_atomic
 from ..runs import RunDir, scores
 from ..stats import is_stats_folder
+from .budget import current_path
 from .claims.base import TunedRun, slot_distance
 from .seed_power import score_of, test_items
 from .stages import TASKS, TOKEN_TASKS, Study
@@ -33,16 +36,18 @@ class Gathered:
     def __init__(self, study: Study):
         self.study = study
         self.runs: dict[str, TunedRun] = {}  # name -> complete run
+        self.paths: dict[str, Path] = {}     # name -> the folder it was read from
         self._stats: dict[str, object] = {}
         for stage in TRAINING_STAGES:
             for run in study.stage_runs.get(stage, []):
-                tuned = self._read(run)
+                # claim 2's runs are read where they stand now: a finished continuation (RULES.md amendment 1)
+                path = current_path(study.out, run.name) if stage == "converged" else study.run_dir(run)
+                tuned = self._read(run, path)
                 if tuned is not None:
-                    self.runs[run.name] = tuned
+                    self.runs[run.name], self.paths[run.name] = tuned, path
 
     # ---- runs ----------------------------------------------------------------------------------
-    def _read(self, run) -> TunedRun | None:
-        path = self.study.run_dir(run)
+    def _read(self, run, path: Path) -> TunedRun | None:
         if not RunDir(path).is_complete():
             return None
         data = read_run(path)
@@ -61,7 +66,8 @@ class Gathered:
             losses=[(r["step"], r["loss"]) for r in data.metrics if "loss" in r],
             val=_val_curve(data.metrics),
             extra={"weight": float(run.settings.get("prior_weight", 0.0)), "eval": ev, "test_items": n_items,
-                   "early_stop": ev.get("early_stop"), "num_layers": data.config.get("num_layers"),
+                   "early_stop": ev.get("early_stop"), "budget": data.config.get("steps"),
+                   "num_layers": data.config.get("num_layers"),
                    "stats": data.config.get("stats") or {}})
         tuned.extra["displacement"] = tuned.extra["source_displacement"] = displacement(tuned)
         return tuned

@@ -10,6 +10,8 @@ from ..runs import EVAL
 RULES_VERSION = 2
 RULES_FILE = "docs/findings/RULES.md"
 RULES_HEADER = f"^# Decision rules for `eptk reproduce`, version {RULES_VERSION}$"
+# Amendments to this version: header (a regex on RULES.md) -> what they change
+AMENDMENTS = {"^## Amendment 1 ": "amendment 1 (claim 2's training budget)"}
 
 
 def _git(top: Path, *args) -> str | None:
@@ -25,9 +27,9 @@ def repository(folder: Path) -> Path | None:
     return Path(top) if top else None
 
 
-def rules_commit(top: Path) -> str | None:
-    """The first commit whose RULES.md carries this version's header."""
-    found = _git(top, "log", "--reverse", "--format=%H %cI", "-G", RULES_HEADER, "--", RULES_FILE)
+def rules_commit(top: Path, header: str = RULES_HEADER) -> str | None:
+    """'<hash> <date>' of the first commit whose RULES.md carries `header` (this version's, or an amendment's)."""
+    found = _git(top, "log", "--reverse", "--format=%H %cI", "-G", header, "--", RULES_FILE)
     return found.splitlines()[0] if found else None
 
 
@@ -41,13 +43,24 @@ def committed(top: Path, path: Path) -> str | None:
     return found.splitlines()[-1] if found else None
 
 
-def record(folder: Path, runs_by_group: dict[str, list[Path]]) -> dict:
+def record(folder: Path, runs_by_group: dict[str, list[Path]], amended: dict[str, list[Path]] | None = None) -> dict:
     """{"rules": hash + date or "unknown", "groups": {group: {"runs", "after_rules", "before_rules",
-    "not_committed"}}}, each run judged by the commit that added its eval.json."""
+    "not_committed"}}, "amendments": {header: {"name", "rules", "groups"}}}, each run judged by the commit that added
+    its eval.json; the runs of `amended` (amendment header -> {group: runs}) by that amendment's commit."""
     top = repository(folder)
     rules = rules_commit(top) if top else None
     if not rules:
         return {"rules": "unknown", "groups": {g: "unknown" for g in runs_by_group}}
+    out = {"rules": rules, "groups": _judged(top, rules, runs_by_group)}
+    for header, groups in (amended or {}).items():
+        commit = rules_commit(top, header)
+        out.setdefault("amendments", {})[header] = {
+            "name": AMENDMENTS[header], "rules": commit or "not committed",
+            "groups": _judged(top, commit, groups) if commit else {g: "unknown" for g in groups}}
+    return out
+
+
+def _judged(top: Path, rules: str, runs_by_group: dict[str, list[Path]]) -> dict:
     rules_hash = rules.split()[0]
     out = {}
     for group, runs in runs_by_group.items():
@@ -61,19 +74,31 @@ def record(folder: Path, runs_by_group: dict[str, list[Path]]) -> dict:
             after = run_hash != rules_hash and _git(top, "merge-base", "--is-ancestor", rules_hash, run_hash) is not None
             counts["after_rules" if after else "before_rules"] += 1
         out[group] = counts
-    return {"rules": rules, "groups": out}
+    return out
+
+
+def _counts(groups: dict, what: str) -> str:
+    parts = []
+    for group, c in groups.items():
+        if c == "unknown":
+            continue
+        parts.append(f"{group}: {c['after_rules']} of {c['runs']} runs committed after {what}"
+                     + (f", {c['before_rules']} before" if c["before_rules"] else "")
+                     + (f", {c['not_committed']} not committed" if c["not_committed"] else ""))
+    return "; ".join(parts)
 
 
 def describe(rec: dict) -> str:
     if rec["rules"] == "unknown":
         return "Rules commit: unknown (the study folder is not in a git repository that holds docs/findings/RULES.md)."
     rules_hash, date = rec["rules"].split()
-    parts = []
-    for group, c in rec["groups"].items():
-        if c == "unknown":
+    text = (f"Rules: version {RULES_VERSION} ({RULES_FILE}), introduced by commit {rules_hash[:10]} ({date}). "
+            + _counts(rec["groups"], "the rules") + ".")
+    for amendment in rec.get("amendments", {}).values():
+        if amendment["rules"] == "not committed":
+            text += f" Its {amendment['name']}: not in this repository's history."
             continue
-        parts.append(f"{group}: {c['after_rules']} of {c['runs']} runs committed after the rules"
-                     + (f", {c['before_rules']} before" if c["before_rules"] else "")
-                     + (f", {c['not_committed']} not committed" if c["not_committed"] else ""))
-    return (f"Rules: version {RULES_VERSION} ({RULES_FILE}), introduced by commit {rules_hash[:10]} ({date}). "
-            + "; ".join(parts) + ".")
+        commit, when = amendment["rules"].split()
+        text += (f" Its {amendment['name']} was introduced by commit {commit[:10]} ({when})"
+                 + (": " + _counts(amendment["groups"], "it") if amendment["groups"] else "") + ".")
+    return text

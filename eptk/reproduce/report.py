@@ -13,6 +13,7 @@ from pathlib import Path
 from ..config import portable_paths
 from ..io import write_json_atomic, write_text_atomic
 from . import provenance
+from .budget import V3
 from .beside import disagreements, link
 from .claims import CLAIMS
 from .gather import TRAINING_STAGES, Gathered
@@ -135,7 +136,8 @@ def write_report(g: Gathered, results: list[dict], *, command: str, versions: di
     rows = run_rows(g)
     groups = {label: [g.study.run_dir(r) for stage in stages for r in g.study.stage_runs[stage] if r.name in g.runs]
               for label, stages in STAGE_GROUPS.items()}
-    record = provenance.record(out, groups)
+    continued = [g.paths[name] for name in g.runs if g.paths[name].name.startswith(V3)]
+    record = provenance.record(out, groups, {"^## Amendment 1 ": {"continued claim-2 runs (v3-)": continued}})
     write_text_atomic(out / "runs.csv", _csv(rows))
     write_json_atomic(out / "claims.json", _clean({"model": g.study.model, "command": command, "versions": versions,
                                                    "provenance": record,

@@ -8,9 +8,10 @@ import math
 import numpy as np
 
 from .. import inference as I
+from ..budget import Standing, reading
 from ..seed_power import arm_need
-from .base import FAILS, HOLDS, NOT_MEASURED, UNSURE, Claim, converged_share, finite, not_converged, not_measured, \
-    partial, register, result
+from .base import CONVERGED_SHARE, FAILS, HOLDS, NOT_MEASURED, UNSURE, Claim, converged_share, finite, \
+    not_converged, not_measured, partial, register, result
 
 MARGIN = 10.0              # points of exact match
 CONTROL_INSIDE = 0.5       # region:data posteriors mostly inside the data's 99% region
@@ -106,7 +107,9 @@ def measure(g, **_) -> dict:
         if partner in summaries:
             comparisons.setdefault(arm["method"], {})[step_of(arm)] = compare(s, summaries[partner][1])
     runs = [r for arm in arms for r in g.tuned("converged", **arm)]
-    share = converged_share(runs)
+    first = g.study.scale.converged["steps"]
+    at = reading({r.name: standing_of(r) for r in runs}, len(missing), first)
+    share = at.share
     seeds = seed_plan(g, summaries)
     short = [f"{name} needs {need['n']} seeds (has {summaries[name][1]['runs']})" for name, need in seeds.items()
              if summaries[name][1]["runs"] < need["n"]]
@@ -114,12 +117,27 @@ def measure(g, **_) -> dict:
     verdict, why = decide(comparisons, share)
     if short:
         verdict, why = NOT_MEASURED, "seeds the power rule asks for are not all in: " + "; ".join(short)
-    stats = {"comparisons": comparisons, "converged_share": share, "seeds": seeds}
+    if at.continuing:
+        verdict, why = NOT_MEASURED, (f"{len(at.continuing)} of {len(runs)} runs are still short of the round's budget "
+                                      f"of {at.budget} steps (RULES.md amendment 1)" + (f"; {why}" if short else ""))
+    if finite(at.first_share) and at.first_share < CONVERGED_SHARE:
+        why += (f" (version 2's budget of {first} steps: {at.first_share:.0%} of runs stopped early, so its verdict "
+                f"was inconclusive, not converged; superseded by amendment 1's rounds, now at {at.budget} steps)")
+    stats = {"comparisons": comparisons, "converged_share": share, "budget": at.budget,
+             "first_budget": {"steps": first, "converged_share": at.first_share}, "continuing": at.continuing,
+             "seeds": seeds}
     rows = [{"method": m, "step": s, "delta_new_minus_data": c["delta"], "tost_p": c["tost"]["p"],
              "control_passes": c["control_passes"], "new_outside": c["new_outside"],
              "delta_at_equal_val_loss": c["at_equal_val_loss"]} for m, steps in comparisons.items()
             for s, c in steps.items()]
     return partial(result(CLAIM, stats, verdict, why, {"table": table, "comparisons": rows}), missing)
+
+
+def standing_of(run) -> Standing:
+    """A run as the budget rule reads it (RULES.md amendment 1): the steps it was trained to, and its stop."""
+    budget = int(run.extra.get("budget") or 0)
+    stop = run.extra.get("early_stop") or {}
+    return Standing(budget=budget, stopped=bool(stop.get("stopped")), step=int(stop.get("step", budget)))
 
 
 def seed_plan(g, summaries: dict) -> dict:

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Claim 2's continued runs (RULES.md amendment 1) in the background: `extend.sh MODEL CHECKOUT` asks this
+# repository's eptk.reproduce.budget which runs the round under way continues and to what budget, and trains
+# them one at a time, on one thread, with the frozen CHECKOUT that trained the study. A run with its checkpoint
+# is copied to its v3- folder (its small files and checkpoint, not its evaluation, so the commit loop takes the
+# folder only once it has finished; config.json's out and name say the new folder) and resumed with --steps B;
+# a later round resumes the v3- folder in place; a run whose checkpoint was lost with a machine is trained
+# again from its config.json with --steps B (the same run). Asks again after each run, until nothing is listed.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+model=$1 checkout=$2
+out=$(study_dir "$model")
+eptk="$checkout/.venv/bin/eptk"
+export OMP_NUM_THREADS=1
+cd "$out"  # the runs' config.json paths are relative to the study folder
+for pass in $(seq 1 400); do
+    next=$("$REPO/.venv/bin/python" -m eptk.reproduce.budget "$model" "$out" | head -n 1)
+    [ -n "$next" ] || break
+    read -r source dest steps <<< "$next"
+    from=$(basename "$source") name=$(basename "$dest")
+    echo "$(date -u +%FT%TZ) $model: $name to $steps steps (from $from) by $(git -C "$checkout" describe --always --dirty)"
+    if [ "$from" = "$name" ]; then              # a later round: the continuation goes on in place
+        rm -f "$name/eval.json" "$name/predictions.jsonl"
+    elif [ ! -d "$name" ] && [ -f "$from/checkpoint/latest" ]; then
+        mkdir "$name.tmp"
+        find "$from" -maxdepth 1 -type f ! -name '.*' ! -name eval.json ! -name predictions.jsonl \
+            -exec cp -p {} "$name.tmp/" \;
+        cp -r "$from/checkpoint" "$name.tmp/"
+        "$REPO/.venv/bin/python" - "$name.tmp/config.json" "$name" <<'EOF'
+import json, sys
+path, name = sys.argv[1:]
+config = json.load(open(path))
+config["out"] = config["name"] = name
+json.dump(config, open(path, "w"), indent=2)
+EOF
+        mv "$name.tmp" "$name"
+    fi
+    if [ -f "$name/checkpoint/latest" ]; then
+        "$eptk" tune --resume "$name" --steps "$steps" --quiet
+    else                                         # no training state: the same run trained from the start
+        "$eptk" tune --config "$from/config.json" --steps "$steps" --out "$name" --overwrite --quiet
+    fi
+done
+echo "$(date -u +%FT%TZ) $model: nothing more to continue in this round"

@@ -1,0 +1,127 @@
+"""Claim 2's training budget by RULES.md amendment 1: rounds of 1,200, 1,800 and 2,400 steps. In a round every
+claim-2 run that used its whole budget without stopping is continued to the round's budget (a `v3-` copy of its
+version-2 folder, resumed with `--steps B`: the run that budget would have trained from the start); the next
+round begins when every run has stopped early or reached the budget and fewer than 90% stopped early. One module
+serves the report (which folder holds a run now, the budget it is read at, what is still short of it) and the
+script that trains the continuations (`python -m eptk.reproduce.budget STUDY_FOLDER`: what to continue, to what)."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..runs import CONFIG, EVAL, RunDir
+
+ROUND_FACTORS = (2, 3, 4)     # amendment 1: 1,200, 1,800 and 2,400 steps after version 2's 600
+V2, V3 = "v2-", "v3-"
+
+
+def rounds(first: int) -> tuple[int, ...]:
+    """The rounds' budgets after a version-2 budget of `first` steps (the quick study's runs are shorter)."""
+    return tuple(factor * first for factor in ROUND_FACTORS)
+
+
+def continued_name(name: str) -> str:
+    """The folder a version-2 run is continued in: `v3-` for `v2-`."""
+    return V3 + name.removeprefix(V2)
+
+
+def current_path(out: Path, name: str) -> Path:
+    """The folder that holds a claim-2 run now: its continuation once that has finished, else the version-2 run."""
+    continued = Path(out) / continued_name(name)
+    return continued if RunDir(continued).is_complete() else Path(out) / name
+
+
+@dataclass(frozen=True)
+class Standing:
+    """A finished run as the budget rule reads it."""
+    budget: int       # the steps it was trained to (--steps, extensions included)
+    stopped: bool     # its early stopping ended it before (or at) its budget
+    step: int         # where it ended
+
+    def settled_at(self, budget: int) -> bool:
+        """Whether this run holds what a budget of `budget` would have trained: it stopped by then, or it was
+        trained at least that far (a later round's run reached `budget` without stopping)."""
+        return self.stopped_by(budget) or self.budget >= budget
+
+    def stopped_by(self, budget: int) -> bool:
+        return self.stopped and self.step <= budget
+
+
+def standing(path: Path) -> Standing | None:
+    """A finished run's budget and stop (None while it is not finished)."""
+    path = Path(path)
+    if not RunDir(path).is_complete():
+        return None
+    budget = int(json.loads((path / CONFIG).read_text())["steps"])
+    stop = json.loads((path / EVAL).read_text()).get("early_stop") or {}
+    return Standing(budget=budget, stopped=bool(stop.get("stopped")), step=int(stop.get("step", budget)))
+
+
+def share_stopped(standings: list[Standing], budget: int) -> float:
+    return sum(s.stopped_by(budget) for s in standings) / len(standings) if standings else math.nan
+
+
+def round_budget(standings: list[Standing | None], first: int) -> int:
+    """The budget of the round under way: the first round's, or the next one's once every run has settled at a
+    round's budget with fewer than 90% stopped early (at the last round's, that share is read as it is)."""
+    from .claims.base import CONVERGED_SHARE  # (here: the claims package imports this module)
+
+    budgets = rounds(first)
+    budget = budgets[0]
+    for later in budgets[1:]:
+        settled = standings and all(s is not None and s.settled_at(budget) for s in standings)
+        if not (settled and share_stopped(standings, budget) < CONVERGED_SHARE):
+            break
+        budget = later
+    return budget
+
+
+@dataclass(frozen=True)
+class Reading:
+    """Where a model's claim 2 stands under the amendment."""
+    budget: int              # the round's budget
+    share: float             # the share of finished runs stopped early by it
+    first_share: float       # the same at version 2's budget
+    continuing: list         # finished runs short of the round's budget (names)
+
+
+def reading(standings: dict[str, Standing], unfinished: int, first: int) -> Reading:
+    """`standings`: finished runs by name; `unfinished`: how many of the claim's runs have not finished."""
+    budget = round_budget([*standings.values(), *[None] * unfinished], first)
+    finished = list(standings.values())
+    return Reading(budget=budget, share=share_stopped(finished, budget), first_share=share_stopped(finished, first),
+                   continuing=sorted(name for name, s in standings.items() if not s.settled_at(budget)))
+
+
+def to_continue(out: Path, names: list[str], first: int) -> tuple[int, list[tuple[Path, Path, int]]]:
+    """(the round's budget, [(the folder to continue from, the continuation's folder, its budget)]): every finished
+    run of `names` (version-2 names) that used its whole budget, shorter than the round's, without stopping."""
+    current = {name: current_path(out, name) for name in names}
+    standings = {name: standing(path) for name, path in current.items()}
+    budget = round_budget(list(standings.values()), first)
+    todo = [(current[name], Path(out) / continued_name(name), budget) for name, s in standings.items()
+            if s is not None and not s.stopped and s.budget < budget]
+    return budget, todo
+
+
+def main(argv: list[str]) -> int:
+    """Print `FROM TO STEPS` for each continuation the round asks of a study folder's claim-2 runs."""
+    from .stages import Study
+
+    if len(argv) != 2:
+        print("usage: python -m eptk.reproduce.budget MODEL STUDY_FOLDER", file=sys.stderr)
+        return 2
+    model, out = argv[0], Path(argv[1])
+    study = Study.build(model, out)
+    budget, todo = to_continue(out, [r.name for r in study.stage_runs["converged"]], study.scale.converged["steps"])
+    print(f"# round budget {budget}: {len(todo)} run(s) to continue", file=sys.stderr)
+    for source, dest, steps in todo:
+        print(f"{source} {dest} {steps}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
