@@ -15,6 +15,8 @@ for model in "${!COMMITTED[@]}"; do
         [ -d "$REPO/$dest/checkpoint" ] && git -C "$REPO" rm -rq --ignore-unmatch "$dest/checkpoint" && rm -rf "$REPO/$dest/checkpoint"
         mkdir -p "$REPO/$dest/checkpoint"
         find "$run" -maxdepth 1 -type f ! -name '.*' -exec cp -p {} "$REPO/$dest/" \;
+        # a continuation trained further in place (RULES.md amendment 1) drops its earlier round's evaluation
+        git -C "$REPO" rm -q --ignore-unmatch "$dest/eval.json" "$dest/predictions.jsonl"
         cp -p "$latest" "$REPO/$dest/checkpoint/"
         cp -rp "$run/checkpoint/$step" "$REPO/$dest/checkpoint/"
         git -C "$REPO" add "$dest"
