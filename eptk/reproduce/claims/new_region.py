@@ -119,10 +119,10 @@ def measure(g, **_) -> dict:
         verdict, why = NOT_MEASURED, "seeds the power rule asks for are not all in: " + "; ".join(short)
     if at.continuing:
         verdict, why = NOT_MEASURED, (f"{len(at.continuing)} of {len(runs)} runs are still short of the round's budget "
-                                      f"of {at.budget} steps (RULES.md amendment 1)" + (f"; {why}" if short else ""))
+                                      f"of {at.budget:,} steps (RULES.md amendment 1)" + (f"; {why}" if short else ""))
     if finite(at.first_share) and at.first_share < CONVERGED_SHARE:
-        why += (f" (version 2's budget of {first} steps: {at.first_share:.0%} of runs stopped early, so its verdict "
-                f"was inconclusive, not converged; superseded by amendment 1's rounds, now at {at.budget} steps)")
+        why += (f" (version 2's budget of {first:,} steps: {at.first_share:.0%} of runs stopped early, so its verdict "
+                f"was inconclusive, not converged; superseded by amendment 1's rounds, now at {at.budget:,} steps)")
     stats = {"comparisons": comparisons, "converged_share": share, "budget": at.budget,
              "first_budget": {"steps": first, "converged_share": at.first_share}, "continuing": at.continuing,
              "seeds": seeds}
