@@ -11,10 +11,11 @@ source "$(dirname "$0")/env.sh"
 model=$1 checkout=$2
 out=$(study_dir "$model")
 eptk="$checkout/.venv/bin/eptk"
+python=${PYTHON:-$REPO/.venv/bin/python}  # this repository's environment: the budget rule as main has it
 export OMP_NUM_THREADS=1
 cd "$out"  # the runs' config.json paths are relative to the study folder
 for pass in $(seq 1 400); do
-    next=$("$REPO/.venv/bin/python" -m eptk.reproduce.budget "$model" "$out" | head -n 1)
+    next=$("$python" -m eptk.reproduce.budget "$model" "$out" | head -n 1)
     [ -n "$next" ] || break
     read -r source dest steps <<< "$next"
     from=$(basename "$source") name=$(basename "$dest")
@@ -26,7 +27,7 @@ for pass in $(seq 1 400); do
         find "$from" -maxdepth 1 -type f ! -name '.*' ! -name eval.json ! -name predictions.jsonl \
             -exec cp -p {} "$name.tmp/" \;
         cp -r "$from/checkpoint" "$name.tmp/"
-        "$REPO/.venv/bin/python" - "$name.tmp/config.json" "$name" <<'EOF'
+        "$python" - "$name.tmp/config.json" "$name" <<'EOF'
 import json, sys
 path, name = sys.argv[1:]
 config = json.load(open(path))

@@ -1,0 +1,71 @@
+"""docs/findings/background/extend.sh, RULES.md amendment 1's premise and its mechanics on the tiny model: a claim-2
+run that used its whole 600 steps, continued from its checkpoint to 1,200 in its `v3-` folder, equals the run
+trained to 1,200 from the start (validation curve, stop and posterior); one whose checkpoint is lost is trained
+again from its config.json; each continuation's config.json names its own folder, relative."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "docs" / "findings" / "background" / "extend.sh"
+# an arm's name of the full study (the budget rule lists the study's claim-2 runs); patience long enough that
+# nothing stops, so both runs use their whole budget
+ARM = "v2-arith-soft-region-new-lr0.01"
+SETTINGS = ["--model", "tiny", "--task", "arith", "--method", "soft", "--prior", "normal", "--tokens", "4",
+            "--lr", "0.01", "--schedule", "constant", "--warmup", "2", "--eval-every", "50", "--eval-size", "8",
+            "--test-size", "8", "--train-size", "200", "--checkpoint-every", "50", "--early-stop", "100",
+            "--batch-size", "4"]
+
+
+def eptk(*args, cwd, env):
+    done = subprocess.run([sys.executable, "-m", "eptk.cli", *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def curve(run: Path) -> list:
+    return [(r["step"], r["val_loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if "val_loss" in r]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("git") is None, reason="needs bash and git")
+def test_extend_sh_continues_runs_to_what_the_larger_budget_trains(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", EPTK_CACHE=str(tmp_path / "cache"))
+    study = tmp_path / "work" / "study-tiny"
+    study.mkdir(parents=True)
+    for seed in (0, 1):
+        eptk("tune", *SETTINGS, "--seed", seed, "--steps", 600, "--out", f"{ARM}-s{seed}", "--quiet", cwd=study, env=env)
+    shutil.rmtree(study / f"{ARM}-s1" / "checkpoint")          # seed 1's checkpoint is lost with a machine
+    eptk("tune", *SETTINGS, "--seed", 0, "--steps", 1200, "--out", tmp_path / "fresh", "--quiet", cwd=tmp_path,
+         env=env)
+    # a checkout whose .venv/bin/eptk is this interpreter's eptk (the frozen checkouts each have their own)
+    checkout = tmp_path / "checkout"
+    (checkout / ".venv" / "bin").mkdir(parents=True)
+    (checkout / ".venv" / "bin" / "eptk").write_text(f"#!/bin/sh\nexec {sys.executable} -m eptk.cli \"$@\"\n")
+    (checkout / ".venv" / "bin" / "eptk").chmod(0o755)
+    subprocess.run(["git", "init", "-q", str(checkout)], check=True)
+    run = subprocess.run(["bash", str(SCRIPT), "tiny", str(checkout)], capture_output=True, text=True,
+                         env=dict(env, WORK=str(tmp_path / "work"), REPO=str(ROOT), PYTHON=sys.executable,
+                                  PATH=f"{Path(sys.executable).parent}:{env['PATH']}"))
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "nothing more to continue in this round" in run.stdout
+    continued = study / f"v3-{ARM.removeprefix('v2-')}-s0"
+    assert curve(continued) == curve(tmp_path / "fresh")
+    assert json.loads((continued / "eval.json").read_text())["early_stop"] == \
+        json.loads((tmp_path / "fresh" / "eval.json").read_text())["early_stop"]
+    mine, theirs = load_file(continued / "posterior.safetensors"), load_file(tmp_path / "fresh" / "posterior.safetensors")
+    assert mine.keys() == theirs.keys() and all((mine[k] == theirs[k]).all() for k in mine)
+    for seed in (0, 1):
+        name = f"v3-{ARM.removeprefix('v2-')}-s{seed}"
+        config = json.loads((study / name / "config.json").read_text())
+        assert config["out"] == name and config["steps"] == 1200
+        assert (study / f"{ARM}-s{seed}" / "eval.json").is_file()    # the version-2 run stays as it was
+    assert json.loads((study / f"{ARM}-s0" / "config.json").read_text())["steps"] == 600
