@@ -15,8 +15,9 @@ python=${PYTHON:-$REPO/.venv/bin/python}  # this repository's environment: the b
 export OMP_NUM_THREADS=1
 cd "$out"  # the runs' config.json paths are relative to the study folder
 for pass in $(seq 1 400); do
-    next=$("$python" -m eptk.reproduce.budget "$model" "$out" | head -n 1)
-    [ -n "$next" ] || break
+    listed=$("$python" -m eptk.reproduce.budget "$model" "$out")  # whole: `| head` would cut the pipe under it
+    [ -n "$listed" ] || break
+    next=${listed%%$'\n'*}
     read -r source dest steps <<< "$next"
     from=$(basename "$source") name=$(basename "$dest")
     echo "$(date -u +%FT%TZ) $model: $name to $steps steps (from $from) by $(git -C "$checkout" describe --always --dirty)"
