@@ -90,17 +90,22 @@ def summary(times: list[float]) -> dict:
     return {"ms": statistics.median(times), "ms_p20": pick(0.2), "ms_p80": pick(0.8), "ms_min": times[0]}
 
 
-def measure(step, rounds: int = 5, memory: bool = True) -> dict:
-    """Median / p20 / p80 / min milliseconds over `rounds` steps after a warm-up, and one step's peak memory."""
-    step()                                   # warm up (Triton compilation, lazy inits)
-    sync()
+def step_times(step, count: int) -> list[float]:
+    """Wall milliseconds of each of `count` steps in turn, the device synchronized around each."""
     times = []
-    for _ in range(rounds):
+    for _ in range(count):
+        sync()
         start = time.perf_counter()
         step()
         sync()
         times.append((time.perf_counter() - start) * 1e3)
-    out = summary(times)
+    return times
+
+
+def measure(step, rounds: int = 5, memory: bool = True) -> dict:
+    """Median / p20 / p80 / min milliseconds over `rounds` steps after a warm-up, and one step's peak memory."""
+    step()                                   # warm up (Triton compilation, lazy inits)
+    out = summary(step_times(step, rounds))
     if memory:
         out["peak_bytes"] = peak_bytes(step)
     return out

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_tune_step as tune  # noqa: E402
-from common import GPU, Stages, device_name, gpu_script_parser, sync, write_report  # noqa: E402
+from common import GPU, Stages, device_name, gpu_script_parser, step_times, summary, sync, write_report  # noqa: E402
 
 PROVIDERS = ("floor", "peft-prompt", "eptk-soft", "eptk-prefix", "eptk-deep")
 # Host-device syncs; a scalar read (`.item()`) syncs only on a device tensor (AdamW reads its CPU step
@@ -30,18 +30,6 @@ PROVIDERS = ("floor", "peft-prompt", "eptk-soft", "eptk-prefix", "eptk-deep")
 SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
 SCALAR_READ = "aten::_local_scalar_dense"
 TOP = 8
-
-
-def step_times(step, count: int) -> list[float]:
-    """Wall milliseconds of each of `count` steps in turn (the first ones include compilation)."""
-    out = []
-    for _ in range(count):
-        sync()
-        start = time.perf_counter()
-        step()
-        sync()
-        out.append((time.perf_counter() - start) * 1e3)
-    return out
 
 
 def _device_us(event) -> float:
@@ -84,10 +72,9 @@ def profile(step, steps: int) -> dict:
 
 def measure_provider(provider: str, setting, warm: int, steps: int) -> dict:
     step, _ = tune.setup(provider, setting)
-    first = step_times(step, warm)
-    timed = step_times(step, steps)
+    first = step_times(step, warm)   # one by one: a late compilation shows in the first steps
     row = {"setting": setting.id, "provider": provider, "first_steps_ms": first,
-           "wall_ms_per_step": sorted(timed)[len(timed) // 2], **profile(step, steps)}
+           "wall_ms_per_step": summary(step_times(step, steps))["ms"], **profile(step, steps)}
     row["kernel_share_of_wall"] = row["kernel_ms_per_step"] / row["wall_ms_per_step"] if GPU else None
     return row
 

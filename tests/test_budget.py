@@ -69,7 +69,11 @@ def test_to_continue_lists_the_runs_that_used_their_budget_and_where_they_go(tmp
     finished(tmp_path / "v2-a-s0", 600, 400)                      # stopped early: the same run under any budget
     finished(tmp_path / "v2-b-s0", 600)                           # used its budget: continued to 1,200
     finished(tmp_path / "v2-c-s0", 600)
-    finished(tmp_path / "v3-c-s0", 1200)                          # already continued
+    budget, todo = to_continue(tmp_path, names, FIRST)
+    assert budget == 1200 and todo == [(tmp_path / f"v2-{x}-s0", tmp_path / f"v3-{x}-s0", 1200) for x in "bc"]
+    # in the order the study lists its runs (seed-major), not by name: a run already under way comes first
+    assert [dest.name for _, dest, _ in to_continue(tmp_path, names[::-1], FIRST)[1]] == ["v3-c-s0", "v3-b-s0"]
+    finished(tmp_path / "v3-c-s0", 1200)                          # c continued
     budget, todo = to_continue(tmp_path, names, FIRST)
     assert budget == 1200 and todo == [(tmp_path / "v2-b-s0", tmp_path / "v3-b-s0", 1200)]
     (tmp_path / "v3-b-s0").mkdir()                                # a continuation under way (no eval.json yet)

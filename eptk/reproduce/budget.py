@@ -41,6 +41,12 @@ class Standing:
     stopped: bool     # its early stopping ended it before (or at) its budget
     step: int         # where it ended
 
+    @classmethod
+    def of(cls, budget: int, early_stop: dict | None) -> "Standing":
+        """From a run's budget (config.json's steps) and its eval.json's `early_stop` record (None: none kept)."""
+        stop = early_stop or {}
+        return cls(budget=budget, stopped=bool(stop.get("stopped")), step=int(stop.get("step", budget)))
+
     def settled_at(self, budget: int) -> bool:
         """Whether this run holds what a budget of `budget` would have trained: it stopped by then, or it was
         trained at least that far (a later round's run reached `budget` without stopping)."""
@@ -55,9 +61,8 @@ def standing(path: Path) -> Standing | None:
     path = Path(path)
     if not RunDir(path).is_complete():
         return None
-    budget = int(json.loads((path / CONFIG).read_text())["steps"])
-    stop = json.loads((path / EVAL).read_text()).get("early_stop") or {}
-    return Standing(budget=budget, stopped=bool(stop.get("stopped")), step=int(stop.get("step", budget)))
+    return Standing.of(int(json.loads((path / CONFIG).read_text())["steps"]),
+                       json.loads((path / EVAL).read_text()).get("early_stop"))
 
 
 def share_stopped(standings: list[Standing], budget: int) -> float:
@@ -101,10 +106,11 @@ def to_continue(out: Path, names: list[str], first: int) -> tuple[int, list[tupl
     run of `names` (version-2 names) that used its whole budget, shorter than the round's, without stopping."""
     current = {name: current_path(out, name) for name in names}
     standings = {name: standing(path) for name, path in current.items()}
-    budget = round_budget(list(standings.values()), first)
-    todo = [(current[name], Path(out) / continued_name(name), budget) for name, s in standings.items()
-            if s is not None and not s.stopped and s.budget < budget]
-    return budget, todo
+    finished = {name: s for name, s in standings.items() if s is not None}
+    at = reading(finished, len(standings) - len(finished), first)
+    # a finished run short of the round's budget is one that used its whole, smaller budget without stopping
+    short = set(at.continuing)                   # (listed in the study's own order: seed-major)
+    return at.budget, [(current[name], Path(out) / continued_name(name), at.budget) for name in names if name in short]
 
 
 def main(argv: list[str]) -> int:

@@ -43,7 +43,8 @@ def committed(top: Path, path: Path) -> str | None:
     return found.splitlines()[-1] if found else None
 
 
-def record(folder: Path, runs_by_group: dict[str, list[Path]], amended: dict[str, list[Path]] | None = None) -> dict:
+def record(folder: Path, runs_by_group: dict[str, list[Path]],
+           amended: dict[str, dict[str, list[Path]]] | None = None) -> dict:
     """{"rules": hash + date or "unknown", "groups": {group: {"runs", "after_rules", "before_rules",
     "not_committed"}}, "amendments": {header: {"name", "rules", "groups"}}}, each run judged by the commit that added
     its eval.json; the runs of `amended` (amendment header -> {group: runs}) by that amendment's commit."""

@@ -135,9 +135,7 @@ def measure(g, **_) -> dict:
 
 def standing_of(run) -> Standing:
     """A run as the budget rule reads it (RULES.md amendment 1): the steps it was trained to, and its stop."""
-    budget = int(run.extra.get("budget") or 0)
-    stop = run.extra.get("early_stop") or {}
-    return Standing(budget=budget, stopped=bool(stop.get("stopped")), step=int(stop.get("step", budget)))
+    return Standing.of(int(run.extra.get("budget") or 0), run.extra.get("early_stop"))
 
 
 def seed_plan(g, summaries: dict) -> dict:
