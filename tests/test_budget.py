@@ -97,3 +97,20 @@ def test_claim_2_reads_a_run_s_budget_and_stop_from_what_gather_keeps():
     run = SimpleNamespace(extra={"budget": 1200, "early_stop": {"stopped": True, "step": 725, "best_step": 625}})
     assert standing_of(run) == at(1200, 725)
     assert standing_of(SimpleNamespace(extra={"budget": 600, "early_stop": None})) == at(600)
+
+
+def test_the_listing_refuses_a_wrong_model_or_folder_in_one_line(tmp_path):
+    """extend.sh stops when the listing is empty: a typo must not read as a finished round."""
+    import subprocess
+    import sys
+
+    def listing(*args):
+        return subprocess.run([sys.executable, "-m", "eptk.reproduce.budget", *map(str, args)], capture_output=True,
+                              text=True)
+    for args, word in (((), "usage"), (("nosuchmodel", tmp_path), "nosuchmodel"), (("tiny", tmp_path / "nowhere"),
+                                                                                  "does not exist")):
+        done = listing(*args)
+        assert done.returncode == 2 and word in done.stderr and len(done.stderr.strip().splitlines()) == 1, done
+        assert done.stdout == ""
+    done = listing("tiny", tmp_path)
+    assert done.returncode == 0 and done.stdout == "" and "0 run(s) to continue" in done.stderr

@@ -115,12 +115,21 @@ def to_continue(out: Path, names: list[str], first: int) -> tuple[int, list[tupl
 
 def main(argv: list[str]) -> int:
     """Print `FROM TO STEPS` for each continuation the round asks of a study folder's claim-2 runs."""
+    from ..errors import EptkUsageError
+    from ..models import check_model_name
     from .stages import Study
 
     if len(argv) != 2:
         print("usage: python -m eptk.reproduce.budget MODEL STUDY_FOLDER", file=sys.stderr)
         return 2
     model, out = argv[0], Path(argv[1])
+    try:  # a wrong name or folder would otherwise list nothing, as if the round were done
+        check_model_name(model)
+        if not out.is_dir():
+            raise EptkUsageError(f"study folder {out} does not exist (the --out of `eptk reproduce`)")
+    except EptkUsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     study = Study.build(model, out)
     budget, todo = to_continue(out, [r.name for r in study.stage_runs["converged"]], study.scale.converged["steps"])
     print(f"# round budget {budget}: {len(todo)} run(s) to continue", file=sys.stderr)
