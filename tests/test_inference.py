@@ -67,6 +67,27 @@ def test_score_interval_stays_in_0_100_and_covers_the_runs():
     assert (one["lo"], one["hi"]) == (pytest.approx(100 * exact.low), pytest.approx(100 * exact.high))
 
 
+def test_runs_with_equal_scores_get_one_runs_item_interval_not_a_zero_width_gee():
+    """Two runs scoring 554 of 865 with different items right (Gemma's soft region:data arm, 2026-12-04): every
+    cluster's residual sum is zero, so the GEE's interval had no width, [64.0, 64.0]. The interval is the exact
+    binomial over one run's items instead; runs with different scores still get the GEE."""
+    from scipy.stats import binomtest
+
+    rng = np.random.default_rng(4)
+    first = np.zeros(865)
+    first[rng.choice(865, 554, replace=False)] = 1
+    second = np.zeros(865)
+    second[rng.choice(865, 554, replace=False)] = 1
+    assert (first != second).any() and first.sum() == second.sum() == 554
+    ci = I.score_interval([first, second])
+    exact = binomtest(554, 865).proportion_ci(method="exact")
+    assert ci["hi"] - ci["lo"] > 6  # the exact interval over 865 items is 6.4 points wide
+    assert (ci["lo"], ci["hi"], ci["n"]) == (pytest.approx(100 * exact.low), pytest.approx(100 * exact.high), 2)
+    third = first.copy()
+    third[np.flatnonzero(third == 0)[:5]] = 1  # 559 of 865: a spread, so the GEE again
+    assert I.score_interval([first, second, third])["method"] == "binomial GEE"
+
+
 def test_tost_shows_equivalence_only_inside_the_margin():
     rng = np.random.default_rng(2)
     close = I.tost(rng.normal(80, 3, 12), rng.normal(80, 3, 12), 10)
@@ -286,15 +307,16 @@ def test_plain_intervals_take_their_level_and_drop_missing_values():
 
 
 def test_score_interval_edge_cases_and_level():
-    """No runs (or only empty ones): no interval, and why. One run, or every item alike: the exact binomial
-    interval over the items, in percent, n the number of runs. Several runs: statsmodels' GEE at the level asked."""
+    """No runs (or only empty ones): no interval, and why. One run, or runs all scoring the same: the exact
+    binomial interval over one run's items, in percent, n the number of runs. Several runs: statsmodels' GEE at the level asked."""
     from scipy.stats import binomtest
 
     none = I.score_interval([[], []])
     assert math.isnan(none["mean"]) and none["why"] == "no runs" and none["n"] == 0
     alike = I.score_interval([[1.0] * 50, [], [1.0] * 30])
-    exact = binomtest(80, 80).proportion_ci(method="exact")
-    assert (alike["mean"], alike["n"], alike["method"]) == (100.0, 2, "exact binomial over items")
+    exact = binomtest(30, 30).proportion_ci(method="exact")  # one run's items: the smaller run's
+    assert (alike["mean"], alike["n"]) == (100.0, 2)
+    assert alike["method"] == "exact binomial over one run's items (the runs' scores are equal)"
     assert (alike["lo"], alike["hi"]) == (pytest.approx(100 * exact.low), pytest.approx(100 * exact.high))
     one = I.score_interval([[1, 0, 1, 1]], level=0.8)
     ref = binomtest(3, 4).proportion_ci(0.8, method="exact")

@@ -123,18 +123,23 @@ def wilson(k: int, n: int, level: float = LEVEL) -> dict:
 def score_interval(items_by_run: list, level: float = LEVEL) -> dict:
     """One arm's score in percent from its runs' per-item correctness (a list of 0/1 lists, one per run): a
     binomial GEE (statsmodels; logit link, runs as clusters, exchangeable correlation, bias-reduced covariance),
-    the intercept's interval transformed back to 0–100. One run, or items all alike: the exact binomial
-    interval over the items."""
+    the intercept's interval transformed back to 0–100. One run, or runs that all have the same score: the exact
+    binomial interval over one run's items (the smallest). Equal scores leave every cluster's residual sum at zero,
+    so the cluster-robust GEE interval would have no width (Gemma's two soft region:data runs at 554 of 865 gave
+    [64.0, 64.0]); the runs show no spread to estimate, and one run's item sampling is what is known."""
     runs = [np.asarray(list(r), dtype=np.float64) for r in items_by_run if len(r)]
     if not runs:
         return dict(NO_INTERVAL, why="no runs")
     y = np.concatenate(runs)
     mean = 100.0 * y.mean()
-    if len(runs) < 2 or y.min() == y.max():
+    if len({r.mean() for r in runs}) == 1:
         from scipy.stats import binomtest
 
-        ci = binomtest(int(y.sum()), y.size).proportion_ci(level, method="exact")
-        return _interval(mean, 100 * ci.low, 100 * ci.high, len(runs), method="exact binomial over items")
+        one = min(runs, key=len)
+        ci = binomtest(int(one.sum()), one.size).proportion_ci(level, method="exact")
+        method = "exact binomial over items" if len(runs) == 1 else \
+            "exact binomial over one run's items (the runs' scores are equal)"
+        return _interval(mean, 100 * ci.low, 100 * ci.high, len(runs), method=method)
     import statsmodels.api as sm
     from scipy.stats import norm
 
