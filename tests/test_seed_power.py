@@ -16,11 +16,20 @@ STEADY = [86.0, 88.0, 90.0, 87.0, 89.0, 91.0, 85.0, 88.5, 89.5, 87.5]   # SD 1.9
 STALLED = [2.9] + STEADY[1:]                                           # one stall: SD 27, the cap
 
 
-def finish(study: Study, arm: str, seed: int, score: float, items: int = 200) -> None:
-    """A finished run as `eptk tune` leaves it: eval.json and its per-item rows (score = their mean, in %)."""
+def finish(study: Study, arm: str, seed: int, score: float, items: int = 200, *, steps: int = 600,
+           stopped_at: int | None = -1, folder: str | None = None) -> None:
+    """A finished run as `eptk tune` leaves it: config.json's budget (kept where the run has one), eval.json with
+    its early-stopping record (stopped at `stopped_at`, -1: half its budget; None: it used its whole budget) and its
+    per-item rows (score = their mean, in %)."""
     right = round(items * score / 100)
     rows = [{"exact_match": i < right} for i in range(items)]
-    RunDir(study.out / f"{arm}-s{seed}").write_eval({"split": "test", "tuned": {"score": 100.0 * right / items}}, rows)
+    run = RunDir(study.out / (folder or f"{arm}-s{seed}"))
+    if not (run.path / "config.json").is_file():
+        run.write_config({"name": run.path.name, "seed": seed, "steps": steps})
+    steps = run.config()["steps"]
+    stopped_at = steps // 2 if stopped_at == -1 else stopped_at
+    stop = {"stopped": True, "step": stopped_at} if stopped_at else {"stopped": False, "step": steps}
+    run.write_eval({"split": "test", "tuned": {"score": 100.0 * right / items}, "early_stop": stop}, rows)
 
 
 def fill(study: Study, scores: dict[str, list[float]]) -> Study:
@@ -80,6 +89,22 @@ def test_a_finished_run_is_never_dropped_when_the_sd_asks_for_fewer(study):
     again = Study.build("smollm2", grown.out)
     assert arm_seeds(again)[arm] == 13
     assert [n for n in names(again) if n.startswith(arm)] == [f"{arm}-s{s}" for s in range(13)]
+
+
+def test_under_the_amendment_an_arm_grows_on_its_runs_as_they_are_at_the_round_s_budget(study):
+    """RULES.md amendment 1: the power rule reads each run at the round's budget. An arm one of whose runs used the
+    whole 600 steps without stopping keeps its 10 seeds until that run's continuation (its `v3-` folder, trained
+    to 1,200) has finished; then the continuation's score counts, not the version-2 one."""
+    arm = "v2-arith-deep-last3-region-new-lrsnone"
+    grown = fill(study, {arm: STALLED})
+    assert arm_seeds(grown)[arm] == 20                      # every run stopped early: the stall's SD asks for 20
+    finish(grown, arm, 0, STALLED[0], stopped_at=None)       # seed 0 (the stall) ran out its 600 steps instead
+    assert arm_seeds(Study.build("smollm2", grown.out))[arm] == 10   # short of the round's 1,200: no growth yet
+    continued = "v3-" + arm.removeprefix("v2-") + "-s0"
+    finish(grown, arm, 0, 88.0, steps=1200, stopped_at=800, folder=continued)   # continued: it converged at 800
+    assert arm_seeds(Study.build("smollm2", grown.out))[arm] == 10   # the SD of the scores at 1,200: 1.9, no growth
+    finish(grown, arm, 0, STALLED[0], steps=1200, stopped_at=None, folder=continued)  # or still stalled at 1,200
+    assert arm_seeds(Study.build("smollm2", grown.out))[arm] == 20   # settled at the round's budget: grows
 
 
 def test_the_report_waits_for_the_seeds_the_stage_grows(study):
@@ -142,6 +167,10 @@ def test_the_frozen_checkouts_patch_carries_main_s_rule():
         "from .inference import MIN_BOOTSTRAP_GROUPS\n",
         "MIN_BOOTSTRAP_GROUPS = 10   # a bootstrap's groups (main's inference.MIN_BOOTSTRAP_GROUPS)\n")
     assert body == here
+    from eptk.reproduce import budget   # seed_power reads the rounds from budget.py: the patch carries it whole
+    new_file = patch.split("+++ b/eptk/reproduce/budget.py\n", 1)[1].split("\ndiff --git", 1)[0]
+    assert "".join(line[1:] + "\n" for line in new_file.splitlines() if line.startswith("+")) == \
+        inspect.getsource(budget)
     converged = inspect.getsource(Study._converged)
     added = "".join(line[1:] + "\n" for line in patch.split("+++ b/eptk/reproduce/stages.py\n", 1)[1].splitlines()
                     if line.startswith("+"))

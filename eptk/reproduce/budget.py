@@ -2,8 +2,10 @@
 claim-2 run that used its whole budget without stopping is continued to the round's budget (a `v3-` copy of its
 version-2 folder, resumed with `--steps B`: the run that budget would have trained from the start); the next
 round begins when every run has stopped early or reached the budget and fewer than 90% stopped early. One module
-serves the report (which folder holds a run now, the budget it is read at, what is still short of it) and the
-script that trains the continuations (`python -m eptk.reproduce.budget STUDY_FOLDER`: what to continue, to what)."""
+serves the report (which folder holds a run now, the budget it is read at, what is still short of it), the
+converged stage's seeds (seed_power) and the script that trains the continuations (`python -m
+eptk.reproduce.budget MODEL STUDY_FOLDER`: what to continue, to what). Its module level imports only `runs`, so
+that the checkouts frozen for the studies can take it as a patch (docs/findings/background/seed-power.patch)."""
 from __future__ import annotations
 
 import json
@@ -15,6 +17,7 @@ from pathlib import Path
 from ..runs import CONFIG, EVAL, RunDir
 
 ROUND_FACTORS = (2, 3, 4)     # amendment 1: 1,200, 1,800 and 2,400 steps after version 2's 600
+CONVERGED_SHARE = 0.9         # RULES.md, "Convergence": below this share stopped early, not converged
 V2, V3 = "v2-", "v3-"
 
 
@@ -72,8 +75,6 @@ def share_stopped(standings: list[Standing], budget: int) -> float:
 def round_budget(standings: list[Standing | None], first: int) -> int:
     """The budget of the round under way: the first round's, or the next one's once every run has settled at a
     round's budget with fewer than 90% stopped early (at the last round's, that share is read as it is)."""
-    from .claims.base import CONVERGED_SHARE  # (here: the claims package imports this module)
-
     budgets = rounds(first)
     budget = budgets[0]
     for later in budgets[1:]:

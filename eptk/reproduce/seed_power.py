@@ -3,8 +3,9 @@ stage's first seeds; once an arm has run them all, the power formulas on its obs
 included) give the seeds it needs, at most CAP. One module serves the stage that trains those seeds and the claim
 that reads "not measured" until they are in.
 
-It imports little of eptk (`runs.RunDir`, inference's bootstrap floor), so that a checkout frozen for a study's
-training can take it as a patch (docs/findings/background/) and train the seeds the report asks for.
+It imports little of eptk (`runs.RunDir`, inference's bootstrap floor, the budget rounds of `budget.py`), so that a
+checkout frozen for a study's training can take it and budget.py as a patch (docs/findings/background/) and train
+the seeds the report asks for.
 """
 from __future__ import annotations
 
@@ -64,15 +65,26 @@ def score_of(items: list[float], evaluation: dict | None) -> float | None:
 def arm_seeds(study) -> dict[str, int]:
     """Arm name -> how many seeds (0, 1, ...) the converged stage holds for it now: what the power rule asks of the
     runs finished in the study folder, and never fewer than reach its highest finished seed (a finished run is
-    never dropped because a later SD asks for fewer)."""
+    never dropped because a later SD asks for fewer). Under RULES.md amendment 1 the rule reads the runs as they
+    are at the round's budget B: each run from the folder that holds it now (its finished `v3-` continuation, else
+    the version-2 run), and an arm grows only once every run it has is settled at B (stopped early by then, or
+    trained to it); until then it keeps the seeds it has."""
     from ..runs import RunDir
+    from .budget import current_path, round_budget, standing
 
     first = len(study.scale.converged_seeds)
-    seeds = {}
+    done = {}   # arm name -> {seed: the folder of its finished run}
     for arm in study.converged_arms():
         name = study.arm_name(arm)
-        done = {seed: RunDir(study.out / f"{name}-s{seed}") for seed in range(CAP)}
-        done = {seed: run for seed, run in done.items() if run.is_complete()}
-        scores = [s for s in (score_of(test_items(run.path)[0], run.eval()) for run in done.values()) if s is not None]
-        seeds[name] = max(arm_need(scores, len(done), first)["n"], max(done, default=-1) + 1)
+        paths = {seed: current_path(study.out, f"{name}-s{seed}") for seed in range(CAP)}
+        done[name] = {seed: path for seed, path in paths.items() if RunDir(path).is_complete()}
+    standings = {path: standing(path) for runs in done.values() for path in runs.values()}
+    unfinished = sum(max(first, max(runs, default=-1) + 1) - len(runs) for runs in done.values())
+    budget = round_budget([*standings.values(), *[None] * unfinished], study.scale.converged["steps"])
+    seeds = {}
+    for name, runs in done.items():
+        settled = all(standings[path].settled_at(budget) for path in runs.values())
+        scores = [s for s in (score_of(test_items(path)[0], RunDir(path).eval()) for path in runs.values())
+                  if s is not None] if settled else []
+        seeds[name] = max(arm_need(scores, len(runs), first)["n"], max(runs, default=-1) + 1)
     return seeds

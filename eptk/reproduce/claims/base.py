@@ -6,9 +6,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..budget import CONVERGED_SHARE  # (defined there: budget.py also runs in the frozen study checkouts)
+
 HOLDS, FAILS, UNSURE, NOT_MEASURED = "holds", "does not hold", "inconclusive", "not measured"
 STALL_LOSS = 0.6          # a run whose best validation loss is at least this stalled (RULES.md, "Inference")
-CONVERGED_SHARE = 0.9     # below this share of runs stopped early, verdicts on them are inconclusive (same section)
 
 
 def converged_share(runs) -> float:
