@@ -118,6 +118,11 @@ def test_the_report_waits_for_the_seeds_the_stage_grows(study):
     summaries = {a: ({}, {"scores": given.get(a, STEADY), "runs": len(given.get(a, STEADY))}) for a in arm_seeds(grown)}
     plan = {a: p["n"] for a, p in seed_plan(G, summaries).items()}
     assert plan == arm_seeds(grown) and plan[stalled] == 20 and plan[short] == 10
+    # one of the stalled arm's runs used its whole 600 steps: the stage waits for its continuation, so does the report
+    finish(grown, stalled, 3, STALLED[3], stopped_at=None)
+    waiting = seed_plan(G, summaries, [f"{stalled}-s3"])
+    assert {a: p["n"] for a, p in waiting.items()} == arm_seeds(Study.build("smollm2", grown.out)) == \
+        dict(plan, **{stalled: 10})
 
 
 def test_the_converged_stage_trains_the_seeds_the_rule_adds_and_stops(tmp_path, monkeypatch):

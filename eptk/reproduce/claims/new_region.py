@@ -110,7 +110,7 @@ def measure(g, **_) -> dict:
     first = g.study.scale.converged["steps"]
     at = reading({r.name: standing_of(r) for r in runs}, len(missing), first)
     share = at.share
-    seeds = seed_plan(g, summaries)
+    seeds = seed_plan(g, summaries, at.continuing)
     short = [f"{name} needs {need['n']} seeds (has {summaries[name][1]['runs']})" for name, need in seeds.items()
              if summaries[name][1]["runs"] < need["n"]]
     short += [f"{g.study.arm_name(arm)} has no finished run" for arm in arms if g.study.arm_name(arm) not in summaries]
@@ -138,11 +138,15 @@ def standing_of(run) -> Standing:
     return Standing.of(int(run.extra.get("budget") or 0), run.extra.get("early_stop"))
 
 
-def seed_plan(g, summaries: dict) -> dict:
+def seed_plan(g, summaries: dict, continuing=()) -> dict:
     """Seeds each arm needs by RULES.md (10, then the power formulas on the arm's observed SD, at most 20): the
-    same rule the converged stage grows its arms by (seed_power)."""
+    same rule the converged stage grows its arms by (seed_power.arm_seeds). An arm with runs `continuing` (names
+    of runs short of the round's budget, amendment 1) is read at that budget only once they reach it: until then
+    it needs the seeds it started with."""
     first = len(g.study.scale.converged_seeds)
-    return {name: arm_need(s["scores"], s["runs"], first) for name, (_, s) in summaries.items()}
+    waiting = {name.rsplit("-s", 1)[0] for name in continuing}   # run name: the arm's, then -s<seed>
+    return {name: arm_need([] if name in waiting else s["scores"], s["runs"], first)
+            for name, (_, s) in summaries.items()}
 
 
 def draw(res: dict, folder):
