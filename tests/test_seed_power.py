@@ -107,6 +107,24 @@ def test_under_the_amendment_an_arm_grows_on_its_runs_as_they_are_at_the_round_s
     assert arm_seeds(Study.build("smollm2", grown.out))[arm] == 20   # settled at the round's budget: grows
 
 
+def test_a_round_ends_only_once_the_seeds_it_grew_are_in(study):
+    """Every run settled at 1,200 steps and fewer than 90% stopped early: the next round (1,800) may begin only
+    after the seeds the rule asks at 1,200 are in. An arm whose 10 runs all ran to 1,200 without stopping, with a
+    stall among them (SD 27), grows to 20 at 1,200 and the round stays at 1,200; the stage does not wait for
+    1,800 to grow it (87.5% stopped early: the round would move on without its 10 further seeds)."""
+    from eptk.reproduce.budget import to_continue
+
+    arm = "v2-arith-soft-region-new-lr0.01"
+    grown = fill(study, {})                                    # the other 70 runs stopped early
+    for seed, score in enumerate(STALLED):
+        finish(grown, arm, seed, score, stopped_at=None)       # 600 steps without stopping, then continued
+        finish(grown, arm, seed, score, steps=1200, stopped_at=None, folder=f"v3-{arm.removeprefix('v2-')}-s{seed}")
+    again = Study.build("smollm2", grown.out)
+    assert arm_seeds(again)[arm] == 20
+    budget, todo = to_continue(grown.out, names(again), 600)
+    assert (budget, todo) == (1200, [])                        # seeds 10-19 to train first; nothing to continue yet
+
+
 def test_the_report_waits_for_the_seeds_the_stage_grows(study):
     """Claim 2's seed plan and the stage read one rule: the arm's scores, runs and first seeds give the same n."""
     stalled, short = "v2-arith-deep-last3-region-new-lrsnone", "v2-arith-soft-region-new-lr0.001"

@@ -72,17 +72,18 @@ def share_stopped(standings: list[Standing], budget: int) -> float:
     return sum(s.stopped_by(budget) for s in standings) / len(standings) if standings else math.nan
 
 
+def moves_on(standings: list[Standing | None], budget: int) -> bool:
+    """Whether the round of `budget` is over and the next begins: every run (None: one not finished) settled at
+    it, and fewer than 90% stopped early by it."""
+    settled = bool(standings) and all(s is not None and s.settled_at(budget) for s in standings)
+    return settled and share_stopped(standings, budget) < CONVERGED_SHARE
+
+
 def round_budget(standings: list[Standing | None], first: int) -> int:
     """The budget of the round under way: the first round's, or the next one's once every run has settled at a
     round's budget with fewer than 90% stopped early (at the last round's, that share is read as it is)."""
     budgets = rounds(first)
-    budget = budgets[0]
-    for later in budgets[1:]:
-        settled = standings and all(s is not None and s.settled_at(budget) for s in standings)
-        if not (settled and share_stopped(standings, budget) < CONVERGED_SHARE):
-            break
-        budget = later
-    return budget
+    return next((budget for budget in budgets[:-1] if not moves_on(standings, budget)), budgets[-1])
 
 
 @dataclass(frozen=True)

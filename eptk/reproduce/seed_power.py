@@ -70,7 +70,7 @@ def arm_seeds(study) -> dict[str, int]:
     the version-2 run), and an arm grows only once every run it has is settled at B (stopped early by then, or
     trained to it); until then it keeps the seeds it has."""
     from ..runs import RunDir
-    from .budget import current_path, round_budget, standing
+    from .budget import current_path, moves_on, rounds, standing
 
     first = len(study.scale.converged_seeds)
     done = {}   # arm name -> {seed: the folder of its finished run}
@@ -79,12 +79,21 @@ def arm_seeds(study) -> dict[str, int]:
         paths = {seed: current_path(study.out, f"{name}-s{seed}") for seed in range(CAP)}
         done[name] = {seed: path for seed, path in paths.items() if RunDir(path).is_complete()}
     standings = {path: standing(path) for runs in done.values() for path in runs.values()}
-    unfinished = sum(max(first, max(runs, default=-1) + 1) - len(runs) for runs in done.values())
-    budget = round_budget([*standings.values(), *[None] * unfinished], study.scale.converged["steps"])
-    seeds = {}
-    for name, runs in done.items():
-        settled = all(standings[path].settled_at(budget) for path in runs.values())
-        scores = [s for s in (score_of(test_items(path)[0], RunDir(path).eval()) for path in runs.values())
-                  if s is not None] if settled else []
-        seeds[name] = max(arm_need(scores, len(runs), first)["n"], max(runs, default=-1) + 1)
+    scores = {path: score_of(test_items(path)[0], RunDir(path).eval()) for path in standings}
+
+    def seeds_at(budget: int) -> dict[str, int]:
+        seeds = {}
+        for name, runs in done.items():
+            settled = all(standings[path].settled_at(budget) for path in runs.values())
+            known = [scores[path] for path in runs.values() if scores[path] is not None] if settled else []
+            seeds[name] = max(arm_need(known, len(runs), first)["n"], max(runs, default=-1) + 1)
+        return seeds
+
+    # the round under way is the first whose runs, with the seeds the rule asks at its budget, are not all settled
+    # at it with fewer than 90% stopped early (so a round ends only once the seeds it grew are in)
+    for budget in rounds(study.scale.converged["steps"]):
+        seeds = seeds_at(budget)
+        unfinished = sum(len(set(range(n)) - set(done[name])) for name, n in seeds.items())
+        if not moves_on([*standings.values(), *[None] * unfinished], budget):
+            break
     return seeds
