@@ -115,6 +115,19 @@ def test_a_claim_2_run_is_read_from_its_finished_continuation(quick_study, tmp_p
     continued = got.runs[run.name]
     assert continued.extra["budget"] == 2 * first and standing_of(continued).budget == 2 * first
     assert json.loads((copy / v3 / "config.json").read_text())["out"] == v3   # no path of this machine
+    # claim 2's table of continued runs: the score at version 2's budget (here made 12.5 in the v2 run's eval.json,
+    # its items dropped: the tiny model scores 0 either way) beside the continuation's
+    from eptk.reproduce.claims import new_region
+    ev = json.loads((copy / run.name / "eval.json").read_text())
+    ev["tuned"]["score"] = 12.5
+    (copy / run.name / "eval.json").write_text(json.dumps(ev))
+    (copy / run.name / "predictions.jsonl").unlink()
+    rows = new_region.measure(got)["figure"]["continued_runs"]
+    stop = json.loads((copy / v3 / "eval.json").read_text())["early_stop"]
+    assert rows == [{"run": run.name, "score_at_first_budget": 12.5,
+                     "best_step_at_first_budget": ev["early_stop"]["best_step"], "budget": 2 * first,
+                     "stopped_at": stop["step"] if stop["stopped"] else None, "best_step": stop["best_step"],
+                     "score": continued.score}]
 
 
 def test_quick_study_writes_every_file(quick_study):

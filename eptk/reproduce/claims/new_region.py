@@ -130,7 +130,29 @@ def measure(g, **_) -> dict:
              "control_passes": c["control_passes"], "new_outside": c["new_outside"],
              "delta_at_equal_val_loss": c["at_equal_val_loss"]} for m, steps in comparisons.items()
             for s, c in steps.items()]
-    return partial(result(CLAIM, stats, verdict, why, {"table": table, "comparisons": rows}), missing)
+    return partial(result(CLAIM, stats, verdict, why, {"table": table, "comparisons": rows,
+                                                       "continued_runs": continued_rows(g, runs)}), missing)
+
+
+def continued_rows(g, runs) -> list[dict]:
+    """Each run read from its finished continuation (amendment 1): its score and stop at version 2's budget, then
+    at the larger one, so the report shows what continuing changed."""
+    from ...runs import RunDir
+    from ..seed_power import score_of, test_items
+
+    rows = []
+    for r in runs:
+        path = g.paths.get(r.name)
+        if path is None or path.name == r.name:
+            continue
+        first = g.study.out / r.name
+        before = (RunDir(first).eval() or {}).get("early_stop") or {}
+        stop = (r.extra.get("early_stop") or {})
+        rows.append({"run": r.name, "score_at_first_budget": score_of(test_items(first)[0], RunDir(first).eval()),
+                     "best_step_at_first_budget": before.get("best_step"), "budget": r.extra.get("budget"),
+                     "stopped_at": stop.get("step") if stop.get("stopped") else None, "best_step": stop.get("best_step"),
+                     "score": r.score})
+    return rows
 
 
 def standing_of(run) -> Standing:
