@@ -105,8 +105,8 @@ def test_the_listing_refuses_a_wrong_model_or_folder_in_one_line(tmp_path):
     import sys
 
     def listing(*args):
-        return subprocess.run([sys.executable, "-m", "eptk.reproduce.budget", *map(str, args)], capture_output=True,
-                              text=True)
+        return subprocess.run([sys.executable, "-m", "eptk.reproduce.continuations", *map(str, args)],
+                              capture_output=True, text=True)
     for args, word in (((), "usage"), (("nosuchmodel", tmp_path), "nosuchmodel"), (("tiny", tmp_path / "nowhere"),
                                                                                   "does not exist")):
         done = listing(*args)

@@ -3,14 +3,13 @@ claim-2 run that used its whole budget without stopping is continued to the roun
 version-2 folder, resumed with `--steps B`: the run that budget would have trained from the start); the next
 round begins when every run has stopped early or reached the budget and fewer than 90% stopped early. One module
 serves the report (which folder holds a run now, the budget it is read at, what is still short of it), the
-converged stage's seeds (seed_power) and the script that trains the continuations (`python -m
-eptk.reproduce.budget MODEL STUDY_FOLDER`: what to continue, to what). Its module level imports only `runs`, so
-that the checkouts frozen for the studies can take it as a patch (docs/findings/background/seed-power.patch)."""
+converged stage's seeds (seed_power) and the listing of the continuations to train (eptk.reproduce.continuations).
+It imports only `runs`, so that the checkouts frozen for the studies can take it as a patch
+(docs/findings/background/seed-power.patch)."""
 from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,32 +112,3 @@ def to_continue(out: Path, names: list[str], first: int) -> tuple[int, list[tupl
     # a finished run short of the round's budget is one that used its whole, smaller budget without stopping
     short = set(at.continuing)                   # (listed in the study's own order: seed-major)
     return at.budget, [(current[name], Path(out) / continued_name(name), at.budget) for name in names if name in short]
-
-
-def main(argv: list[str]) -> int:
-    """Print `FROM TO STEPS` for each continuation the round asks of a study folder's claim-2 runs."""
-    from ..errors import EptkUsageError
-    from ..models import check_model_name
-    from .stages import Study
-
-    if len(argv) != 2:
-        print("usage: python -m eptk.reproduce.budget MODEL STUDY_FOLDER", file=sys.stderr)
-        return 2
-    model, out = argv[0], Path(argv[1])
-    try:  # a wrong name or folder would otherwise list nothing, as if the round were done
-        check_model_name(model)
-        if not out.is_dir():
-            raise EptkUsageError(f"study folder {out} does not exist (the --out of `eptk reproduce`)")
-    except EptkUsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    study = Study.build(model, out)
-    budget, todo = to_continue(out, [r.name for r in study.stage_runs["converged"]], study.scale.converged["steps"])
-    print(f"# round budget {budget}: {len(todo)} run(s) to continue", file=sys.stderr)
-    for source, dest, steps in todo:
-        print(f"{source} {dest} {steps}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Claim 2's continued runs (RULES.md amendment 1) in the background: `extend.sh MODEL CHECKOUT` asks this
-# repository's eptk.reproduce.budget which runs the round under way continues and to what budget, and trains
+# repository's eptk.reproduce.continuations which runs the round under way continues and to what budget, and trains
 # them one at a time, on one thread, with the frozen CHECKOUT that trained the study. A run with its checkpoint
 # is copied to its v3- folder (its small files and checkpoint, not its evaluation, so the commit loop takes the
 # folder only once it has finished; config.json's out and name say the new folder) and resumed with --steps B;
@@ -15,7 +15,7 @@ python=${PYTHON:-$REPO/.venv/bin/python}  # this repository's environment: the b
 export OMP_NUM_THREADS=1
 cd "$out"  # the runs' config.json paths are relative to the study folder
 for pass in $(seq 1 400); do
-    listed=$("$python" -m eptk.reproduce.budget "$model" "$out")  # whole: `| head` would cut the pipe under it
+    listed=$("$python" -m eptk.reproduce.continuations "$model" "$out")  # whole: `| head` would cut the pipe under it
     [ -n "$listed" ] || break
     next=${listed%%$'\n'*}
     read -r source dest steps <<< "$next"
