@@ -9,9 +9,11 @@ model=$1 dir=$2
 commit=${FROZEN[$model]:?"no frozen commit for $model (env.sh: ${!FROZEN[*]})"}
 patch="$REPO/docs/findings/background/seed-power.patch"
 [ -d "$dir" ] || git -C "$REPO" worktree add --detach "$dir" "$commit"
-# the patch's files as the frozen commit has them, then the patch (an earlier version of it is replaced)
-git -C "$dir" checkout -- eptk/reproduce/stages.py
-rm -f "$dir/eptk/reproduce/seed_power.py" "$dir/eptk/reproduce/budget.py"
+# the files the patch touches as the frozen commit has them (one it adds: absent), then the patch, so that an
+# earlier version of it is replaced
+for file in $(git -C "$dir" apply --numstat "$patch" | cut -f3); do
+    git -C "$dir" checkout -- "$file" 2>/dev/null || rm -f "$dir/$file"
+done
 git -C "$dir" apply "$patch"
 make -C "$dir" setup
 [ "$model" != gemma3-270m ] || make -C "$dir" gemma

@@ -146,9 +146,10 @@ def continued_rows(g, runs) -> list[dict]:
         if path is None or path.name == r.name:
             continue
         first = g.study.out / r.name
-        before = (RunDir(first).eval() or {}).get("early_stop") or {}
-        stop = (r.extra.get("early_stop") or {})
-        rows.append({"run": r.name, "score_at_first_budget": score_of(test_items(first)[0], RunDir(first).eval()),
+        evaluation = RunDir(first).eval()
+        before = (evaluation or {}).get("early_stop") or {}
+        stop = r.extra.get("early_stop") or {}
+        rows.append({"run": r.name, "score_at_first_budget": score_of(test_items(first)[0], evaluation),
                      "best_step_at_first_budget": before.get("best_step"), "budget": r.extra.get("budget"),
                      "stopped_at": stop.get("step") if stop.get("stopped") else None, "best_step": stop.get("best_step"),
                      "score": r.score})
