@@ -10,6 +10,7 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 model=$1 checkout=$2
 out=$(study_dir "$model")
+seed_study "$model"
 eptk="$checkout/.venv/bin/eptk"
 python=${PYTHON:-$REPO/.venv/bin/python}  # this repository's environment: the budget rule as main has it
 export OMP_NUM_THREADS=1

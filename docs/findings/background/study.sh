@@ -10,11 +10,7 @@ source "$(dirname "$0")/env.sh"
 model=$1 checkout=$2; shift 2
 out=$(study_dir "$model")
 eptk="$checkout/.venv/bin/eptk"
-mkdir -p "$out"
-for run in "$REPO/${COMMITTED[$model]}"/*/; do
-    name=$(basename "$run")
-    [ -e "$out/$name" ] || cp -r "$run" "$out/$name"
-done
+seed_study "$model"
 cd "$WORK"
 for stage in "$@"; do
     for round in 1 2 3 4 5 6 7 8 9 10; do
