@@ -31,6 +31,7 @@ EQUIVALENTS = ROOT / "benchmarks" / "mutation_equivalents.toml"
 SCRATCH = ROOT / ".mutation"
 GOAL = 0.85
 
+PATCH_TEST = "tests/test_seed_power.py::test_the_frozen_checkouts_patch_carries_main_s_rule"
 # module -> the narrowest test selection that covers it (pytest node ids, relative to the repository)
 MODULES = {
     "eptk/linalg.py": ["tests/test_linalg.py"],
@@ -39,6 +40,10 @@ MODULES = {
     "eptk/stats.py": ["tests/test_stats.py", "tests/test_capture.py"],
     "eptk/spaces.py": ["tests/test_spaces.py"],
     "eptk/reproduce/inference.py": ["tests/test_inference.py"],
+    # which claim-2 runs are continued, to what budget, and when an arm grows: a silent bug trains the wrong runs
+    # (not the test that the frozen checkouts' patch carries these modules: any mutant differs from the patch)
+    "eptk/reproduce/budget.py": ["tests/test_budget.py", "tests/test_seed_power.py", "--deselect", PATCH_TEST],
+    "eptk/reproduce/seed_power.py": ["tests/test_seed_power.py", "--deselect", PATCH_TEST],
     "kernels/reference.py": ["tests/test_reference.py"],
 }
 # where each top-level source folder sits in the scratch copy (the package layout pyproject.toml maps)

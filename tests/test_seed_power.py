@@ -199,3 +199,44 @@ def test_the_frozen_checkouts_patch_carries_main_s_rule():
                     if line.startswith("+"))
     assert converged.split("        for i, run in enumerate(runs):")[0] in added
     assert "study._converged(study.scale.converged_seeds, arm_seeds(study))" in added
+
+
+def evaluation(run: RunDir, items: int, score: float, *, name: str | None = None, split: str | None = "test",
+               kept: bool = True) -> None:
+    """One evaluation of a finished run (eval.json, or eval-<name>.json as `eptk eval --save` writes it): its
+    summary score and, where `kept`, its per-item rows (score = their mean, in %)."""
+    right = round(items * score / 100)
+    summary = {"tuned": {"score": score}, **({"split": split} if split else {})}
+    run.write_eval(summary, [{"exact_match": i < right} for i in range(items)] if kept else None, name=name)
+
+
+def test_a_run_is_scored_on_its_largest_kept_test_evaluation(tmp_path):
+    """A run re-evaluated on more test items (`eptk eval --save`, e.g. the study's 1,000) is read on those: the
+    evaluation with the most kept test items wins, one whose `split` is missing counts as a test evaluation (written
+    before the field), validation evaluations and evaluations without their items are passed over."""
+    from eptk.reproduce.seed_power import score_of, test_items
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    evaluation(run, 1000, 80.0, split=None)                            # eval.json, from before `split` was kept
+    evaluation(run, 300, 60.0, name="test-300")                        # fewer items: passed over
+    evaluation(run, 2000, 10.0, name="validation-2000", split="validation")
+    evaluation(run, 5000, 30.0, name="test-5000", kept=False)          # no items kept: nothing to read
+    items, count = test_items(run.path)
+    assert count == 1000 and len(items) == 1000 and sum(items) == 800
+    assert score_of(items, run.eval()) == 80.0
+    # the same largest-wins read with eval.json the smaller one
+    later = RunDir(tmp_path / "later")
+    later.path.mkdir()
+    evaluation(later, 200, 50.0)
+    evaluation(later, 1000, 70.0, name="test-1000")
+    assert score_of(*[test_items(later.path)[0], later.eval()]) == 70.0
+    # a run that kept one item is read on it; one that kept none falls back on its summary's score
+    one = RunDir(tmp_path / "one")
+    one.path.mkdir()
+    evaluation(one, 1, 100.0)
+    assert test_items(one.path) == ([1.0], 1)
+    none = RunDir(tmp_path / "none")
+    none.path.mkdir()
+    evaluation(none, 200, 42.0, kept=False)
+    assert test_items(none.path) == ([], 0) and score_of([], none.eval()) == 42.0
