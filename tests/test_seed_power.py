@@ -225,12 +225,15 @@ def test_a_run_is_scored_on_its_largest_kept_test_evaluation(tmp_path):
     items, count = test_items(run.path)
     assert count == 1000 and len(items) == 1000 and sum(items) == 800
     assert score_of(items, run.eval()) == 80.0
-    # the same largest-wins read with eval.json the smaller one
+    # the same read with eval.json the smaller one, an evaluation without items read before the largest, and a
+    # tie of sizes: the first in reading order (eval.json, then by name) is kept
     later = RunDir(tmp_path / "later")
     later.path.mkdir()
     evaluation(later, 200, 50.0)
+    evaluation(later, 5000, 30.0, name="test-0000", kept=False)
     evaluation(later, 1000, 70.0, name="test-1000")
-    assert score_of(*[test_items(later.path)[0], later.eval()]) == 70.0
+    evaluation(later, 1000, 90.0, name="test-1000b")
+    assert score_of(test_items(later.path)[0], later.eval()) == 70.0
     # a run that kept one item is read on it; one that kept none falls back on its summary's score
     one = RunDir(tmp_path / "one")
     one.path.mkdir()
