@@ -81,6 +81,31 @@ def test_each_arm_grows_on_its_own_runs_once_its_first_seeds_are_in(tmp_path):
     assert f"{stalled}-s9" in names(steady) and f"{stalled}-s10" not in names(steady)
 
 
+
+def test_an_arm_grows_on_its_runs_re_evaluated_items_or_their_summaries(tmp_path):
+    """The power rule reads each run's score where the report does: its largest kept test evaluation (here a
+    re-evaluation on 1,000 items that finds a stall the first evaluation did not), else its summary's score (runs
+    that kept no items)."""
+    arm = "v2-arith-deep-last3-region-new-lrsnone"
+    grown = fill(Study.build("smollm2", tmp_path / "a"), {})
+    for seed, score in enumerate(STALLED):
+        evaluation(RunDir(grown.out / f"{arm}-s{seed}"), 1000, score, name="test-1000")
+    assert arm_seeds(Study.build("smollm2", grown.out))[arm] == 20
+    summaries = fill(Study.build("smollm2", tmp_path / "b"), {})
+    for seed, score in enumerate(STALLED):
+        run = RunDir(summaries.out / f"{arm}-s{seed}")
+        (run.path / "predictions.jsonl").unlink()
+        run.write_eval(dict(run.eval(), tuned={"score": score}))
+    assert arm_seeds(Study.build("smollm2", summaries.out))[arm] == 20
+
+
+def test_a_quick_study_holds_one_seed_per_arm_before_any_run(tmp_path):
+    """The quick study's arms start with one seed (seed 0), not more, while nothing has finished."""
+    quick = Study.build("tiny", tmp_path, quick=True)
+    assert len(quick.scale.converged_seeds) == 1
+    assert set(arm_seeds(quick).values()) == {1}
+    assert {r.settings["seed"] for r in quick.stage_runs["converged"]} == {0}
+
 def test_a_finished_run_is_never_dropped_when_the_sd_asks_for_fewer(study):
     """An arm grown to 20 whose later seeds narrowed its SD: every finished seed stays in the stage and the report."""
     arm = "v2-arith-soft-region-new-lr0.01"
@@ -243,3 +268,4 @@ def test_a_run_is_scored_on_its_largest_kept_test_evaluation(tmp_path):
     none.path.mkdir()
     evaluation(none, 200, 42.0, kept=False)
     assert test_items(none.path) == ([], 0) and score_of([], none.eval()) == 42.0
+    assert score_of([], {}) is None and score_of([], None) is None and score_of([], {"tuned": None}) is None
