@@ -60,6 +60,19 @@ def test_an_arm_grows_only_after_its_first_seeds_and_by_the_formulas():
     assert math.isnan(arm_need([90.0], 1, 1)["sd"]) and arm_need([90.0], 1, 1)["n"] == 1
 
 
+
+def test_the_power_formulas_against_hand_computed_values():
+    """RULES.md's two formulas at their stated defaults (margin 10, half-width 5, α 0.05, power 0.8), with the
+    z-values written out: TOST n = 2·SD²·(z.95 + z.90)²/margin², width n = 2·(z.975·SD/half-width)²."""
+    z_tost, z_width = 1.6448536 + 1.2815516, 1.9599640
+    at10 = seeds_needed(10.0)
+    assert at10["tost"] == pytest.approx(2 * 100 * z_tost ** 2 / 100, rel=1e-6)          # 17.13
+    assert at10["width"] == pytest.approx(2 * (z_width * 10 / 5) ** 2, rel=1e-6)          # 30.73
+    assert at10["n"] == CAP and at10["capped"]                                            # 31 > 20
+    # a margin tighter than the half-width: the TOST decides (10.96 -> 11; the width asks 4.92)
+    tight = seeds_needed(4.0, margin=5.0)
+    assert tight["tost"] == pytest.approx(2 * 16 * z_tost ** 2 / 25, rel=1e-6) and tight["n"] == 11
+
 def test_the_stage_holds_the_first_seeds_of_every_arm_then_the_seeds_an_arm_needs(study):
     arms = [study.arm_name(a) for a in study.converged_arms()]
     assert names(study) == [f"{a}-s{s}" for s in range(10) for a in arms]       # nothing run yet: 10 each
