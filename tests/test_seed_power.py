@@ -69,6 +69,8 @@ def test_the_power_formulas_against_hand_computed_values():
     assert at10["tost"] == pytest.approx(2 * 100 * z_tost ** 2 / 100, rel=1e-6)          # 17.13
     assert at10["width"] == pytest.approx(2 * (z_width * 10 / 5) ** 2, rel=1e-6)          # 30.73
     assert at10["n"] == CAP and at10["capped"]                                            # 31 > 20
+    exactly = seeds_needed(8.0)                                   # width 19.67 -> 20: at the cap, not over it
+    assert exactly["n"] == CAP and not exactly["capped"]
     # a margin tighter than the half-width: the TOST decides (10.96 -> 11; the width asks 4.92)
     tight = seeds_needed(4.0, margin=5.0)
     assert tight["tost"] == pytest.approx(2 * 16 * z_tost ** 2 / 25, rel=1e-6) and tight["n"] == 11
