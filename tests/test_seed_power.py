@@ -8,7 +8,7 @@ import math
 import pytest
 
 from eptk.reproduce.claims.new_region import seed_plan
-from eptk.reproduce.seed_power import CAP, arm_need, arm_seeds, seeds_needed
+from eptk.reproduce.seed_power import CAP, arm_need, arm_seeds, score_of, seeds_needed
 from eptk.reproduce.stages import Study
 from eptk.runs import RunDir
 
@@ -16,13 +16,19 @@ STEADY = [86.0, 88.0, 90.0, 87.0, 89.0, 91.0, 85.0, 88.5, 89.5, 87.5]   # SD 1.9
 STALLED = [2.9] + STEADY[1:]                                           # one stall: SD 27, the cap
 
 
+def item_rows(items: int, score: float) -> list[dict]:
+    """`items` per-item rows whose exact match averages `score` (in %, rounded to a whole item)."""
+    right = round(items * score / 100)
+    return [{"exact_match": i < right} for i in range(items)]
+
+
 def finish(study: Study, arm: str, seed: int, score: float, items: int = 200, *, steps: int = 600,
            stopped_at: int | None = -1, folder: str | None = None) -> None:
     """A finished run as `eptk tune` leaves it: config.json's budget (kept where the run has one), eval.json with
     its early-stopping record (stopped at `stopped_at`, -1: half its budget; None: it used its whole budget) and its
     per-item rows (score = their mean, in %)."""
-    right = round(items * score / 100)
-    rows = [{"exact_match": i < right} for i in range(items)]
+    rows = item_rows(items, score)
+    right = sum(r["exact_match"] for r in rows)
     run = RunDir(study.out / (folder or f"{arm}-s{seed}"))
     if not (run.path / "config.json").is_file():
         run.write_config({"name": run.path.name, "seed": seed, "steps": steps})
@@ -30,6 +36,14 @@ def finish(study: Study, arm: str, seed: int, score: float, items: int = 200, *,
     stopped_at = steps // 2 if stopped_at == -1 else stopped_at
     stop = {"stopped": True, "step": stopped_at} if stopped_at else {"stopped": False, "step": steps}
     run.write_eval({"split": "test", "tuned": {"score": 100.0 * right / items}, "early_stop": stop}, rows)
+
+
+def evaluation(run: RunDir, items: int, score: float, *, name: str | None = None, split: str | None = "test",
+               kept: bool = True) -> None:
+    """One evaluation of a finished run (eval.json, or eval-<name>.json as `eptk eval --save` writes it): its
+    summary score and, where `kept`, its per-item rows."""
+    summary = {"tuned": {"score": score}, **({"split": split} if split else {})}
+    run.write_eval(summary, item_rows(items, score) if kept else None, name=name)
 
 
 def fill(study: Study, scores: dict[str, list[float]]) -> Study:
@@ -58,7 +72,6 @@ def test_an_arm_grows_only_after_its_first_seeds_and_by_the_formulas():
     assert between["n"] == math.ceil(between["width"]) == 13 and between["tost"] < between["width"]
     assert not between["capped"]
     assert math.isnan(arm_need([90.0], 1, 1)["sd"]) and arm_need([90.0], 1, 1)["n"] == 1
-
 
 
 def test_the_power_formulas_against_hand_computed_values():
@@ -94,7 +107,6 @@ def test_each_arm_grows_on_its_own_runs_once_its_first_seeds_are_in(tmp_path):
     assert arm_seeds(grown)[stalled] == 20 and arm_seeds(grown)[short] == 10
     steady = fill(Study.build("smollm2", tmp_path / "b"), {stalled: STALLED[:9]})
     assert f"{stalled}-s9" in names(steady) and f"{stalled}-s10" not in names(steady)
-
 
 
 def test_an_arm_grows_on_its_runs_re_evaluated_items_or_their_summaries(tmp_path):
@@ -241,20 +253,11 @@ def test_the_frozen_checkouts_patch_carries_main_s_rule():
     assert "study._converged(study.scale.converged_seeds, arm_seeds(study))" in added
 
 
-def evaluation(run: RunDir, items: int, score: float, *, name: str | None = None, split: str | None = "test",
-               kept: bool = True) -> None:
-    """One evaluation of a finished run (eval.json, or eval-<name>.json as `eptk eval --save` writes it): its
-    summary score and, where `kept`, its per-item rows (score = their mean, in %)."""
-    right = round(items * score / 100)
-    summary = {"tuned": {"score": score}, **({"split": split} if split else {})}
-    run.write_eval(summary, [{"exact_match": i < right} for i in range(items)] if kept else None, name=name)
-
-
 def test_a_run_is_scored_on_its_largest_kept_test_evaluation(tmp_path):
     """A run re-evaluated on more test items (`eptk eval --save`, e.g. the study's 1,000) is read on those: the
     evaluation with the most kept test items wins, one whose `split` is missing counts as a test evaluation (written
     before the field), validation evaluations and evaluations without their items are passed over."""
-    from eptk.reproduce.seed_power import score_of, test_items
+    from eptk.reproduce.seed_power import test_items   # here, or pytest would collect it as a test
 
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
