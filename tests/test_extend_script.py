@@ -1,7 +1,8 @@
 """docs/findings/background/extend.sh, RULES.md amendment 1's premise and its mechanics on the tiny model: a claim-2
 run that used its whole 600 steps, continued from its checkpoint to 1,200 in its `v3-` folder, equals the run
 trained to 1,200 from the start (validation curve, stop and posterior); one whose checkpoint is lost is trained
-again from its config.json; each continuation's config.json names its own folder, relative."""
+again from its config.json; each continuation's config.json names its own folder, relative; two extend.sh share a
+round, each continuation trained once, and one listed but finished by another before it is claimed is left alone."""
 from __future__ import annotations
 
 import json
@@ -52,11 +53,18 @@ def test_extend_sh_continues_runs_to_what_the_larger_budget_trains(tmp_path):
     (checkout / ".venv" / "bin" / "eptk").write_text(f"#!/bin/sh\nexec {sys.executable} -m eptk.cli \"$@\"\n")
     (checkout / ".venv" / "bin" / "eptk").chmod(0o755)
     subprocess.run(["git", "init", "-q", str(checkout)], check=True)
-    run = subprocess.run(["bash", str(SCRIPT), "tiny", str(checkout)], capture_output=True, text=True,
-                         env=dict(env, WORK=str(tmp_path / "work"), REPO=str(ROOT), PYTHON=sys.executable,
-                                  PATH=f"{Path(sys.executable).parent}:{env['PATH']}"))
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    assert "nothing more to continue in this round" in run.stdout
+    script_env = dict(env, WORK=str(tmp_path / "work"), REPO=str(ROOT), PYTHON=sys.executable,
+                      PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
+    # two extend.sh share the round: each continuation is trained once, by one of them
+    workers = [subprocess.Popen(["bash", str(SCRIPT), "tiny", str(checkout)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=script_env) for _ in range(2)]
+    outputs = [worker.communicate() for worker in workers]
+    for worker, (out, err) in zip(workers, outputs):
+        assert worker.returncode == 0, out[-2000:] + err[-2000:]
+    stdout = "".join(out for out, _ in outputs)
+    trained = sorted(line.split(": ")[1].split(" to ")[0] for line in stdout.splitlines() if " to 1200 steps " in line)
+    assert trained == [f"v3-{ARM.removeprefix('v2-')}-s{seed}" for seed in (0, 1)], stdout
+    assert "nothing more to continue in this round" in stdout
     continued = study / f"v3-{ARM.removeprefix('v2-')}-s0"
     assert curve(continued) == curve(tmp_path / "fresh")
     assert json.loads((continued / "eval.json").read_text())["early_stop"] == \
@@ -69,3 +77,18 @@ def test_extend_sh_continues_runs_to_what_the_larger_budget_trains(tmp_path):
         assert config["out"] == name and config["steps"] == 1200
         assert (study / f"{ARM}-s{seed}" / "eval.json").is_file()    # the version-2 run stays as it was
     assert json.loads((study / f"{ARM}-s0" / "config.json").read_text())["steps"] == 600
+    # a continuation listed to an extend.sh but finished by another before it claimed it is not trained again
+    stale = tmp_path / "stale-python"
+    stale.write_text(f"""#!/bin/sh
+if [ "$2" = eptk.reproduce.continuations ] && [ ! -e {tmp_path}/listed-once ]; then
+    touch {tmp_path}/listed-once
+    echo "{study / f'{ARM}-s0'} {continued} 1200"
+fi
+exec {sys.executable} "$@"
+""")
+    stale.chmod(0o755)
+    before = (continued / "eval.json").stat().st_mtime_ns
+    late = subprocess.run(["bash", str(SCRIPT), "tiny", str(checkout)], capture_output=True, text=True,
+                          env=dict(script_env, PYTHON=str(stale)))
+    assert late.returncode == 0, late.stdout[-2000:] + late.stderr[-2000:]
+    assert " to 1200 steps " not in late.stdout and (continued / "eval.json").stat().st_mtime_ns == before

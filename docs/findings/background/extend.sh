@@ -6,6 +6,9 @@
 # folder only once it has finished; config.json's out and name say the new folder) and resumed with --steps B;
 # a later round resumes the v3- folder in place; a run whose checkpoint was lost with a machine is trained
 # again from its config.json with --steps B (the same run). Asks again after each run, until nothing is listed.
+# Several extend.sh of one model share a round: each claims the continuation it trains (flock on a hidden file in
+# the study folder, released when its process ends, however it ends) and checks it is still listed once claimed;
+# one that finds every listed continuation claimed by another stops.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 model=$1 checkout=$2
@@ -15,17 +18,32 @@ eptk="$checkout/.venv/bin/eptk"
 python=${PYTHON:-$REPO/.venv/bin/python}  # this repository's environment: the budget rule as main has it
 export OMP_NUM_THREADS=1
 cd "$out"  # the runs' config.json paths are relative to the study folder
+list() { "$python" -m eptk.reproduce.continuations "$model" "$out"; }  # whole: `| head` would cut the pipe under it
+claimed=
 for pass in $(seq 1 400); do
-    listed=$("$python" -m eptk.reproduce.continuations "$model" "$out")  # whole: `| head` would cut the pipe under it
+    listed=$(list)
     [ -n "$listed" ] || break
-    next=${listed%%$'\n'*}
-    read -r source dest steps <<< "$next"
-    from=$(basename "$source") name=$(basename "$dest")
+    [ -n "$claimed" ] && exec {claim}>&-    # the previous continuation's claim
+    claimed=
+    while read -r source dest steps; do
+        name=$(basename "$dest")
+        exec {claim}>".extend-$name.claim"
+        if flock -n "$claim"; then  # claimed; then still listed? another extend.sh may have finished it meanwhile
+            now=$(list 2> /dev/null)
+            grep -qxF "$source $dest $steps" <<< "$now" && { claimed=1; break; }
+        fi
+        exec {claim}>&-
+    done <<< "$listed"
+    if [ -z "$claimed" ]; then
+        echo "$(date -u +%FT%TZ) $model: every continuation listed is another extend.sh's"
+        exit 0
+    fi
+    from=$(basename "$source")
     echo "$(date -u +%FT%TZ) $model: $name to $steps steps (from $from) by $(git -C "$checkout" describe --always --dirty)"
     if [ "$from" = "$name" ]; then              # a later round: the continuation goes on in place
         rm -f "$name/eval.json" "$name/predictions.jsonl"
     elif [ ! -d "$name" ] && [ -f "$from/checkpoint/latest" ]; then
-        mkdir "$name.tmp"
+        rm -rf "$name.tmp" && mkdir "$name.tmp"   # a copy cut short by a stopped session starts again
         find "$from" -maxdepth 1 -type f ! -name '.*' ! -name eval.json ! -name predictions.jsonl \
             -exec cp -p {} "$name.tmp/" \;
         cp -r "$from/checkpoint" "$name.tmp/"
