@@ -29,14 +29,14 @@ def arm_summary(runs) -> dict:
     kept = [r for r in runs if not r.stalled]
     inside = [r.extra["position"]["inside_share"] for r in runs if r.extra.get("position")]
     distance = [r.extra["position"]["distance"] for r in runs if r.extra.get("position")]
+    best_steps = [r.extra["early_stop"]["best_step"] for r in runs if r.extra.get("early_stop")]
     return {"runs": len(runs), "score": I.score_interval([r.items for r in runs if r.items]),
             "stall_rate": I.wilson(len(stalled), len(runs)),
             "score_without_stalls": I.score_interval([r.items for r in kept if r.items]),
             "inside_share": float(np.mean(inside)) if inside else math.nan,
             "distance": float(np.median(distance)) if distance else math.nan,
             "stopped_early": converged_share(runs),
-            "best_step": float(np.median([r.extra["early_stop"]["best_step"] for r in runs
-                                          if r.extra.get("early_stop")])) if runs else math.nan,
+            "best_step": float(np.median(best_steps)) if best_steps else math.nan,
             "scores": scores, "best_val": [r.best_val for r in runs]}
 
 

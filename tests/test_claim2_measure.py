@@ -1,0 +1,194 @@
+"""Claim 2's measurement (eptk/reproduce/claims/new_region.py) on made-up runs of the full study's eight arms: each
+arm's summary, which arms are compared, and when the verdict reads "not measured" (seeds short, runs still short of
+the round's budget, an arm with no run) — the parts of the report that test_claims.py's bounds do not reach."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from eptk.reproduce.claims import FAILS, HOLDS, NOT_MEASURED, UNSURE, TunedRun
+from eptk.reproduce.claims import new_region as C2
+from eptk.reproduce.stages import FULL, Study
+
+ITEMS = 200
+
+
+def arms() -> list[dict]:
+    return Study.converged_arms(SimpleNamespace(scale=FULL))
+
+
+def run(arm: dict, seed: int, score: float, *, loss=0.1, inside=0.0, distance=1.0, stopped=True, step=300,
+        best_step=200, budget=600) -> TunedRun:
+    correct = round(score * ITEMS / 100)
+    return TunedRun(f"{Study.arm_name(arm)}-s{seed}", arm["method"], arm["prior"], seed,
+                    score=100 * correct / ITEMS, items=[1.0] * correct + [0.0] * (ITEMS - correct),
+                    val=[(25, loss + 1.0), (best_step, loss)],
+                    extra={"position": {"inside_share": inside, "distance": distance}, "budget": budget,
+                           "early_stop": {"stopped": stopped, "step": step if stopped else budget,
+                                          "best_step": best_step}})
+
+
+def level(arm: dict) -> float:
+    """A score level per arm, all different, so that a comparison of the wrong pair shows in its Δ."""
+    base = {"region:data": 80.0, "region:new": 76.0}[arm["prior"]]
+    return base + {"prior": 0.0, "none": 2.0}.get(arm.get("lr_scale"), 0.0) + (4.0 if arm.get("lr") == 1e-3 else 0.0)
+
+
+def study_runs(seeds=10, **settings) -> dict[str, list[TunedRun]]:
+    """Every arm's runs: scores around the arm's level (SD about 1, so the power rule asks for the first 10 seeds),
+    region:data inside the data and region:new outside."""
+    spread = [-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 0.0, -1.0, 1.0, 0.5, -0.5]
+    out = {}
+    for arm in arms():
+        inside = 0.9 if arm["prior"] == "region:data" else 0.0
+        out[Study.arm_name(arm)] = [run(arm, s, level(arm) + spread[s], inside=inside, loss=0.1 + 0.01 * s,
+                                        **settings) for s in range(seeds)]
+    return out
+
+
+def gathered(runs: dict[str, list[TunedRun]], missing=()) -> SimpleNamespace:
+    study = SimpleNamespace(converged_arms=arms, arm_name=Study.arm_name, out=None,
+                            scale=SimpleNamespace(converged={"steps": 600}, converged_seeds=tuple(range(10))))
+    return SimpleNamespace(study=study, paths={}, missing_of=lambda stage: list(missing),
+                           tuned=lambda stage, **arm: list(runs.get(Study.arm_name(arm), [])))
+
+
+def test_every_pair_is_compared_at_its_own_step_size():
+    res = C2.measure(gathered(study_runs()))
+    comparisons = res["statistics"]["comparisons"]
+    assert {m: sorted(steps) for m, steps in comparisons.items()} == \
+        {"deep": ["--lr-scale none", "--lr-scale prior"], "soft": ["lr 0.001", "lr 0.01"]}
+    for method, steps in comparisons.items():
+        for step, c in steps.items():
+            arm = next(a for a in arms() if a["method"] == method and C2.step_of(a) == step)
+            data, new = (np.mean([level(dict(arm, prior=p)) + x for x in
+                                  [-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 0.0, -1.0, 1.0]]) for p in ("region:data",
+                                                                                                     "region:new"))
+            assert c["delta"]["mean"] == pytest.approx(new - data, abs=0.3), (method, step)
+            assert c["delta"]["lo"] < c["delta"]["mean"] < c["delta"]["hi"]
+            assert c["control_passes"] and c["new_outside"] and c["tost"]["p"] < 0.05
+    assert res["verdict"] == HOLDS, res["why"]
+    assert res["statistics"]["converged_share"] == 1.0
+    assert res["statistics"]["budget"] == 1200          # amendment 1's first round: every run settled by it
+    assert "version 2's budget" not in res["why"]
+    assert [(r["method"], r["step"], r["prior"]) for r in res["figure"]["table"]] == \
+        [(a["method"], C2.step_of(a), a["prior"]) for a in arms()]
+    rows = res["figure"]["comparisons"]
+    assert len(rows) == 4 and all(r["control_passes"] and r["new_outside"] for r in rows)
+    assert {r["step"] for r in rows} == {"--lr-scale none", "--lr-scale prior", "lr 0.001", "lr 0.01"}
+
+
+def test_an_arm_s_summary():
+    arm = arms()[0]
+    runs = [run(arm, 0, 80.0, inside=0.5, distance=1.0, best_step=100),
+            run(arm, 1, 90.0, inside=0.5, distance=2.0, best_step=200, stopped=False, budget=600),
+            run(arm, 2, 2.0, inside=1.0, distance=10.0, best_step=600, loss=0.6)]        # stalled: loss ≥ 0.6
+    s = C2.arm_summary(runs)
+    assert s["runs"] == 3 and s["scores"] == [80.0, 90.0, 2.0]
+    assert s["inside_share"] == pytest.approx(2 / 3)          # the mean share, not the median (0.5)
+    assert s["distance"] == 2.0                               # the median distance, not the mean (4.33)
+    assert s["best_step"] == 200.0
+    assert s["stopped_early"] == pytest.approx(2 / 3)
+    assert s["stall_rate"]["mean"] == pytest.approx(1 / 3) and s["stall_rate"]["n"] == 3
+    assert s["score"]["mean"] == pytest.approx((80 + 90 + 2) / 3)
+    assert s["score_without_stalls"]["mean"] == pytest.approx(85.0)   # the stalled run left out
+    assert s["best_val"] == pytest.approx([0.1, 0.1, 0.6])
+    unplaced = C2.arm_summary([TunedRun("r", "soft", "region:new", 0, score=50.0, items=[1.0, 0.0])])
+    assert math.isnan(unplaced["inside_share"]) and math.isnan(unplaced["distance"])
+    assert math.isnan(unplaced["best_step"]) and math.isnan(unplaced["stopped_early"])
+
+
+def test_a_new_region_far_below_the_data_s_does_not_hold():
+    runs = study_runs()
+    for arm in arms():
+        if arm["method"] == "deep" and arm["prior"] == "region:new":
+            runs[Study.arm_name(arm)] = [run(arm, s, 50.0 + x, inside=0.0) for s, x in
+                                         enumerate([-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 0.0, -1.0, 1.0])]
+    res = C2.measure(gathered(runs))
+    assert res["verdict"] == FAILS and res["why"].startswith("deep: Δ below −10")
+
+
+def test_a_failed_positive_control_leaves_its_step_size_unread():
+    runs = study_runs()
+    for arm in arms():
+        if arm["method"] == "soft" and arm["prior"] == "region:data":      # both soft step sizes
+            runs[Study.arm_name(arm)] = [
+                run(arm, r.seed, r.score, inside=0.49) for r in runs[Study.arm_name(arm)]]
+    res = C2.measure(gathered(runs))
+    assert res["verdict"] == UNSURE and "control fails" in res["why"]
+    rows = {(r["method"], r["step"]): r for r in res["figure"]["comparisons"]}
+    assert not rows["soft", "lr 0.01"]["control_passes"] and rows["deep", "--lr-scale none"]["control_passes"]
+
+
+def test_seeds_short_of_the_power_rule_read_not_measured():
+    runs = study_runs()
+    name = Study.arm_name(arms()[-1])
+    runs[name] = runs[name][:9]
+    res = C2.measure(gathered(runs))
+    assert res["verdict"] == NOT_MEASURED
+    assert res["why"] == f"seeds the power rule asks for are not all in: {name} needs 10 seeds (has 9)"
+    # a wider spread asks for more than the first ten
+    wide = study_runs()
+    wide[name] = [run(arms()[-1], s, 60.0 + 8 * x, inside=0.0) for s, x in
+                  enumerate([-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 0.0, -1.0, 1.0])]
+    need = C2.measure(gathered(wide))["statistics"]["seeds"][name]
+    assert need["n"] > 10 and need["sd"] == pytest.approx(np.std([8 * x for x in
+                                                                  [-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 0.0, -1.0, 1.0]],
+                                                                 ddof=1))
+
+
+def test_an_arm_with_no_finished_run_reads_not_measured():
+    runs = study_runs()
+    name = Study.arm_name(arms()[0])
+    del runs[name]
+    res = C2.measure(gathered(runs, missing=[f"{name}-s{s}" for s in range(10)]))
+    assert res["verdict"] == NOT_MEASURED
+    assert f"{name} has no finished run" in res["why"] and res["missing"] == [f"{name}-s{s}" for s in range(10)]
+    assert "deep" in res["statistics"]["comparisons"] and "--lr-scale prior" not in res["statistics"]["comparisons"]["deep"]
+
+
+def test_runs_short_of_the_round_s_budget_read_not_measured():
+    runs = study_runs()
+    name = Study.arm_name(arms()[2])
+    runs[name][3] = run(arms()[2], 3, level(arms()[2]), stopped=False)     # used its whole 600 steps
+    res = C2.measure(gathered(runs))
+    assert res["verdict"] == NOT_MEASURED
+    assert res["statistics"]["budget"] == 1200 and res["statistics"]["continuing"] == [f"{name}-s3"]
+    assert res["why"].startswith("1 of 80 runs are still short of the round's budget of 1,200 steps")
+    assert res["statistics"]["first_budget"] == {"steps": 600, "converged_share": pytest.approx(79 / 80)}
+    # that arm waits for its continuation: it needs the seeds it started with, whatever its spread
+    wide = [run(arms()[2], s, 60.0 + 8 * x, stopped=s != 3) for s, x in
+            enumerate([-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 0.0, -1.0, 1.0])]
+    assert C2.measure(gathered(dict(runs, **{name: wide})))["statistics"]["seeds"][name]["n"] == 10
+    wide[3] = run(arms()[2], 3, 60.0, stopped=True)                      # settled: the spread asks for more
+    assert C2.measure(gathered(dict(runs, **{name: wide})))["statistics"]["seeds"][name]["n"] > 10
+
+
+def test_a_first_budget_below_90_percent_says_it_was_superseded():
+    runs = study_runs(stopped=False, budget=1200)
+    for name in list(runs)[:1]:
+        runs[name] = [run(arms()[0], s, r.score, inside=0.9, budget=1200, step=900) for s, r in enumerate(runs[name])]
+    res = C2.measure(gathered(runs))
+    first = res["statistics"]["first_budget"]
+    assert first["steps"] == 600 and first["converged_share"] == 0.0
+    assert "version 2's budget of 600 steps: 0% of runs stopped early" in res["why"]
+    assert "now at 1,800 steps" in res["why"]   # 10 of 80 stopped by 1,200: the next round
+    # a round moves on only once every run of the claim has finished: with some not in, it stays at 1,200
+    res = C2.measure(gathered(runs, missing=["v2-arith-soft-region-new-lr0.001-s10"]))
+    assert res["statistics"]["budget"] == 1200 and "now at 1,200 steps" in res["why"]
+
+
+@pytest.mark.parametrize("stopped, superseded", [(71, True), (72, False)])
+def test_version_2_s_verdict_is_superseded_below_90_percent_stopped_at_600(stopped, superseded):
+    runs = study_runs()
+    late = [(name, i) for name in runs for i in range(10)][:80 - stopped]     # stopped by 1,200, not by 600
+    for name, i in late:
+        r = runs[name][i]
+        runs[name][i] = run(next(a for a in arms() if Study.arm_name(a) == name), i, r.score,
+                            inside=r.extra["position"]["inside_share"], step=900, budget=1200)
+    res = C2.measure(gathered(runs))
+    assert res["statistics"]["first_budget"]["converged_share"] == pytest.approx(stopped / 80)
+    assert ("version 2's budget of 600 steps" in res["why"]) is superseded
