@@ -21,3 +21,23 @@ seed_study() {
 }
 # model -> the commit its study trains from (checkout.sh makes that checkout, with seed-power.patch applied)
 declare -A FROZEN=([smollm2]=d901117 [gemma3-270m]=2388a29)
+# this repository's environment: the budget rule (eptk.reproduce.continuations) as main has it
+PYTHON=${PYTHON:-$REPO/.venv/bin/python}
+# `stage_continuation FROM NAME` (in a study folder): NAME, the continuation of the finished run FROM (RULES.md
+# amendment 1), made from FROM's small files and checkpoint, not its evaluation, with config.json's out and name
+# saying NAME; made in NAME.tmp and renamed, so a copy cut short leaves no NAME
+stage_continuation() {
+    local from=$1 name=$2
+    rm -rf "$name.tmp" && mkdir "$name.tmp"
+    find "$from" -maxdepth 1 -type f ! -name '.*' ! -name eval.json ! -name predictions.jsonl \
+        -exec cp -p {} "$name.tmp/" \;
+    cp -r "$from/checkpoint" "$name.tmp/"
+    "$PYTHON" - "$name.tmp/config.json" "$name" <<'EOF'
+import json, sys
+path, name = sys.argv[1:]
+config = json.load(open(path))
+config["out"] = config["name"] = name
+json.dump(config, open(path, "w"), indent=2)
+EOF
+    mv "$name.tmp" "$name"
+}

@@ -15,10 +15,9 @@ model=$1 checkout=$2
 out=$(study_dir "$model")
 seed_study "$model"
 eptk="$checkout/.venv/bin/eptk"
-python=${PYTHON:-$REPO/.venv/bin/python}  # this repository's environment: the budget rule as main has it
 export OMP_NUM_THREADS=1
 cd "$out"  # the runs' config.json paths are relative to the study folder
-list() { "$python" -m eptk.reproduce.continuations "$model" "$out"; }  # whole: `| head` would cut the pipe under it
+list() { "$PYTHON" -m eptk.reproduce.continuations "$model" "$out"; }  # whole: `| head` would cut the pipe under it
 claimed=
 for pass in $(seq 1 400); do
     listed=$(list)
@@ -43,18 +42,7 @@ for pass in $(seq 1 400); do
     if [ "$from" = "$name" ]; then              # a later round: the continuation goes on in place
         rm -f "$name/eval.json" "$name/predictions.jsonl"
     elif [ ! -d "$name" ] && [ -f "$from/checkpoint/latest" ]; then
-        rm -rf "$name.tmp" && mkdir "$name.tmp"   # a copy cut short by a stopped session starts again
-        find "$from" -maxdepth 1 -type f ! -name '.*' ! -name eval.json ! -name predictions.jsonl \
-            -exec cp -p {} "$name.tmp/" \;
-        cp -r "$from/checkpoint" "$name.tmp/"
-        "$python" - "$name.tmp/config.json" "$name" <<'EOF'
-import json, sys
-path, name = sys.argv[1:]
-config = json.load(open(path))
-config["out"] = config["name"] = name
-json.dump(config, open(path, "w"), indent=2)
-EOF
-        mv "$name.tmp" "$name"
+        stage_continuation "$from" "$name"
     fi
     if [ -f "$name/checkpoint/latest" ]; then
         "$eptk" tune --resume "$name" --steps "$steps" --quiet

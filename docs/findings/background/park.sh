@@ -1,9 +1,24 @@
 #!/usr/bin/env bash
 # At a session's end, once the studies are stopped: each run still training (no eval.json, a checkpoint) is
 # committed with its small files and its newest checkpoint only, so that the next session (on this machine or a
-# new one) resumes it from that step (study.sh seeds its study folder from the committed runs).
+# new one) resumes it from that step (study.sh seeds its study folder from the committed runs); so is each claim-2
+# continuation not yet begun whose run kept its checkpoint (made first, as extend.sh makes it).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
+# a continuation not begun whose run kept its checkpoint (a run that used its whole budget, trained on this machine)
+# is made now, so that it is parked below with that checkpoint: a new machine would train it again from the start
+for model in "${!COMMITTED[@]}"; do
+    out=$(study_dir "$model")
+    [ -d "$out" ] || continue
+    listed=$(cd "$out" && "$PYTHON" -m eptk.reproduce.continuations "$model" "$out")
+    while read -r source dest steps; do
+        from=$(basename "$source") name=$(basename "$dest")
+        # (a later round's continuation goes on in its own folder, which exists)
+        if [ -n "$name" ] && [ ! -d "$out/$name" ] && [ -f "$source/checkpoint/latest" ]; then
+            (cd "$out" && stage_continuation "$from" "$name")
+        fi
+    done <<< "$listed"
+done
 parked=()
 for model in "${!COMMITTED[@]}"; do
     out=$(study_dir "$model")
