@@ -44,6 +44,8 @@ MODULES = {
     # (not the test that the frozen checkouts' patch carries these modules: any mutant differs from the patch)
     "eptk/reproduce/budget.py": ["tests/test_budget.py", "tests/test_seed_power.py", "--deselect", PATCH_TEST],
     "eptk/reproduce/seed_power.py": ["tests/test_seed_power.py", "--deselect", PATCH_TEST],
+    # claim 2's verdict: which arms are compared, what each arm's summary reads, when it is not measured
+    "eptk/reproduce/claims/new_region.py": ["tests/test_claims.py", "tests/test_claim2_measure.py"],
     "kernels/reference.py": ["tests/test_reference.py"],
 }
 # where each top-level source folder sits in the scratch copy (the package layout pyproject.toml maps)

@@ -4,6 +4,7 @@ the round's budget, an arm with no run) — the parts of the report that test_cl
 from __future__ import annotations
 
 import math
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -50,10 +51,19 @@ def study_runs(seeds=10, **settings) -> dict[str, list[TunedRun]]:
 
 
 def gathered(runs: dict[str, list[TunedRun]], missing=()) -> SimpleNamespace:
+    """What claim 2 reads of eptk.reproduce.gather.Gathered: the converged stage's runs (another stage has none)."""
     study = SimpleNamespace(converged_arms=arms, arm_name=Study.arm_name, out=None,
                             scale=SimpleNamespace(converged={"steps": 600}, converged_seeds=tuple(range(10))))
-    return SimpleNamespace(study=study, paths={}, missing_of=lambda stage: list(missing),
-                           tuned=lambda stage, **arm: list(runs.get(Study.arm_name(arm), [])))
+    return SimpleNamespace(study=study, paths={},
+                           missing_of=lambda stage: list(missing) if stage == "converged" else [],
+                           tuned=lambda stage, **arm: list(runs.get(Study.arm_name(arm), []))
+                           if stage == "converged" else [])
+
+
+TABLE_KEYS = ["method", "step", "prior", "runs", "score", "stall_rate", "score_without_stalls", "inside_share",
+              "distance", "stopped_early", "best_step"]
+COMPARISON_KEYS = ["method", "step", "delta_new_minus_data", "tost_p", "control_passes", "new_outside",
+                   "delta_at_equal_val_loss"]
 
 
 def test_every_pair_is_compared_at_its_own_step_size():
@@ -76,8 +86,19 @@ def test_every_pair_is_compared_at_its_own_step_size():
     assert "version 2's budget" not in res["why"]
     assert [(r["method"], r["step"], r["prior"]) for r in res["figure"]["table"]] == \
         [(a["method"], C2.step_of(a), a["prior"]) for a in arms()]
+    assert sorted(res["figure"]) == ["comparisons", "continued_runs", "table"]
+    assert all(list(row) == TABLE_KEYS for row in res["figure"]["table"])
+    first = res["figure"]["table"][0]
+    assert first["runs"] == 10 and first["stopped_early"] == 1.0 and first["best_step"] == 200.0
+    assert first["inside_share"] == 0.9 and first["distance"] == 1.0 and first["stall_rate"]["mean"] == 0.0
+    assert first["score"]["mean"] == first["score_without_stalls"]["mean"] == pytest.approx(80.0)
     rows = res["figure"]["comparisons"]
+    assert all(list(row) == COMPARISON_KEYS for row in rows)
     assert len(rows) == 4 and all(r["control_passes"] and r["new_outside"] for r in rows)
+    for row in rows:
+        c = comparisons[row["method"]][row["step"]]
+        assert row["delta_new_minus_data"] is c["delta"] and row["tost_p"] == c["tost"]["p"]
+        assert row["delta_at_equal_val_loss"] is c["at_equal_val_loss"]
     assert {r["step"] for r in rows} == {"--lr-scale none", "--lr-scale prior", "lr 0.001", "lr 0.01"}
 
 
@@ -96,7 +117,9 @@ def test_an_arm_s_summary():
     assert s["score"]["mean"] == pytest.approx((80 + 90 + 2) / 3)
     assert s["score_without_stalls"]["mean"] == pytest.approx(85.0)   # the stalled run left out
     assert s["best_val"] == pytest.approx([0.1, 0.1, 0.6])
-    unplaced = C2.arm_summary([TunedRun("r", "soft", "region:new", 0, score=50.0, items=[1.0, 0.0])])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                        # (numpy warns on the mean of nothing)
+        unplaced = C2.arm_summary([TunedRun("r", "soft", "region:new", 0, score=50.0, items=[1.0, 0.0])])
     assert math.isnan(unplaced["inside_share"]) and math.isnan(unplaced["distance"])
     assert math.isnan(unplaced["best_step"]) and math.isnan(unplaced["stopped_early"])
 
@@ -160,11 +183,13 @@ def test_runs_short_of_the_round_s_budget_read_not_measured():
     assert res["why"].startswith("1 of 80 runs are still short of the round's budget of 1,200 steps")
     assert res["statistics"]["first_budget"] == {"steps": 600, "converged_share": pytest.approx(79 / 80)}
     # that arm waits for its continuation: it needs the seeds it started with, whatever its spread
-    wide = [run(arms()[2], s, 60.0 + 8 * x, stopped=s != 3) for s, x in
-            enumerate([-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 0.0, -1.0, 1.0])]
-    assert C2.measure(gathered(dict(runs, **{name: wide})))["statistics"]["seeds"][name]["n"] == 10
-    wide[3] = run(arms()[2], 3, 60.0, stopped=True)                      # settled: the spread asks for more
-    assert C2.measure(gathered(dict(runs, **{name: wide})))["statistics"]["seeds"][name]["n"] > 10
+    for arm in (arms()[2], arms()[5]):                      # a deep arm and a soft one ("-s" in "-soft" too)
+        name = Study.arm_name(arm)
+        wide = [run(arm, s, 60.0 + 8 * x, stopped=s != 3) for s, x in
+                enumerate([-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 0.0, -1.0, 1.0])]
+        assert C2.measure(gathered(dict(runs, **{name: wide})))["statistics"]["seeds"][name]["n"] == 10
+        wide[3] = run(arm, 3, 60.0, stopped=True)                        # settled: the spread asks for more
+        assert C2.measure(gathered(dict(runs, **{name: wide})))["statistics"]["seeds"][name]["n"] > 10
 
 
 def test_a_first_budget_below_90_percent_says_it_was_superseded():
@@ -174,6 +199,7 @@ def test_a_first_budget_below_90_percent_says_it_was_superseded():
     res = C2.measure(gathered(runs))
     first = res["statistics"]["first_budget"]
     assert first["steps"] == 600 and first["converged_share"] == 0.0
+    assert res["why"].startswith("70 of 80 runs are still short of the round's budget of 1,800")  # kept before it
     assert "version 2's budget of 600 steps: 0% of runs stopped early" in res["why"]
     assert "now at 1,800 steps" in res["why"]   # 10 of 80 stopped by 1,200: the next round
     # a round moves on only once every run of the claim has finished: with some not in, it stays at 1,200
@@ -192,3 +218,41 @@ def test_version_2_s_verdict_is_superseded_below_90_percent_stopped_at_600(stopp
     res = C2.measure(gathered(runs))
     assert res["statistics"]["first_budget"]["converged_share"] == pytest.approx(stopped / 80)
     assert ("version 2's budget of 600 steps" in res["why"]) is superseded
+
+
+def test_the_verdict_s_reason_names_each_comparison():
+    data = {"control_passes": True, "new_outside": True, "delta": {"mean": -1.234, "lo": -3.21, "hi": 0.5, "n": 20},
+            "tost": {"p": 0.000123}}
+    text = C2.decide({"deep": {"--lr-scale none": data,
+                               "--lr-scale prior": dict(data, control_passes=False, new_outside=False)}}, 0.95)[1]
+    assert text == ("deep --lr-scale none: Δ -1.2 [-3.2, 0.5], TOST p 0.000123; "
+                    "deep --lr-scale prior: Δ -1.2 [-3.2, 0.5], TOST p 0.000123, control fails, region:new not outside")
+    below = dict(data, delta={"mean": -20.0, "lo": -30.0, "hi": -10.0, "n": 20}, tost={"p": 0.9})
+    assert C2.decide({"deep": {"a": below}}, 0.95)[0] == UNSURE          # an upper bound at −10 is not below it
+    below["delta"]["hi"] = -10.001
+    verdict, why = C2.decide({"deep": {"a": below}, "soft": {"a": below}}, 0.95)
+    assert verdict == FAILS and why.startswith("deep, soft: Δ below −10 at every readable step size; deep a: Δ")
+
+
+def test_with_no_run_in_it_claim_2_names_what_is_missing():
+    res = C2.measure(gathered({}, missing=["v2-a-s0", "v2-b-s0"]))
+    assert res["claim"] == "2" and res["verdict"] == NOT_MEASURED and res["missing"] == ["v2-a-s0", "v2-b-s0"]
+    assert res["why"] == "missing 2: v2-a-s0, v2-b-s0"
+
+
+def test_each_reason_for_not_measured_is_kept():
+    runs = study_runs()
+    short = [Study.arm_name(a) for a in arms()[-2:]]
+    for name in short:
+        runs[name] = runs[name][:9]
+    soft = arms()[4]
+    runs[Study.arm_name(soft)][3] = run(soft, 3, level(soft), stopped=False, inside=0.9)
+    why = C2.measure(gathered(runs))["why"]
+    assert why == (f"1 of 78 runs are still short of the round's budget of 1,200 steps (RULES.md amendment 1); "
+                   f"seeds the power rule asks for are not all in: {short[0]} needs 10 seeds (has 9); "
+                   f"{short[1]} needs 10 seeds (has 9)")
+    # no seeds short: the reason is the budget's alone
+    runs = study_runs()
+    runs[Study.arm_name(soft)][3] = run(soft, 3, level(soft), stopped=False, inside=0.9)
+    assert C2.measure(gathered(runs))["why"] == ("1 of 80 runs are still short of the round's budget of 1,200 steps "
+                                                 "(RULES.md amendment 1)")
