@@ -256,3 +256,20 @@ def test_each_reason_for_not_measured_is_kept():
     runs[Study.arm_name(soft)][3] = run(soft, 3, level(soft), stopped=False, inside=0.9)
     assert C2.measure(gathered(runs))["why"] == ("1 of 80 runs are still short of the round's budget of 1,200 steps "
                                                  "(RULES.md amendment 1)")
+
+
+def test_claim_2_draws_its_scores_and_its_stall_rates(tmp_path):
+    res = C2.measure(gathered(study_runs()))
+    paths = C2.draw(res, tmp_path / "figures")
+    assert [p.name for p in paths] == ["claim2.png", "claim2_stalls.png"]
+    images = [p.read_bytes() for p in paths]
+    assert all(image.startswith(b"\x89PNG\r\n\x1a\n") for image in images) and images[0] != images[1]
+    # each is the table's bars of its own column, with its own labels (the PNGs are byte-for-byte reproducible)
+    from eptk.reproduce.figures import table_bars
+    labels = ("method", "step", "prior")
+    expected = [table_bars(res["figure"]["table"], "score", "test exact match (%), 1,000 items",
+                           "Claim 2: score by prior and step size", tmp_path / "a.png", label_keys=labels),
+                table_bars(res["figure"]["table"], "stall_rate", "stalled runs (share)", "Claim 2: stall rate by arm",
+                           tmp_path / "b.png", label_keys=labels)]
+    assert images == [p.read_bytes() for p in expected]
+    assert C2.draw({"figure": {}}, tmp_path / "none") == [] and not (tmp_path / "none").exists()
