@@ -273,3 +273,31 @@ def test_claim_2_draws_its_scores_and_its_stall_rates(tmp_path):
                            tmp_path / "b.png", label_keys=labels)]
     assert images == [p.read_bytes() for p in expected]
     assert C2.draw({"figure": {}}, tmp_path / "none") == [] and not (tmp_path / "none").exists()
+
+
+def test_the_difference_at_equal_validation_loss_is_the_arm_s_coefficient():
+    """score = b0 + b1·[region:new] + b2·loss by least squares, with its 95% t interval (n − 3 degrees of freedom),
+    computed here from the normal equations; a run without a score leaves its loss out too."""
+    from scipy.stats import t as student
+
+    data = {"scores": [80.0, 82.0, 79.0, 85.0, 81.0], "best_val": [0.30, 0.20, 0.35, 0.10, 0.25, 0.9]}
+    new = {"scores": [70.0, 75.0, 72.0, 69.0], "best_val": [0.40, 0.25, 0.30, 0.45]}
+    got = C2.equal_loss_difference(data, new)
+    y = np.array(data["scores"] + new["scores"])
+    x = np.column_stack([np.ones(9), [0] * 5 + [1] * 4, data["best_val"][:5] + new["best_val"]])
+    beta = np.linalg.solve(x.T @ x, x.T @ y)
+    residual = y - x @ beta
+    se = math.sqrt(residual @ residual / (9 - 3) * np.linalg.inv(x.T @ x)[1, 1])
+    half = student.ppf(0.975, 9 - 3) * se
+    assert got["n"] == 9 and got["mean"] == pytest.approx(beta[1])
+    assert (got["lo"], got["hi"]) == pytest.approx((beta[1] - half, beta[1] + half))
+    # at the same losses the raw gap (−9.6) shrinks: the loss carries part of it
+    assert abs(got["mean"]) < abs(np.mean(new["scores"]) - np.mean(data["scores"][:5]))
+    for few in ({"scores": [80.0, 81.0], "best_val": [0.1, 0.2]}, {"scores": [80.0], "best_val": [0.1]}):
+        small = C2.equal_loss_difference(few, {"scores": [70.0], "best_val": [0.3]})
+        assert math.isnan(small["mean"]) and math.isnan(small["lo"]) and math.isnan(small["hi"])
+    assert C2.equal_loss_difference(data, dict(new, best_val=[0.4, 0.25, math.nan, 0.45]))["n"] == 9
+    assert math.isnan(C2.equal_loss_difference(data, dict(new, best_val=[0.4, 0.25, math.nan, 0.45]))["mean"])
+    four = C2.equal_loss_difference({"scores": [80.0, 82.0], "best_val": [0.3, 0.2]},
+                                    {"scores": [70.0, 75.0], "best_val": [0.4, 0.25]})
+    assert four["n"] == 4 and math.isfinite(four["mean"])
