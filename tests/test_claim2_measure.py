@@ -3,6 +3,7 @@ arm's summary, which arms are compared, and when the verdict reads "not measured
 the round's budget, an arm with no run) — the parts of the report that test_claims.py's bounds do not reach."""
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from types import SimpleNamespace
@@ -301,3 +302,31 @@ def test_the_difference_at_equal_validation_loss_is_the_arm_s_coefficient():
     four = C2.equal_loss_difference({"scores": [80.0, 82.0], "best_val": [0.3, 0.2]},
                                     {"scores": [70.0, 75.0], "best_val": [0.4, 0.25]})
     assert four["n"] == 4 and math.isfinite(four["mean"])
+
+
+def test_a_continued_run_s_row_shows_both_budgets(tmp_path):
+    """The table of continued runs (amendment 1): the version-2 run's score (from its kept items, else its own
+    score) and best step at 600 steps, beside the continuation's budget, stop and score; a run read from its own
+    version-2 folder, or with no folder, has no row."""
+    arm = arms()[0]
+    name = f"{Study.arm_name(arm)}-s0"
+    first = tmp_path / name
+    first.mkdir()
+    (first / "eval.json").write_text(json.dumps({"tuned": {"score": 12.5}, "early_stop": {"stopped": False,
+                                                                                          "step": 600,
+                                                                                          "best_step": 575}}))
+    (first / "predictions.jsonl").write_text("".join(json.dumps({"exact_match": v}) + "\n" for v in (1, 0, 0, 0)))
+    continued = run(arm, 0, 90.0, stopped=True, step=900, best_step=800, budget=1200)
+    later = run(arm, 1, 85.0, stopped=False, budget=1200)
+    unmoved = run(arm, 2, 80.0)
+    g = gathered({})
+    g.study.out = tmp_path
+    g.paths = {name: tmp_path / f"v3-{name.removeprefix('v2-')}", later.name: tmp_path / f"v3-{later.name}",
+               unmoved.name: tmp_path / unmoved.name}
+    (tmp_path / later.name).mkdir()
+    (tmp_path / later.name / "eval.json").write_text(json.dumps({"tuned": {"score": 33.0}}))
+    rows = C2.continued_rows(g, [continued, later, unmoved, run(arm, 3, 70.0)])
+    assert rows == [{"run": name, "score_at_first_budget": 25.0, "best_step_at_first_budget": 575, "budget": 1200,
+                     "stopped_at": 900, "best_step": 800, "score": 90.0},
+                    {"run": later.name, "score_at_first_budget": 33.0, "best_step_at_first_budget": None,
+                     "budget": 1200, "stopped_at": None, "best_step": 200, "score": 85.0}]
