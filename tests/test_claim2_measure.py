@@ -325,7 +325,7 @@ def test_a_continued_run_s_row_shows_both_budgets(tmp_path):
                unmoved.name: tmp_path / unmoved.name}
     (tmp_path / later.name).mkdir()
     (tmp_path / later.name / "eval.json").write_text(json.dumps({"tuned": {"score": 33.0}}))
-    rows = C2.continued_rows(g, [continued, later, unmoved, run(arm, 3, 70.0)])
+    rows = C2.continued_rows(g, [unmoved, continued, run(arm, 3, 70.0), later])   # rows after a skipped run too
     assert rows == [{"run": name, "score_at_first_budget": 25.0, "best_step_at_first_budget": 575, "budget": 1200,
                      "stopped_at": 900, "best_step": 800, "score": 90.0},
                     {"run": later.name, "score_at_first_budget": 33.0, "best_step_at_first_budget": None,
