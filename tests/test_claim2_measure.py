@@ -3,7 +3,6 @@ arm's summary, which arms are compared, and when the verdict reads "not measured
 the round's budget, an arm with no run) — the parts of the report that test_claims.py's bounds do not reach."""
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from types import SimpleNamespace
@@ -14,8 +13,10 @@ import pytest
 from eptk.reproduce.claims import FAILS, HOLDS, NOT_MEASURED, UNSURE, TunedRun
 from eptk.reproduce.claims import new_region as C2
 from eptk.reproduce.stages import FULL, Study
+from eptk.runs import RunDir
 
 ITEMS = 200
+SPREAD = [-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 0.0, -1.0, 1.0]   # seeds 0-9 around an arm's level: SD 0.97
 
 
 def arms() -> list[dict]:
@@ -39,15 +40,14 @@ def level(arm: dict) -> float:
     return base + {"prior": 0.0, "none": 2.0}.get(arm.get("lr_scale"), 0.0) + (4.0 if arm.get("lr") == 1e-3 else 0.0)
 
 
-def study_runs(seeds=10, **settings) -> dict[str, list[TunedRun]]:
-    """Every arm's runs: scores around the arm's level (SD about 1, so the power rule asks for the first 10 seeds),
-    region:data inside the data and region:new outside."""
-    spread = [-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 0.0, -1.0, 1.0, 0.5, -0.5]
+def study_runs(**settings) -> dict[str, list[TunedRun]]:
+    """Every arm's 10 runs: scores around the arm's level (SD about 1, so the power rule asks for the first 10
+    seeds), region:data inside the data and region:new outside."""
     out = {}
     for arm in arms():
         inside = 0.9 if arm["prior"] == "region:data" else 0.0
-        out[Study.arm_name(arm)] = [run(arm, s, level(arm) + spread[s], inside=inside, loss=0.1 + 0.01 * s,
-                                        **settings) for s in range(seeds)]
+        out[Study.arm_name(arm)] = [run(arm, s, level(arm) + x, inside=inside, loss=0.1 + 0.01 * s, **settings)
+                                    for s, x in enumerate(SPREAD)]
     return out
 
 
@@ -75,9 +75,8 @@ def test_every_pair_is_compared_at_its_own_step_size():
     for method, steps in comparisons.items():
         for step, c in steps.items():
             arm = next(a for a in arms() if a["method"] == method and C2.step_of(a) == step)
-            data, new = (np.mean([level(dict(arm, prior=p)) + x for x in
-                                  [-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 0.0, -1.0, 1.0]]) for p in ("region:data",
-                                                                                                     "region:new"))
+            data, new = (np.mean([level(dict(arm, prior=p)) + x for x in SPREAD]) for p in ("region:data",
+                                                                                            "region:new"))
             assert c["delta"]["mean"] == pytest.approx(new - data, abs=0.3), (method, step)
             assert c["delta"]["lo"] < c["delta"]["mean"] < c["delta"]["hi"]
             assert c["control_passes"] and c["new_outside"] and c["tost"]["p"] < 0.05
@@ -130,7 +129,7 @@ def test_a_new_region_far_below_the_data_s_does_not_hold():
     for arm in arms():
         if arm["method"] == "deep" and arm["prior"] == "region:new":
             runs[Study.arm_name(arm)] = [run(arm, s, 50.0 + x, inside=0.0) for s, x in
-                                         enumerate([-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 0.0, -1.0, 1.0])]
+                                         enumerate(SPREAD)]
     res = C2.measure(gathered(runs))
     assert res["verdict"] == FAILS and res["why"].startswith("deep: Δ below −10")
 
@@ -157,11 +156,9 @@ def test_seeds_short_of_the_power_rule_read_not_measured():
     # a wider spread asks for more than the first ten
     wide = study_runs()
     wide[name] = [run(arms()[-1], s, 60.0 + 8 * x, inside=0.0) for s, x in
-                  enumerate([-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 0.0, -1.0, 1.0])]
+                  enumerate(SPREAD)]
     need = C2.measure(gathered(wide))["statistics"]["seeds"][name]
-    assert need["n"] > 10 and need["sd"] == pytest.approx(np.std([8 * x for x in
-                                                                  [-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 0.0, -1.0, 1.0]],
-                                                                 ddof=1))
+    assert need["n"] > 10 and need["sd"] == pytest.approx(np.std([8 * x for x in SPREAD], ddof=1))
 
 
 def test_an_arm_with_no_finished_run_reads_not_measured():
@@ -187,7 +184,7 @@ def test_runs_short_of_the_round_s_budget_read_not_measured():
     for arm in (arms()[2], arms()[5]):                      # a deep arm and a soft one ("-s" in "-soft" too)
         name = Study.arm_name(arm)
         wide = [run(arm, s, 60.0 + 8 * x, stopped=s != 3) for s, x in
-                enumerate([-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 0.0, -1.0, 1.0])]
+                enumerate(SPREAD)]
         assert C2.measure(gathered(dict(runs, **{name: wide})))["statistics"]["seeds"][name]["n"] == 10
         wide[3] = run(arm, 3, 60.0, stopped=True)                        # settled: the spread asks for more
         assert C2.measure(gathered(dict(runs, **{name: wide})))["statistics"]["seeds"][name]["n"] > 10
@@ -310,12 +307,10 @@ def test_a_continued_run_s_row_shows_both_budgets(tmp_path):
     version-2 folder, or with no folder, has no row."""
     arm = arms()[0]
     name = f"{Study.arm_name(arm)}-s0"
-    first = tmp_path / name
-    first.mkdir()
-    (first / "eval.json").write_text(json.dumps({"tuned": {"score": 12.5}, "early_stop": {"stopped": False,
-                                                                                          "step": 600,
-                                                                                          "best_step": 575}}))
-    (first / "predictions.jsonl").write_text("".join(json.dumps({"exact_match": v}) + "\n" for v in (1, 0, 0, 0)))
+    first = RunDir(tmp_path / name)
+    first.path.mkdir()
+    first.write_eval({"tuned": {"score": 12.5}, "early_stop": {"stopped": False, "step": 600, "best_step": 575}},
+                     [{"exact_match": v} for v in (1, 0, 0, 0)])
     continued = run(arm, 0, 90.0, stopped=True, step=900, best_step=800, budget=1200)
     later = run(arm, 1, 85.0, stopped=False, budget=1200)
     unmoved = run(arm, 2, 80.0)
@@ -324,7 +319,7 @@ def test_a_continued_run_s_row_shows_both_budgets(tmp_path):
     g.paths = {name: tmp_path / f"v3-{name.removeprefix('v2-')}", later.name: tmp_path / f"v3-{later.name}",
                unmoved.name: tmp_path / unmoved.name}
     (tmp_path / later.name).mkdir()
-    (tmp_path / later.name / "eval.json").write_text(json.dumps({"tuned": {"score": 33.0}}))
+    RunDir(tmp_path / later.name).write_eval({"tuned": {"score": 33.0}})
     rows = C2.continued_rows(g, [unmoved, continued, run(arm, 3, 70.0), later])   # rows after a skipped run too
     assert rows == [{"run": name, "score_at_first_budget": 25.0, "best_step_at_first_budget": 575, "budget": 1200,
                      "stopped_at": 900, "best_step": 800, "score": 90.0},

@@ -25,9 +25,12 @@ declare -A FROZEN=([smollm2]=d901117 [gemma3-270m]=2388a29)
 PYTHON=${PYTHON:-$REPO/.venv/bin/python}
 # `stage_continuation FROM NAME` (in a study folder): NAME, the continuation of the finished run FROM (RULES.md
 # amendment 1), made from FROM's small files and checkpoint, not its evaluation, with config.json's out and name
-# saying NAME; made in NAME.tmp and renamed, so a copy cut short leaves no NAME
+# saying NAME; made in NAME.tmp and renamed, so a copy cut short leaves no NAME. Nothing to do when NAME exists
+# (begun already, or a later round's, which goes on in its own folder) or FROM kept no checkpoint (NAME is then
+# trained again from FROM's config.json)
 stage_continuation() {
     local from=$1 name=$2
+    [ ! -d "$name" ] && [ -f "$from/checkpoint/latest" ] || return 0
     rm -rf "$name.tmp" && mkdir "$name.tmp"
     find "$from" -maxdepth 1 -type f ! -name '.*' ! -name eval.json ! -name predictions.jsonl \
         -exec cp -p {} "$name.tmp/" \;

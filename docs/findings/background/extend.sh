@@ -41,7 +41,7 @@ for pass in $(seq 1 400); do
     echo "$(date -u +%FT%TZ) $model: $name to $steps steps (from $from) by $(git -C "$checkout" describe --always --dirty)"
     if [ "$from" = "$name" ]; then              # a later round: the continuation goes on in place
         rm -f "$name/eval.json" "$name/predictions.jsonl"
-    elif [ ! -d "$name" ] && [ -f "$from/checkpoint/latest" ]; then
+    else
         stage_continuation "$from" "$name"
     fi
     if [ -f "$name/checkpoint/latest" ]; then

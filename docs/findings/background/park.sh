@@ -10,13 +10,9 @@ source "$(dirname "$0")/env.sh"
 for model in "${!COMMITTED[@]}"; do
     out=$(study_dir "$model")
     [ -d "$out" ] || continue
-    listed=$(cd "$out" && "$PYTHON" -m eptk.reproduce.continuations "$model" "$out")
+    listed=$("$PYTHON" -m eptk.reproduce.continuations "$model" "$out")
     while read -r source dest steps; do
-        from=$(basename "$source") name=$(basename "$dest")
-        # (a later round's continuation goes on in its own folder, which exists)
-        if [ -n "$name" ] && [ ! -d "$out/$name" ] && [ -f "$source/checkpoint/latest" ]; then
-            (cd "$out" && stage_continuation "$from" "$name")
-        fi
+        [ -z "$dest" ] || (cd "$out" && stage_continuation "$(basename "$source")" "$(basename "$dest")")
     done <<< "$listed"
 done
 parked=()
