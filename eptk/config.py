@@ -330,15 +330,17 @@ def default_run_name(cfg: TuneConfig) -> str:
 
 
 def versions() -> dict:
-    """The package versions a run records in its config."""
+    """The package versions a run records in its config, and the commit of eptk's checkout when it runs from one."""
     import platform
 
     import torch
     import transformers
 
-    from .version import __version__
+    from .version import __version__, source_commit
     out = {"eptk": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
            "python": platform.python_version()}
+    if commit := source_commit():  # the code that made the run, when eptk runs from its git checkout
+        out["eptk_commit"] = commit
     try:
         import triton
         out["triton"] = triton.__version__
