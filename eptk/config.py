@@ -329,6 +329,23 @@ def default_run_name(cfg: TuneConfig) -> str:
     return str(Path("runs") / f"{model}-{safe(cfg.task)}-{cfg.method}-{safe(cfg.prior)}-s{cfg.seed}")
 
 
+def cpu() -> str:
+    """The CPU a run computed on: its model name and the instruction set torch's kernels use there. Float rounding,
+    so a run's exact numbers (and, training being chaotic, its trajectory), can differ between machines that differ
+    in either; the study's runs made on one machine did not repeat exactly on another (docs/findings/HOW.md)."""
+    import platform
+
+    import torch
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def versions() -> dict:
     """The package versions a run records in its config, and the commit of eptk's checkout when it runs from one."""
     import platform
@@ -341,6 +358,7 @@ def versions() -> dict:
            "python": platform.python_version()}
     if commit := source_commit():  # the code that made the run, when eptk runs from its git checkout
         out["eptk_commit"] = commit
+    out["cpu"] = cpu()
     try:
         import triton
         out["triton"] = triton.__version__

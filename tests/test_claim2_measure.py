@@ -311,8 +311,14 @@ def test_a_continued_run_s_row_shows_both_budgets(tmp_path):
     first.path.mkdir()
     first.write_eval({"tuned": {"score": 12.5}, "early_stop": {"stopped": False, "step": 600, "best_step": 575}},
                      [{"exact_match": v} for v in (1, 0, 0, 0)])
+    # its metrics: the prior's row, training rows, and the final row that scores the best prompt (not step 600's)
+    for row in ({"step": 0, "val_loss": 7.0}, {"step": 25, "loss": 2.0, "val_loss": 1.5},
+                {"step": 600, "loss": 0.3, "val_loss": 0.2}, {"step": 600, "val_loss": 0.1}):
+        first.log(row)
     continued = run(arm, 0, 90.0, stopped=True, step=900, best_step=800, budget=1200)
+    continued.val = [(0, 7.0), (25, 1.5), (600, 0.2), (800, 0.05)]   # resumed from step 600: the same first steps
     later = run(arm, 1, 85.0, stopped=False, budget=1200)
+    later.val = [(0, 7.0), (25, 1.6), (600, 0.3)]                     # trained again, on another trajectory
     unmoved = run(arm, 2, 80.0)
     g = gathered({})
     g.study.out = tmp_path
@@ -320,8 +326,18 @@ def test_a_continued_run_s_row_shows_both_budgets(tmp_path):
                unmoved.name: tmp_path / unmoved.name}
     (tmp_path / later.name).mkdir()
     RunDir(tmp_path / later.name).write_eval({"tuned": {"score": 33.0}})
+    for row in ({"step": 0, "val_loss": 7.0}, {"step": 25, "loss": 2.0, "val_loss": 1.5}):
+        RunDir(tmp_path / later.name).log(row)
     rows = C2.continued_rows(g, [unmoved, continued, run(arm, 3, 70.0), later])   # rows after a skipped run too
     assert rows == [{"run": name, "score_at_first_budget": 25.0, "best_step_at_first_budget": 575, "budget": 1200,
-                     "stopped_at": 900, "best_step": 800, "score": 90.0},
+                     "stopped_at": 900, "best_step": 800, "score": 90.0, "departs_at": None},
                     {"run": later.name, "score_at_first_budget": 33.0, "best_step_at_first_budget": None,
-                     "budget": 1200, "stopped_at": None, "best_step": 200, "score": 85.0}]
+                     "budget": 1200, "stopped_at": None, "best_step": 200, "score": 85.0, "departs_at": 25}]
+
+
+def test_a_continuation_departs_where_its_validation_loss_first_differs():
+    first = [(0, 7.0), (25, 1.5), (50, 0.5), (75, 0.3)]
+    assert C2.departs_at(first, first + [(100, 0.2)]) is None               # repeated, then went on
+    assert C2.departs_at(first, [(0, 7.0), (25, 1.5), (50, 0.5000001), (75, 0.2)]) == 50   # exact, the first
+    assert C2.departs_at(first, [(0, 7.0), (50, 0.5)]) is None              # steps it has no loss at are skipped
+    assert C2.departs_at(first, [(0, 7.0000001), (25, 1.5)]) == 0           # the prior itself may differ

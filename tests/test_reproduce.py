@@ -127,7 +127,7 @@ def test_a_claim_2_run_is_read_from_its_finished_continuation(quick_study, tmp_p
     assert rows == [{"run": run.name, "score_at_first_budget": 12.5,
                      "best_step_at_first_budget": ev["early_stop"]["best_step"], "budget": 2 * first,
                      "stopped_at": stop["step"] if stop["stopped"] else None, "best_step": stop["best_step"],
-                     "score": continued.score}]
+                     "score": continued.score, "departs_at": None}]   # resumed from the checkpoint: the same steps
 
 
 def test_quick_study_writes_every_file(quick_study):

@@ -64,7 +64,7 @@ class Gathered:
             score=score_of(items, ev),
             baseline=baseline.get("score"), items=items,
             losses=[(r["step"], r["loss"]) for r in data.metrics if "loss" in r],
-            val=_val_curve(data.metrics),
+            val=val_curve(data.metrics),
             extra={"weight": float(run.settings.get("prior_weight", 0.0)), "eval": ev, "test_items": n_items,
                    "early_stop": ev.get("early_stop"), "budget": data.config.get("steps"),
                    "num_layers": data.config.get("num_layers"),
@@ -237,7 +237,7 @@ class Gathered:
         return kept
 
 
-def _val_curve(metrics: list[dict]) -> list[tuple[int, float]]:
+def val_curve(metrics: list[dict]) -> list[tuple[int, float]]:
     """(step, validation loss) in step order: the prior's row and the training rows, and the final row where no
     training row has its step (an early-stopped run's final row scores its best prompt, not the step it names)."""
     curve, final = {}, []

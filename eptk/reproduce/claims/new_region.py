@@ -136,8 +136,10 @@ def measure(g, **_) -> dict:
 
 def continued_rows(g, runs) -> list[dict]:
     """Each run read from its finished continuation (amendment 1): its score and stop at version 2's budget, then
-    at the larger one, so the report shows what continuing changed."""
+    at the larger one, so the report shows what continuing changed; and whether the continuation's first steps
+    repeated the version-2 run's (`departs_at`, below)."""
     from ...runs import RunDir
+    from ..gather import val_curve
     from ..seed_power import score_of, test_items
 
     rows = []
@@ -152,8 +154,18 @@ def continued_rows(g, runs) -> list[dict]:
         rows.append({"run": r.name, "score_at_first_budget": score_of(test_items(first)[0], evaluation),
                      "best_step_at_first_budget": before.get("best_step"), "budget": r.extra.get("budget"),
                      "stopped_at": stop.get("step") if stop.get("stopped") else None, "best_step": stop.get("best_step"),
-                     "score": r.score})
+                     "score": r.score, "departs_at": departs_at(val_curve(RunDir(first).metrics()), r.val)})
     return rows
+
+
+def departs_at(first: list, continued: list) -> int | None:
+    """The first step of the version-2 run's validation curve at which its continuation's validation loss differs
+    from it (None: equal at every such step). A continuation resumed from the run's checkpoint repeats those steps
+    by construction; one trained again from the start (its checkpoint lost with a machine) repeats them only if
+    the arithmetic did, and where it departs, its score at the larger budget belongs to another trajectory than the
+    version-2 score beside it."""
+    later = dict(continued)
+    return next((step for step, loss in first if step in later and later[step] != loss), None)
 
 
 def standing_of(run) -> Standing:

@@ -1,6 +1,7 @@
-"""A run's config.json names the commit of the eptk checkout that made it (versions.eptk_commit), so a rerun can
-take that code: the commit of the repository whose top folder holds the package, `-dirty` when tracked files
-differ from it, and nothing when the package does not sit at the top of a repository (an installed wheel)."""
+"""What a run's config.json records of what made it. The commit of the eptk checkout (versions.eptk_commit), so a
+rerun can take that code: the commit of the repository whose top folder holds the package, `-dirty` when tracked
+files differ from it, and nothing when the package does not sit at the top of a repository (an installed wheel).
+The CPU (versions.cpu), since float rounding and so a run's exact numbers can differ between machines."""
 from __future__ import annotations
 
 import shutil
@@ -8,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from eptk.config import versions
 from eptk.version import PACKAGE, source_commit
@@ -62,3 +64,12 @@ def test_a_run_records_the_commit_it_was_made_by():
         return
     assert recorded == source_commit(PACKAGE)
     assert git("rev-parse", "--short=10", "HEAD", cwd=PACKAGE) == recorded.removesuffix("-dirty")
+
+
+def test_a_run_records_the_cpu_it_computed_on():
+    recorded = versions()["cpu"]
+    assert recorded.endswith(", " + torch.backends.cpu.get_cpu_capability())
+    info = Path("/proc/cpuinfo")
+    if info.is_file() and "model name" in info.read_text():
+        model = next(line for line in info.read_text().splitlines() if line.startswith("model name"))
+        assert recorded.startswith(model.split(":", 1)[1].strip() + ", ")
