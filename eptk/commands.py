@@ -23,6 +23,7 @@ def tune(settings: dict, *, given=None, method_args=(), resume: Path | None = No
     from .io import check_input
     from .methods import METHODS, option_owners
     from .options import parse_arguments
+    from .rerun import reference_run
     from .runs import CONFIG
     from .train import tune as run_tune
 
@@ -56,7 +57,8 @@ def tune(settings: dict, *, given=None, method_args=(), resume: Path | None = No
     else:
         cfg = TuneConfig(**settings, options=given.get("options", {}))
     try:
-        run = run_tune(cfg, resume=resume is not None, overwrite=overwrite, progress=progress)
+        run = run_tune(cfg, resume=resume is not None, overwrite=overwrite, progress=progress,
+                       rerun_of=reference_run(config, given) if config is not None else None)
     except NothingToDo as done:
         if os.environ.get("RANK", "0") == "0":
             print(done)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from .models import input_device, load_frozen
 from .priors import PriorContext, build_prior, jitter, parse_spec
 from .progress import Bar
 from .prompts import PromptedModel, text_keys_values
+from .rerun import start_note
 from .runs import TUNED, prepare_out_dir
 from .signals import on_stop_signals, restore_handlers
 
@@ -69,8 +71,9 @@ def prior_context(loaded, cfg: TuneConfig, progress: bool = False) -> PriorConte
 
 
 def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
-         dist=None) -> Path:
-    """Run prompt-tuning; returns the run directory. `dist` is a (rank, world) pair under torchrun.
+         dist=None, rerun_of: Path | None = None) -> Path:
+    """Run prompt-tuning; returns the run directory. `dist` is a (rank, world) pair under torchrun; `rerun_of`: the
+    run this one reruns with the same start (eptk.rerun), whose prior the start is compared with before training.
 
     Order: every check that needs no model (eptk.preflight), then the model and what needs it (layers,
     the prior, captured statistics), then the run directory: bad input never leaves anything on disk."""
@@ -132,6 +135,8 @@ def tune(cfg: TuneConfig, resume: bool = False, overwrite: bool = False, progres
     try:
         if run is not None:
             _write_start(run, resolved, start, cfg, plan, resume)
+            if rerun_of is not None and not resume and (note := start_note(start, rerun_of, resolved["versions"])):
+                print(note, file=sys.stderr)
         return _train(cfg, run, plan, loaded, prompted, prior, resume, progress, device, dist, resolved["lr_scales"])
     finally:
         if run is not None:
