@@ -1,0 +1,58 @@
+"""python -m eptk.reproduce.rerun_check: a committed run against its rerun from config.json (issue 19: a run reruns
+on another machine to its score within the noise the study reports, its arm's seeds)."""
+import json
+
+from eptk.reproduce import rerun_check
+from eptk.runs import RunDir
+
+
+def make(path, score, curve, cpu="CPU A, AVX512"):
+    path.mkdir(parents=True)
+    run = RunDir(path)
+    run.write_config({"name": path.name, "versions": {"eptk": "0.1.0", "eptk_commit": "abc", "torch": "2.13.0", "cpu": cpu}})
+    for step, loss in curve:
+        run.log({"step": step, "val_loss": loss})
+    run.write_eval({"tuned": {"score": score}})
+    return path
+
+
+CURVE = [(0, 7.0), (25, 1.5), (50, 0.5)]
+
+
+def test_a_rerun_within_its_arm_and_where_it_departs(tmp_path, capsys):
+    study = tmp_path / "runs"
+    run = make(study / "v2-arith-deep-region-new-s1", 88.0, CURVE)
+    make(study / "v2-arith-deep-region-new-s0", 86.0, CURVE)
+    make(study / "v2-arith-deep-region-new-s12", 91.0, CURVE)
+    make(study / "v2-arith-deep-region-data-s3", 99.0, CURVE)          # another arm
+    (study / "v2-arith-deep-region-new-s2").mkdir()                    # unfinished: no score
+    rerun = make(tmp_path / "again", 90.5, [(0, 7.0), (25, 1.5000001), (50, 0.4)], cpu="CPU B, AVX2")
+    got = rerun_check.check(run, rerun)
+    assert got == {"run": run.name, "score": 88.0, "rerun_score": 90.5, "departs_at": 25, "arm_runs": 3,
+                   "arm_range": [86.0, 91.0], "within_arm": True,
+                   "made_by": {"eptk": "0.1.0", "eptk_commit": "abc", "torch": "2.13.0", "cpu": "CPU A, AVX512"},
+                   "rerun_by": {"eptk": "0.1.0", "eptk_commit": "abc", "torch": "2.13.0", "cpu": "CPU B, AVX2"}}
+    RunDir(rerun).write_eval({"tuned": {"score": 91.5}})
+    assert rerun_check.check(run, rerun)["within_arm"] is False          # above the arm's best seed
+    RunDir(rerun).write_eval({"tuned": {"score": 85.5}})
+    assert rerun_check.check(run, rerun)["within_arm"] is False          # below its worst
+    for edge in (86.0, 91.0):                                             # the arm's own worst and best count
+        RunDir(rerun).write_eval({"tuned": {"score": edge}})
+        assert rerun_check.check(run, rerun)["within_arm"] is True
+    RunDir(rerun).write_eval({"tuned": {"score": 85.5}})
+
+    record = tmp_path / "reruns.jsonl"
+    assert rerun_check.main([str(run), str(rerun), "--record", str(record)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert record.read_text() == line + "\n" and str(tmp_path) not in line
+    assert json.loads(line)["rerun_score"] == 85.5
+
+
+def test_an_unfinished_run_or_rerun_is_refused_in_one_line(tmp_path, capsys):
+    run = make(tmp_path / "runs" / "v2-a-s0", 50.0, CURVE)
+    (tmp_path / "again").mkdir()
+    assert rerun_check.main([str(run), str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a finished run" in err and "again" in err
+    assert rerun_check.main([str(run)]) == 2 and "usage:" in capsys.readouterr().err
+    assert rerun_check.main([str(run), str(run), "--record"]) == 2
