@@ -51,4 +51,8 @@ def _why(now: dict, then) -> str:
     differ = [f"{what} {then[key]}, now {now[key]}" for key, what in
               (("eptk_commit", "the run's eptk"), ("torch", "its torch"), ("cpu", "its CPU"))
               if then.get(key) and now.get(key) and then[key] != now[key]]
-    return "; ".join(differ) or "float rounding differs on this machine"
+    if differ:
+        return "; ".join(differ)
+    if not (then.get("eptk_commit") and then.get("cpu")):  # runs made before 027d96f record neither
+        return "the run records no eptk commit or CPU to compare: other code or other float rounding"
+    return "the same eptk commit, torch and CPU: other float rounding (another thread count, say)"

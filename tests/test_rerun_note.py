@@ -36,6 +36,18 @@ def test_a_rerun_says_whether_it_starts_from_the_run_s_prior(tmp_path, run_cli, 
     assert f"differs from the run's by up to {gap:.3g} ({gap / largest:.2g} of its largest entry" in note, note
     assert "its CPU Another CPU, AVX2, now " in note and "seed-to-seed spread" in note, note
 
+    # the same CPU recorded: nothing it names differs; a run that recorded no CPU cannot say
+    rerun_versions = json.loads((tmp_path / "other" / "config.json").read_text())["versions"]
+    config["versions"]["cpu"] = rerun_versions["cpu"]
+    config["versions"]["eptk_commit"] = rerun_versions.get("eptk_commit") or "0123456789"   # none from a wheel
+    (run / "config.json").write_text(json.dumps(config))
+    [note] = rerun(run_cli, run, tmp_path / "same-cpu", "--quiet")
+    assert "the same eptk commit, torch and CPU: other float rounding" in note, note
+    del config["versions"]["cpu"]
+    (run / "config.json").write_text(json.dumps(config))
+    [note] = rerun(run_cli, run, tmp_path / "unrecorded", "--quiet")
+    assert "the run records no eptk commit or CPU to compare" in note, note
+
     # another seed or prior starts elsewhere by design: nothing to compare
     assert rerun(run_cli, run, tmp_path / "seed", "--quiet", "--seed", "5") == []
     (run / "prior.safetensors").unlink()
