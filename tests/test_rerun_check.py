@@ -56,3 +56,19 @@ def test_an_unfinished_run_or_rerun_is_refused_in_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "not a finished run" in err and "again" in err
     assert rerun_check.main([str(run)]) == 2 and "usage:" in capsys.readouterr().err
     assert rerun_check.main([str(run), str(run), "--record"]) == 2
+
+
+def test_the_report_s_reruns_section_reads_each_run_s_latest_check(tmp_path):
+    from eptk.reproduce.report import _reruns
+
+    assert _reruns(tmp_path) == []                                      # no reruns.jsonl: no section
+    first = {"run": "v2-a-s1", "score": 91.1, "rerun_score": 95.0, "departs_at": 25, "arm_runs": 10,
+             "arm_range": [82.2, 93.6], "within_arm": False, "made_by": {"cpu": None}, "rerun_by": {"cpu": "CPU D"}}
+    latest = dict(first, rerun_score=92.3, within_arm=True)
+    repeated = dict(first, run="v2-b-s0", departs_at=None, within_arm=True, made_by={"cpu": "CPU D"})
+    (tmp_path / "reruns.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (first, repeated, latest)))
+    lines = _reruns(tmp_path)
+    assert lines[0] == "## Reruns"
+    assert "2 of 2 scored within the scores of their arm's seeds; 1 of 2 repeated every validation loss" in lines[2]
+    assert lines[6:8] == ["| v2-a-s1 | 91.1 | 92.3 | 25 | 10 | 82.2–93.6 | yes | not recorded | CPU D |",
+                          "| v2-b-s0 | 91.1 | 95 |  | 10 | 82.2–93.6 | yes | CPU D | CPU D |"]

@@ -18,6 +18,7 @@ from .beside import disagreements, link
 from .claims import CLAIMS
 from .gather import TRAINING_STAGES, Gathered
 from .inference import fmt
+from .rerun_check import RECORD as RERUNS
 
 RUN_COLUMNS = ("run", "stage", "status", "task", "method", "layers", "prior", "prior_weight", "lr", "lr_scale",
                "keep_sink", "seed", "steps", "stopped_early", "best_step", "test_items", "baseline_score", "tuned_score",
@@ -179,7 +180,31 @@ def _markdown(g: Gathered, results, figures, command, versions, record, out: Pat
             lines.append("")
         for path in figures.get(r["claim"], []):
             lines += [f"![claim {r['claim']}]({Path(path).relative_to(out).as_posix()})", ""]
+    lines += _reruns(out)
     return "\n".join(lines) + "\n"
+
+
+def _reruns(out: Path) -> list[str]:
+    """The *Reruns* section from OUT/reruns.jsonl (none without it; rerun_check): how many committed runs, trained
+    again from their config.json, scored within their arm's seeds, and a row each (its latest check)."""
+    from ..io import read_jsonl
+
+    latest = {row["run"]: row for row in read_jsonl(out / RERUNS) if isinstance(row, dict) and "run" in row}
+    if not latest:
+        return []
+    rows = list(latest.values())
+    within = sum(bool(r.get("within_arm")) for r in rows)
+    repeated = sum(r.get("departs_at") is None for r in rows)
+    table = [{"run": r["run"], "score": r.get("score"), "rerun score": r.get("rerun_score"),
+              "departs at": r.get("departs_at"), "arm's seeds": r.get("arm_runs"),
+              "their scores": "–".join(_cell(v) for v in r.get("arm_range") or ()), "within": r.get("within_arm"),
+              **{f"{side} on": (r.get(key) or {}).get("cpu") or "not recorded"
+                 for side, key in (("made", "made_by"), ("rerun", "rerun_by"))}} for r in rows]
+    return ["## Reruns", "",
+            f"Committed runs trained again from their config.json ({RERUNS}, by docs/findings/background/rerun.sh): "
+            f"{within} of {len(rows)} scored within the scores of their arm's seeds; {repeated} of {len(rows)} "
+            f"repeated every validation loss of the committed run (the others depart at the step given; empty: none).", "",
+            *_md_table(table), ""]
 
 
 def _summary(model: str, results, beside) -> list[str]:

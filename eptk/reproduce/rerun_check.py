@@ -48,12 +48,15 @@ def check(run: Path, rerun: Path) -> dict:
             "rerun_by": {k: again.get(k) for k in ("eptk", "eptk_commit", "torch", "cpu")}}
 
 
+RECORD = "reruns.jsonl"   # in a report's folder (rerun.sh: beside the study's runs folder)
+
+
 def main(argv: list[str]) -> int:
     args = list(argv)
     record = None
     if "--record" in args:
         at = args.index("--record")
-        record = Path(args[at + 1]) if at + 1 < len(args) else None
+        record = Path(args[at + 1]) if at + 1 < len(args) else None   # FILE, named RECORD in a report's folder
         del args[at:at + 2]
         if record is None:
             args = []
