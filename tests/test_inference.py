@@ -14,6 +14,20 @@ def test_t_interval_known_value():
     assert (ci["mean"], round(ci["lo"], 3), round(ci["hi"], 3)) == (2.0, -0.484, 4.484)
 
 
+def test_prediction_interval_known_value_statsmodels_and_bounds():
+    import statsmodels.api as sm
+
+    pi = I.prediction_interval([1, 2, 3])
+    assert (pi["mean"], round(pi["lo"], 3), round(pi["hi"], 3), pi["n"]) == (2.0, -2.968, 6.968, 3)
+    scores = [86.0, 91.3, 88.1, 89.9, 90.2, 87.4, 91.0, 88.8, 89.5, 90.6]
+    frame = sm.OLS(np.array(scores), np.ones((len(scores), 1))).fit().get_prediction(np.ones((1, 1))).summary_frame(0.05)
+    pi = I.prediction_interval(scores)
+    assert (pi["lo"], pi["hi"]) == (pytest.approx(frame["obs_ci_lower"][0]), pytest.approx(frame["obs_ci_upper"][0]))
+    assert I.prediction_interval([1, 2, 3], bounds=(0, 100))["lo"] == 0.0              # inside a score's range
+    assert I.prediction_interval([97, 99, 100], bounds=(0, 100))["hi"] == 100.0
+    assert math.isnan(I.prediction_interval([5.0])["lo"])
+
+
 def test_welch_interval_equals_statsmodels():
     from statsmodels.stats.weightstats import CompareMeans
 

@@ -2,6 +2,8 @@
 on another machine to its score within the noise the study reports, its arm's seeds)."""
 import json
 
+import pytest
+
 from eptk.reproduce import rerun_check
 from eptk.runs import RunDir
 
@@ -28,17 +30,19 @@ def test_a_rerun_within_its_arm_and_where_it_departs(tmp_path, capsys):
     (study / "v2-arith-deep-region-new-s2").mkdir()                    # unfinished: no score
     rerun = make(tmp_path / "again", 90.5, [(0, 7.0), (25, 1.5000001), (50, 0.4)], cpu="CPU B, AVX2")
     got = rerun_check.check(run, rerun)
+    # the arm's 3 seeds 86, 88, 91: mean 88.33, s 2.517, t(0.975, 2) 4.303, so 88.33 ± 12.50, clipped at 100
+    low = 88.0 + 1 / 3 - 4.302652729911275 * (19 / 3) ** 0.5 * (4 / 3) ** 0.5
+    assert got.pop("prediction_interval") == [pytest.approx(low), 100.0]
     assert got == {"run": run.name, "score": 88.0, "rerun_score": 90.5, "departs_at": 25, "arm_runs": 3,
-                   "arm_range": [86.0, 91.0], "within_arm": True,
+                   "arm_range": [86.0, 91.0], "within_range": True, "within_arm": True,
                    "made_by": {"eptk": "0.1.0", "eptk_commit": "abc", "torch": "2.13.0", "cpu": "CPU A, AVX512"},
                    "rerun_by": {"eptk": "0.1.0", "eptk_commit": "abc", "torch": "2.13.0", "cpu": "CPU B, AVX2"}}
-    RunDir(rerun).write_eval({"tuned": {"score": 91.5}})
-    assert rerun_check.check(run, rerun)["within_arm"] is False          # above the arm's best seed
-    RunDir(rerun).write_eval({"tuned": {"score": 85.5}})
-    assert rerun_check.check(run, rerun)["within_arm"] is False          # below its worst
-    for edge in (86.0, 91.0):                                             # the arm's own worst and best count
-        RunDir(rerun).write_eval({"tuned": {"score": edge}})
-        assert rerun_check.check(run, rerun)["within_arm"] is True
+    for score, in_range, in_interval in ((91.5, False, True), (85.5, False, True), (86.0, True, True),
+                                         (91.0, True, True), (low - 0.01, False, False), (low + 0.01, False, True),
+                                         (100.0, False, True)):
+        RunDir(rerun).write_eval({"tuned": {"score": score}})
+        got = rerun_check.check(run, rerun)
+        assert (got["within_range"], got["within_arm"]) == (in_range, in_interval), score
     RunDir(rerun).write_eval({"tuned": {"score": 85.5}})
 
     record = tmp_path / "reruns.jsonl"
@@ -63,12 +67,13 @@ def test_the_report_s_reruns_section_reads_each_run_s_latest_check(tmp_path):
 
     assert _reruns(tmp_path) == []                                      # no reruns.jsonl: no section
     first = {"run": "v2-a-s1", "score": 91.1, "rerun_score": 95.0, "departs_at": 25, "arm_runs": 10,
-             "arm_range": [82.2, 93.6], "within_arm": False, "made_by": {"cpu": None}, "rerun_by": {"cpu": "CPU D"}}
+             "arm_range": [82.2, 93.6], "prediction_interval": [84.0, 95.0], "within_arm": False, "made_by": {"cpu": None}, "rerun_by": {"cpu": "CPU D"}}
     latest = dict(first, rerun_score=92.3, within_arm=True)
     repeated = dict(first, run="v2-b-s0", departs_at=None, within_arm=True, made_by={"cpu": "CPU D"})
     (tmp_path / "reruns.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (first, repeated, latest)))
     lines = _reruns(tmp_path)
     assert lines[0] == "## Reruns"
-    assert "2 of 2 scored within the scores of their arm's seeds; 1 of 2 repeated every validation loss" in lines[2]
-    assert lines[6:8] == ["| v2-a-s1 | 91.1 | 92.3 | 25 | 10 | 82.2–93.6 | yes | not recorded | CPU D |",
-                          "| v2-b-s0 | 91.1 | 95 |  | 10 | 82.2–93.6 | yes | CPU D | CPU D |"]
+    assert "2 of 2 scored within the 95% prediction interval of their arm" in lines[2]
+    assert "; 1 of 2 repeated every validation loss" in lines[2]
+    assert lines[6:8] == ["| v2-a-s1 | 91.1 | 92.3 | 25 | 10 | 82.2–93.6 | 84–95 | yes | not recorded | CPU D |",
+                          "| v2-b-s0 | 91.1 | 95 |  | 10 | 82.2–93.6 | 84–95 | yes | CPU D | CPU D |"]

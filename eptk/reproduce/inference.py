@@ -44,6 +44,19 @@ def t_interval(values, level: float = LEVEL) -> dict:
     return _interval(x.mean(), ci.low, ci.high, x.size)
 
 
+def prediction_interval(values, level: float = LEVEL, bounds: tuple[float, float] = (-math.inf, math.inf)) -> dict:
+    """Where one more draw of the values' distribution falls with probability `level` (normal model, Student t:
+    mean ± t·s·√(1 + 1/n)), clipped to the quantity's `bounds`; "mean" is the values' mean. The range of n draws
+    holds one more only with probability (n − 1)/(n + 1): 50% for 3, 82% for 10."""
+    from scipy.stats import t
+
+    x = _clean(values)
+    if x.size < 2:
+        return _none(x.mean() if x.size else math.nan, x.size, why="fewer than 2 values")
+    half = t.ppf((1 + level) / 2, x.size - 1) * x.std(ddof=1) * math.sqrt(1 + 1 / x.size)
+    return _interval(x.mean(), max(bounds[0], x.mean() - half), min(bounds[1], x.mean() + half), x.size)
+
+
 def welch_interval(a, b, level: float = LEVEL) -> dict:
     """Interval of mean(a) − mean(b) with unequal variances (scipy `ttest_ind(equal_var=False)`)."""
     from scipy.stats import ttest_ind

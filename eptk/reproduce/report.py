@@ -197,12 +197,15 @@ def _reruns(out: Path) -> list[str]:
     repeated = sum(r.get("departs_at") is None for r in rows)
     table = [{"run": r["run"], "score": r.get("score"), "rerun score": r.get("rerun_score"),
               "departs at": r.get("departs_at"), "arm's seeds": r.get("arm_runs"),
-              "their scores": "–".join(_cell(v) for v in r.get("arm_range") or ()), "within": r.get("within_arm"),
+              "their scores": "–".join(_cell(v) for v in r.get("arm_range") or ()),
+              "prediction interval": "–".join(_cell(v) for v in r.get("prediction_interval") or ()),
+              "within": r.get("within_arm"),
               **{f"{side} on": (r.get(key) or {}).get("cpu") or "not recorded"
                  for side, key in (("made", "made_by"), ("rerun", "rerun_by"))}} for r in rows]
     return ["## Reruns", "",
             f"Committed runs trained again from their config.json ({RERUNS}, by docs/findings/background/rerun.sh): "
-            f"{within} of {len(rows)} scored within the scores of their arm's seeds; {repeated} of {len(rows)} "
+            f"{within} of {len(rows)} scored within the 95% prediction interval of their arm (one more seed of it, t "
+            f"from its seeds' scores); {repeated} of {len(rows)} "
             f"repeated every validation loss of the committed run (the others depart at the step given; empty: none).", "",
             *_md_table(table), ""]
 

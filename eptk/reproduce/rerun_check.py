@@ -1,8 +1,8 @@
 """`python -m eptk.reproduce.rerun_check RUN RERUN [--record FILE]`: how a committed study run trained again from its
 config.json (`eptk tune --config RUN/config.json --out RERUN`) compares with it: both scores, the first validation
-step at which the rerun departs from the run's curve, and whether the rerun's score lies within the scores of the
-run's arm (its sibling folders of other seeds, each scored by its own evaluation): the noise the study itself
-reports. One JSON line; --record appends it to FILE (docs/findings/reruns.jsonl), with no path of this machine."""
+step at which the rerun departs from the run's curve, and whether the rerun's score lies within the 95% prediction
+interval of the run's arm (its sibling folders of other seeds, each scored by its own evaluation: the noise the
+study itself reports), and within their range. One JSON line; --record appends it to FILE (docs/findings/reruns.jsonl), with no path of this machine."""
 from __future__ import annotations
 
 import json
@@ -14,6 +14,7 @@ from ..errors import EptkUsageError
 from ..runs import RunDir
 from .claims.new_region import departs_at
 from .gather import val_curve
+from .inference import prediction_interval
 
 SEED = re.compile(r"-s\d+$")
 
@@ -40,10 +41,14 @@ def check(run: Path, rerun: Path) -> dict:
     made, again = (RunDir(p).config().get("versions") or {} for p in (run, rerun))
     scores = arm_scores(run)
     score = tuned_score(rerun)
+    # a rerun that is not bit for bit is one more draw of its arm: where 95% of them fall (its range of n seeds
+    # holds one more only with probability (n - 1)/(n + 1))
+    pi = prediction_interval(scores, bounds=(0.0, 100.0))
     return {"run": run.name, "score": tuned_score(run), "rerun_score": score,
             "departs_at": departs_at(val_curve(RunDir(run).metrics()), val_curve(RunDir(rerun).metrics())),
             "arm_runs": len(scores), "arm_range": [scores[0], scores[-1]],
-            "within_arm": scores[0] <= score <= scores[-1],
+            "within_range": scores[0] <= score <= scores[-1], "prediction_interval": [pi["lo"], pi["hi"]],
+            "within_arm": pi["lo"] <= score <= pi["hi"],
             "made_by": {k: made.get(k) for k in ("eptk", "eptk_commit", "torch", "cpu")},
             "rerun_by": {k: again.get(k) for k in ("eptk", "eptk_commit", "torch", "cpu")}}
 
