@@ -205,6 +205,26 @@ def test_a_first_budget_below_90_percent_says_it_was_superseded():
     assert res["statistics"]["budget"] == 1200 and "now at 1,200 steps" in res["why"]
 
 
+def test_version_2_s_share_reads_the_version_2_run_not_a_continuation_trained_again(tmp_path):
+    """A continuation trained again from step 0 on another machine stopped at step 300 where its version-2 run
+    used all 600 steps: version 2's share counts the version-2 run (it did not stop), the round reads the
+    continuation."""
+    runs = study_runs()
+    arm = arms()[0]
+    name = Study.arm_name(arm)
+    again = run(arm, 0, 80.0, step=300, budget=1200)                   # stopped at 300 on its new trajectory
+    runs[name][0] = again
+    v2 = RunDir(tmp_path / again.name)
+    v2.path.mkdir()
+    v2.write_eval({"tuned": {"score": 80.0}, "early_stop": {"stopped": False, "step": 600, "best_step": 600}})
+    g = gathered(runs)
+    g.study.out = tmp_path
+    before = C2.measure(g)["statistics"]["first_budget"]["converged_share"]
+    g.paths = {again.name: tmp_path / ("v3-" + again.name.removeprefix("v2-"))}
+    assert C2.measure(g)["statistics"]["first_budget"]["converged_share"] == pytest.approx(before - 1 / 80)
+    assert C2.measure(g)["statistics"]["converged_share"] == pytest.approx(before)    # the round: the continuation
+
+
 @pytest.mark.parametrize("stopped, superseded", [(71, True), (72, False)])
 def test_version_2_s_verdict_is_superseded_below_90_percent_stopped_at_600(stopped, superseded):
     runs = study_runs()

@@ -94,11 +94,14 @@ class Reading:
     continuing: list         # finished runs short of the round's budget (names)
 
 
-def reading(standings: dict[str, Standing], unfinished: int, first: int) -> Reading:
-    """`standings`: finished runs by name; `unfinished`: how many of the claim's runs have not finished."""
+def reading(standings: dict[str, Standing], unfinished: int, first: int,
+            firsts: list[Standing] | None = None) -> Reading:
+    """`standings`: finished runs by name; `unfinished`: how many of the claim's runs have not finished; `firsts`:
+    the same runs as their version-2 folders stand (default: `standings`), for the share at version 2's budget."""
     budget = round_budget([*standings.values(), *[None] * unfinished], first)
     finished = list(standings.values())
-    return Reading(budget=budget, share=share_stopped(finished, budget), first_share=share_stopped(finished, first),
+    return Reading(budget=budget, share=share_stopped(finished, budget),
+                   first_share=share_stopped(finished if firsts is None else firsts, first),
                    continuing=sorted(name for name, s in standings.items() if not s.settled_at(budget)))
 
 

@@ -108,7 +108,7 @@ def measure(g, **_) -> dict:
             comparisons.setdefault(arm["method"], {})[step_of(arm)] = compare(s, summaries[partner][1])
     runs = [r for arm in arms for r in g.tuned("converged", **arm)]
     first = g.study.scale.converged["steps"]
-    at = reading({r.name: standing_of(r) for r in runs}, len(missing), first)
+    at = reading({r.name: standing_of(r) for r in runs}, len(missing), first, [first_standing(g, r) for r in runs])
     share = at.share
     seeds = seed_plan(g, summaries, at.continuing)
     short = [f"{name} needs {need['n']} seeds (has {summaries[name][1]['runs']})" for name, need in seeds.items()
@@ -166,6 +166,19 @@ def departs_at(first: list, continued: list) -> int | None:
     version-2 score beside it."""
     later = dict(continued)
     return next((step for step, loss in first if step in later and later[step] != loss), None)
+
+
+def first_standing(g, run) -> Standing:
+    """A run as its version-2 folder stands, where a continuation holds it now: a continuation trained again from
+    step 0 on another machine follows another trajectory (departs_at) and may stop before version 2's budget
+    where the version-2 run did not, which is not what version 2 measured."""
+    path = g.paths.get(run.name)
+    if path is None or path.name == run.name:
+        return standing_of(run)
+    from ...runs import RunDir
+
+    evaluation = RunDir(g.study.out / run.name).eval() or {}
+    return Standing.of(g.study.scale.converged["steps"], evaluation.get("early_stop"))
 
 
 def standing_of(run) -> Standing:
