@@ -15,15 +15,15 @@ from ..runs import RunDir
 from .claims.new_region import departs_at
 from .gather import val_curve
 from .inference import prediction_interval
+from .seed_power import score_of
 
 SEED = re.compile(r"-s\d+$")
+MADE_BY = ("eptk", "eptk_commit", "torch", "cpu")   # what config.json's versions say of the code and machine
 
 
 def tuned_score(run: Path) -> float | None:
     """The score of a run's own evaluation (eval.json, at its config's test size), None before it finished."""
-    evaluation = RunDir(run).eval() or {}
-    tuned = evaluation.get("tuned")
-    return tuned.get("score") if isinstance(tuned, dict) else None
+    return score_of([], RunDir(run).eval())
 
 
 def arm_scores(run: Path) -> list[float]:
@@ -35,22 +35,21 @@ def arm_scores(run: Path) -> list[float]:
 
 def check(run: Path, rerun: Path) -> dict:
     """The comparison of a run with its rerun (both finished)."""
-    for path in (run, rerun):
-        if tuned_score(path) is None:
+    first, score = tuned_score(run), tuned_score(rerun)
+    for path, value in ((run, first), (rerun, score)):
+        if value is None:
             raise EptkUsageError(f"{path} is not a finished run with a score (no eval.json with a tuned score)")
     made, again = (RunDir(p).config().get("versions") or {} for p in (run, rerun))
     scores = arm_scores(run)
-    score = tuned_score(rerun)
     # a rerun that is not bit for bit is one more draw of its arm: where 95% of them fall (its range of n seeds
     # holds one more only with probability (n - 1)/(n + 1))
     pi = prediction_interval(scores, bounds=(0.0, 100.0))
-    return {"run": run.name, "score": tuned_score(run), "rerun_score": score,
+    return {"run": run.name, "score": first, "rerun_score": score,
             "departs_at": departs_at(val_curve(RunDir(run).metrics()), val_curve(RunDir(rerun).metrics())),
             "arm_runs": len(scores), "arm_range": [scores[0], scores[-1]],
             "within_range": scores[0] <= score <= scores[-1], "prediction_interval": [pi["lo"], pi["hi"]],
             "within_arm": pi["lo"] <= score <= pi["hi"],
-            "made_by": {k: made.get(k) for k in ("eptk", "eptk_commit", "torch", "cpu")},
-            "rerun_by": {k: again.get(k) for k in ("eptk", "eptk_commit", "torch", "cpu")}}
+            "made_by": {k: made.get(k) for k in MADE_BY}, "rerun_by": {k: again.get(k) for k in MADE_BY}}
 
 
 RECORD = "reruns.jsonl"   # in a report's folder (rerun.sh: beside the study's runs folder)
