@@ -62,7 +62,7 @@ def gathered(runs: dict[str, list[TunedRun]], missing=()) -> SimpleNamespace:
 
 
 TABLE_KEYS = ["method", "step", "prior", "runs", "score", "stall_rate", "score_without_stalls", "inside_share",
-              "distance", "stopped_early", "best_step"]
+              "placed", "distance", "stopped_early", "best_step"]
 COMPARISON_KEYS = ["method", "step", "delta_new_minus_data", "tost_p", "control_passes", "new_outside",
                    "delta_at_equal_val_loss"]
 
@@ -250,6 +250,22 @@ def test_the_verdict_s_reason_names_each_comparison():
     below["delta"]["hi"] = -10.001
     verdict, why = C2.decide({"deep": {"a": below}, "soft": {"a": below}}, 0.95)
     assert verdict == FAILS and why.startswith("deep, soft: Δ below −10 at every readable step size; deep a: Δ")
+
+
+def test_a_run_not_placed_is_a_missing_input_not_left_out_of_its_arm_s_share():
+    # a report written where some runs' data statistics are not at hand: their positions are unknown, and the
+    # positive control's share must not be read from the runs that happen to be placed
+    runs = study_runs()
+    data = next(a for a in arms() if a["prior"] == "region:data" and a["method"] == "deep")
+    name = Study.arm_name(data)
+    runs[name][4].extra["position"] = None
+    res = C2.measure(gathered(runs))
+    assert res["verdict"] == NOT_MEASURED and res["provisional"] == HOLDS
+    assert res["missing"] == [f"positions/{name}-s4"]
+    row = next(r for r in res["figure"]["table"] if r["method"] == "deep" and r["step"] == C2.step_of(data)
+               and r["prior"] == "region:data")
+    assert row["runs"] == 10 and row["placed"] == 9
+    assert C2.measure(gathered(study_runs()))["verdict"] == HOLDS     # every run placed: read as it is
 
 
 def test_with_no_run_in_it_claim_2_names_what_is_missing():

@@ -23,7 +23,8 @@ def step_of(arm: dict) -> str:
 
 
 def arm_summary(runs) -> dict:
-    """One arm's numbers: score (GEE over items), stall rate (Wilson), score without stalls, positions."""
+    """One arm's numbers: score (GEE over items), stall rate (Wilson), score without stalls, positions (of the runs
+    `placed`: a run whose data statistics are not at hand has none)."""
     scores = [r.score for r in runs if r.score is not None]
     stalled = [r for r in runs if r.stalled]
     kept = [r for r in runs if not r.stalled]
@@ -33,7 +34,7 @@ def arm_summary(runs) -> dict:
     return {"runs": len(runs), "score": I.score_interval([r.items for r in runs if r.items]),
             "stall_rate": I.wilson(len(stalled), len(runs)),
             "score_without_stalls": I.score_interval([r.items for r in kept if r.items]),
-            "inside_share": float(np.mean(inside)) if inside else math.nan,
+            "inside_share": float(np.mean(inside)) if inside else math.nan, "placed": len(inside),
             "distance": float(np.median(distance)) if distance else math.nan,
             "stopped_early": converged_share(runs),
             "best_step": float(np.median(best_steps)) if best_steps else math.nan,
@@ -98,8 +99,8 @@ def measure(g, **_) -> dict:
     for name, (arm, s) in summaries.items():
         table.append({"method": arm["method"], "step": step_of(arm), "prior": arm["prior"], "runs": s["runs"],
                       "score": s["score"], "stall_rate": s["stall_rate"], "score_without_stalls": s["score_without_stalls"],
-                      "inside_share": s["inside_share"], "distance": s["distance"], "stopped_early": s["stopped_early"],
-                      "best_step": s["best_step"]})
+                      "inside_share": s["inside_share"], "placed": s["placed"], "distance": s["distance"],
+                      "stopped_early": s["stopped_early"], "best_step": s["best_step"]})
     for name, (arm, s) in summaries.items():
         if arm["prior"] != "region:data":
             continue
@@ -130,8 +131,11 @@ def measure(g, **_) -> dict:
              "control_passes": c["control_passes"], "new_outside": c["new_outside"],
              "delta_at_equal_val_loss": c["at_equal_val_loss"]} for m, steps in comparisons.items()
             for s, c in steps.items()]
+    # the positive control reads every run's position: a run not placed (its statistics not on this machine) is an
+    # input missing, never an arm's share read from the runs that happen to be placed
+    unplaced = [f"positions/{r.name}" for r in runs if not r.extra.get("position")]
     return partial(result(CLAIM, stats, verdict, why, {"table": table, "comparisons": rows,
-                                                       "continued_runs": continued_rows(g, runs)}), missing)
+                                                       "continued_runs": continued_rows(g, runs)}), missing + unplaced)
 
 
 def continued_rows(g, runs) -> list[dict]:
