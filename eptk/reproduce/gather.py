@@ -125,10 +125,6 @@ class Gathered:
             return None
         return {"inside_share": inside / count, "distance": float(np.median(ratios))}
 
-    def inside_share(self, run: TunedRun) -> float | None:
-        place = self.position(run)
-        return None if place is None else place["inside_share"]
-
     # ---- claim 4 ------------------------------------------------------------------------------------
     def _rows_per_seed(self, kind: str, captures, folder_of, tasks, rows_of, prefix: str):
         """(rows, missing): for each capture seed, `rows_of(seed, task -> statistics, their common layers)` where
