@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One study in the background: `study.sh MODEL CHECKOUT STAGE...` runs `eptk reproduce --model MODEL --stages
 # STAGE` for each STAGE in turn from the frozen CHECKOUT's own virtual environment (so that later commits cannot
-# change its runs; made by checkout.sh), one run at a time on one thread. The study folder is first seeded from
-# the committed runs: complete runs are skipped and parked runs (committed with their newest checkpoint) resume
-# from that step. A stage runs again while its plan still lists runs to train: the converged stage lists the
-# further seeds the power rule asks for only once an arm's first seeds are in (seed-power.patch).
+# change its runs; made by checkout.sh), one run at a time on one thread; JOBS=2 runs two at once, each on one
+# thread (one model on both cores). The study folder is first seeded from the committed runs: complete runs are
+# skipped and parked runs (committed with their newest checkpoint) resume from that step. A stage runs again while
+# its plan still lists runs to train: the converged stage lists the further seeds the power rule asks for only once
+# an arm's first seeds are in (seed-power.patch).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 model=$1 checkout=$2; shift 2
@@ -17,7 +18,7 @@ for stage in "$@"; do
         plan=$("$eptk" reproduce --model "$model" --out "$out" --stages "$stage" --plan)
         grep -qE "^$stage +(fresh|resume|overwrite) " <<< "$plan" || break
         echo "$(date -u +%FT%TZ) $model: stage $stage (round $round) from $(git -C "$checkout" describe --always --dirty)"
-        OMP_NUM_THREADS=1 "$eptk" reproduce --model "$model" --out "$out" --stages "$stage" --jobs 1
+        OMP_NUM_THREADS=1 "$eptk" reproduce --model "$model" --out "$out" --stages "$stage" --jobs "${JOBS:-1}"
     done
 done
 echo "$(date -u +%FT%TZ) $model: done"
