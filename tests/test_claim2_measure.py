@@ -53,7 +53,7 @@ def study_runs(**settings) -> dict[str, list[TunedRun]]:
 
 def gathered(runs: dict[str, list[TunedRun]], missing=()) -> SimpleNamespace:
     """What claim 2 reads of eptk.reproduce.gather.Gathered: the converged stage's runs (another stage has none)."""
-    study = SimpleNamespace(converged_arms=arms, arm_name=Study.arm_name, out=None,
+    study = SimpleNamespace(model="smollm2", converged_arms=arms, arm_name=Study.arm_name, out=None,
                             scale=SimpleNamespace(converged={"steps": 600}, converged_seeds=tuple(range(10))))
     return SimpleNamespace(study=study, paths={},
                            missing_of=lambda stage: list(missing) if stage == "converged" else [],
@@ -265,7 +265,20 @@ def test_a_run_not_placed_is_a_missing_input_not_left_out_of_its_arm_s_share():
     row = next(r for r in res["figure"]["table"] if r["method"] == "deep" and r["step"] == C2.step_of(data)
                and r["prior"] == "region:data")
     assert row["runs"] == 10 and row["placed"] == 9
+    # the reason says how to place it: its recorded statistics made again, by its own task and seed
+    assert res["why"].endswith("1 run(s) not placed: the data statistics they recorded are not in this machine's "
+                               "cache (`eptk capture --model smollm2 --task arith --seed 4` makes them again)")
     assert C2.measure(gathered(study_runs()))["verdict"] == HOLDS     # every run placed: read as it is
+
+
+def test_the_placing_hint_names_each_capture_once_with_the_samples_the_run_recorded():
+    arm = arms()[0]
+    runs = [run(arm, 2, 80.0), run(arm, 2, 81.0), run(arm, 7, 80.0)]
+    runs[2].extra["stats_samples"] = 512
+    assert C2.placing_hint("gemma3-270m", runs) == (
+        "3 run(s) not placed: the data statistics they recorded are not in this machine's cache "
+        "(`eptk capture --model gemma3-270m --task arith --seed 2`; "
+        "`eptk capture --model gemma3-270m --task arith --seed 7 --samples 512` makes them again)")
 
 
 def test_with_no_run_in_it_claim_2_names_what_is_missing():

@@ -68,7 +68,8 @@ class Gathered:
             extra={"weight": float(run.settings.get("prior_weight", 0.0)), "eval": ev, "test_items": n_items,
                    "early_stop": ev.get("early_stop"), "budget": data.config.get("steps"),
                    "num_layers": data.config.get("num_layers"),
-                   "stats": data.config.get("stats") or {}})
+                   "stats": data.config.get("stats") or {},
+                   "stats_samples": data.config.get("stats_samples")})
         tuned.extra["displacement"] = tuned.extra["source_displacement"] = displacement(tuned)
         return tuned
 

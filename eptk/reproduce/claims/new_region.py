@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from ...config import TuneConfig
 from .. import inference as I
 from ..budget import Standing, reading
 from ..seed_power import arm_need
@@ -133,9 +134,23 @@ def measure(g, **_) -> dict:
             for s, c in steps.items()]
     # the positive control reads every run's position: a run not placed (its statistics not on this machine) is an
     # input missing, never an arm's share read from the runs that happen to be placed
-    unplaced = [f"positions/{r.name}" for r in runs if not r.extra.get("position")]
+    unplaced = [r for r in runs if not r.extra.get("position")]
+    if unplaced:
+        why += f"; {placing_hint(g.study.model, unplaced)}"
     return partial(result(CLAIM, stats, verdict, why, {"table": table, "comparisons": rows,
-                                                       "continued_runs": continued_rows(g, runs)}), missing + unplaced)
+                                                       "continued_runs": continued_rows(g, runs)}),
+                   missing + [f"positions/{r.name}" for r in unplaced])
+
+
+def placing_hint(model: str, runs) -> str:
+    """How runs not placed get their positions: each recorded its task's statistics at its seed in eptk's cache
+    (a key of model, task, seed and samples), and `eptk capture` with those makes the same entry again."""
+    default = TuneConfig.stats_samples
+    wanted = sorted({(r.task, r.seed, r.extra.get("stats_samples") or default) for r in runs})
+    commands = "; ".join(f"`eptk capture --model {model} --task {task} --seed {seed}"
+                         + (f" --samples {samples}`" if samples != default else "`") for task, seed, samples in wanted)
+    return (f"{len(runs)} run(s) not placed: the data statistics they recorded are not in this machine's cache "
+            f"({commands} makes them again)")
 
 
 def continued_rows(g, runs) -> list[dict]:
