@@ -61,7 +61,7 @@ def gathered(runs: dict[str, list[TunedRun]], missing=()) -> SimpleNamespace:
                            if stage == "converged" else [])
 
 
-TABLE_KEYS = ["method", "step", "prior", "runs", "score", "stall_rate", "score_without_stalls", "inside_share",
+TABLE_KEYS = ["method", "step", "prior", "runs", "test_items", "score", "stall_rate", "score_without_stalls", "inside_share",
               "placed", "distance", "stopped_early", "best_step"]
 COMPARISON_KEYS = ["method", "step", "delta_new_minus_data", "tost_p", "control_passes", "new_outside",
                    "delta_at_equal_val_loss"]
@@ -314,12 +314,24 @@ def test_claim_2_draws_its_scores_and_its_stall_rates(tmp_path):
     # each is the table's bars of its own column, with its own labels (the PNGs are byte-for-byte reproducible)
     from eptk.reproduce.figures import table_bars
     labels = ("method", "step", "prior")
-    expected = [table_bars(res["figure"]["table"], "score", "test exact match (%), 1,000 items",
+    expected = [table_bars(res["figure"]["table"], "score", f"test exact match (%), {ITEMS} items per run",
                            "Claim 2: score by prior and step size", tmp_path / "a.png", label_keys=labels),
                 table_bars(res["figure"]["table"], "stall_rate", "stalled runs (share)", "Claim 2: stall rate by arm",
                            tmp_path / "b.png", label_keys=labels)]
     assert images == [p.read_bytes() for p in expected]
     assert C2.draw({"figure": {}}, tmp_path / "none") == [] and not (tmp_path / "none").exists()
+
+
+def test_the_items_each_run_was_scored_on_are_the_ones_measured_not_the_ones_asked():
+    # the rules ask 1,000 test items; arith:+:2's test split holds 865, and the table and axis say so
+    runs = study_runs()
+    first = Study.arm_name(arms()[0])
+    runs[first][3].items = runs[first][3].items[:150]
+    table = C2.measure(gathered(runs))["figure"]["table"]
+    assert [row["test_items"] for row in table] == ["150-200"] + [f"{ITEMS}"] * (len(table) - 1)
+    assert C2.score_label(table) == f"test exact match (%), 150-200 or {ITEMS} items per run"
+    assert C2.items_range([865, 865, 1000]) == "865-1,000" and C2.items_range([]) == ""
+    assert C2.score_label([{"test_items": ""}]) == "test exact match (%)"
 
 
 def test_the_difference_at_equal_validation_loss_is_the_arm_s_coefficient():
