@@ -86,7 +86,7 @@ def test_every_pair_is_compared_at_its_own_step_size():
     assert "version 2's budget" not in res["why"]
     assert [(r["method"], r["step"], r["prior"]) for r in res["figure"]["table"]] == \
         [(a["method"], C2.step_of(a), a["prior"]) for a in arms()]
-    assert sorted(res["figure"]) == ["comparisons", "continued_runs", "table"]
+    assert sorted(res["figure"]) == ["comparisons", "continued_runs", "seeds", "table"]
     assert all(list(row) == TABLE_KEYS for row in res["figure"]["table"])
     first = res["figure"]["table"][0]
     assert first["runs"] == 10 and first["stopped_early"] == 1.0 and first["best_step"] == 200.0
@@ -157,8 +157,24 @@ def test_seeds_short_of_the_power_rule_read_not_measured():
     wide = study_runs()
     wide[name] = [run(arms()[-1], s, 60.0 + 8 * x, inside=0.0) for s, x in
                   enumerate(SPREAD)]
-    need = C2.measure(gathered(wide))["statistics"]["seeds"][name]
-    assert need["n"] > 10 and need["sd"] == pytest.approx(np.std([8 * x for x in SPREAD], ddof=1))
+    res = C2.measure(gathered(wide))
+    need = res["statistics"]["seeds"][name]
+    sd = np.std([8 * x for x in SPREAD], ddof=1)
+    assert need["n"] > 10 and need["sd"] == pytest.approx(sd)
+    # the report's seeds table shows that reasoning per arm: n = 2·(z_.95 + z_.90)²·SD²/10² for the TOST and
+    # 2·(z_.975·SD/5)² for a ±5 interval, rounded up; the larger, at least 10 and at most 20, is asked
+    from scipy.stats import norm
+    last = arms()[-1]
+    row = next(r for r in res["figure"]["seeds"] if (r["method"], r["step"], r["prior"]) ==
+               (last["method"], C2.step_of(last), last["prior"]))
+    tost = math.ceil(2 * (norm.ppf(0.95) + norm.ppf(0.9)) ** 2 * sd ** 2 / 100)
+    interval = math.ceil(2 * (norm.ppf(0.975) * sd / 5) ** 2)
+    assert row == {"method": "soft", "step": "lr 0.001", "prior": "region:new", "runs": 10,
+                   "score_sd": pytest.approx(sd), "seeds_for_tost": tost, "seeds_for_interval": interval,
+                   "seeds_asked": min(20, max(10, tost, interval)), "capped": max(tost, interval) > 20}
+    # an arm short of its first seeds has no SD-based need yet: it is asked its first ten
+    short = next(r for r in C2.measure(gathered(runs))["figure"]["seeds"] if r["runs"] == 9)
+    assert short["seeds_asked"] == 10 and math.isnan(short["seeds_for_tost"]) and not short["capped"]
 
 
 def test_an_arm_with_no_finished_run_reads_not_measured():

@@ -148,6 +148,7 @@ def measure(g, **_) -> dict:
     if unplaced:
         why += f"; {placing_hint(g.study.model, unplaced)}"
     return partial(result(CLAIM, stats, verdict, why, {"table": table, "comparisons": rows,
+                                                       "seeds": seed_rows(summaries, seeds),
                                                        "continued_runs": continued_rows(g, runs)}),
                    missing + [f"positions/{r.name}" for r in unplaced])
 
@@ -224,6 +225,24 @@ def seed_plan(g, summaries: dict, continuing=()) -> dict:
     waiting = {name.rsplit("-s", 1)[0] for name in continuing}   # run name: the arm's, then -s<seed>
     return {name: arm_need([] if name in waiting else s["scores"], s["runs"], first)
             for name, (_, s) in summaries.items()}
+
+
+def seed_rows(summaries: dict, seeds: dict) -> list[dict]:
+    """The power reasoning per arm, as the report shows it: the SD of its run scores, the seeds a TOST at ±10
+    points and a ±5-point interval would need at that SD, the seeds asked (at least the first ones, at most 20)
+    and the runs it has. An arm still waiting for its first seeds has no SD-based need yet."""
+    rows = []
+    for name, (arm, s) in summaries.items():
+        need = seeds[name]
+        rows.append({"method": arm["method"], "step": step_of(arm), "prior": arm["prior"], "runs": s["runs"],
+                     "score_sd": need.get("sd", math.nan), "seeds_for_tost": ceil_or_nan(need.get("tost")),
+                     "seeds_for_interval": ceil_or_nan(need.get("width")), "seeds_asked": need["n"],
+                     "capped": bool(need.get("capped", False))})
+    return rows
+
+
+def ceil_or_nan(x) -> float:
+    return float(math.ceil(x)) if finite(x) else math.nan
 
 
 def score_label(table: list[dict]) -> str:
