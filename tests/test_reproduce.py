@@ -208,6 +208,43 @@ def test_claim4_silhouettes_are_kept_so_a_report_needs_no_captures(quick_study, 
     assert rows == [] and len(missing) == len(Study.build("tiny", copy, quick=True).token_captures())
 
 
+def test_positions_are_kept_so_a_report_needs_no_statistics(quick_study, tmp_path, monkeypatch):
+    """Each run's position against the data's region is kept in measures/positions.json with the statistics it was
+    measured on and its posterior's digest; a copy of the study on a machine without those statistics (an empty
+    cache, no captures) reads the same positions back, and no position for a prompt other than the one measured,
+    nor one kept against statistics the run does not name."""
+    import shutil
+
+    from eptk.reproduce.gather import Gathered
+
+    out = quick_study[0]
+    monkeypatch.setenv("EPTK_CACHE", str(out.parent / "cache"))
+    whole = Gathered(Study.build("tiny", out, quick=True))
+    placed = {name: whole.position(run) for name, run in whole.runs.items()}
+    region = [n for n, r in whole.runs.items() if r.prior.startswith("region:")]
+    assert region and all(placed[n] is not None for n in region)
+    kept = json.loads((out / "measures" / "positions.json").read_text())["runs"]
+    assert {n for n, p in placed.items() if p is not None} <= set(kept)
+    assert {kept[n]["statistics"].split("/")[0] for n in region} == {"stats"}   # the run's own, relative
+    assert str(out.parent) not in (out / "measures" / "positions.json").read_text()
+    copy = tmp_path / "study"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("captures", "tokens"))
+    monkeypatch.setenv("EPTK_CACHE", str(tmp_path / "empty-cache"))
+    bare = Gathered(Study.build("tiny", copy, quick=True))
+    assert {name: bare.position(run) for name, run in bare.runs.items()} == placed
+    # another prompt under the same name (a run trained again): not placed from what was kept for the first
+    moved = Gathered(Study.build("tiny", copy, quick=True))
+    run = moved.runs[region[0]]
+    block = next(iter(run.posterior_tensors))
+    run.posterior_tensors[block] = run.posterior_tensors[block] + 1.0
+    assert moved.position(run) is None and moved.position(moved.runs[region[1]]) == placed[region[1]]
+    # kept against statistics the run does not name: not read
+    edited = json.loads((copy / "measures" / "positions.json").read_text())
+    edited["runs"][region[1]]["statistics"] = "stats/0000000000000000"
+    (copy / "measures" / "positions.json").write_text(json.dumps(edited))
+    assert Gathered(Study.build("tiny", copy, quick=True)).position(moved.runs[region[1]]) is None
+
+
 def _other_model_report(folder, claims, model="other"):
     folder.mkdir()
     (folder / "claims.json").write_text(json.dumps({"model": model, "claims": claims}))

@@ -2,7 +2,8 @@
 eptk.analysis.read / eptk.runs), their per-item test predictions, captured statistics (eptk.analysis.read.load_stats)
 and trajectory tables (eptk.analysis.write). What is missing is listed, never an error. Only claim 6's measures
 load the model (`sink_measures`), once, and keep what they measured in <study>/measures/; claim 4's silhouettes
-are kept there too, so that a report can be written again where the captures they came from are not.
+and each run's position against the data's region are kept there too, so that a report can be written again where
+the statistics they came from (hundreds of MB, per machine) are not.
 """
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ class Gathered:
         self.runs: dict[str, TunedRun] = {}  # name -> complete run
         self.paths: dict[str, Path] = {}     # name -> the folder it was read from
         self._stats: dict[str, object] = {}
+        self._positions: dict[str, dict | None] = {}   # name -> position, measured or kept, once per report
+        self._kept: dict | None = None                   # measures/positions.json, read when first needed
         for stage in TRAINING_STAGES:
             for run in study.stage_runs.get(stage, []):
                 # claim 2's runs are read where they stand now: a finished continuation (RULES.md amendment 1)
@@ -85,46 +88,63 @@ class Gathered:
         return [r.name for r in self.study.runs(stage, **settings) if r.name not in self.runs]
 
     # ---- the data region ------------------------------------------------------------------------
-    def data_stats(self, run: TunedRun):
-        """The task activations a run is placed against: the statistics it recorded (region priors),
-        else the study's capture of its task family at seed 0; None when neither exists."""
-        folders = [str(in_cache(f)) for f in run.extra["stats"].values()]
+    def stats_folders(self, run: TunedRun) -> list[tuple[str, Path]]:
+        """(label, folder) of the task activations a run is placed against, best first: the statistics it recorded
+        (region priors, `stats/<key>` in eptk's cache), then the study's capture of its task family at seed 0
+        (`captures/<name>`). Labels hold no folder of this machine."""
+        folders = [(Path(f).as_posix() if not Path(f).is_absolute() else f"stats/{Path(f).name}", in_cache(f))
+                   for f in run.extra["stats"].values()]
         base = run.task.split(":")[0]
         capture = next((c for c in self.study.captures() if c.task == base and c.seed == 0), None)
         if capture is not None:
-            folders.append(str(self.study.capture_dir(capture)))
-        for folder in folders:
-            if folder not in self._stats:
-                try:
-                    self._stats[folder] = load_stats(folder) if is_stats_folder(folder) else None
-                except EptkUsageError:
-                    self._stats[folder] = None
-            if self._stats[folder] is not None:
-                return self._stats[folder]
-        return None
+            folders.append((f"captures/{capture.name}", self.study.capture_dir(capture)))
+        return folders
+
+    def _load(self, folder: Path):
+        key = str(folder)
+        if key not in self._stats:
+            try:
+                self._stats[key] = load_stats(key) if is_stats_folder(key) else None
+            except EptkUsageError:
+                self._stats[key] = None
+        return self._stats[key]
 
     def position(self, run: TunedRun) -> dict | None:
         """Where the posterior's vectors sit against the data's 99% region at their layer (residual blocks):
-        `inside_share` (share inside) and `distance` (median Mahalanobis distance over the region's radius)."""
-        from ..methods import locate
+        `inside_share` (share inside) and `distance` (median Mahalanobis distance over the region's radius).
+        Measured with the best statistics on this machine and kept in measures/positions.json with their label and
+        the posterior's digest; where none are here, or only worse ones, the kept position of the same posterior
+        against better statistics is read back. None: neither."""
+        if run.name in self._positions:
+            return self._positions[run.name]
+        folders = self.stats_folders(run)
+        here = next(((i, label, stats) for i, (label, folder) in enumerate(folders)
+                     if (stats := self._load(folder)) is not None), None)
+        kept = self._kept_positions()["runs"].get(run.name)
+        labels = [label for label, _ in folders]
+        digest = posterior_digest(run)
+        if kept and kept["posterior"] == digest and kept["statistics"] in labels \
+                and (here is None or labels.index(kept["statistics"]) < here[0]):
+            place = kept["position"]
+        elif here is None:
+            place = None
+        else:
+            place = measure_position(run, here[2])
+            entry = {"statistics": here[1], "posterior": digest, "position": place}
+            if kept != entry:
+                self._kept_positions()["runs"][run.name] = entry
+                write_json_atomic(self._positions_path(), self._kept_positions())
+        self._positions[run.name] = place
+        return place
 
-        data = self.data_stats(run)
-        if data is None:
-            return None
-        inside, count, ratios = 0.0, 0, []
-        for name, post in run.posterior_tensors.items():
-            layer, _ = locate(name)
-            if layer not in data.layers:
-                continue
-            gaussian = data.gaussian(layer)
-            share = M.region_position(post, gaussian)["inside_share"]
-            radius, _ = gaussian.radius(0.99)
-            ratios += (gaussian.mahalanobis(post) / radius).tolist()
-            inside += share * post.shape[0]
-            count += post.shape[0]
-        if not count:
-            return None
-        return {"inside_share": inside / count, "distance": float(np.median(ratios))}
+    def _positions_path(self) -> Path:
+        return self.study.out / "measures" / "positions.json"
+
+    def _kept_positions(self) -> dict:
+        if self._kept is None:
+            path = self._positions_path()
+            self._kept = read_json(path, "measures") if path.is_file() else {"runs": {}}
+        return self._kept
 
     # ---- claim 4 ------------------------------------------------------------------------------------
     def _rows_per_seed(self, kind: str, captures, folder_of, tasks, rows_of, prefix: str):
@@ -255,6 +275,40 @@ def displacement(run: TunedRun) -> float | None:
     values = [slot_distance(run.posterior_tensors[b], run.prior_tensors[b])
               for b in run.posterior_tensors if b in run.prior_tensors]
     return float(np.mean(values)) if values else None
+
+
+def measure_position(run: TunedRun, data) -> dict | None:
+    """The posterior's vectors against `data`'s 99% region at their layer (Gathered.position); None: no block of
+    the run is at a layer `data` holds."""
+    from ..methods import locate
+
+    inside, count, ratios = 0.0, 0, []
+    for name, post in run.posterior_tensors.items():
+        layer, _ = locate(name)
+        if layer not in data.layers:
+            continue
+        gaussian = data.gaussian(layer)
+        share = M.region_position(post, gaussian)["inside_share"]
+        radius, _ = gaussian.radius(0.99)
+        ratios += (gaussian.mahalanobis(post) / radius).tolist()
+        inside += share * post.shape[0]
+        count += post.shape[0]
+    if not count:
+        return None
+    return {"inside_share": inside / count, "distance": float(np.median(ratios))}
+
+
+def posterior_digest(run: TunedRun) -> str:
+    """sha256 over the posterior's blocks (name, shape, float32 values) in name order: a kept position is read
+    back only for the prompt it was measured on."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(run.posterior_tensors):
+        t = run.posterior_tensors[name].detach().to(torch.float32).contiguous().cpu()
+        h.update(f"{name}{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
 
 
 def silhouette(a: torch.Tensor, b: torch.Tensor) -> float:
