@@ -5,11 +5,13 @@ again from its config.json; each continuation's config.json names its own folder
 round, each continuation trained once, and one listed but finished by another before it is claimed is left alone."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,18 @@ def curve(run: Path) -> list:
             if "val_loss" in r]
 
 
+def fake_checkout(tmp_path: Path, env: dict) -> tuple[Path, dict]:
+    """A checkout whose .venv/bin/eptk is this interpreter's eptk (the frozen checkouts each have their own), and
+    the environment extend.sh runs in."""
+    checkout = tmp_path / "checkout"
+    (checkout / ".venv" / "bin").mkdir(parents=True)
+    (checkout / ".venv" / "bin" / "eptk").write_text(f"#!/bin/sh\nexec {sys.executable} -m eptk.cli \"$@\"\n")
+    (checkout / ".venv" / "bin" / "eptk").chmod(0o755)
+    subprocess.run(["git", "init", "-q", str(checkout)], check=True)
+    return checkout, dict(env, WORK=str(tmp_path / "work"), REPO=str(ROOT), PYTHON=sys.executable,
+                          PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
+
+
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("git") is None, reason="needs bash and git")
 def test_extend_sh_continues_runs_to_what_the_larger_budget_trains(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", EPTK_CACHE=str(tmp_path / "cache"))
@@ -47,14 +61,7 @@ def test_extend_sh_continues_runs_to_what_the_larger_budget_trains(tmp_path):
     shutil.rmtree(study / f"{ARM}-s1" / "checkpoint")          # seed 1's checkpoint is lost with a machine
     eptk("tune", *SETTINGS, "--seed", 0, "--steps", 1200, "--out", tmp_path / "fresh", "--quiet", cwd=tmp_path,
          env=env)
-    # a checkout whose .venv/bin/eptk is this interpreter's eptk (the frozen checkouts each have their own)
-    checkout = tmp_path / "checkout"
-    (checkout / ".venv" / "bin").mkdir(parents=True)
-    (checkout / ".venv" / "bin" / "eptk").write_text(f"#!/bin/sh\nexec {sys.executable} -m eptk.cli \"$@\"\n")
-    (checkout / ".venv" / "bin" / "eptk").chmod(0o755)
-    subprocess.run(["git", "init", "-q", str(checkout)], check=True)
-    script_env = dict(env, WORK=str(tmp_path / "work"), REPO=str(ROOT), PYTHON=sys.executable,
-                      PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
+    checkout, script_env = fake_checkout(tmp_path, env)
     # two extend.sh share the round: each continuation is trained once, by one of them
     workers = [subprocess.Popen(["bash", str(SCRIPT), "tiny", str(checkout)], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=script_env) for _ in range(2)]
@@ -92,3 +99,28 @@ exec {sys.executable} "$@"
                           env=dict(script_env, PYTHON=str(stale)))
     assert late.returncode == 0, late.stdout[-2000:] + late.stderr[-2000:]
     assert " to 1200 steps " not in late.stdout and (continued / "eval.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("git") is None or shutil.which("flock") is None,
+                    reason="needs bash, git and flock")
+def test_an_extend_sh_whose_continuations_are_all_claimed_waits_and_asks_again(tmp_path):
+    # it once stopped instead: a round opened by the other's last run was then trained on one core
+    env = dict(os.environ, OMP_NUM_THREADS="1", EPTK_CACHE=str(tmp_path / "cache"))
+    study = tmp_path / "work" / "study-tiny"
+    study.mkdir(parents=True)
+    eptk("tune", *SETTINGS, "--seed", 0, "--steps", 600, "--out", f"{ARM}-s0", "--quiet", cwd=study, env=env)
+    checkout, script_env = fake_checkout(tmp_path, env)
+    name = f"v3-{ARM.removeprefix('v2-')}-s0"
+    log = tmp_path / "extend.log"
+    with open(study / f".extend-{name}.claim", "w") as claim, open(log, "w") as out:
+        fcntl.flock(claim, fcntl.LOCK_EX)                  # another extend.sh holds the only continuation
+        worker = subprocess.Popen(["bash", str(SCRIPT), "tiny", str(checkout)], stdout=out, stderr=subprocess.STDOUT,
+                                  env=script_env)
+        deadline = time.monotonic() + 120
+        while "waiting for the first" not in log.read_text() and worker.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert worker.poll() is None and "waiting for the first" in log.read_text(), log.read_text()[-2000:]
+        assert not (study / name).exists()
+    # the claim released (that extend.sh moved on without finishing it): this one trains it
+    assert worker.wait(timeout=600) == 0, log.read_text()[-2000:]
+    assert f"{name} to 1200 steps" in log.read_text() and (study / name / "eval.json").is_file()

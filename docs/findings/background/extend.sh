@@ -8,7 +8,8 @@
 # again from its config.json with --steps B (the same run). Asks again after each run, until nothing is listed.
 # Several extend.sh of one model share a round: each claims the continuation it trains (flock on a hidden file in
 # the study folder, released when its process ends, however it ends) and checks it is still listed once claimed;
-# one that finds every listed continuation claimed by another stops.
+# one that finds every listed continuation claimed by another waits for the first of them and asks again (had it
+# stopped, a round opened by the other's last run would be trained on one core).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 model=$1 checkout=$2
@@ -34,8 +35,13 @@ for pass in $(seq 1 400); do
         exec {claim}>&-
     done <<< "$listed"
     if [ -z "$claimed" ]; then
-        echo "$(date -u +%FT%TZ) $model: every continuation listed is another extend.sh's"
-        exit 0
+        # not an exit: the other's run may end the round, and the next round's continuations are to share
+        echo "$(date -u +%FT%TZ) $model: every continuation listed is another extend.sh's; waiting for the first"
+        first=$(basename "$(head -n 1 <<< "$listed" | cut -d ' ' -f 2)")
+        exec {claim}>".extend-$first.claim"
+        flock "$claim"                            # released when that extend.sh moves on, however it ends
+        exec {claim}>&-
+        continue
     fi
     from=$(basename "$source")
     echo "$(date -u +%FT%TZ) $model: $name to $steps steps (from $from) by $(git -C "$checkout" describe --always --dirty)"
