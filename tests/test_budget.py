@@ -83,6 +83,38 @@ def test_to_continue_lists_the_runs_that_used_their_budget_and_where_they_go(tmp
     assert budget == 1800 and todo == [(tmp_path / "v3-c-s0", tmp_path / "v3-c-s0", 1800)]   # in place
 
 
+def test_a_later_round_s_continuations_under_way_keep_the_round_and_the_others_listed(tmp_path):
+    """A continuation of the 1,800-step round drops its 1,200-step eval.json when it begins; while it trains, the
+    round must stay at 1,800 with the other runs short of it still listed (read as the version-2 run, it would
+    send the round back to 1,200 with itself the only run listed, and a second extend.sh would wait for it)."""
+    import torch
+
+    names = [f"v2-{x}-s0" for x in "abcd"]
+    finished(tmp_path / "v2-a-s0", 600, 400)
+    for x in "bcd":
+        finished(tmp_path / f"v2-{x}-s0", 600)
+        finished(tmp_path / f"v3-{x}-s0", 1200)                   # each used its 1,200 steps: 1 of 4 stopped
+    assert to_continue(tmp_path, names, FIRST) == (1800, [(tmp_path / f"v3-{x}-s0", tmp_path / f"v3-{x}-s0", 1800)
+                                                          for x in "bcd"])
+    # b resumed in place from its 1,200-step checkpoint (--resume --steps 1800)
+    (tmp_path / "v3-b-s0/config.json").write_text(json.dumps({"steps": 1800}))
+    RunDir(tmp_path / "v3-b-s0").reopen()
+    RunDir(tmp_path / "v3-b-s0").save_checkpoint(1250, {"prompt": torch.zeros(2)}, {"lr": 0.001})
+    # c trained again from step 0 (its checkpoint lost with a machine): config.json says 1,800, no checkpoint yet
+    (tmp_path / "v3-c-s0/config.json").write_text(json.dumps({"steps": 1800}))
+    RunDir(tmp_path / "v3-c-s0").reopen()
+    budget, todo = to_continue(tmp_path, names, FIRST)
+    assert budget == 1800 and [dest.name for _, dest, _ in todo] == ["v3-b-s0", "v3-c-s0", "v3-d-s0"]
+    assert all(source == dest and steps == 1800 for source, dest, steps in todo)   # each goes on in place
+    # a continuation of the 1,200-step round trained again from 0 is its version-2 run until it reaches 1,200
+    finished(tmp_path / "v2-e-s0", 600)
+    (tmp_path / "v3-e-s0").mkdir()
+    (tmp_path / "v3-e-s0/config.json").write_text(json.dumps({"steps": 1200}))
+    RunDir(tmp_path / "v3-e-s0").save_checkpoint(900, {"prompt": torch.zeros(2)}, {"lr": 0.001})
+    assert to_continue(tmp_path, names + ["v2-e-s0"], FIRST) == (1200, [(tmp_path / "v2-e-s0",
+                                                                         tmp_path / "v3-e-s0", 1200)])
+
+
 def test_a_run_is_read_from_its_finished_continuation(tmp_path):
     finished(tmp_path / "v2-a-s0", 600)
     assert continued_name("v2-a-s0") == "v3-a-s0" and current_path(tmp_path, "v2-a-s0") == tmp_path / "v2-a-s0"

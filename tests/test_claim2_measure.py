@@ -3,8 +3,10 @@ arm's summary, which arms are compared, and when the verdict reads "not measured
 the round's budget, an arm with no run) — the parts of the report that test_claims.py's bounds do not reach."""
 from __future__ import annotations
 
+import json
 import math
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -53,7 +55,8 @@ def study_runs(**settings) -> dict[str, list[TunedRun]]:
 
 def gathered(runs: dict[str, list[TunedRun]], missing=()) -> SimpleNamespace:
     """What claim 2 reads of eptk.reproduce.gather.Gathered: the converged stage's runs (another stage has none)."""
-    study = SimpleNamespace(model="smollm2", converged_arms=arms, arm_name=Study.arm_name, out=None,
+    study = SimpleNamespace(model="smollm2", converged_arms=arms, arm_name=Study.arm_name,
+                            out=Path("no-study-folder"),
                             scale=SimpleNamespace(converged={"steps": 600}, converged_seeds=tuple(range(10))))
     return SimpleNamespace(study=study, paths={},
                            missing_of=lambda stage: list(missing) if stage == "converged" else [],
@@ -239,6 +242,24 @@ def test_version_2_s_share_reads_the_version_2_run_not_a_continuation_trained_ag
     g.paths = {again.name: tmp_path / ("v3-" + again.name.removeprefix("v2-"))}
     assert C2.measure(g)["statistics"]["first_budget"]["converged_share"] == pytest.approx(before - 1 / 80)
     assert C2.measure(g)["statistics"]["converged_share"] == pytest.approx(before)    # the round: the continuation
+
+
+def test_a_run_parked_mid_continuation_keeps_the_round_it_passed(tmp_path):
+    """A continuation of the 1,800-step round parked at a session's end has no eval.json (it dropped its 1,200-step
+    one): the report reads the run where its version-2 folder stands, but the round stays at 1,800 with the run
+    short of it, not back at 1,200 with that run the only one short."""
+    runs = study_runs(stopped=False, budget=1200)
+    for name in list(runs)[:1]:                          # 10 of 80 stopped by 1,200: the 1,800-step round
+        runs[name] = [run(arms()[0], s, r.score, inside=0.9, budget=1200, step=900) for s, r in enumerate(runs[name])]
+    arm = arms()[3]
+    parked = runs[Study.arm_name(arm)][2] = run(arm, 2, 70.0, stopped=False)            # its version-2 folder
+    continued = tmp_path / ("v3-" + parked.name.removeprefix("v2-"))
+    continued.mkdir()
+    (continued / "config.json").write_text(json.dumps({"steps": 1800}))
+    g = gathered(runs)
+    g.study.out = tmp_path
+    stats = C2.measure(g)["statistics"]
+    assert stats["budget"] == 1800 and len(stats["continuing"]) == 70 and parked.name in stats["continuing"]
 
 
 @pytest.mark.parametrize("stopped, superseded", [(71, True), (72, False)])

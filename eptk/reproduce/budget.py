@@ -67,6 +67,29 @@ def standing(path: Path) -> Standing | None:
                        json.loads((path / EVAL).read_text()).get("early_stop"))
 
 
+def under_way(path: Path, first: int) -> Standing | None:
+    """A continuation still training (no eval.json yet) for a later round (config.json's steps): it was listed
+    for that round because it used the round before whole without stopping, which is all the rule reads of a run
+    at that budget, so it is read there. None for one training for the first round (its version-2 run says as
+    much). Without it, a later round's continuation, which begins by dropping its earlier round's eval.json (or
+    is trained again from step 0 when its checkpoint was lost), would read as its version-2 run while it trains:
+    the round would seem back at its first, with only that run listed."""
+    path = Path(path)
+    if not (path / CONFIG).is_file() or RunDir(path).is_complete():
+        return None
+    steps = int(json.loads((path / CONFIG).read_text()).get("steps", 0))
+    budgets = rounds(first)
+    before = [earlier for earlier, budget in zip(budgets, budgets[1:]) if budget == steps]
+    return Standing(budget=before[0], stopped=False, step=before[0]) if before else None
+
+
+def further(out: Path, name: str, held: Standing | None, first: int) -> Standing | None:
+    """A run as the rule reads it: `held` (the folder current_path gives), or its continuation under way where
+    that has gone further."""
+    going = under_way(Path(out) / continued_name(name), first)
+    return going if going is not None and (held is None or going.budget > held.budget) else held
+
+
 def share_stopped(standings: list[Standing], budget: int) -> float:
     return sum(s.stopped_by(budget) for s in standings) / len(standings) if standings else math.nan
 
@@ -110,6 +133,10 @@ def to_continue(out: Path, names: list[str], first: int) -> tuple[int, list[tupl
     run of `names` (version-2 names) that used its whole budget, shorter than the round's, without stopping."""
     current = {name: current_path(out, name) for name in names}
     standings = {name: standing(path) for name, path in current.items()}
+    for name, held in list(standings.items()):   # a continuation under way goes on in its own folder
+        standings[name] = further(out, name, held, first)
+        if standings[name] is not held:
+            current[name] = Path(out) / continued_name(name)
     finished = {name: s for name, s in standings.items() if s is not None}
     at = reading(finished, len(standings) - len(finished), first)
     # a finished run short of the round's budget is one that used its whole, smaller budget without stopping

@@ -9,7 +9,7 @@ import numpy as np
 
 from ...config import TuneConfig
 from .. import inference as I
-from ..budget import Standing, reading
+from ..budget import Standing, further, reading
 from ..seed_power import arm_need
 from .base import CONVERGED_SHARE, FAILS, HOLDS, NOT_MEASURED, UNSURE, Claim, converged_share, finite, \
     not_converged, not_measured, partial, register, result
@@ -120,7 +120,10 @@ def measure(g, **_) -> dict:
             comparisons.setdefault(arm["method"], {})[step_of(arm)] = compare(s, summaries[partner][1])
     runs = [r for arm in arms for r in g.tuned("converged", **arm)]
     first = g.study.scale.converged["steps"]
-    at = reading({r.name: standing_of(r) for r in runs}, len(missing), first, [first_standing(g, r) for r in runs])
+    # a run parked mid-continuation is read where its version-2 folder stands, at the round its continuation has
+    # passed
+    at = reading({r.name: further(g.study.out, r.name, standing_of(r), first) for r in runs}, len(missing), first,
+                 [first_standing(g, r) for r in runs])
     share = at.share
     seeds = seed_plan(g, summaries, at.continuing)
     short = [f"{name} needs {need['n']} seeds (has {summaries[name][1]['runs']})" for name, need in seeds.items()
