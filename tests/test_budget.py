@@ -106,6 +106,10 @@ def test_a_later_round_s_continuations_under_way_keep_the_round_and_the_others_l
     budget, todo = to_continue(tmp_path, names, FIRST)
     assert budget == 1800 and [dest.name for _, dest, _ in todo] == ["v3-b-s0", "v3-c-s0", "v3-d-s0"]
     assert all(source == dest and steps == 1800 for source, dest, steps in todo)   # each goes on in place
+    # d's first seconds: extend.sh dropped its eval.json, eptk is loading the model (config.json still says 1,200)
+    RunDir(tmp_path / "v3-d-s0").save_checkpoint(1200, {"prompt": torch.zeros(2)}, {"lr": 0.001})
+    RunDir(tmp_path / "v3-d-s0").reopen()
+    assert to_continue(tmp_path, names, FIRST) == (1800, todo)
     # a continuation of the 1,200-step round trained again from 0 is its version-2 run until it reaches 1,200
     finished(tmp_path / "v2-e-s0", 600)
     (tmp_path / "v3-e-s0").mkdir()

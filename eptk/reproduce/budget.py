@@ -68,19 +68,22 @@ def standing(path: Path) -> Standing | None:
 
 
 def under_way(path: Path, first: int) -> Standing | None:
-    """A continuation still training (no eval.json yet) for a later round (config.json's steps): it was listed
-    for that round because it used the round before whole without stopping, which is all the rule reads of a run
-    at that budget, so it is read there. None for one training for the first round (its version-2 run says as
-    much). Without it, a later round's continuation, which begins by dropping its earlier round's eval.json (or
-    is trained again from step 0 when its checkpoint was lost), would read as its version-2 run while it trains:
-    the round would seem back at its first, with only that run listed."""
+    """A continuation still training (no eval.json yet), read at the largest round budget b it is known to have
+    used whole without stopping, which is all the rule reads of a run at b: the round before the one it trains
+    for (config.json's steps: it was listed for that round because it used the one before whole), or one its
+    newest checkpoint reached (a stop ends the training and writes eval.json; this covers extend.sh's first
+    seconds, when it has dropped the earlier round's eval.json and eptk has not yet written the new steps).
+    None when neither passes the first round's budget: its version-2 run says as much. Without it, a later round's
+    continuation would read as its version-2 run while it trains: the round would seem back at its first, with
+    only that run listed."""
     path = Path(path)
     if not (path / CONFIG).is_file() or RunDir(path).is_complete():
         return None
     steps = int(json.loads((path / CONFIG).read_text()).get("steps", 0))
     budgets = rounds(first)
-    before = [earlier for earlier, budget in zip(budgets, budgets[1:]) if budget == steps]
-    return Standing(budget=before[0], stopped=False, step=before[0]) if before else None
+    known = [earlier for earlier, budget in zip(budgets, budgets[1:]) if budget == steps]
+    known += [budget for budget in budgets if budget <= RunDir(path).checkpoint_step()]
+    return Standing(budget=max(known), stopped=False, step=max(known)) if known else None
 
 
 def further(out: Path, name: str, held: Standing | None, first: int) -> Standing | None:
